@@ -1,0 +1,24 @@
+"""kvmap: an embedded, transactional, ordered key-value store read through one
+memory mapping.
+
+>>> import kvmap, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "demo.kv")
+>>> with kvmap.open(path) as db:
+...     db[b"apple"] = b"red"
+...     with db.transaction() as txn:
+...         txn["banana"] = "yellow"      # str is stored as UTF-8
+...     sorted(db.items())
+[(b'apple', b'red'), (b'banana', b'yellow')]
+"""
+
+from .db import Database, open
+from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
+                     IOFailure, LockedError, MapFullError, ReadersFullError, ReadOnlyError)
+from .txn import Snapshot, Transaction
+
+__version__ = "0.1.0"
+__all__ = [
+    "open", "Database", "Snapshot", "Transaction", "Error", "FormatError", "CorruptionError",
+    "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
+    "ReadersFullError", "FailedError", "IOFailure",
+]

@@ -1,0 +1,430 @@
+"""Reading and writing: the read API every view shares, snapshots, and write
+transactions.
+
+``_Reads`` is the read half of the mapping API (``db``, ``db.snapshot()`` and
+``db.transaction()`` all offer it).  A subclass supplies four hooks:
+``_lookup(key)``, ``_count()``, ``_scan(...)`` and ``_max_key``.
+
+Iteration goes through a C cursor that copies a batch of records per call.
+In a snapshot the batch is large (the view cannot change); in a write
+transaction it is one record, so changes made while iterating are seen (the C
+cursor re-seeks after a change).
+"""
+
+import struct
+from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
+
+from . import _lib
+from ._lib import MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
+from .errors import ClosedError
+
+_REC = struct.Struct("<II")
+
+
+def _successor(prefix):
+    """The smallest byte string greater than every string starting with
+    ``prefix``, or None if there is none.
+
+    >>> _successor(b"ab"), _successor(b"a\\xff"), _successor(b"\\xff")
+    (b'ac', b'b', None)
+    """
+    p = prefix.rstrip(b"\xff")
+    if not p:
+        return None
+    return p[:-1] + bytes([p[-1] + 1])
+
+
+def _range_args(minimum, maximum, inclusive, reverse):
+    """Seek mode, seek key, stop key and fetch flags of an irange()."""
+    lo = None if minimum is None else as_bytes(minimum, "minimum")
+    hi = None if maximum is None else as_bytes(maximum, "maximum")
+    inc_lo, inc_hi = inclusive
+    if not reverse:
+        mode, key = (lib.KVM_SEEK_FIRST, None) if lo is None else (
+            lib.KVM_SEEK_GE if inc_lo else lib.KVM_SEEK_GT, lo)
+        return mode, key, hi, lib.KVM_FETCH_STOP_INCL if inc_hi else 0
+    mode, key = (lib.KVM_SEEK_LAST, None) if hi is None else (
+        lib.KVM_SEEK_LE if inc_hi else lib.KVM_SEEK_LT, hi)
+    return mode, key, lo, lib.KVM_FETCH_REVERSE | (lib.KVM_FETCH_STOP_INCL if inc_lo else 0)
+
+
+def _prefix_args(prefix, reverse):
+    p = as_bytes(prefix, "prefix")
+    if not reverse:
+        return lib.KVM_SEEK_GE, p, p, lib.KVM_FETCH_STOP_PREFIX
+    succ = _successor(p)
+    mode = lib.KVM_SEEK_LAST if succ is None else lib.KVM_SEEK_LT
+    return mode, succ, p, lib.KVM_FETCH_STOP_PREFIX | lib.KVM_FETCH_REVERSE
+
+
+class _Cursor:
+    """A C cursor owned by an open snapshot or transaction; closed with it."""
+
+    __slots__ = ("ptr", "owner")
+
+    def __init__(self, owner):
+        out = ffi.new("kvm_cursor **")
+        rc = lib.kvm_cursor_open(owner._handle(), out)
+        if rc:
+            raise error_for(rc)
+        self.ptr = out[0]
+        self.owner = owner
+        owner._cursors.add(self)
+
+    def close(self):
+        if self.ptr is not None:
+            lib.kvm_cursor_close(self.ptr)
+            self.ptr = None
+            self.owner._cursors.discard(self)
+
+
+def scan(owner, mode, key, stop, flags, keys_only):
+    """Iterate records of ``owner`` (an open Snapshot or Transaction)."""
+    cur = _Cursor(owner)
+    try:
+        rc = lib.kvm_cursor_seek(cur.ptr, key if key is not None else ffi.NULL,
+                                 len(key) if key is not None else 0, mode)
+        if rc:
+            raise error_for(rc)
+        if keys_only:
+            flags |= lib.KVM_FETCH_KEYS_ONLY
+        stop_arg = stop if stop is not None else ffi.NULL
+        stop_len = len(stop) if stop is not None else 0
+        batch = owner._batch
+        unpack = _REC.unpack_from
+        while True:
+            if cur.ptr is None:
+                raise ClosedError("iterator's snapshot or transaction is closed")
+            tl = buffers
+            n = lib.kvm_cursor_fetch(cur.ptr, tl.buf, tl.cap, batch, flags, stop_arg, stop_len)
+            if n <= 0:
+                if n == 0:
+                    return
+                if n == lib.KVM_BUFSMALL:
+                    tl.ensure(lib.kvm_cursor_need(cur.ptr))
+                    continue
+                raise error_for(n)
+            data = ffi.buffer(tl.buf, n)[:]
+            off = 0
+            while off < n:
+                kl, vl = unpack(data, off)
+                off += 8
+                k = data[off:off + kl]
+                off += kl
+                if keys_only:
+                    yield k
+                else:
+                    yield k, data[off:off + vl]
+                    off += vl
+    finally:
+        cur.close()
+
+
+class _ValuesView(ValuesView):
+    def __iter__(self):
+        for _, v in self._mapping.irange_items():
+            yield v
+
+
+class _ItemsView(ItemsView):
+    def __iter__(self):
+        return self._mapping.irange_items()
+
+
+class _Reads:
+    """The read API: mapping access, ordered iteration, ranges, batches."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
+        v = self._lookup(as_key(key, self._max_key))
+        if v is MISSING:
+            raise KeyError(key)
+        return v
+
+    def get(self, key, default=None):
+        """Value of ``key``, or ``default``.  O(log n)."""
+        v = self._lookup(as_key(key, self._max_key))
+        return default if v is MISSING else v
+
+    def __contains__(self, key):
+        k = as_bytes(key, "key")
+        if not 0 < len(k) <= self._max_key:
+            return False
+        return self._lookup(k) is not MISSING
+
+    def __len__(self):
+        """Number of entries.  O(1)."""
+        return self._count()
+
+    def __iter__(self):
+        """Keys in ascending byte order."""
+        return self._scan(lib.KVM_SEEK_FIRST, None, None, 0, True)
+
+    def __reversed__(self):
+        return self._scan(lib.KVM_SEEK_LAST, None, None, lib.KVM_FETCH_REVERSE, True)
+
+    def keys(self):
+        return KeysView(self)
+
+    def values(self):
+        return _ValuesView(self)
+
+    def items(self):
+        return _ItemsView(self)
+
+    def irange(self, minimum=None, maximum=None, inclusive=(True, True), reverse=False):
+        """Keys from ``minimum`` to ``maximum`` (None: unbounded), as
+        sortedcontainers' ``SortedDict.irange``.  O(log n) to start, then
+        O(1) per key.
+
+        >>> import kvmap, tempfile, os
+        >>> with kvmap.open(os.path.join(tempfile.mkdtemp(), "d.kv")) as db:
+        ...     db.update({b"a": b"1", b"b": b"2", b"c": b"3"})
+        ...     list(db.irange(b"a", b"c", inclusive=(False, True)))
+        [b'b', b'c']
+        """
+        return self._scan(*_range_args(minimum, maximum, inclusive, reverse), True)
+
+    def irange_items(self, minimum=None, maximum=None, inclusive=(True, True), reverse=False):
+        """(key, value) pairs of irange()."""
+        return self._scan(*_range_args(minimum, maximum, inclusive, reverse), False)
+
+    def prefix(self, prefix, reverse=False):
+        """Keys that start with ``prefix``, in order."""
+        return self._scan(*_prefix_args(prefix, reverse), True)
+
+    def prefix_items(self, prefix, reverse=False):
+        """(key, value) pairs whose key starts with ``prefix``."""
+        return self._scan(*_prefix_args(prefix, reverse), False)
+
+    def get_many(self, keys, default=None):
+        """Values of ``keys`` in order (``default`` where absent), read from one
+        snapshot in one C call per buffer-full.  O(k log n)."""
+        ks = [as_key(k, self._max_key) for k in keys]
+        if not ks:
+            return []
+        return self._with_handle(lambda h: _get_many(h, ks, default))
+
+    def _with_handle(self, fn):
+        return fn(self._handle())
+
+
+def _get_many(handle, ks, default):
+    n = len(ks)
+    packed = ffi.from_buffer(b"".join(ks))
+    klens = ffi.new("uint32_t[]", [len(k) for k in ks])
+    lens = ffi.new("int64_t[]", n)
+    done = ffi.new("size_t *")
+    out = []
+    i = off = 0
+    while i < n:
+        tl = buffers
+        rc = lib.kvm_get_many(handle, packed + off, klens + i, n - i, tl.buf, tl.cap, lens + i, done)
+        if rc == lib.KVM_BUFSMALL:
+            tl.ensure(lens[i])
+            continue
+        if rc:
+            raise error_for(rc)
+        data = ffi.buffer(tl.buf, tl.cap)
+        pos = 0
+        for j in range(i, i + done[0]):
+            ln = lens[j]
+            if ln < 0:
+                out.append(default)
+            else:
+                out.append(data[pos:pos + ln])
+                pos += ln
+            off += klens[j]
+        i += done[0]
+    return out
+
+
+class Snapshot(_Reads, Mapping):
+    """A read-only view of the database as of one commit.
+
+    It stays unchanged while other threads commit, and keeps the pages it can
+    see from being reused until closed.  Use it as a context manager, or call
+    close().
+    """
+
+    __slots__ = ("_db", "_txn", "_cursors", "__weakref__")
+    _batch = 256
+
+    def __init__(self, db):
+        self._db = db
+        self._txn = None
+        self._cursors = set()
+        out = ffi.new("kvm_txn **")
+        rc = lib.kvm_txn_begin(db._env_handle(), 0, out)
+        if rc:
+            raise error_for(rc)
+        self._txn = out[0]
+        db._live[id(self)] = self
+
+    @property
+    def _max_key(self):
+        return self._db._max_key
+
+    def _handle(self):
+        if self._txn is None:
+            raise ClosedError("snapshot is closed")
+        return self._txn
+
+    def _lookup(self, key):
+        return _lib.read_value(lib.kvm_get, self._handle(), key)
+
+    def _count(self):
+        return lib.kvm_txn_entries(self._handle())
+
+    def _scan(self, mode, key, stop, flags, keys_only):
+        self._handle()
+        return scan(self, mode, key, stop, flags, keys_only)
+
+    @property
+    def txnid(self):
+        """The id of the commit this snapshot shows."""
+        return lib.kvm_txn_id(self._handle())
+
+    def close(self):
+        """Release the snapshot (idempotent)."""
+        for c in list(self._cursors):
+            c.close()
+        if self._txn is not None:
+            lib.kvm_txn_abort(self._txn)
+            self._txn = None
+            self._db._live.pop(id(self), None)
+
+    _invalidate = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Transaction(_Reads, MutableMapping):
+    """The write transaction (one at a time per database).
+
+    As a context manager it commits on normal exit and aborts on an
+    exception.  Reads see the transaction's own changes.
+    """
+
+    __slots__ = ("_db", "_txn", "_cursors", "__weakref__")
+    _batch = 1
+
+    def __init__(self, db, timeout=None):
+        self._db = db
+        self._txn = None
+        self._cursors = set()
+        db._begin_write(self, timeout)
+
+    @property
+    def _max_key(self):
+        return self._db._max_key
+
+    def _handle(self):
+        if self._txn is None:
+            raise ClosedError("transaction is finished")
+        return self._txn
+
+    def _lookup(self, key):
+        return _lib.read_value(lib.kvm_get, self._handle(), key)
+
+    def _count(self):
+        return lib.kvm_txn_entries(self._handle())
+
+    def _scan(self, mode, key, stop, flags, keys_only):
+        self._handle()
+        return scan(self, mode, key, stop, flags, keys_only)
+
+    def _write(self, fn, *args):
+        h = self._handle()
+        rc = fn(h, *args)
+        if rc == lib.KVM_NEED_PAGES:
+            self._db._refill(self, lib.kvm_txn_pages_needed(h))
+            rc = fn(h, *args)
+        if rc < 0 and rc != lib.KVM_NOTFOUND:
+            err = error_for(rc)
+            if rc != lib.KVM_INVALID:   # anything else may have left a half-made change
+                self.abort()
+            raise err
+        return rc
+
+    def put(self, key, value):
+        """Insert or overwrite.  O(log n)."""
+        k = as_key(key, self._max_key)
+        v, vlen = as_value(value)
+        self._write(lib.kvm_put, k, len(k), v, vlen)
+
+    __setitem__ = put
+
+    def delete(self, key):
+        """Remove ``key``; KeyError if absent.  O(log n)."""
+        k = as_key(key, self._max_key)
+        if self._write(lib.kvm_del, k, len(k)) == lib.KVM_NOTFOUND:
+            raise KeyError(key)
+
+    __delitem__ = delete
+
+    def update(self, *args, **kwargs):
+        """As dict.update, in this transaction."""
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        src = args[0] if args else ()
+        if isinstance(src, Mapping):
+            src = src.items()
+        elif hasattr(src, "keys"):
+            src = ((k, src[k]) for k in src.keys())
+        for k, v in src:
+            self.put(k, v)
+        for k, v in kwargs.items():
+            self.put(k, v)
+
+    @property
+    def txnid(self):
+        """The id this transaction's commit will have."""
+        return lib.kvm_txn_id(self._handle())
+
+    def commit(self):
+        """Make the changes durable (per the database's ``sync``) and visible."""
+        self._handle()
+        self._close_cursors()
+        self._db._commit(self)
+
+    def abort(self):
+        """Discard the changes (idempotent)."""
+        if self._txn is not None:
+            self._close_cursors()
+            self._db._abort(self)
+
+    _invalidate = abort
+
+    def _close_cursors(self):
+        for c in list(self._cursors):
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._txn is None:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __del__(self):
+        try:
+            self.abort()
+        except Exception:
+            pass

@@ -1,0 +1,1050 @@
+/*
+** btree.c -- the copy-on-write B+tree: get, put, delete, cursors.
+**
+** Design and invariants
+**  1. Keys are strictly increasing within a page and across siblings; branch
+**     cell i (i >= 1) holds the smallest key of child i's subtree, cell 0's
+**     key is empty and stands for minus infinity.  All leaves are at depth
+**     t->depth.
+**  2. Copy-on-write: a committed page is never modified.  Before a change the
+**     whole root-to-leaf path is copied (pg_write) into pages of this
+**     transaction; the old page numbers go to the freed list.  Pages born in
+**     this transaction are modified in place.
+**  3. Every page holds at least four cells (max_cell = usable / 4), so a
+**     split always succeeds and both halves fit.  Deletes rebalance: a page
+**     under a quarter full merges with a sibling, or takes cells from it.
+**  4. Trust: a page read from the file is checked before use.  Read paths
+**     check each cell they touch; a page copied for modification is checked
+**     cell by cell (bounds and key order) once, after which this transaction
+**     owns its contents.  Damage is reported as KVM_CORRUPT, never a fault.
+**  5. One C call per operation.  An operation first checks that the page
+**     pool holds enough pages for its worst case (KVM_NEED_PAGES otherwise,
+**     before anything changes), so running out of pages never leaves a
+**     half-done change.
+*/
+#include "internal.h"
+#include <stdlib.h>
+
+typedef struct path_t {
+    int      depth;
+    pgno_t   pg[KVM_MAX_DEPTH];
+    unsigned idx[KVM_MAX_DEPTH];
+} path_t;
+
+typedef struct cellref {
+    const uint8_t *data;
+    unsigned       size;
+} cellref;
+
+typedef struct lcell {
+    const uint8_t *key;
+    unsigned       klen;
+    uint32_t       vlen;
+    int            inl;
+    const uint8_t *val;   /* inline value */
+    pgno_t         ov;    /* first overflow page */
+} lcell;
+
+#define SCR_A    0   /* copy of a page being split or merged */
+#define SCR_B    1   /* copy of its sibling */
+#define SCR_SEP  2   /* separator key / substituted branch cell */
+#define SCR_CELL 3   /* the cell being inserted */
+#define SCR_PACK 4   /* compaction */
+
+static inline uint8_t *scratch(kvm_txn *t, int i) { return t->scratch + (size_t)i * t->env->psize; }
+static inline unsigned nkeys(const uint8_t *p) { return rd16(p + PH_NKEYS); }
+static inline unsigned cptr(const uint8_t *p, unsigned i) { return rd16(p + PH_SIZE + 2 * i); }
+static inline unsigned usable(const kvm_env *e) { return e->psize - PH_SIZE; }
+static inline uint32_t ov_payload(const kvm_env *e) { return e->psize - PH_SIZE; }
+
+static inline int leaf_inline(const kvm_env *e, size_t klen, size_t vlen)
+{
+    return 2 + LEAF_HDR + klen + vlen <= e->max_cell;
+}
+
+static inline int keycmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+
+static int corrupt_cell(pgno_t pg, unsigned i)
+{
+    return kvm_err(KVM_CORRUPT, "page %llu: cell %u out of bounds", (unsigned long long)pg, i);
+}
+
+/* Size of cell i of a page this transaction owns (already checked). */
+static unsigned cell_size(const kvm_env *e, const uint8_t *p, unsigned i)
+{
+    const uint8_t *c = p + cptr(p, i);
+    unsigned klen = rd16(c);
+    if (p[PH_TYPE] == PT_BRANCH)
+        return BRANCH_HDR + klen;
+    uint32_t vlen = rd32(c + 2);
+    return LEAF_HDR + klen + (leaf_inline(e, klen, vlen) ? vlen : 8);
+}
+
+/* Checked decoding of one cell of any tree page: offset and size in bounds. */
+static int cell_span(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, unsigned *size)
+{
+    const kvm_env *e = t->env;
+    unsigned n = nkeys(p), off = cptr(p, i);
+    if (off < PH_SIZE + 2 * n || off + (p[PH_TYPE] == PT_BRANCH ? BRANCH_HDR : LEAF_HDR) > e->psize)
+        return corrupt_cell(pg, i);
+    unsigned klen = rd16(p + off);
+    uint64_t sz;
+    if (p[PH_TYPE] == PT_BRANCH)
+        sz = BRANCH_HDR + (uint64_t)klen;
+    else {
+        uint32_t vlen = rd32(p + off + 2);
+        sz = LEAF_HDR + (uint64_t)klen + (leaf_inline(e, klen, vlen) ? vlen : 8);
+    }
+    if (off + sz > e->psize || klen > e->max_key)
+        return corrupt_cell(pg, i);
+    *size = (unsigned)sz;
+    return 0;
+}
+
+static int leaf_cell(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, lcell *c)
+{
+    unsigned size;
+    int rc = cell_span(t, p, pg, i, &size);
+    if (rc)
+        return rc;
+    const uint8_t *q = p + cptr(p, i);
+    c->klen = rd16(q);
+    c->vlen = rd32(q + 2);
+    c->key = q + LEAF_HDR;
+    c->inl = leaf_inline(t->env, c->klen, c->vlen);
+    c->val = c->key + c->klen;
+    c->ov = c->inl ? 0 : rd64(c->val);
+    return 0;
+}
+
+/* Key of cell i (branch or leaf), checked. */
+static int cell_key(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, const uint8_t **key, unsigned *klen)
+{
+    const kvm_env *e = t->env;
+    unsigned off = cptr(p, i), hdr = p[PH_TYPE] == PT_BRANCH ? BRANCH_HDR : LEAF_HDR;
+    if (off + hdr > e->psize)
+        return corrupt_cell(pg, i);
+    unsigned kl = rd16(p + off);
+    if (off + hdr + kl > e->psize)
+        return corrupt_cell(pg, i);
+    *key = p + off + hdr;
+    *klen = kl;
+    return 0;
+}
+
+static int branch_child(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, pgno_t *child)
+{
+    unsigned off = cptr(p, i);
+    if (i >= nkeys(p) || off + BRANCH_HDR > t->env->psize)
+        return corrupt_cell(pg, i);
+    *child = rd64(p + off + 2);
+    return 0;
+}
+
+/* Full check of a page before this transaction modifies it. */
+static int node_validate(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
+{
+    int rc = pg_check_node(t, p, pg, type);
+    if (rc)
+        return rc;
+    unsigned n = nkeys(p), size;
+    uint64_t used = 0;
+    const uint8_t *prev = NULL;
+    unsigned prevlen = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if ((rc = cell_span(t, p, pg, i, &size)))
+            return rc;
+        used += size + 2;
+        const uint8_t *k;
+        unsigned kl;
+        cell_key(t, p, pg, i, &k, &kl);
+        if (type == PT_BRANCH && i == 0) {
+            if (kl != 0)
+                return kvm_err(KVM_CORRUPT, "page %llu: first branch cell has a key", (unsigned long long)pg);
+            continue;
+        }
+        if (prev && keycmp(prev, prevlen, k, kl) >= 0)
+            return kvm_err(KVM_CORRUPT, "page %llu: keys out of order at cell %u", (unsigned long long)pg, i);
+        prev = k;
+        prevlen = kl;
+    }
+    if (used > usable(t->env))
+        return kvm_err(KVM_CORRUPT, "page %llu: cells overlap", (unsigned long long)pg);
+    return 0;
+}
+
+/* ------------------------------------------------------------- searching */
+
+/* First index whose key is >= key; *found if equal. */
+static int leaf_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen,
+                       unsigned *idx, int *found)
+{
+    unsigned lo = 0, hi = nkeys(p);
+    *found = 0;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        const uint8_t *k;
+        unsigned kl;
+        int rc = cell_key(t, p, pg, mid, &k, &kl);
+        if (rc)
+            return rc;
+        int c = keycmp(k, kl, key, klen);
+        if (c < 0)
+            lo = mid + 1;
+        else {
+            hi = mid;
+            if (c == 0)
+                *found = 1;
+        }
+    }
+    *idx = lo;
+    return 0;
+}
+
+/* Index of the child whose subtree holds key. */
+static int branch_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen, unsigned *idx)
+{
+    unsigned lo = 1, hi = nkeys(p);
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        const uint8_t *k;
+        unsigned kl;
+        int rc = cell_key(t, p, pg, mid, &k, &kl);
+        if (rc)
+            return rc;
+        if (keycmp(k, kl, key, klen) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *idx = lo - 1;
+    return 0;
+}
+
+static int node_read(kvm_txn *t, pgno_t pg, int type, const uint8_t **p)
+{
+    int rc = pg_read(t, pg, p);
+    return rc ? rc : pg_check_node(t, *p, pg, type);
+}
+
+static inline int level_type(uint32_t depth, int level) { return level + 1 < (int)depth ? PT_BRANCH : PT_LEAF; }
+
+static int descend(kvm_txn *t, const uint8_t *key, size_t klen, path_t *ph, int *found)
+{
+    pgno_t pg = t->root;
+    ph->depth = (int)t->depth;
+    for (int l = 0; l < ph->depth; l++) {
+        const uint8_t *p;
+        int rc = node_read(t, pg, level_type(t->depth, l), &p);
+        if (rc)
+            return rc;
+        ph->pg[l] = pg;
+        if (l + 1 < ph->depth) {
+            if ((rc = branch_search(t, p, pg, key, klen, &ph->idx[l])) ||
+                (rc = branch_child(t, p, pg, ph->idx[l], &pg)))
+                return rc;
+        } else if ((rc = leaf_search(t, p, pg, key, klen, &ph->idx[l], found)))
+            return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- values */
+
+/* Copy a value into out (cap bytes); returns its length, copied iff <= cap. */
+static int64_t value_copy(kvm_txn *t, const lcell *c, uint8_t *out, size_t cap)
+{
+    if (c->vlen > cap)
+        return c->vlen;
+    if (c->inl) {
+        memcpy(out, c->val, c->vlen);
+        return c->vlen;
+    }
+    const kvm_env *e = t->env;
+    uint32_t pay = ov_payload(e);
+    uint64_t left = c->vlen, pages = (left + pay - 1) / pay;
+    pgno_t pg = c->ov;
+    for (uint64_t i = 0; i < pages; i++) {
+        const uint8_t *p;
+        int rc = pg_read(t, pg, &p);
+        if (rc)
+            return rc;
+        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg)
+            return kvm_err(KVM_CORRUPT, "page %llu: not an overflow page of this value", (unsigned long long)pg);
+        uint32_t n = left < pay ? (uint32_t)left : pay;
+        memcpy(out, p + PH_SIZE, n);
+        out += n;
+        left -= n;
+        pg = rd64(p + PH_NEXT);
+    }
+    if (pg != 0)
+        return kvm_err(KVM_CORRUPT, "overflow chain longer than its value");
+    return c->vlen;
+}
+
+static int overflow_free(kvm_txn *t, const lcell *c)
+{
+    uint32_t pay = ov_payload(t->env);
+    uint64_t pages = ((uint64_t)c->vlen + pay - 1) / pay;
+    pgno_t pg = c->ov;
+    for (uint64_t i = 0; i < pages; i++) {
+        const uint8_t *p;
+        int rc = pg_read(t, pg, &p);
+        if (rc)
+            return rc;
+        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg)
+            return kvm_err(KVM_CORRUPT, "page %llu: not an overflow page of this value", (unsigned long long)pg);
+        pgno_t next = rd64(p + PH_NEXT);
+        if ((rc = pg_free(t, pg)))
+            return rc;
+        pg = next;
+    }
+    return 0;
+}
+
+static int overflow_write(kvm_txn *t, const uint8_t *val, size_t vlen, pgno_t *first)
+{
+    uint32_t pay = ov_payload(t->env);
+    uint8_t *prev = NULL;
+    *first = 0;
+    while (vlen > 0) {
+        uint8_t *p;
+        pgno_t pg;
+        int rc = pg_new(t, PT_OVERFLOW, &p, &pg);
+        if (rc)
+            return rc;
+        size_t n = vlen < pay ? vlen : pay;
+        memcpy(p + PH_SIZE, val, n);
+        if (prev)
+            wr64(prev + PH_NEXT, pg);
+        else
+            *first = pg;
+        prev = p;
+        val += n;
+        vlen -= n;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------- page rebuilding */
+
+static void node_rebuild(const kvm_env *e, uint8_t *p, const cellref *refs, unsigned n)
+{
+    unsigned upper = e->psize;
+    for (unsigned i = 0; i < n; i++) {
+        upper -= refs[i].size;
+        memcpy(p + upper, refs[i].data, refs[i].size);
+        wr16(p + PH_SIZE + 2 * i, (uint16_t)upper);
+    }
+    memset(p + PH_SIZE + 2 * n, 0, upper - (PH_SIZE + 2 * n));
+    wr16(p + PH_NKEYS, (uint16_t)n);
+    wr32(p + PH_UPPER, upper);
+}
+
+/* Gather references to the cells of an owned page (copied first to scratch). */
+static unsigned gather(kvm_txn *t, const uint8_t *p, int scr, cellref *refs)
+{
+    uint8_t *s = scratch(t, scr);
+    memcpy(s, p, t->env->psize);
+    unsigned n = nkeys(s);
+    for (unsigned i = 0; i < n; i++) {
+        refs[i].data = s + cptr(s, i);
+        refs[i].size = cell_size(t->env, s, i);
+    }
+    return n;
+}
+
+static unsigned node_used(const kvm_env *e, const uint8_t *p)
+{
+    unsigned used = 0, n = nkeys(p);
+    for (unsigned i = 0; i < n; i++)
+        used += cell_size(e, p, i) + 2;
+    return used;
+}
+
+static void node_compact(kvm_txn *t, uint8_t *p)
+{
+    cellref *refs = t->refs;
+    unsigned n = gather(t, p, SCR_PACK, refs);
+    node_rebuild(t->env, p, refs, n);
+}
+
+/* Insert a cell at idx if it fits (compacting if need be); 1 if inserted. */
+static int node_insert(kvm_txn *t, uint8_t *p, unsigned idx, const uint8_t *cell, unsigned size)
+{
+    const kvm_env *e = t->env;
+    unsigned n = nkeys(p), upper = rd32(p + PH_UPPER);
+    if (upper < PH_SIZE + 2 * n + size + 2) {
+        if (node_used(e, p) + size + 2 > usable(e))
+            return 0;
+        node_compact(t, p);
+        upper = rd32(p + PH_UPPER);
+    }
+    upper -= size;
+    memcpy(p + upper, cell, size);
+    uint8_t *ptrs = p + PH_SIZE;
+    memmove(ptrs + 2 * (idx + 1), ptrs + 2 * idx, 2 * (n - idx));
+    wr16(ptrs + 2 * idx, (uint16_t)upper);
+    wr16(p + PH_NKEYS, (uint16_t)(n + 1));
+    wr32(p + PH_UPPER, upper);
+    return 1;
+}
+
+static void node_remove(uint8_t *p, unsigned idx)
+{
+    unsigned n = nkeys(p);
+    uint8_t *ptrs = p + PH_SIZE;
+    memmove(ptrs + 2 * idx, ptrs + 2 * (idx + 1), 2 * (n - idx - 1));
+    wr16(p + PH_NKEYS, (uint16_t)(n - 1));
+}
+
+static unsigned build_branch_cell(uint8_t *c, const uint8_t *key, unsigned klen, pgno_t child)
+{
+    wr16(c, (uint16_t)klen);
+    wr64(c + 2, child);
+    memmove(c + BRANCH_HDR, key, klen);
+    return BRANCH_HDR + klen;
+}
+
+static void set_child(uint8_t *p, unsigned i, pgno_t child) { wr64(p + cptr(p, i) + 2, child); }
+
+/* Make page ph->pg[level] writable (copy-on-write) and fix its parent. */
+static int touch(kvm_txn *t, path_t *ph, int level, int type, uint8_t **out)
+{
+    pgno_t np;
+    int rc = pg_write(t, ph->pg[level], out, &np);
+    if (rc)
+        return rc;
+    if (np == ph->pg[level])
+        return 0;
+    if ((rc = node_validate(t, *out, np, type)))
+        return rc;
+    ph->pg[level] = np;
+    if (level == 0)
+        t->root = np;
+    else {
+        const uint8_t *cp;
+        uint8_t *parent;
+        if ((rc = pg_read(t, ph->pg[level - 1], &cp)))
+            return rc;
+        parent = (uint8_t *)cp;   /* the parent was touched first: it is ours */
+        set_child(parent, ph->idx[level - 1], np);
+    }
+    return 0;
+}
+
+static int touch_path(kvm_txn *t, path_t *ph)
+{
+    for (int l = 0; l < ph->depth; l++) {
+        uint8_t *p;
+        int rc = touch(t, ph, l, level_type(t->depth, l), &p);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Owned page pointer (after touch). */
+static uint8_t *owned(kvm_txn *t, pgno_t pg)
+{
+    const uint8_t *p = NULL;
+    pg_read(t, pg, &p);   /* cannot fail: the page is in the dirty table */
+    return (uint8_t *)p;
+}
+
+/* Choose a split point m (left gets refs[0..m)) so both sides fit. */
+static unsigned split_point(const kvm_env *e, const cellref *refs, unsigned n)
+{
+    unsigned total = 0, left = 0, m = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += refs[i].size + 2;
+    while (m < n && left + refs[m].size + 2 <= total / 2) {
+        left += refs[m].size + 2;
+        m++;
+    }
+    if (m == 0) {
+        left += refs[0].size + 2;
+        m = 1;
+    }
+    while (m < n - 1 && total - left > usable(e)) {
+        left += refs[m].size + 2;
+        m++;
+    }
+    while (m > 1 && left > usable(e)) {
+        m--;
+        left -= refs[m].size + 2;
+    }
+    return m;
+}
+
+/*
+** Split owned page pg while inserting cell at idx.  The left part stays in pg,
+** the right part goes to a new page *right; the separator (the smallest key of
+** the right part) is copied to SCR_SEP, its length to *seplen.
+*/
+static int split(kvm_txn *t, pgno_t pg, unsigned idx, const uint8_t *cell, unsigned csize,
+                 pgno_t *right, unsigned *seplen)
+{
+    const kvm_env *e = t->env;
+    uint8_t *p = owned(t, pg);
+    int type = p[PH_TYPE];
+    cellref *refs = t->refs;
+    unsigned n = gather(t, p, SCR_A, refs);
+    memmove(refs + idx + 1, refs + idx, (n - idx) * sizeof *refs);
+    refs[idx].data = cell;
+    refs[idx].size = csize;
+    n++;
+    unsigned m;
+    if (idx == n - 1 && type == PT_LEAF)
+        m = n - 1;          /* appending: keep the left page full */
+    else if (idx == n - 1)
+        m = n - 2;
+    else
+        m = split_point(e, refs, n);
+    uint8_t *r;
+    int rc = pg_new(t, type, &r, right);
+    if (rc)
+        return rc;
+    const uint8_t *sk = refs[m].data + (type == PT_BRANCH ? BRANCH_HDR : LEAF_HDR);
+    *seplen = rd16(refs[m].data);
+    memcpy(scratch(t, SCR_SEP), sk, *seplen);
+    uint8_t first[BRANCH_HDR];
+    if (type == PT_BRANCH) {      /* the right page's first key moves up */
+        build_branch_cell(first, NULL, 0, rd64(refs[m].data + 2));
+        refs[m].data = first;
+        refs[m].size = BRANCH_HDR;
+    }
+    node_rebuild(e, p, refs, m);
+    node_rebuild(e, r, refs + m, n - m);
+    return 0;
+}
+
+/* Insert cell at (level, idx), splitting upward as needed. */
+static int insert_at(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t *cell, unsigned csize)
+{
+    for (;;) {
+        uint8_t *p = owned(t, ph->pg[level]);
+        if (node_insert(t, p, idx, cell, csize))
+            return 0;
+        pgno_t right;
+        unsigned seplen;
+        int rc = split(t, ph->pg[level], idx, cell, csize, &right, &seplen);
+        if (rc)
+            return rc;
+        uint8_t *c = scratch(t, SCR_CELL);
+        csize = build_branch_cell(c, scratch(t, SCR_SEP), seplen, right);
+        cell = c;
+        if (level == 0) {
+            uint8_t *root;
+            pgno_t rpg;
+            if (t->depth >= KVM_MAX_DEPTH)
+                return kvm_err(KVM_CORRUPT, "tree deeper than %d levels", KVM_MAX_DEPTH);
+            if ((rc = pg_new(t, PT_BRANCH, &root, &rpg)))
+                return rc;
+            uint8_t c0[BRANCH_HDR];
+            unsigned s0 = build_branch_cell(c0, NULL, 0, ph->pg[0]);
+            node_insert(t, root, 0, c0, s0);
+            node_insert(t, root, 1, cell, csize);
+            t->root = rpg;
+            t->depth++;
+            return 0;
+        }
+        level--;
+        idx = ph->idx[level] + 1;
+    }
+}
+
+/*
+** After a delete at `level`: merge an underfull page with a sibling, or move
+** cells over from it; collapse the root when it has one child left.
+*/
+static int rebalance(kvm_txn *t, path_t *ph, int level)
+{
+    const kvm_env *e = t->env;
+    for (;;) {
+        uint8_t *p = owned(t, ph->pg[level]);
+        int type = p[PH_TYPE];
+        unsigned n = nkeys(p);
+        if (level == 0) {
+            if (type == PT_BRANCH && n == 1) {
+                pgno_t child = rd64(p + cptr(p, 0) + 2);
+                int rc = pg_free(t, ph->pg[0]);
+                if (rc)
+                    return rc;
+                t->root = child;
+                t->depth--;
+            } else if (type == PT_LEAF && n == 0) {
+                int rc = pg_free(t, ph->pg[0]);
+                if (rc)
+                    return rc;
+                t->root = 0;
+                t->depth = 0;
+            }
+            return 0;
+        }
+        if (node_used(e, p) >= usable(e) / 4 && (type == PT_LEAF || n >= 2))
+            return 0;
+        uint8_t *pp = owned(t, ph->pg[level - 1]);
+        unsigned pn = nkeys(pp), i = ph->idx[level - 1];
+        if (pn < 2)
+            return 0;
+        unsigned j = i + 1 < pn ? i + 1 : i - 1;
+        path_t sib = *ph;
+        sib.idx[level - 1] = j;
+        int rc = branch_child(t, pp, ph->pg[level - 1], j, &sib.pg[level]);
+        if (rc)
+            return rc;
+        uint8_t *sp;
+        if ((rc = pg_read(t, sib.pg[level], (const uint8_t **)&sp)) ||
+            (rc = pg_check_node(t, sp, sib.pg[level], type)) ||
+            (rc = touch(t, &sib, level, type, &sp)))
+            return rc;
+        unsigned r = j > i ? j : i;            /* parent cell of the right page */
+        pgno_t lpg = j > i ? ph->pg[level] : sib.pg[level];
+        pgno_t rpg = j > i ? sib.pg[level] : ph->pg[level];
+        uint8_t *L = owned(t, lpg), *R = owned(t, rpg);
+        cellref *refs = t->refs;
+        unsigned ln = gather(t, L, SCR_A, refs);
+        unsigned rn = gather(t, R, SCR_B, refs + ln);
+        const uint8_t *sep;
+        unsigned seplen;
+        cell_key(t, pp, ph->pg[level - 1], r, &sep, &seplen);
+        if (type == PT_BRANCH) {   /* the separator comes down into R's first cell */
+            uint8_t *c = scratch(t, SCR_SEP);
+            refs[ln].size = build_branch_cell(c, sep, seplen, rd64(refs[ln].data + 2));
+            refs[ln].data = c;
+        }
+        unsigned total = 0;
+        for (unsigned k = 0; k < ln + rn; k++)
+            total += refs[k].size + 2;
+        if (total <= usable(e)) {
+            node_rebuild(e, L, refs, ln + rn);
+            if ((rc = pg_free(t, rpg)))
+                return rc;
+            node_remove(pp, r);
+            if (r == i)
+                ph->idx[level - 1] = j;
+            level--;
+            continue;
+        }
+        unsigned m = split_point(e, refs, ln + rn);
+        const uint8_t *nk = refs[m].data + (type == PT_BRANCH ? BRANCH_HDR : LEAF_HDR);
+        unsigned nklen = rd16(refs[m].data);
+        unsigned old = cell_size(e, pp, r);
+        if (node_used(e, pp) - old + BRANCH_HDR + nklen > usable(e))
+            return 0;   /* the new separator would not fit: leave the page as it is */
+        uint8_t *c = scratch(t, SCR_CELL);
+        unsigned csize = build_branch_cell(c, nk, nklen, rpg);
+        uint8_t first[BRANCH_HDR];
+        if (type == PT_BRANCH) {
+            build_branch_cell(first, NULL, 0, rd64(refs[m].data + 2));
+            refs[m].data = first;
+            refs[m].size = BRANCH_HDR;
+        }
+        node_rebuild(e, L, refs, m);
+        node_rebuild(e, R, refs + m, ln + rn - m);
+        node_remove(pp, r);
+        node_insert(t, pp, r, c, csize);
+        return 0;
+    }
+}
+
+/* --------------------------------------------------------------- public */
+
+static int key_check(kvm_txn *t, size_t klen)
+{
+    if (klen == 0 || klen > t->env->max_key)
+        return kvm_err(KVM_INVALID, "key length %zu is outside 1..%u", klen, t->env->max_key);
+    return 0;
+}
+
+static int write_check(kvm_txn *t, uint64_t need)
+{
+    if (!t->write)
+        return kvm_err(KVM_READONLY, "transaction is read-only");
+    if (t->pool.n < need) {
+        t->need = need;
+        return kvm_err(KVM_NEED_PAGES, "page pool needs %llu pages", (unsigned long long)need);
+    }
+    return 0;
+}
+
+static int64_t get_locked(kvm_txn *t, const uint8_t *key, size_t klen, uint8_t *out, size_t cap)
+{
+    if (!t->root)
+        return KVM_NOTFOUND;
+    path_t ph;
+    int found = 0;
+    int rc = descend(t, key, klen, &ph, &found);
+    if (rc)
+        return rc;
+    if (!found)
+        return KVM_NOTFOUND;
+    const uint8_t *p;
+    lcell c;
+    if ((rc = pg_read(t, ph.pg[ph.depth - 1], &p)) ||
+        (rc = leaf_cell(t, p, ph.pg[ph.depth - 1], ph.idx[ph.depth - 1], &c)))
+        return rc;
+    return value_copy(t, &c, out, cap);
+}
+
+int64_t kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
+{
+    int rc = key_check(t, klen);
+    if (rc)
+        return rc;
+    op_enter(t->env);
+    int64_t r = get_locked(t, (const uint8_t *)key, klen, (uint8_t *)out, cap);
+    op_leave(t->env);
+    return r;
+}
+
+int64_t kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap)
+{
+    kvm_txn r = {.env = e, .slot = -1};
+    int rc = key_check(&r, klen);
+    if (rc || (rc = snapshot_acquire(e, &r)))
+        return rc;
+    op_enter(e);
+    int64_t v = get_locked(&r, (const uint8_t *)key, klen, (uint8_t *)out, cap);
+    op_leave(e);
+    snapshot_release(e, &r);
+    return v;
+}
+
+int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
+                 char *out, size_t cap, int64_t *lens, size_t *done)
+{
+    size_t off = 0, i;
+    int rc = 0;
+    op_enter(t->env);
+    for (i = 0; i < n; i++) {
+        if ((rc = key_check(t, klens[i])))
+            break;
+        int64_t v = get_locked(t, (const uint8_t *)keys, klens[i], (uint8_t *)out + off, cap - off);
+        if (v < 0 && v != KVM_NOTFOUND) {
+            rc = (int)v;
+            break;
+        }
+        lens[i] = v;
+        if (v > (int64_t)(cap - off)) {
+            if (off == 0)
+                rc = KVM_BUFSMALL;
+            break;
+        }
+        if (v > 0)
+            off += (size_t)v;
+        keys += klens[i];
+    }
+    op_leave(t->env);
+    *done = i;
+    return rc;
+}
+
+int kvm_put(kvm_txn *t, const char *key_, size_t klen, const char *val_, size_t vlen)
+{
+    const uint8_t *key = (const uint8_t *)key_, *val = (const uint8_t *)val_;
+    kvm_env *e = t->env;
+    int rc = key_check(t, klen);
+    if (rc)
+        return rc;
+    if (vlen > UINT32_MAX)
+        return kvm_err(KVM_INVALID, "value of %zu bytes is larger than 4 GiB - 1", vlen);
+    int inl = leaf_inline(e, klen, vlen);
+    uint64_t ovpages = inl ? 0 : (vlen + ov_payload(e) - 1) / ov_payload(e);
+    if ((rc = write_check(t, 2ull * (t->depth + 2) + 4 + ovpages)))
+        return rc;
+    op_enter(e);
+    uint8_t *cell = scratch(t, SCR_CELL);
+    wr16(cell, (uint16_t)klen);
+    wr32(cell + 2, (uint32_t)vlen);
+    memcpy(cell + LEAF_HDR, key, klen);
+    unsigned csize = LEAF_HDR + (unsigned)klen + (inl ? (unsigned)vlen : 8);
+    if (inl)
+        memcpy(cell + LEAF_HDR + klen, val, vlen);
+    path_t ph;
+    int found = 0;
+    if (!t->root) {
+        uint8_t *p;
+        pgno_t pg;
+        if ((rc = pg_new(t, PT_LEAF, &p, &pg)))
+            goto out;
+        t->root = pg;
+        t->depth = 1;
+        ph.depth = 1;
+        ph.pg[0] = pg;
+        ph.idx[0] = 0;
+    } else if ((rc = descend(t, key, klen, &ph, &found)) || (rc = touch_path(t, &ph)))
+        goto out;
+    int leaf = ph.depth - 1;
+    if (!inl) {
+        pgno_t first;
+        if ((rc = overflow_write(t, val, vlen, &first)))
+            goto out;
+        wr64(cell + LEAF_HDR + klen, first);
+    }
+    if (found) {
+        uint8_t *p = owned(t, ph.pg[leaf]);
+        lcell old;
+        if ((rc = leaf_cell(t, p, ph.pg[leaf], ph.idx[leaf], &old)))
+            goto out;
+        if (!old.inl && (rc = overflow_free(t, &old)))
+            goto out;
+        node_remove(p, ph.idx[leaf]);
+    } else
+        t->entries++;
+    rc = insert_at(t, &ph, leaf, ph.idx[leaf], cell, csize);
+    t->mod++;
+out:
+    op_leave(e);
+    return rc;
+}
+
+int kvm_del(kvm_txn *t, const char *key_, size_t klen)
+{
+    const uint8_t *key = (const uint8_t *)key_;
+    int rc = key_check(t, klen);
+    if (rc || (rc = write_check(t, 2ull * (t->depth + 2) + 4)))
+        return rc;
+    if (!t->root)
+        return KVM_NOTFOUND;
+    op_enter(t->env);
+    path_t ph;
+    int found = 0;
+    if ((rc = descend(t, key, klen, &ph, &found)))
+        goto out;
+    if (!found) {
+        rc = KVM_NOTFOUND;
+        goto out;
+    }
+    if ((rc = touch_path(t, &ph)))
+        goto out;
+    int leaf = ph.depth - 1;
+    uint8_t *p = owned(t, ph.pg[leaf]);
+    lcell c;
+    if ((rc = leaf_cell(t, p, ph.pg[leaf], ph.idx[leaf], &c)) || (!c.inl && (rc = overflow_free(t, &c))))
+        goto out;
+    node_remove(p, ph.idx[leaf]);
+    t->entries--;
+    t->mod++;
+    rc = rebalance(t, &ph, leaf);
+out:
+    op_leave(t->env);
+    return rc;
+}
+
+/* --------------------------------------------------------------- cursors */
+
+int kvm_cursor_open(kvm_txn *t, kvm_cursor **out)
+{
+    kvm_cursor *c = calloc(1, sizeof *c);
+    if (!c || (t->write && !(c->key = malloc(t->env->max_key)))) {
+        free(c);
+        return kvm_err(KVM_NOMEM, "allocating a cursor");
+    }
+    c->t = t;
+    *out = c;
+    return 0;
+}
+
+void kvm_cursor_close(kvm_cursor *c)
+{
+    if (!c)
+        return;
+    free(c->key);
+    free(c);
+}
+
+size_t kvm_cursor_need(kvm_cursor *c) { return c->need; }
+
+/* Descend from level l (whose page is set) to the leaf, taking the first
+** (or last) entry of every page on the way. */
+static int cur_descend_edge(kvm_cursor *c, int l, int last)
+{
+    kvm_txn *t = c->t;
+    for (; l < c->depth; l++) {
+        const uint8_t *p;
+        int rc = node_read(t, c->pg[l], level_type(t->depth, l), &p);
+        if (rc)
+            return rc;
+        c->idx[l] = last ? (int)nkeys(p) - 1 : 0;
+        if (l + 1 < c->depth && (rc = branch_child(t, p, c->pg[l], (unsigned)c->idx[l], &c->pg[l + 1])))
+            return rc;
+    }
+    return 0;
+}
+
+/* Move to the next (dir > 0) or previous leaf entry when idx ran off the leaf. */
+static int cur_fix(kvm_cursor *c, int dir)
+{
+    kvm_txn *t = c->t;
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        const uint8_t *p;
+        int d = c->depth - 1;
+        int rc = node_read(t, c->pg[d], PT_LEAF, &p);
+        if (rc)
+            return rc;
+        int n = (int)nkeys(p);
+        if (c->idx[d] >= 0 && c->idx[d] < n) {
+            c->state = 1;
+            return 0;
+        }
+        int l = d - 1;
+        for (; l >= 0; l--) {
+            const uint8_t *q;
+            if ((rc = node_read(t, c->pg[l], PT_BRANCH, &q)))
+                return rc;
+            int qn = (int)nkeys(q);
+            if (dir > 0 ? c->idx[l] + 1 < qn : c->idx[l] > 0)
+                break;
+        }
+        if (l < 0) {
+            c->state = 2;
+            return 0;
+        }
+        c->idx[l] += dir;
+        const uint8_t *q;
+        if ((rc = node_read(t, c->pg[l], PT_BRANCH, &q)) ||
+            (rc = branch_child(t, q, c->pg[l], (unsigned)c->idx[l], &c->pg[l + 1])) ||
+            (rc = cur_descend_edge(c, l + 1, dir < 0)))
+            return rc;
+    }
+    return kvm_err(KVM_CORRUPT, "cursor walked too many empty pages");
+}
+
+static int cur_save_key(kvm_cursor *c)
+{
+    kvm_txn *t = c->t;
+    c->mod = t->mod;
+    if (!t->write || c->state != 1)
+        return 0;
+    const uint8_t *p, *k;
+    unsigned kl;
+    int d = c->depth - 1;
+    int rc = pg_read(t, c->pg[d], &p);
+    if (rc || (rc = cell_key(t, p, c->pg[d], (unsigned)c->idx[d], &k, &kl)))
+        return rc;
+    memcpy(c->key, k, kl);
+    c->klen = kl;
+    return 0;
+}
+
+static int cur_seek(kvm_cursor *c, const uint8_t *key, size_t klen, int mode)
+{
+    kvm_txn *t = c->t;
+    c->depth = (int)t->depth;
+    c->state = 2;
+    c->mod = t->mod;
+    if (!t->root)
+        return 0;
+    c->pg[0] = t->root;
+    int rc;
+    if (mode == KVM_SEEK_FIRST || mode == KVM_SEEK_LAST) {
+        int last = mode == KVM_SEEK_LAST;
+        if ((rc = cur_descend_edge(c, 0, last)) || (rc = cur_fix(c, last ? -1 : 1)))
+            return rc;
+        return cur_save_key(c);
+    }
+    path_t ph;
+    int found = 0;
+    if ((rc = descend(t, key, klen, &ph, &found)))
+        return rc;
+    for (int l = 0; l < ph.depth; l++) {
+        c->pg[l] = ph.pg[l];
+        c->idx[l] = (int)ph.idx[l];
+    }
+    int d = c->depth - 1, dir = 1;
+    if (mode == KVM_SEEK_GT && found)
+        c->idx[d]++;
+    else if (mode == KVM_SEEK_LE && !found) {
+        c->idx[d]--;
+        dir = -1;
+    } else if (mode == KVM_SEEK_LT) {
+        c->idx[d]--;
+        dir = -1;
+    } else if (mode == KVM_SEEK_LE)
+        dir = -1;
+    if ((rc = cur_fix(c, dir)))
+        return rc;
+    return cur_save_key(c);
+}
+
+int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
+{
+    if (mode < KVM_SEEK_FIRST || mode > KVM_SEEK_LT)
+        return kvm_err(KVM_INVALID, "bad seek mode");
+    if (mode >= KVM_SEEK_GE && klen > c->t->env->max_key)
+        klen = c->t->env->max_key + 1;   /* longer than any key: order is still right */
+    op_enter(c->t->env);
+    int rc = cur_seek(c, (const uint8_t *)key, klen, mode);
+    op_leave(c->t->env);
+    return rc;
+}
+
+int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, int flags,
+                         const char *stop_, size_t stoplen)
+{
+    kvm_txn *t = c->t;
+    uint8_t *buf = (uint8_t *)buf_;
+    const uint8_t *stop = (const uint8_t *)stop_;
+    int rev = flags & KVM_FETCH_REVERSE, dir = rev ? -1 : 1;
+    if (c->state == 0)
+        return kvm_err(KVM_INVALID, "cursor is not positioned");
+    op_enter(t->env);
+    int rc = 0;
+    size_t used = 0;
+    uint32_t count = 0;
+    if (t->write && c->mod != t->mod && c->state == 1)
+        rc = cur_seek(c, c->key, c->klen, rev ? KVM_SEEK_LE : KVM_SEEK_GE);
+    while (!rc && count < max_n && c->state == 1) {
+        int d = c->depth - 1;
+        const uint8_t *p;
+        lcell lc;
+        if ((rc = pg_read(t, c->pg[d], &p)) || (rc = pg_check_node(t, p, c->pg[d], PT_LEAF)) ||
+            (rc = leaf_cell(t, p, c->pg[d], (unsigned)c->idx[d], &lc)))
+            break;
+        if (stop) {
+            int past;
+            if (flags & KVM_FETCH_STOP_PREFIX)
+                past = lc.klen < stoplen || memcmp(lc.key, stop, stoplen) != 0;
+            else {
+                int cmp = keycmp(lc.key, lc.klen, stop, stoplen) * dir;
+                past = cmp > 0 || (cmp == 0 && !(flags & KVM_FETCH_STOP_INCL));
+            }
+            if (past) {
+                c->state = 2;
+                break;
+            }
+        }
+        uint64_t vlen = (flags & KVM_FETCH_KEYS_ONLY) ? 0 : lc.vlen;
+        uint64_t rec = 8 + lc.klen + vlen;
+        if (used + rec > cap) {
+            if (count == 0) {
+                c->need = rec;
+                rc = kvm_err(KVM_BUFSMALL, "record of %llu bytes", (unsigned long long)rec);
+            }
+            break;
+        }
+        wr32(buf + used, lc.klen);
+        wr32(buf + used + 4, (uint32_t)vlen);
+        memcpy(buf + used + 8, lc.key, lc.klen);
+        if (vlen) {
+            int64_t v = value_copy(t, &lc, buf + used + 8 + lc.klen, vlen);
+            if (v < 0) {
+                rc = (int)v;
+                break;
+            }
+        }
+        used += rec;
+        count++;
+        c->idx[d] += dir;
+        if ((rc = cur_fix(c, dir)) || (rc = cur_save_key(c)))
+            break;
+    }
+    op_leave(t->env);
+    return rc ? rc : (int64_t)used;
+}

@@ -1,0 +1,115 @@
+/*
+** format.h -- the kvmap file format v1, byte by byte (see docs/FORMAT.md).
+**
+** A database is one file of fixed-size pages (a power of two, 4 KiB to
+** 64 KiB, chosen at creation).  All integers are little-endian.  Pages 0 and
+** 1 are meta pages; every other page starts with the 32-byte page header.
+**
+** Meta page (only the first META_SIZE bytes are used, the rest is zero):
+**
+**   off  size  field
+**     0     8  magic  "\x89KVM\r\n\x1a\n"
+**     8     4  format version (1)
+**    12     4  page size in bytes
+**    16     8  txnid of the commit that wrote this meta
+**    24     8  root page of the main tree (0: empty tree)
+**    32     4  depth of the main tree (0: empty)
+**    36     4  flags (0)
+**    40     8  number of entries in the main tree
+**    48     8  high-water mark: pages [0, hwm) are in use or listed free
+**    56     8  first free-index page (0: none)
+**    64     8  first pending-free page (0: none)
+**    72     8  number of free pages listed in the bitmaps
+**    80     8  number of pages listed as pending
+**    88    36  reserved, zero
+**   124     4  crc32c of bytes [0, 124)
+**
+** Transaction T writes meta page T % 2; open picks the valid meta with the
+** larger txnid.
+**
+** Page header (all other pages):
+**
+**   off  size  field
+**     0     4  crc32c of bytes [4, page_size) of the page
+**     4     1  page type (PT_*)
+**     5     1  flags (0)
+**     6     2  number of cells / entries
+**     8     8  txnid of the transaction that wrote the page
+**    16     8  the page's own number (detects misplaced pages)
+**    24     4  branch, leaf: offset of the cell content area ("upper")
+**    24     8  overflow, free pages: next page of the chain (0: end);
+**              free-bitmap pages: first page number the bitmap covers
+**
+** Branch and leaf pages are slotted: a u16 cell-offset array grows up from
+** byte 32, cells grow down from the end of the page.  Cells are in key order.
+**
+**   leaf cell:   u16 klen, u32 vlen, key, then the value if inline
+**                else u64 first overflow page
+**   branch cell: u16 klen, u64 child page, key (cell 0 has klen 0: -inf)
+**
+** A value is inline iff 2 + 6 + klen + vlen <= max_cell, with
+** max_cell = (page_size - 32) / 4, so every page holds at least four cells.
+** The largest key is max_cell - 16 (1000 bytes at 4 KiB pages).
+*/
+#ifndef KVM_FORMAT_H
+#define KVM_FORMAT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "kvmap v1 reads the file with little-endian loads"
+#endif
+
+#define KVM_MAGIC          "\x89KVM\r\n\x1a\n"
+#define KVM_VERSION        1u
+#define KVM_MIN_PAGE       4096u
+#define KVM_MAX_PAGE       65536u
+#define KVM_MAX_DEPTH      32
+
+#define M_MAGIC            0
+#define M_VERSION          8
+#define M_PAGESIZE         12
+#define M_TXNID            16
+#define M_ROOT             24
+#define M_DEPTH            32
+#define M_FLAGS            36
+#define M_ENTRIES          40
+#define M_HWM              48
+#define M_FREE_INDEX       56
+#define M_FREE_PENDING     64
+#define M_FREE_COUNT       72
+#define M_PENDING_COUNT    80
+#define M_CHECKSUM         124
+#define META_SIZE          128
+
+#define PH_CHECKSUM        0
+#define PH_TYPE            4
+#define PH_FLAGS           5
+#define PH_NKEYS           6
+#define PH_TXNID           8
+#define PH_PGNO            16
+#define PH_UPPER           24
+#define PH_NEXT            24
+#define PH_SIZE            32
+
+#define PT_BRANCH          1
+#define PT_LEAF            2
+#define PT_OVERFLOW        3
+#define PT_FREE_INDEX      4
+#define PT_FREE_BITMAP     5
+#define PT_FREE_PENDING    6
+
+#define LEAF_HDR           6   /* u16 klen, u32 vlen */
+#define BRANCH_HDR         10  /* u16 klen, u64 child */
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len);
+
+#endif

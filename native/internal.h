@@ -1,0 +1,118 @@
+/*
+** internal.h -- structures shared by the pager (pager.c: file, mapping,
+** page cache, dirty pages, commit, readers) and the B+tree (btree.c).
+** The B+tree sees pages only through pg_read/pg_write/pg_new/pg_free, so it
+** cannot tell the mmap backend from the pread backend.
+*/
+#ifndef KVM_INTERNAL_H
+#define KVM_INTERNAL_H
+
+#include "format.h"
+#include "kvmap.h"
+#include "os.h"
+#include <pthread.h>
+#include <stdint.h>
+#include <stddef.h>
+
+typedef uint64_t pgno_t;
+
+/* The committed state, published by the writer and read by readers under a
+** sequence lock (env->seq odd while a commit updates it). */
+typedef struct kvm_state {
+    uint64_t txnid, root, entries, hwm;
+    uint64_t free_index, free_pending, free_count, pending_count;
+    uint32_t depth;
+} kvm_state;
+
+/* Page cache of the pread backend: CLOCK replacement, chained hash. */
+typedef struct kvm_cache {
+    uint32_t  nslots, nbuckets, hand;
+    uint8_t  *mem;
+    pgno_t   *pgno;          /* per slot; PGNO_NONE when empty */
+    int32_t  *next;          /* hash chain per slot */
+    int32_t  *bucket;        /* head slot per bucket */
+    uint8_t  *ref;
+    uint64_t  hits, misses;
+} kvm_cache;
+
+#define PGNO_NONE UINT64_MAX
+
+struct kvm_env {
+    int         fd;
+    int         readonly, writemap, backend, growth;
+    uint32_t    psize;
+    uint32_t    max_cell, max_key;
+    char       *path;
+    uint8_t    *base;            /* mmap backend: start of the mapping */
+    uint64_t    map_len;         /* bytes mapped (== file size) */
+    uint64_t    reserved;        /* growth reserve: bytes of address space */
+    uint64_t    file_size;
+    int         map_moves;       /* mremap/remap: readers take map_lock */
+    pthread_rwlock_t map_lock;
+    pthread_mutex_t  cache_lock;
+    kvm_cache   cache;
+    uint64_t    seq;             /* sequence lock over st */
+    kvm_state   st;
+    int         meta_slot;
+    uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
+    uint32_t    nreaders;
+    int         failed;          /* a sync failed: refuse writes until reopen */
+};
+
+typedef struct dirty_ent {
+    pgno_t   pgno;
+    uint8_t *buf;                /* NULL when the page lives in a writable map */
+    int      live;               /* 0: freed again in this transaction */
+} dirty_ent;
+
+typedef struct pgvec { pgno_t *v; size_t n, cap; } pgvec;
+
+struct kvm_txn {
+    kvm_env  *env;
+    int       write;
+    int       slot;              /* reader slot, -1 for none */
+    uint64_t  txnid;             /* snapshot txnid (read) or new txnid (write) */
+    pgno_t    root;
+    uint32_t  depth;
+    uint64_t  entries;
+    uint64_t  limit;             /* pages below this number exist */
+    uint64_t  mod;               /* bumped by every change (cursors re-seek) */
+    /* write transactions only */
+    dirty_ent *dirty;
+    size_t     ndirty, dcap;
+    int32_t   *dhash;            /* open addressing: index into dirty, -1 empty */
+    size_t     dhcap;
+    pgvec      pool, freed;
+    uint64_t   need;             /* pages a KVM_NEED_PAGES call wanted */
+    uint8_t   *scratch;          /* 5 scratch pages: copies A, B, separator, cell, compaction */
+    void      *refs;             /* cell references for splits and merges */
+};
+
+struct kvm_cursor {
+    kvm_txn  *t;
+    int       state;             /* 0 unpositioned, 1 at a record, 2 at end */
+    int       depth;
+    pgno_t    pg[KVM_MAX_DEPTH];
+    int       idx[KVM_MAX_DEPTH];
+    uint64_t  mod;
+    uint8_t  *key;               /* write txns: key at the position */
+    size_t    klen;
+    size_t    need;
+};
+
+/* errors (pager.c) */
+int  kvm_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int  kvm_err_sys(int code, int errnum, const char *what);
+
+/* page access for the B+tree (pager.c) */
+int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);
+int  pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg);
+int  pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pg);
+int  pg_free(kvm_txn *t, pgno_t pg);
+int  pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type);
+void op_enter(kvm_env *e);
+void op_leave(kvm_env *e);
+int  snapshot_acquire(kvm_env *e, kvm_txn *t);
+void snapshot_release(kvm_env *e, kvm_txn *t);
+
+#endif

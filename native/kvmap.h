@@ -1,0 +1,124 @@
+/*
+** kvmap.h -- the C core's public interface: what Python calls through cffi.
+**
+** The core has no policy in it.  Python decides which pages may be reused
+** (it fills each write transaction's page pool and takes back the pages the
+** transaction freed), when the file grows, and what the free-list pages say.
+** The core does the page I/O, the copy-on-write B+tree and the commit.
+**
+** Every function that can fail returns a negative KVM_* code; the text of the
+** last error of the calling thread is kvm_errmsg(), its errno kvm_errno().
+** The text between the cdef markers is parsed by cffi (native/build_kvmap.py).
+*/
+#ifndef KVMAP_H
+#define KVMAP_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+typedef struct kvm_env kvm_env;
+typedef struct kvm_txn kvm_txn;
+typedef struct kvm_cursor kvm_cursor;
+
+#define KVM_OK             0
+#define KVM_NOTFOUND      -1
+#define KVM_NOMEM         -2
+#define KVM_IO            -3
+#define KVM_CORRUPT       -4
+#define KVM_FORMAT        -5
+#define KVM_DISKFULL      -6
+#define KVM_MAPFULL       -7
+#define KVM_INVALID       -8
+#define KVM_READONLY      -9
+#define KVM_FAILED       -10
+#define KVM_READERS_FULL -11
+#define KVM_NEED_PAGES   -12
+#define KVM_BUFSMALL     -13
+
+#define KVM_BACKEND_MMAP   0
+#define KVM_BACKEND_PREAD  1
+#define KVM_GROW_RESERVE   0
+#define KVM_GROW_MREMAP    1
+#define KVM_GROW_REMAP     2
+
+#define KVM_OPEN_READONLY  1
+#define KVM_OPEN_CREATE    2
+#define KVM_OPEN_WRITEMAP  4
+
+/* cursor seek modes */
+#define KVM_SEEK_FIRST     0
+#define KVM_SEEK_LAST      1
+#define KVM_SEEK_GE        2
+#define KVM_SEEK_GT        3
+#define KVM_SEEK_LE        4
+#define KVM_SEEK_LT        5
+/* cursor fetch flags */
+#define KVM_FETCH_REVERSE     1
+#define KVM_FETCH_KEYS_ONLY   2
+#define KVM_FETCH_STOP_INCL   4   /* stop key is inclusive */
+#define KVM_FETCH_STOP_PREFIX 8   /* stop at the first key without this prefix */
+
+typedef struct kvm_options {
+    uint32_t page_size;     /* 0: the file's, or 4096 for a new file */
+    int      backend;
+    int      growth;
+    int      flags;
+    uint64_t map_size;      /* address space reserved (growth reserve) */
+    uint64_t cache_bytes;   /* page cache size (backend pread) */
+    uint32_t max_readers;
+} kvm_options;
+
+typedef struct kvm_stat {
+    uint64_t txnid, root, entries, hwm, free_index, free_pending;
+    uint64_t free_count, pending_count;
+    uint32_t depth, page_size;
+    int      meta_slot, failed;
+    uint64_t file_size, map_base, map_length, map_reserved;
+    uint64_t cache_hits, cache_misses;
+    uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise, n_msync;
+} kvm_stat;
+
+const char *kvm_errmsg(void);
+int         kvm_errno(void);
+
+int      kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out);
+void     kvm_env_close(kvm_env *e);
+void     kvm_env_stat(kvm_env *e, kvm_stat *st);
+uint32_t kvm_env_max_key(kvm_env *e);
+int64_t  kvm_env_entries(kvm_env *e);
+uint64_t kvm_env_txnid(kvm_env *e);
+int      kvm_env_grow(kvm_env *e, uint64_t pages);
+uint64_t kvm_env_oldest_reader(kvm_env *e);
+int      kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out);
+int      kvm_env_advise_free(kvm_env *e, const uint64_t *runs, size_t nruns);
+int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
+
+int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
+void     kvm_txn_abort(kvm_txn *t);
+int      kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync);
+int      kvm_txn_pool_add(kvm_txn *t, uint64_t start, uint64_t count);
+uint64_t kvm_txn_pages_needed(kvm_txn *t);
+size_t   kvm_txn_freed(kvm_txn *t, const uint64_t **out);
+size_t   kvm_txn_pool(kvm_txn *t, const uint64_t **out);
+int      kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys,
+                            uint64_t next, const char *body, size_t len);
+int64_t  kvm_txn_entries(kvm_txn *t);
+uint64_t kvm_txn_id(kvm_txn *t);
+
+int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
+int      kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
+                      char *out, size_t cap, int64_t *lens, size_t *done);
+int      kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen);
+int      kvm_del(kvm_txn *t, const char *key, size_t klen);
+
+int      kvm_cursor_open(kvm_txn *t, kvm_cursor **out);
+void     kvm_cursor_close(kvm_cursor *c);
+int      kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode);
+/* Copies up to max_n records [u32 klen][u32 vlen][key][value] into buf and
+** returns the bytes used (0 at the end of the range). */
+int64_t  kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
+                          const char *stop, size_t stoplen);
+size_t   kvm_cursor_need(kvm_cursor *c);
+/* cdef-end */
+
+#endif

@@ -1,0 +1,42 @@
+/*
+** os.h -- every system call the C core makes goes through kvm_os, one table
+** of function pointers (SQLite's aSyscall[] idea), so tests can make the
+** N-th call of any of them fail without touching the engine.  Nothing else
+** in native/ calls these functions directly.
+*/
+#ifndef KVM_OS_H
+#define KVM_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+typedef struct kvm_os {
+    int     (*open)(const char *path, int flags, int mode);
+    int     (*close)(int fd);
+    int     (*fstat_size)(int fd, uint64_t *size);
+    ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    ssize_t (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
+    int     (*fdatasync)(int fd);
+    int     (*fsync_dir)(const char *path);
+    int     (*posix_fallocate)(int fd, off_t off, off_t len);   /* returns errno */
+    int     (*ftruncate)(int fd, off_t len);
+    void   *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+    int     (*munmap)(void *addr, size_t len);
+    void   *(*mremap)(void *old, size_t oldlen, size_t newlen, int flags);
+    int     (*madvise)(void *addr, size_t len, int advice);
+    int     (*msync)(void *addr, size_t len, int flags);
+} kvm_os;
+
+extern kvm_os kvm_sys;          /* the table in use */
+extern const kvm_os kvm_sys_default;
+
+/* Counters of calls made through the table (for stats and kvmap-bench). */
+typedef struct kvm_os_counts {
+    uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise, msync;
+} kvm_os_counts;
+extern kvm_os_counts kvm_sys_counts;
+
+#endif
