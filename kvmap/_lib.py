@@ -23,6 +23,7 @@ _CODES = {
     lib.KVM_FAILED: errors.FailedError,
     lib.KVM_READERS_FULL: errors.ReadersFullError,
     lib.KVM_INVALID: ValueError,
+    lib.KVM_LOCKED: errors.LockedError,
 }
 
 

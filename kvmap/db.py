@@ -27,6 +27,10 @@ BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
 GROW_MIN = 1 << 20
 GROW_MAX = 1 << 30
+# Released runs at least this long are madvise(DONTNEED)'d: they leave the
+# process's resident set.  Shorter runs are left alone; churn reuses them at
+# once and a madvise per page costs more than it saves.
+ADVISE_MIN_RUN = 16
 
 
 def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", growth="reserve",
@@ -59,7 +63,7 @@ class Database(_Reads, MutableMapping):
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
                  map_size, cache_size, max_readers):
-        self._env = None
+        self._h = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
         if growth not in GROWTH:
@@ -94,12 +98,13 @@ class Database(_Reads, MutableMapping):
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(env, st)
         self.page_size = st.page_size
-        self._env = env
+        self._h = env
         self._max_key = lib.kvm_env_max_key(env)
         self._wlock = threading.Lock()
         self._writer = None
         self._live = weakref.WeakValueDictionary()   # id -> open snapshot or transaction
         self._space = FreeSpace(self.page_size, st.hwm)
+        self._file_pages = st.file_size // self.page_size
         if not readonly:
             try:
                 page = ffi.new("char[]", self.page_size)
@@ -123,20 +128,15 @@ class Database(_Reads, MutableMapping):
         """Longest key in bytes (1000 at 4096-byte pages)."""
         return self._max_key
 
-    def _env_handle(self):
-        if self._env is None:
-            raise ClosedError("database is closed")
-        return self._env
-
     def close(self):
         """Close the database: aborts an open write transaction, closes every
         snapshot and iterator (later use raises ClosedError).  Idempotent."""
-        if self._env is None:
+        if self._h is None:
             return
         for obj in list(self._live.values()):
             obj._invalidate()
-        lib.kvm_env_close(self._env)
-        self._env = None
+        lib.kvm_env_close(self._h)
+        self._h = None
 
     def __enter__(self):
         return self
@@ -151,16 +151,16 @@ class Database(_Reads, MutableMapping):
             pass
 
     def __repr__(self):
-        state = "closed" if self._env is None else f"{len(self)} entries"
+        state = "closed" if self._h is None else f"{len(self)} entries"
         return f"<kvmap.Database {self.path!r} {self.backend} {state}>"
 
     # --------------------------------------------------------------- reads
 
-    def _lookup(self, key):
-        return _lib.read_value(lib.kvm_env_get, self._env_handle(), key)
+    _getfn = lib.kvm_env_get
+    _closed_msg = "database is closed"
 
     def _count(self):
-        return lib.kvm_env_entries(self._env_handle())
+        return lib.kvm_env_entries(self._handle())
 
     def _scan(self, mode, key, stop, flags, keys_only):
         snap = Snapshot(self)
@@ -220,7 +220,7 @@ class Database(_Reads, MutableMapping):
     # ------------------------------------------------ transaction plumbing
 
     def _begin_write(self, txn, timeout):
-        env = self._env_handle()
+        env = self._handle()
         if self.readonly:
             raise ReadOnlyError("database is open read-only")
         if self._writer == threading.get_ident():
@@ -228,9 +228,10 @@ class Database(_Reads, MutableMapping):
         if not self._wlock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockedError(f"timed out after {timeout} s waiting for the write lock")
         try:
-            env = self._env_handle()
+            env = self._handle()
             txnid = lib.kvm_env_txnid(env) + 1
             runs = self._space.release(min(lib.kvm_env_oldest_reader(env), txnid - 2))
+            runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
             if runs and self.backend == "mmap":
                 flat = [x for run in runs for x in run]
                 lib.kvm_env_advise_free(env, ffi.new("uint64_t[]", flat), len(runs))
@@ -239,7 +240,7 @@ class Database(_Reads, MutableMapping):
             if rc:
                 raise error_for(rc)
             self._space.begin()
-            txn._txn = out[0]
+            txn._h = out[0]
             self._writer = threading.get_ident()
             self._live[id(txn)] = txn
         except BaseException:
@@ -247,48 +248,50 @@ class Database(_Reads, MutableMapping):
             raise
 
     def _end_write(self, txn):
-        txn._txn = None
+        txn._h = None
         self._writer = None
         self._live.pop(id(txn), None)
         self._wlock.release()
 
     def _abort(self, txn):
-        lib.kvm_txn_abort(txn._txn)
+        lib.kvm_txn_abort(txn._h)
         self._space.rollback()
         self._end_write(txn)
 
     def _ensure_pages(self, pages):
         """Grow the file to hold ``pages`` pages: geometric steps, and the
         exact size if a step does not fit on the disk."""
-        st = ffi.new("kvm_stat *")
-        lib.kvm_env_stat(self._env, st)
-        have = st.file_size // self.page_size
+        have = self._file_pages
         if pages <= have:
             return
-        step = min(max(st.file_size // 2, GROW_MIN), GROW_MAX) // self.page_size
+        step = min(max(have * self.page_size // 2, GROW_MIN), GROW_MAX) // self.page_size
         target = max(pages, have + step)
-        rc = lib.kvm_env_grow(self._env, target)
+        rc = lib.kvm_env_grow(self._h, target)
         if rc == lib.KVM_DISKFULL and target > pages:
-            rc = lib.kvm_env_grow(self._env, pages)
+            target = pages
+            rc = lib.kvm_env_grow(self._h, target)
         if rc:
             raise error_for(rc)
+        self._file_pages = target
 
     def _refill(self, txn, need):
         """Give the transaction's page pool at least ``need`` pages."""
         try:
             runs = self._space.take(max(need, 64))
             self._ensure_pages(self._space.hwm)
-            for start, count in runs:
-                rc = lib.kvm_txn_pool_add(txn._txn, start, count)
-                if rc:
-                    raise error_for(rc)
+            rc = lib.kvm_txn_pool_add(txn._h, ffi.new("uint64_t[]", [x for r in runs for x in r]), len(runs))
+            if rc:
+                raise error_for(rc)
         except BaseException:
             txn.abort()
             raise
 
     def _commit(self, txn):
-        h = txn._txn
+        h = txn._h
         space = self._space
+        if not lib.kvm_txn_dirty(h):   # nothing changed: nothing to write
+            self._abort(txn)
+            return
         try:
             p = ffi.new("uint64_t **")
             n = lib.kvm_txn_freed(h, p)
@@ -316,10 +319,11 @@ class Database(_Reads, MutableMapping):
     def stats(self):
         """Figures of the committed state and of the file and mapping."""
         st = ffi.new("kvm_stat *")
-        lib.kvm_env_stat(self._env_handle(), st)
+        lib.kvm_env_stat(self._handle(), st)
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
-            "txnid": st.txnid, "meta_slot": st.meta_slot, "file_size": st.file_size,
+            "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
+            "file_size": st.file_size,
             "free_pages": st.free_count if self.readonly else self._space.free_count,
             "pending_pages": st.pending_count if self.readonly else self._space.pending_count,
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self.sync,

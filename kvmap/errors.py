@@ -33,8 +33,9 @@ class MapFullError(Error):
 
 
 class LockedError(Error):
-    """The write lock could not be taken: the wait timed out, or this thread
-    already holds the open write transaction."""
+    """A lock could not be taken: the write-transaction wait timed out, this
+    thread already holds the open write transaction, or the file is already
+    open for writing by another handle."""
 
 
 class ReadOnlyError(Error):

@@ -7,31 +7,38 @@ the previous meta page).  Pages freed by commit ``F`` become reusable for write
 transaction ``W`` once ``F <= W - 2`` (so the tree of the older meta page stays
 intact for crash recovery) and ``F <=`` the txnid of every live snapshot.
 
-In memory the reusable pages are extents in a ``SortedDict`` (start ->
-length; never overlapping, never adjacent), so the lowest pages are handed out
-first and a free tail can be given back by lowering ``hwm``.
+In memory the reusable pages are a bitmap in C (``native/freemap.c``: the
+mechanism; the policy is here), so a commit costs a few C calls however many
+pages it frees or takes; the lowest pages are handed out first and a free tail
+is given back by lowering ``hwm``.  Pending pages are kept per commit in a
+``SortedDict`` (txnid -> pages), released oldest first.
 
 On disk (``docs/FORMAT.md``) the reusable set is a bitmap split into pages of
-``(page_size - 32) * 8`` bits, found through a chain of index pages; the
-pending set is a chain of ``(txnid, start, count)`` records.  A commit writes
-only the bitmap pages whose range changed, the index (a few entries per GiB)
-when a bitmap moved, and the pending chain; never the whole free list.
+``(page_size - 32) * 8`` bits, found through a chain of bitmap-index pages.
+Each commit that frees pages writes its own pending pages (``(start, count)``
+records; the page header's txnid says which commit freed them), found through
+a chain of pending-index pages.  A commit writes only the bitmap pages whose
+range changed, its own pending pages, and the two indexes when they changed
+(one u64 per bitmap or pending page); never the whole free list, and never
+the pending records of other commits.
 
 Every change made during a write transaction is journaled, so an abort (or a
-failed commit) puts the extents back exactly.
+failed commit) puts the free pages back exactly.
 """
 
 import struct
 
 from sortedcontainers import SortedDict
 
+from ._lib import error_for, ffi, lib
 from .errors import CorruptionError
 
 PAGE_HEADER = 32
 PT_FREE_INDEX = 4
 PT_FREE_BITMAP = 5
 PT_FREE_PENDING = 6
-_PENDING_REC = struct.Struct("<QQQ")
+PT_FREE_PENDING_INDEX = 7
+_PENDING_REC = struct.Struct("<QQ")
 
 
 def _ceil_div(a, b):
@@ -53,23 +60,8 @@ def _runs(pages):
     return runs
 
 
-def _bit_runs(bits, base):
-    """Runs of set bits of the int ``bits``, as page runs starting at ``base``.
-
-    >>> _bit_runs(0b1110011, 100)
-    [(100, 2), (104, 3)]
-    """
-    runs = []
-    pos = 0
-    while bits:
-        zeros = (bits & -bits).bit_length() - 1
-        bits >>= zeros
-        pos += zeros
-        ones = (~bits & (bits + 1)).bit_length() - 1
-        runs.append((base + pos, ones))
-        bits >>= ones
-        pos += ones
-    return runs
+def _flat(runs):
+    return ffi.new("uint64_t[]", [x for run in runs for x in run])
 
 
 class FreeSpace:
@@ -78,9 +70,9 @@ class FreeSpace:
     >>> fs = FreeSpace(4096, hwm=10)
     >>> fs.begin(); fs.take(3)
     [(10, 3)]
-    >>> fs.give([11, 12]); fs.hwm, list(fs.extents.items())
+    >>> fs.give([11, 12]); fs.hwm, fs.runs()
     (13, [(11, 2)])
-    >>> fs.rollback(); fs.hwm, list(fs.extents.items())
+    >>> fs.rollback(); fs.hwm, fs.runs()
     (10, [])
     """
 
@@ -88,53 +80,64 @@ class FreeSpace:
         self.page_size = page_size
         self.bits_per_page = (page_size - PAGE_HEADER) * 8
         self.hwm = hwm
-        self.extents = SortedDict()      # reusable: start -> length
-        self.free_count = 0
-        self.pending = {}                # txnid -> list of page numbers
+        self.fm = ffi.gc(lib.kvm_fm_new(), lib.kvm_fm_free)
+        if self.fm == ffi.NULL:
+            raise MemoryError("allocating the free-page map")
+        self.pending = SortedDict()      # txnid -> runs (start, count) it freed
         self.pending_count = 0
         self.bitmap_pages = []           # range -> bitmap page number (0: none)
-        self.index_pages = []
-        self.pending_pages = []
+        self.index_pages = []            # the bitmap-index chain
+        self.record_pages = SortedDict() # txnid -> its pending pages on disk
+        self.pending_index = []          # the pending-index chain
+        self.stale = []                  # pending pages of released commits: freed by the next commit
         self.dirty_ranges = set()        # bitmap ranges changed since the last commit
         self._journal = None
+        self._staged = None
+        self._buf = ffi.new("uint64_t[]", 256)
 
-    # ------------------------------------------------------------ extents
+    @property
+    def free_count(self):
+        """Number of reusable pages.  O(1)."""
+        return lib.kvm_fm_count(self.fm)
 
-    def _mark(self, start, count):
+    def runs(self, lo=0, hi=None):
+        """Runs ``(start, count)`` of reusable pages in [lo, hi)."""
+        hi = self.hwm if hi is None else hi
+        out = []
+        buf = ffi.new("uint64_t[]", 512)
+        while lo < hi:
+            k = lib.kvm_fm_runs(self.fm, lo, hi, buf, 256)
+            if not k:
+                break
+            out.extend((buf[2 * i], buf[2 * i + 1]) for i in range(k))
+            lo = out[-1][0] + out[-1][1]
+        return out
+
+    # ------------------------------------------------------------ the map
+
+    def _mark(self, runs):
         b = self.bits_per_page
-        self.dirty_ranges.update(range(start // b, (start + count - 1) // b + 1))
+        dirty = self.dirty_ranges
+        for start, count in runs:
+            lo, hi = start // b, (start + count - 1) // b
+            dirty.add(lo)
+            if hi != lo:
+                dirty.update(range(lo + 1, hi + 1))
 
-    def _add_run(self, start, count):
-        """Add pages [start, start+count) to the reusable extents. O(log n)."""
-        ext = self.extents
-        lo, hi = start, start + count
-        if lo < 2 or hi > self.hwm:
-            raise CorruptionError(f"free pages [{lo}, {hi}) outside the database")
-        i = ext.bisect_left(lo)
-        if i < len(ext) and ext.peekitem(i)[0] < hi:
-            raise CorruptionError(f"page {ext.peekitem(i)[0]} freed twice")
-        if i and sum(ext.peekitem(i - 1)) > lo:
-            raise CorruptionError(f"page {lo} freed twice")
-        end = hi
-        if hi in ext:
-            end += ext.pop(hi)
-        if i and sum(ext.peekitem(i - 1)) == lo:
-            start = ext.peekitem(i - 1)[0]
-            del ext[start]
-        ext[start] = end - start
-        self._mark(lo, hi - lo)
+    def _add(self, runs):
+        for s, n in runs:
+            if s + n > self.hwm:
+                raise CorruptionError(f"free pages [{s}, {s + n}) outside the database")
+        rc = lib.kvm_fm_add(self.fm, _flat(runs), len(runs))
+        if rc:
+            raise error_for(rc)
+        self._mark(runs)
 
-    def _remove_run(self, start, count):
-        """Remove pages [start, start+count), which lie inside one extent."""
-        ext = self.extents
-        i = ext.bisect_right(start) - 1
-        es, en = ext.peekitem(i)
-        del ext[es]
-        if es < start:
-            ext[es] = start - es
-        if start + count < es + en:
-            ext[start + count] = es + en - start - count
-        self._mark(start, count)
+    def _remove(self, runs):
+        rc = lib.kvm_fm_remove(self.fm, _flat(runs), len(runs))
+        if rc:
+            raise error_for(rc)
+        self._mark(runs)
 
     # --------------------------------------------------------- transaction
 
@@ -149,15 +152,15 @@ class FreeSpace:
         caller grows the file before touching them).
         """
         runs = []
-        ext = self.extents
-        while n and ext:
-            start, length = ext.peekitem(0)
-            k = min(n, length)
-            self._remove_run(start, k)
-            runs.append((start, k))
-            n -= k
-        taken = sum(k for _, k in runs)
-        self.free_count -= taken
+        buf = self._buf
+        while n:
+            k = lib.kvm_fm_take(self.fm, n, buf, 128)
+            if not k:
+                break
+            got = [(buf[2 * i], buf[2 * i + 1]) for i in range(k)]
+            n -= sum(c for _, c in got)
+            runs.extend(got)
+        self._mark(runs)
         old_hwm = self.hwm
         if n:
             runs.append((self.hwm, n))
@@ -169,21 +172,16 @@ class FreeSpace:
         """Make ``pages`` (taken in this transaction, never written by a
         commit) reusable again."""
         runs = _runs(pages)
-        for s, n in runs:
-            self._add_run(s, n)
-            self.free_count += n
+        self._add(runs)
         self._journal.append(("give", runs))
 
     def _trim_tail(self):
-        ext = self.extents
-        if ext:
-            s, n = ext.peekitem(-1)
-            if s + n == self.hwm:
-                del ext[s]
-                self._mark(s, n)
-                self.free_count -= n
-                self.hwm = s
-                self._journal.append(("trim", s, n))
+        n = lib.kvm_fm_tail(self.fm, self.hwm)
+        if n:
+            run = (self.hwm - n, n)
+            self._remove([run])
+            self.hwm -= n
+            self._journal.append(("trim", run))
 
     def rollback(self):
         """Undo every change since begin()."""
@@ -191,38 +189,27 @@ class FreeSpace:
             kind = entry[0]
             if kind == "take":
                 _, runs, old_hwm = entry
-                self.hwm = max(self.hwm, old_hwm)
-                for s, n in runs:
-                    if s >= old_hwm:
-                        continue
-                    self._add_run(s, n)
-                    self.free_count += n
+                self._add([r for r in runs if r[0] < old_hwm])
                 self.hwm = old_hwm
             elif kind == "give":
-                for s, n in entry[1]:
-                    self._remove_run(s, n)
-                    self.free_count -= n
+                self._remove(entry[1])
             elif kind == "trim":
-                _, s, n = entry
+                s, n = entry[1]
                 self.hwm = s + n
-                self._add_run(s, n)
-                self.free_count += n
+                self._add([entry[1]])
         self._journal = None
 
     def release(self, upto):
         """Make pages freed by commits ``<= upto`` reusable; returns their runs
         (for madvise).  Permanent: not journaled."""
-        ready = [t for t in self.pending if t <= upto]
-        pages = []
-        for t in ready:
-            pages.extend(self.pending.pop(t))
-        if not pages:
-            return []
-        self.pending_count -= len(pages)
-        runs = _runs(pages)
-        for s, n in runs:
-            self._add_run(s, n)
-            self.free_count += n
+        runs = []
+        while self.pending and self.pending.peekitem(0)[0] <= upto:
+            runs.extend(self.pending.popitem(0)[1])
+        while self.record_pages and self.record_pages.peekitem(0)[0] <= upto:
+            self.stale.extend(self.record_pages.popitem(0)[1])
+        if runs:
+            self.pending_count -= sum(n for _, n in runs)
+            self._add(runs)
         return runs
 
     # -------------------------------------------------------------- commit
@@ -230,29 +217,14 @@ class FreeSpace:
     def _bitmap(self, r):
         """Bytes of the bitmap page for range r (bit j: page r*B+j is free)."""
         b = self.bits_per_page
-        lo, hi = r * b, (r + 1) * b
-        ext = self.extents
-        bits = 0
-        i = max(ext.bisect_right(lo) - 1, 0)
-        for s in ext.islice(i):
-            if s >= hi:
-                break
-            e = s + ext[s]
-            a, z = max(s, lo), min(e, hi)
-            if a < z:
-                bits |= ((1 << (z - a)) - 1) << (a - lo)
-        return bits.to_bytes(b // 8, "little")
-
-    def _pending_records(self, txnid, freed):
-        recs = []
-        for t in sorted(self.pending):
-            recs.extend((t, s, n) for s, n in _runs(self.pending[t]))
-        recs.extend((txnid, s, n) for s, n in _runs(freed))
-        return recs
+        buf = ffi.new("char[]", b // 8)
+        lib.kvm_fm_encode(self.fm, r * b, b, buf)
+        return ffi.buffer(buf)[:]
 
     def prepare_commit(self, txnid, freed, leftovers, ensure_pages, write_page):
         """Write the free-list pages of commit ``txnid``; return the meta
-        fields ``[hwm, index head, pending head, free count, pending count]``.
+        fields ``[hwm, bitmap-index head, pending-index head, free count,
+        pending count]``.
 
         ``freed``: pages the transaction's tree changes freed; ``leftovers``:
         pool pages it did not use.  ``ensure_pages(n)`` grows the file to n
@@ -264,24 +236,39 @@ class FreeSpace:
         self._trim_tail()
         b = self.bits_per_page
         per_index = (self.page_size - PAGE_HEADER) // 8
-        per_pending = (self.page_size - PAGE_HEADER) // _PENDING_REC.size
+        per_records = (self.page_size - PAGE_HEADER) // _PENDING_REC.size
         old_bitmaps = self.bitmap_pages
+        old_record_pages = [pg for pgs in self.record_pages.values() for pg in pgs]
+        freed_runs = _runs(freed)
         have = []
+        # Taking pages for the free-list pages changes the free list: repeat
+        # until the pages taken cover what the free list then needs.
         while True:
             nranges = _ceil_div(self.hwm, b)
             dirty = sorted(r for r in self.dirty_ranges if r < nranges)
-            gone = [pg for r, pg in enumerate(old_bitmaps) if pg and (r >= nranges or r in self.dirty_ranges)]
-            rewrite_index = bool(dirty) or nranges != len(old_bitmaps) or not self.index_pages
-            to_free = list(freed) + gone + list(self.pending_pages)
-            if rewrite_index:
-                to_free += self.index_pages
-            records = self._pending_records(txnid, to_free)
-            need = (len(dirty) + (_ceil_div(nranges, per_index) if rewrite_index else 0)
-                    + _ceil_div(len(records), per_pending))
+            new_bindex = bool(dirty) or nranges != len(old_bitmaps) or not self.index_pages
+            replaced = [pg for r, pg in enumerate(old_bitmaps)
+                        if pg and (r >= nranges or r in self.dirty_ranges)]
+            replaced += self.stale
+            if new_bindex:
+                replaced += self.index_pages
+            # the pending index changes when this commit frees anything
+            # (it does whenever it changed anything) or a commit was released
+            new_pindex = bool(freed_runs or replaced)
+            if new_pindex:
+                replaced += self.pending_index
+            free_runs = freed_runs + _runs(replaced)
+            n_records = _ceil_div(len(free_runs), per_records)
+            n_live = len(old_record_pages) + n_records
+            need = (len(dirty) + (_ceil_div(nranges, per_index) if new_bindex else 0)
+                    + n_records + (_ceil_div(n_live, per_index) if new_pindex else 0))
             if len(have) >= need:
                 break
             for s, n in self.take(need - len(have)):
                 have.extend(range(s, s + n))
+        if len(have) > need:   # their bitmap ranges are already being rewritten
+            self.give(have[need:])
+            del have[need:]
         ensure_pages(self.hwm)
         new_pages = iter(have)
         bitmaps = list(old_bitmaps[:nranges]) + [0] * max(0, nranges - len(old_bitmaps))
@@ -290,29 +277,42 @@ class FreeSpace:
             bitmaps[r] = pg
             write_page(pg, PT_FREE_BITMAP, 0, r * b, self._bitmap(r))
         index_pages = self.index_pages
-        if rewrite_index:
+        if new_bindex:
             index_pages = [next(new_pages) for _ in range(_ceil_div(nranges, per_index))]
-            for i, pg in enumerate(index_pages):
-                chunk = bitmaps[i * per_index:(i + 1) * per_index]
-                nxt = index_pages[i + 1] if i + 1 < len(index_pages) else 0
-                write_page(pg, PT_FREE_INDEX, len(chunk), nxt, struct.pack(f"<{len(chunk)}Q", *chunk))
-        pending_pages = list(new_pages)   # every page left over holds pending records
-        for i, pg in enumerate(pending_pages):
-            chunk = records[i * per_pending:(i + 1) * per_pending]
-            nxt = pending_pages[i + 1] if i + 1 < len(pending_pages) else 0
-            write_page(pg, PT_FREE_PENDING, len(chunk), nxt, b"".join(_PENDING_REC.pack(*r) for r in chunk))
-        self._staged = (bitmaps, index_pages, pending_pages, to_free, txnid)
-        pending_total = self.pending_count + len(to_free)
+            self._write_chain(write_page, PT_FREE_INDEX, index_pages, bitmaps)
+        record_pages = [next(new_pages) for _ in range(n_records)]
+        for i, pg in enumerate(record_pages):
+            chunk = free_runs[i * per_records:(i + 1) * per_records]
+            write_page(pg, PT_FREE_PENDING, len(chunk), 0,
+                       struct.pack(f"<{2 * len(chunk)}Q", *[x for r in chunk for x in r]))
+        pending_index = self.pending_index
+        if new_pindex:
+            live = old_record_pages + record_pages
+            pending_index = [next(new_pages) for _ in range(_ceil_div(len(live), per_index))]
+            self._write_chain(write_page, PT_FREE_PENDING_INDEX, pending_index, live)
+        freed_count = sum(n for _, n in free_runs)
+        self._staged = (bitmaps, index_pages, record_pages, pending_index, free_runs, freed_count, txnid)
         return [self.hwm, index_pages[0] if index_pages else 0,
-                pending_pages[0] if pending_pages else 0, self.free_count, pending_total]
+                pending_index[0] if pending_index else 0, self.free_count,
+                self.pending_count + freed_count]
+
+    def _write_chain(self, write_page, ptype, pages, entries):
+        """Write ``entries`` (u64 each) over the chain of ``pages``."""
+        per = (self.page_size - PAGE_HEADER) // 8
+        for i, pg in enumerate(pages):
+            chunk = entries[i * per:(i + 1) * per]
+            nxt = pages[i + 1] if i + 1 < len(pages) else 0
+            write_page(pg, ptype, len(chunk), nxt, struct.pack(f"<{len(chunk)}Q", *chunk))
 
     def commit_done(self):
         """The commit prepared last is durable: adopt its free-list pages."""
-        bitmaps, index_pages, pending_pages, to_free, txnid = self._staged
-        self.bitmap_pages, self.index_pages, self.pending_pages = bitmaps, index_pages, pending_pages
-        if to_free:
-            self.pending.setdefault(txnid, []).extend(to_free)
-            self.pending_count += len(to_free)
+        bitmaps, index_pages, record_pages, pending_index, free_runs, freed_count, txnid = self._staged
+        self.bitmap_pages, self.index_pages, self.pending_index = bitmaps, index_pages, pending_index
+        if free_runs:
+            self.pending.setdefault(txnid, []).extend(free_runs)
+            self.pending_count += freed_count
+            self.record_pages[txnid] = record_pages
+            self.stale = []
         self.dirty_ranges.clear()
         self._journal = None
         self._staged = None
@@ -329,48 +329,56 @@ class FreeSpace:
         b = self.bits_per_page
         seen = set()
 
+        def claim(pg):
+            if pg in seen:
+                raise CorruptionError(f"page {pg} appears twice in the free list")
+            seen.add(pg)
+
         def chain(head, ptype):
-            pg = head
+            entries, pages, pg = [], [], head
             while pg:
-                if pg in seen or len(seen) > self.hwm:
+                if len(pages) > self.hwm:
                     raise CorruptionError(f"free-list chain loops at page {pg}")
-                seen.add(pg)
+                claim(pg)
                 page = read_page(pg, ptype)
                 nkeys, = struct.unpack_from("<H", page, 6)
                 nxt, = struct.unpack_from("<Q", page, 24)
-                yield pg, nkeys, page
+                if PAGE_HEADER + 8 * nkeys > self.page_size:
+                    raise CorruptionError(f"page {pg}: entry count out of range")
+                entries.extend(struct.unpack_from(f"<{nkeys}Q", page, PAGE_HEADER))
+                pages.append(pg)
                 pg = nxt
+            return pages, entries
 
-        for pg, nkeys, page in chain(index_head, PT_FREE_INDEX):
-            if PAGE_HEADER + 8 * nkeys > self.page_size:
-                raise CorruptionError(f"page {pg}: free-index entry count out of range")
-            self.index_pages.append(pg)
-            self.bitmap_pages.extend(struct.unpack_from(f"<{nkeys}Q", page, PAGE_HEADER))
-        if len(self.bitmap_pages) != _ceil_div(self.hwm, b) and index_head:
+        self.index_pages, self.bitmap_pages = chain(index_head, PT_FREE_INDEX)
+        if index_head and len(self.bitmap_pages) != _ceil_div(self.hwm, b):
             raise CorruptionError("free index does not cover the database")
         for r, pg in enumerate(self.bitmap_pages):
             if not pg:
                 continue
-            if pg in seen:
-                raise CorruptionError(f"page {pg} used twice in the free list")
-            seen.add(pg)
+            claim(pg)
             page = read_page(pg, PT_FREE_BITMAP)
             first, = struct.unpack_from("<Q", page, 24)
             if first != r * b:
                 raise CorruptionError(f"page {pg}: bitmap covers the wrong pages")
-            bits = int.from_bytes(page[PAGE_HEADER:], "little")
-            for s, n in _bit_runs(bits, r * b):
-                self._add_run(s, n)
-                self.free_count += n
-        for pg, nkeys, page in chain(pending_head, PT_FREE_PENDING):
+            rc = lib.kvm_fm_decode(self.fm, r * b, b, page[PAGE_HEADER:], self.hwm)
+            if rc < 0:
+                raise error_for(rc)
+        self.pending_index, record_pages = chain(pending_head, PT_FREE_PENDING_INDEX)
+        for pg in record_pages:
+            claim(pg)
+            page = read_page(pg, PT_FREE_PENDING)
+            nkeys, = struct.unpack_from("<H", page, 6)
+            txnid, = struct.unpack_from("<Q", page, 8)
             if PAGE_HEADER + _PENDING_REC.size * nkeys > self.page_size:
-                raise CorruptionError(f"page {pg}: pending entry count out of range")
-            self.pending_pages.append(pg)
+                raise CorruptionError(f"page {pg}: pending record count out of range")
+            self.record_pages.setdefault(txnid, []).append(pg)
+            runs = self.pending.setdefault(txnid, [])
             for i in range(nkeys):
-                t, s, n = _PENDING_REC.unpack_from(page, PAGE_HEADER + i * _PENDING_REC.size)
-                if s < 2 or s + n > self.hwm:
+                s, n = _PENDING_REC.unpack_from(page, PAGE_HEADER + i * _PENDING_REC.size)
+                if s < 2 or n < 1 or s + n > self.hwm:
                     raise CorruptionError(f"page {pg}: pending pages out of range")
-                self.pending.setdefault(t, []).extend(range(s, s + n))
+                runs.append((s, n))
                 self.pending_count += n
         self.dirty_ranges.clear()
         if self.free_count != free_count or self.pending_count != pending_count:
@@ -380,18 +388,12 @@ class FreeSpace:
 
     def _check(self):
         """Assert the invariants of the in-memory free space (for tests)."""
-        prev_end = 2
-        total = 0
-        for s, n in self.extents.items():
-            assert n > 0 and s >= prev_end and (s > prev_end or s == 2 and prev_end == 2), (s, n)
-            prev_end = s + n
-            total += n
-        assert prev_end <= self.hwm
-        assert total == self.free_count, (total, self.free_count)
-        pend = [p for pages in self.pending.values() for p in pages]
+        runs = self.runs(0, 1 << 62)
+        assert sum(n for _, n in runs) == self.free_count
+        assert all(s >= 2 and s + n <= self.hwm for s, n in runs), (runs, self.hwm)
+        pend = [p for runs in self.pending.values() for s, n in runs for p in range(s, s + n)]
         assert len(pend) == self.pending_count
         assert len(set(pend)) == len(pend)
+        free = {p for s, n in runs for p in range(s, s + n)}
         for p in pend:
-            assert 2 <= p < self.hwm
-            i = self.extents.bisect_right(p) - 1
-            assert i < 0 or sum(self.extents.peekitem(i)) <= p, p
+            assert 2 <= p < self.hwm and p not in free, p

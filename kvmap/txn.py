@@ -2,8 +2,7 @@
 transactions.
 
 ``_Reads`` is the read half of the mapping API (``db``, ``db.snapshot()`` and
-``db.transaction()`` all offer it).  A subclass supplies four hooks:
-``_lookup(key)``, ``_count()``, ``_scan(...)`` and ``_max_key``.
+``db.transaction()`` all offer it).
 
 Iteration goes through a C cursor that copies a batch of records per call.
 In a snapshot the batch is large (the view cannot change); in a write
@@ -19,6 +18,8 @@ from ._lib import MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, 
 from .errors import ClosedError
 
 _REC = struct.Struct("<II")
+_put = lib.kvm_put
+unpack = ffi.unpack
 
 
 def _successor(prefix):
@@ -132,20 +133,46 @@ class _ItemsView(ItemsView):
 
 
 class _Reads:
-    """The read API: mapping access, ordered iteration, ranges, batches."""
+    """The read API: mapping access, ordered iteration, ranges, batches.
+
+    A subclass sets ``_h`` (its C handle, None once closed), ``_getfn`` (the C
+    lookup taking that handle), ``_max_key`` and ``_closed_msg``, and
+    implements ``_count()`` and ``_scan(...)``.
+    """
 
     __slots__ = ()
 
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise ClosedError(self._closed_msg)
+        return h
+
+    def _lookup(self, key):
+        """Value of an already converted key, or MISSING."""
+        h = self._h
+        if h is None:
+            raise ClosedError(self._closed_msg)
+        tl = buffers
+        n = self._getfn(h, key, len(key), tl.buf, tl.cap)
+        if 0 <= n <= tl.cap:
+            return unpack(tl.buf, n)
+        return _lib.read_value(self._getfn, h, key)
+
     def __getitem__(self, key):
         """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
-        v = self._lookup(as_key(key, self._max_key))
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = as_key(key, self._max_key)
+        v = self._lookup(key)
         if v is MISSING:
             raise KeyError(key)
         return v
 
     def get(self, key, default=None):
         """Value of ``key``, or ``default``.  O(log n)."""
-        v = self._lookup(as_key(key, self._max_key))
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = as_key(key, self._max_key)
+        v = self._lookup(key)
         return default if v is MISSING else v
 
     def __contains__(self, key):
@@ -213,8 +240,9 @@ class _Reads:
 
 def _get_many(handle, ks, default):
     n = len(ks)
+    klen_list = [len(k) for k in ks]
     packed = ffi.from_buffer(b"".join(ks))
-    klens = ffi.new("uint32_t[]", [len(k) for k in ks])
+    klens = ffi.new("uint32_t[]", klen_list)
     lens = ffi.new("int64_t[]", n)
     done = ffi.new("size_t *")
     out = []
@@ -227,17 +255,18 @@ def _get_many(handle, ks, default):
             continue
         if rc:
             raise error_for(rc)
-        data = ffi.buffer(tl.buf, tl.cap)
+        k = done[0]
+        got = ffi.unpack(lens + i, k)
+        data = ffi.buffer(tl.buf, sum(ln for ln in got if ln > 0))[:]
         pos = 0
-        for j in range(i, i + done[0]):
-            ln = lens[j]
+        for ln in got:
             if ln < 0:
                 out.append(default)
             else:
                 out.append(data[pos:pos + ln])
                 pos += ln
-            off += klens[j]
-        i += done[0]
+        off += sum(klen_list[i:i + k])
+        i += k
     return out
 
 
@@ -249,31 +278,22 @@ class Snapshot(_Reads, Mapping):
     close().
     """
 
-    __slots__ = ("_db", "_txn", "_cursors", "__weakref__")
+    __slots__ = ("_db", "_h", "_max_key", "_cursors", "__weakref__")
     _batch = 256
+    _getfn = lib.kvm_get
+    _closed_msg = "snapshot is closed"
 
     def __init__(self, db):
         self._db = db
-        self._txn = None
+        self._h = None
+        self._max_key = db._max_key
         self._cursors = set()
         out = ffi.new("kvm_txn **")
-        rc = lib.kvm_txn_begin(db._env_handle(), 0, out)
+        rc = lib.kvm_txn_begin(db._handle(), 0, out)
         if rc:
             raise error_for(rc)
-        self._txn = out[0]
+        self._h = out[0]
         db._live[id(self)] = self
-
-    @property
-    def _max_key(self):
-        return self._db._max_key
-
-    def _handle(self):
-        if self._txn is None:
-            raise ClosedError("snapshot is closed")
-        return self._txn
-
-    def _lookup(self, key):
-        return _lib.read_value(lib.kvm_get, self._handle(), key)
 
     def _count(self):
         return lib.kvm_txn_entries(self._handle())
@@ -291,9 +311,9 @@ class Snapshot(_Reads, Mapping):
         """Release the snapshot (idempotent)."""
         for c in list(self._cursors):
             c.close()
-        if self._txn is not None:
-            lib.kvm_txn_abort(self._txn)
-            self._txn = None
+        if self._h is not None:
+            lib.kvm_txn_abort(self._h)
+            self._h = None
             self._db._live.pop(id(self), None)
 
     _invalidate = close
@@ -318,26 +338,17 @@ class Transaction(_Reads, MutableMapping):
     exception.  Reads see the transaction's own changes.
     """
 
-    __slots__ = ("_db", "_txn", "_cursors", "__weakref__")
+    __slots__ = ("_db", "_h", "_max_key", "_cursors", "__weakref__")
     _batch = 1
+    _getfn = lib.kvm_get
+    _closed_msg = "transaction is finished"
 
     def __init__(self, db, timeout=None):
         self._db = db
-        self._txn = None
+        self._h = None
+        self._max_key = db._max_key
         self._cursors = set()
         db._begin_write(self, timeout)
-
-    @property
-    def _max_key(self):
-        return self._db._max_key
-
-    def _handle(self):
-        if self._txn is None:
-            raise ClosedError("transaction is finished")
-        return self._txn
-
-    def _lookup(self, key):
-        return _lib.read_value(lib.kvm_get, self._handle(), key)
 
     def _count(self):
         return lib.kvm_txn_entries(self._handle())
@@ -346,12 +357,12 @@ class Transaction(_Reads, MutableMapping):
         self._handle()
         return scan(self, mode, key, stop, flags, keys_only)
 
-    def _write(self, fn, *args):
-        h = self._handle()
-        rc = fn(h, *args)
+    def _retry(self, rc, fn, *args):
+        """Finish a write call that did not return 0: refill the page pool
+        and call again, or raise (aborting if the change may be half made)."""
         if rc == lib.KVM_NEED_PAGES:
-            self._db._refill(self, lib.kvm_txn_pages_needed(h))
-            rc = fn(h, *args)
+            self._db._refill(self, lib.kvm_txn_pages_needed(self._h))
+            rc = fn(self._h, *args)
         if rc < 0 and rc != lib.KVM_NOTFOUND:
             err = error_for(rc)
             if rc != lib.KVM_INVALID:   # anything else may have left a half-made change
@@ -361,16 +372,27 @@ class Transaction(_Reads, MutableMapping):
 
     def put(self, key, value):
         """Insert or overwrite.  O(log n)."""
-        k = as_key(key, self._max_key)
-        v, vlen = as_value(value)
-        self._write(lib.kvm_put, k, len(k), v, vlen)
+        h = self._h
+        if h is None:
+            raise ClosedError(self._closed_msg)
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = as_key(key, self._max_key)
+        if type(value) is bytes:
+            vlen = len(value)
+        else:
+            value, vlen = as_value(value)
+        rc = _put(h, key, len(key), value, vlen)
+        if rc:
+            self._retry(rc, _put, key, len(key), value, vlen)
 
     __setitem__ = put
 
     def delete(self, key):
         """Remove ``key``; KeyError if absent.  O(log n)."""
+        h = self._handle()
         k = as_key(key, self._max_key)
-        if self._write(lib.kvm_del, k, len(k)) == lib.KVM_NOTFOUND:
+        rc = lib.kvm_del(h, k, len(k))
+        if rc and self._retry(rc, lib.kvm_del, k, len(k)) == lib.KVM_NOTFOUND:
             raise KeyError(key)
 
     __delitem__ = delete
@@ -384,10 +406,11 @@ class Transaction(_Reads, MutableMapping):
             src = src.items()
         elif hasattr(src, "keys"):
             src = ((k, src[k]) for k in src.keys())
+        put = self.put
         for k, v in src:
-            self.put(k, v)
+            put(k, v)
         for k, v in kwargs.items():
-            self.put(k, v)
+            put(k, v)
 
     @property
     def txnid(self):
@@ -402,7 +425,7 @@ class Transaction(_Reads, MutableMapping):
 
     def abort(self):
         """Discard the changes (idempotent)."""
-        if self._txn is not None:
+        if self._h is not None:
             self._close_cursors()
             self._db._abort(self)
 
@@ -416,7 +439,7 @@ class Transaction(_Reads, MutableMapping):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self._txn is None:
+        if self._h is None:
             return
         if exc_type is None:
             self.commit()

@@ -406,7 +406,8 @@ static unsigned build_branch_cell(uint8_t *c, const uint8_t *key, unsigned klen,
 {
     wr16(c, (uint16_t)klen);
     wr64(c + 2, child);
-    memmove(c + BRANCH_HDR, key, klen);
+    if (klen)
+        memmove(c + BRANCH_HDR, key, klen);
     return BRANCH_HDR + klen;
 }
 

@@ -1,31 +1,42 @@
 """cffi builder for the C core (out-of-line API mode).
 
-setup.py names this file in ``cffi_modules``; the declarations come from the
-cdef section of ``kvmap.h`` so the C header is the one description of the API.
+setup.py names ``native/build_kvmap.py:ffibuilder`` in ``cffi_modules``.  The
+declarations come from the cdef section of ``kvmap.h``, so the C header is the
+one description of the API.  Run as a script it builds the module into a
+directory of its own, with extra flags from KVM_CFLAGS / KVM_LDFLAGS
+(tools/sanitize.sh uses this for an ASan/UBSan build).
 """
 import os
+import sys
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["os.c", "crc32c.c", "pager.c", "btree.c"]
+SOURCES = ["os.c", "crc32c.c", "pager.c", "btree.c", "freemap.c"]
+WARNINGS = ["-Wall", "-Wextra", "-std=gnu11"]
 
 
-def _cdef():
+def make_builder(absolute=False, cflags=("-O2",), ldflags=()):
+    here = HERE if absolute else os.path.relpath(HERE)
     text = open(os.path.join(HERE, "kvmap.h")).read()
-    return text.split("/* cdef-begin */")[1].split("/* cdef-end */")[0]
+    builder = FFI()
+    builder.cdef(text.split("/* cdef-begin */")[1].split("/* cdef-end */")[0])
+    builder.set_source(
+        "kvmap._kvmap_cffi",
+        '#include "kvmap.h"',
+        sources=[os.path.join(here, s) for s in SOURCES],
+        include_dirs=[here],
+        extra_compile_args=WARNINGS + list(cflags),
+        extra_link_args=list(ldflags),
+        libraries=["pthread"],
+    )
+    return builder
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
-ffibuilder.set_source(
-    "kvmap._kvmap_cffi",
-    '#include "kvmap.h"',
-    sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
-    include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
-    libraries=["pthread"],
-)
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    out = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
+    builder = make_builder(True, os.environ.get("KVM_CFLAGS", "-O2").split(),
+                           os.environ.get("KVM_LDFLAGS", "").split())
+    builder.compile(tmpdir=out, verbose=True)

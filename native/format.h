@@ -14,7 +14,7 @@
 **    16     8  txnid of the commit that wrote this meta
 **    24     8  root page of the main tree (0: empty tree)
 **    32     4  depth of the main tree (0: empty)
-**    36     4  flags (0)
+**    36     4  flags: bit 0 (M_FLAGS_NOSYNC) the commit did not sync
 **    40     8  number of entries in the main tree
 **    48     8  high-water mark: pages [0, hwm) are in use or listed free
 **    56     8  first free-index page (0: none)
@@ -74,6 +74,7 @@
 #define M_ROOT             24
 #define M_DEPTH            32
 #define M_FLAGS            36
+#define M_FLAGS_NOSYNC     1u
 #define M_ENTRIES          40
 #define M_HWM              48
 #define M_FREE_INDEX       56
@@ -99,6 +100,7 @@
 #define PT_FREE_INDEX      4
 #define PT_FREE_BITMAP     5
 #define PT_FREE_PENDING    6
+#define PT_FREE_PENDING_INDEX 7
 
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */

@@ -21,7 +21,7 @@ typedef uint64_t pgno_t;
 typedef struct kvm_state {
     uint64_t txnid, root, entries, hwm;
     uint64_t free_index, free_pending, free_count, pending_count;
-    uint32_t depth;
+    uint32_t depth, flags;
 } kvm_state;
 
 /* Page cache of the pread backend: CLOCK replacement, chained hash. */
@@ -54,9 +54,12 @@ struct kvm_env {
     uint64_t    seq;             /* sequence lock over st */
     kvm_state   st;
     int         meta_slot;
+    int         meta_fallback;   /* opened at the older meta (the newer was torn) */
     uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
     uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */
+    uint8_t    *scratch;         /* the writer's scratch pages (see kvm_txn) */
+    void       *refs;
 };
 
 typedef struct dirty_ent {

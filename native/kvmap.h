@@ -34,6 +34,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_READERS_FULL -11
 #define KVM_NEED_PAGES   -12
 #define KVM_BUFSMALL     -13
+#define KVM_LOCKED       -14
 
 #define KVM_BACKEND_MMAP   0
 #define KVM_BACKEND_PREAD  1
@@ -72,7 +73,7 @@ typedef struct kvm_stat {
     uint64_t txnid, root, entries, hwm, free_index, free_pending;
     uint64_t free_count, pending_count;
     uint32_t depth, page_size;
-    int      meta_slot, failed;
+    int      meta_slot, meta_fallback, failed;
     uint64_t file_size, map_base, map_length, map_reserved;
     uint64_t cache_hits, cache_misses;
     uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise, n_msync;
@@ -96,7 +97,8 @@ int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
 void     kvm_txn_abort(kvm_txn *t);
 int      kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync);
-int      kvm_txn_pool_add(kvm_txn *t, uint64_t start, uint64_t count);
+int      kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns);
+size_t   kvm_txn_dirty(kvm_txn *t);
 uint64_t kvm_txn_pages_needed(kvm_txn *t);
 size_t   kvm_txn_freed(kvm_txn *t, const uint64_t **out);
 size_t   kvm_txn_pool(kvm_txn *t, const uint64_t **out);
@@ -119,6 +121,19 @@ int      kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode);
 int64_t  kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
                           const char *stop, size_t stoplen);
 size_t   kvm_cursor_need(kvm_cursor *c);
+/* The free-page bitmap under kvmap/space.py (freemap.c); runs are pairs
+** (start, count). */
+typedef struct kvm_freemap kvm_freemap;
+kvm_freemap *kvm_fm_new(void);
+void     kvm_fm_free(kvm_freemap *fm);
+uint64_t kvm_fm_count(kvm_freemap *fm);
+int      kvm_fm_add(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
+int      kvm_fm_remove(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
+size_t   kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap);
+uint64_t kvm_fm_tail(kvm_freemap *fm, uint64_t end);
+void     kvm_fm_encode(kvm_freemap *fm, uint64_t first, uint64_t nbits, char *out);
+int64_t  kvm_fm_decode(kvm_freemap *fm, uint64_t first, uint64_t nbits, const char *in, uint64_t limit);
+size_t   kvm_fm_runs(kvm_freemap *fm, uint64_t lo, uint64_t hi, uint64_t *runs, size_t cap);
 /* cdef-end */
 
 #endif

@@ -7,6 +7,7 @@
 #include "os.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,9 +27,9 @@ static int os_fstat_size(int fd, uint64_t *size)
     *size = (uint64_t)st.st_size;
     return 0;
 }
+static int os_flock(int fd, int op) { return flock(fd, op); }
 static ssize_t os_pread(int fd, void *b, size_t n, off_t o) { COUNT(pread); return pread(fd, b, n, o); }
 static ssize_t os_pwrite(int fd, const void *b, size_t n, off_t o) { COUNT(pwrite); return pwrite(fd, b, n, o); }
-static ssize_t os_pwritev(int fd, const struct iovec *v, int c, off_t o) { COUNT(pwrite); return pwritev(fd, v, c, o); }
 static int os_fdatasync(int fd) { COUNT(fdatasync); return fdatasync(fd); }
 static int os_fsync_dir(const char *path)
 {
@@ -62,12 +63,12 @@ static int os_madvise(void *a, size_t l, int adv) { COUNT(madvise); return madvi
 static int os_msync(void *a, size_t l, int f) { COUNT(msync); return msync(a, l, f); }
 
 const kvm_os kvm_sys_default = {
-    os_open, os_close, os_fstat_size, os_pread, os_pwrite, os_pwritev,
+    os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise, os_msync,
 };
 kvm_os kvm_sys = {
-    os_open, os_close, os_fstat_size, os_pread, os_pwrite, os_pwritev,
+    os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise, os_msync,
 };

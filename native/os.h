@@ -10,15 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <sys/uio.h>
 
 typedef struct kvm_os {
     int     (*open)(const char *path, int flags, int mode);
     int     (*close)(int fd);
     int     (*fstat_size)(int fd, uint64_t *size);
+    int     (*flock)(int fd, int op);
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
-    ssize_t (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
     int     (*fdatasync)(int fd);
     int     (*fsync_dir)(const char *path);
     int     (*posix_fallocate)(int fd, off_t off, off_t len);   /* returns errno */

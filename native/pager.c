@@ -33,6 +33,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -77,6 +78,7 @@ static void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s)
     wr64(m + M_TXNID, s->txnid);
     wr64(m + M_ROOT, s->root);
     wr32(m + M_DEPTH, s->depth);
+    wr32(m + M_FLAGS, s->flags);
     wr64(m + M_ENTRIES, s->entries);
     wr64(m + M_HWM, s->hwm);
     wr64(m + M_FREE_INDEX, s->free_index);
@@ -105,6 +107,7 @@ static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const ch
     s->txnid = rd64(m + M_TXNID);
     s->root = rd64(m + M_ROOT);
     s->depth = rd32(m + M_DEPTH);
+    s->flags = rd32(m + M_FLAGS);
     s->entries = rd64(m + M_ENTRIES);
     s->hwm = rd64(m + M_HWM);
     s->free_index = rd64(m + M_FREE_INDEX);
@@ -684,8 +687,6 @@ static void txn_free(kvm_txn *t)
     free(t->dhash);
     free(t->pool.v);
     free(t->freed.v);
-    free(t->scratch);
-    free(t->refs);
     free(t);
 }
 
@@ -723,8 +724,12 @@ int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
     t->limit = s.hwm;
     t->dcap = 64;
     t->dirty = malloc(t->dcap * sizeof *t->dirty);
-    t->scratch = malloc((size_t)e->psize * 5);
-    t->refs = malloc((size_t)e->psize * 2 * sizeof(void *));
+    if (!e->scratch) {   /* one writer at a time: the scratch space is the environment's */
+        e->scratch = malloc((size_t)e->psize * 5);
+        e->refs = malloc((size_t)e->psize * 2 * sizeof(void *));
+    }
+    t->scratch = e->scratch;
+    t->refs = e->refs;
     if (!t->dirty || !t->scratch || !t->refs || dirty_rehash(t, 128)) {
         txn_free(t);
         return kvm_err(KVM_NOMEM, "allocating a write transaction");
@@ -741,20 +746,32 @@ void kvm_txn_abort(kvm_txn *t)
     txn_free(t);
 }
 
-int kvm_txn_pool_add(kvm_txn *t, uint64_t start, uint64_t count)
+/* runs: pairs (start, count), lowest first; popped lowest first. */
+int kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
 {
     kvm_env *e = t->env;
-    if (!t->write || start < 2 || (start + count) * e->psize > e->file_size)
-        return kvm_err(KVM_INVALID, "pool pages [%llu, %llu) are not in the file",
-                       (unsigned long long)start, (unsigned long long)(start + count));
-    for (uint64_t i = count; i-- > 0;) {
-        int rc = pgvec_push(&t->pool, start + i);
-        if (rc)
-            return rc;
+    for (size_t r = nruns; r-- > 0;) {
+        uint64_t start = runs[2 * r], count = runs[2 * r + 1];
+        if (!t->write || start < 2 || start + count < start || (start + count) * e->psize > e->file_size)
+            return kvm_err(KVM_INVALID, "pool pages [%llu, %llu) are not in the file",
+                           (unsigned long long)start, (unsigned long long)(start + count));
+        for (uint64_t i = count; i-- > 0;) {
+            int rc = pgvec_push(&t->pool, start + i);
+            if (rc)
+                return rc;
+        }
+        if (start + count > t->limit)
+            t->limit = start + count;
     }
-    if (start + count > t->limit)
-        t->limit = start + count;
     return 0;
+}
+
+size_t kvm_txn_dirty(kvm_txn *t)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->ndirty; i++)
+        n += t->dirty[i].live;
+    return n + t->freed.n;
 }
 
 uint64_t kvm_txn_pages_needed(kvm_txn *t) { return t->need; }
@@ -808,32 +825,22 @@ static int cmp_dirty(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int write_all(kvm_env *e, const struct iovec *iov, int cnt, uint64_t off)
+/* One pwrite per page, never a long vectored write: ext4 turns long writes
+** into large page-cache folios, after which every 4 KiB write or msync of a
+** later commit costs as much as a whole folio (research/os-probe.md). */
+static int write_page(kvm_env *e, const uint8_t *p, pgno_t pg)
 {
-    struct iovec v[64];
-    while (cnt > 0) {
-        int k = cnt < 64 ? cnt : 64;
-        memcpy(v, iov, k * sizeof *v);
-        int first = 0;
-        while (first < k) {
-            ssize_t n = kvm_sys.pwritev(e->fd, v + first, k - first, (off_t)off);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                return kvm_err_sys(space_code(errno), errno, "writing pages");
-            }
-            if (n == 0)
-                return kvm_err_sys(KVM_IO, EIO, "writing pages");
-            off += (uint64_t)n;
-            while (first < k && (size_t)n >= v[first].iov_len)
-                n -= (ssize_t)v[first++].iov_len;
-            if (first < k) {
-                v[first].iov_base = (uint8_t *)v[first].iov_base + n;
-                v[first].iov_len -= (size_t)n;
-            }
+    size_t done = 0;
+    while (done < e->psize) {
+        ssize_t n = kvm_sys.pwrite(e->fd, p + done, e->psize - done, (off_t)(pg * e->psize + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return kvm_err_sys(space_code(errno), errno, "writing pages");
         }
-        iov += k;
-        cnt -= k;
+        if (n == 0)
+            return kvm_err_sys(KVM_IO, EIO, "writing pages");
+        done += (size_t)n;
     }
     return 0;
 }
@@ -846,7 +853,8 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
         return kvm_err(KVM_FAILED, "an earlier sync failed: reopen the database");
-    kvm_state s = {t->txnid, t->root, t->entries, meta[0], meta[1], meta[2], meta[3], meta[4], t->depth};
+    kvm_state s = {t->txnid, t->root, t->entries, meta[0], meta[1], meta[2], meta[3], meta[4], t->depth,
+                   sync ? 0 : M_FLAGS_NOSYNC};
     if (s.hwm < 2 || s.hwm * e->psize > e->file_size)
         return kvm_err(KVM_INVALID, "commit with a high-water mark of %llu pages", (unsigned long long)s.hwm);
 
@@ -869,22 +877,8 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
         wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, e->psize - 4));
     }
     int rc = 0;
-    if (!e->writemap) {
-        struct iovec *iov = malloc((n + 1) * sizeof *iov);
-        if (!iov)
-            rc = kvm_err(KVM_NOMEM, "allocating the commit list");
-        for (size_t i = 0; i < n && !rc;) {
-            size_t j = i;
-            while (j < n && order[j]->pgno == order[i]->pgno + (j - i)) {
-                iov[j - i].iov_base = order[j]->buf;
-                iov[j - i].iov_len = e->psize;
-                j++;
-            }
-            rc = write_all(e, iov, (int)(j - i), order[i]->pgno * e->psize);
-            i = j;
-        }
-        free(iov);
-    }
+    for (size_t i = 0; i < n && !rc && !e->writemap; i++)
+        rc = write_page(e, order[i]->buf, order[i]->pgno);
     if (!rc && sync && kvm_sys.fdatasync(e->fd) != 0) {
         e->failed = 1;  /* the kernel may have dropped the dirty pages: never retry */
         rc = kvm_err_sys(KVM_IO, errno, "syncing pages (the handle refuses writes until reopened)");
@@ -1029,7 +1023,12 @@ static int load_meta(kvm_env *e, uint32_t want_ps)
     if (want_ps && want_ps != psize)
         return kvm_err(KVM_FORMAT, "%s has %u-byte pages, not %u", e->path, psize, want_ps);
     e->psize = psize;
-    /* newest first; fall back to the other meta if the newest is unusable */
+    /* Newest valid meta first.  A meta whose checksum fails was torn by a
+    ** crash: its commit never completed and the older meta is the state.  A
+    ** valid meta whose file is too short or whose tree fails its checksums
+    ** is damage to committed data: an error, unless that commit was made
+    ** without sync (M_FLAGS_NOSYNC), where a power loss can leave exactly
+    ** that and the older meta's tree is intact. */
     int order[2] = {0, 1};
     if (!rc[1] && (rc[0] || s[1].txnid > s[0].txnid)) {
         order[0] = 1;
@@ -1040,17 +1039,18 @@ static int load_meta(kvm_env *e, uint32_t want_ps)
         int i = order[k];
         if (rc[i])
             continue;
-        if (s[i].hwm * psize > e->file_size) {
+        if (s[i].hwm * psize > e->file_size)
             last = kvm_err(KVM_CORRUPT, "%s is truncated: meta %d needs %llu bytes, the file has %llu",
                            e->path, i, (unsigned long long)(s[i].hwm * psize),
                            (unsigned long long)e->file_size);
-            continue;
+        else if (!(last = verify_path(e, &s[i], 0)) && !(last = verify_path(e, &s[i], 1))) {
+            e->st = s[i];
+            e->meta_slot = i;
+            e->meta_fallback = k;
+            return 0;
         }
-        if ((last = verify_path(e, &s[i], 0)) || (last = verify_path(e, &s[i], 1)))
-            continue;
-        e->st = s[i];
-        e->meta_slot = i;
-        return 0;
+        if (!(s[i].flags & M_FLAGS_NOSYNC))
+            return last;
     }
     return last;
 }
@@ -1067,6 +1067,8 @@ void kvm_env_close(kvm_env *e)
     pthread_rwlock_destroy(&e->map_lock);
     pthread_mutex_destroy(&e->cache_lock);
     free(e->readers);
+    free(e->scratch);
+    free(e->refs);
     free(e->path);
     free(e);
 }
@@ -1107,6 +1109,14 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     e->fd = kvm_sys.open(path, oflags, 0644);
     if (e->fd < 0) {
         rc = kvm_err_sys(KVM_IO, errno, path);
+        goto fail;
+    }
+    /* One writable handle per file (in this or any process) until the lock
+    ** file of multi-process support exists: a second writer would reuse
+    ** pages the first still reaches. */
+    if (!e->readonly && kvm_sys.flock(e->fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = errno == EWOULDBLOCK ? kvm_err(KVM_LOCKED, "%s is already open for writing", path)
+                                  : kvm_err_sys(KVM_IO, errno, "locking the database file");
         goto fail;
     }
     if (kvm_sys.fstat_size(e->fd, &e->file_size) != 0) {
@@ -1156,6 +1166,7 @@ void kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->meta_slot;
+    st->meta_fallback = e->meta_fallback;
     st->failed = e->failed;
     st->file_size = e->file_size;
     st->map_base = (uint64_t)(uintptr_t)e->base;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run the test suite against a build of the C core with AddressSanitizer and
+# UndefinedBehaviorSanitizer.  Usage: tools/sanitize.sh [pytest args...]
+# (default: the whole suite).  Leak checking is off: CPython itself "leaks"
+# at exit.  Any sanitizer report fails the run (halt_on_error).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+mkdir -p "$out/kvmap"
+cp kvmap/*.py "$out/kvmap/"
+cp -r tests "$out/tests"
+[ -f pyproject.toml ] && cp pyproject.toml "$out/"
+KVM_CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+KVM_LDFLAGS="-fsanitize=address,undefined" \
+    python3 native/build_kvmap.py "$out" > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
+if grep -q "warning:" "$out/build.log"; then grep "warning:" "$out/build.log"; echo "C warnings"; exit 1; fi
+asan=$(gcc -print-file-name=libasan.so)
+ubsan=$(gcc -print-file-name=libubsan.so)
+cd "$out"
+status=0
+LD_PRELOAD="$asan $ubsan" \
+ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path="$out/report" \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path="$out/report" \
+PYTHONPATH="$out" python3 -m pytest -q -p no:cacheprovider "${@:-tests}" || status=$?
+if ls "$out"/report.* > /dev/null 2>&1; then
+    head -n 40 "$out"/report.*
+    echo "sanitizer reported an error"
+    exit 1
+fi
+exit $status
