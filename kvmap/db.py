@@ -116,7 +116,7 @@ class Database(_Reads, MutableMapping):
                     return ffi.buffer(page)[:]
 
                 self._space.load(read_page, st.free_index, st.free_pending, st.free_count,
-                                 st.pending_count)
+                                 st.pending_count, st.pending_floor)
             except BaseException:
                 self.close()
                 raise
@@ -305,7 +305,7 @@ class Database(_Reads, MutableMapping):
                     raise error_for(rc)
 
             meta = space.prepare_commit(lib.kvm_txn_id(h), freed, leftovers, self._ensure_pages, write_page)
-            rc = lib.kvm_txn_commit(h, ffi.new("uint64_t[5]", meta), self.sync)
+            rc = lib.kvm_txn_commit(h, ffi.new("uint64_t[6]", meta), self.sync)
             if rc:
                 raise error_for(rc)
         except BaseException:
@@ -317,7 +317,10 @@ class Database(_Reads, MutableMapping):
     # --------------------------------------------------------------- stats
 
     def stats(self):
-        """Figures of the committed state and of the file and mapping."""
+        """Figures of the committed state and of the file and mapping.
+
+        ``syscalls`` counts the calls the C core made, process-wide (all open
+        databases together)."""
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(self._handle(), st)
         return {
@@ -331,7 +334,7 @@ class Database(_Reads, MutableMapping):
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),
             "syscalls": {"pread": st.n_pread, "pwrite": st.n_pwrite, "fdatasync": st.n_fdatasync,
                          "fallocate": st.n_fallocate, "mmap": st.n_mmap, "mremap": st.n_mremap,
-                         "munmap": st.n_munmap, "madvise": st.n_madvise, "msync": st.n_msync},
+                         "munmap": st.n_munmap, "madvise": st.n_madvise},
         }
 
     def _check(self):

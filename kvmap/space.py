@@ -38,7 +38,8 @@ PT_FREE_INDEX = 4
 PT_FREE_BITMAP = 5
 PT_FREE_PENDING = 6
 PT_FREE_PENDING_INDEX = 7
-_PENDING_REC = struct.Struct("<QQ")
+_PENDING_REC = struct.Struct("<QQ")      # start, count
+_INDEX_ENTRY = struct.Struct("<QQ")      # record page, txnid
 
 
 def _ceil_div(a, b):
@@ -83,13 +84,14 @@ class FreeSpace:
         self.fm = ffi.gc(lib.kvm_fm_new(), lib.kvm_fm_free)
         if self.fm == ffi.NULL:
             raise MemoryError("allocating the free-page map")
-        self.pending = SortedDict()      # txnid -> runs (start, count) it freed
+        self.pending = SortedDict()      # txnid -> runs (start, count) of the pages it freed
         self.pending_count = 0
         self.bitmap_pages = []           # range -> bitmap page number (0: none)
         self.index_pages = []            # the bitmap-index chain
-        self.record_pages = SortedDict() # txnid -> its pending pages on disk
-        self.pending_index = []          # the pending-index chain
-        self.stale = []                  # pending pages of released commits: freed by the next commit
+        self.record_pages = SortedDict() # txnid -> its pending record pages on disk
+        self.pindex = []                 # pending-index chain: (page, entries, max txnid), newest first
+        self.floor = 0                   # pending records of commits <= floor are void (released)
+        self.stale = []                  # record pages of released commits: freed by the next commit
         self.dirty_ranges = set()        # bitmap ranges changed since the last commit
         self._journal = None
         self._staged = None
@@ -206,7 +208,9 @@ class FreeSpace:
         while self.pending and self.pending.peekitem(0)[0] <= upto:
             runs.extend(self.pending.popitem(0)[1])
         while self.record_pages and self.record_pages.peekitem(0)[0] <= upto:
-            self.stale.extend(self.record_pages.popitem(0)[1])
+            t, pages = self.record_pages.popitem(0)
+            self.stale.extend(pages)
+            self.floor = max(self.floor, t)
         if runs:
             self.pending_count -= sum(n for _, n in runs)
             self._add(runs)
@@ -224,25 +228,40 @@ class FreeSpace:
     def prepare_commit(self, txnid, freed, leftovers, ensure_pages, write_page):
         """Write the free-list pages of commit ``txnid``; return the meta
         fields ``[hwm, bitmap-index head, pending-index head, free count,
-        pending count]``.
+        pending count, pending floor]``.
 
         ``freed``: pages the transaction's tree changes freed; ``leftovers``:
         pool pages it did not use.  ``ensure_pages(n)`` grows the file to n
         pages; ``write_page(pgno, type, nkeys, next, body)`` adds a page to the
         commit.  Call commit_done() after the meta is durable, or rollback().
+
+        The pending index is a chain, newest first, of ``(record page,
+        txnid)`` entries.  A commit rewrites only its head page (adding its own
+        record pages, dropping released entries), so its cost does not grow
+        with the number of pending commits.  Released entries in older pages
+        stay until all of those pages are released, then go at once; the
+        meta's pending floor marks them void meanwhile.
         """
         if leftovers:
             self.give(leftovers)
         self._trim_tail()
         b = self.bits_per_page
         per_index = (self.page_size - PAGE_HEADER) // 8
+        per_entries = (self.page_size - PAGE_HEADER) // _INDEX_ENTRY.size
         per_records = (self.page_size - PAGE_HEADER) // _PENDING_REC.size
+        floor = self.floor
         old_bitmaps = self.bitmap_pages
-        old_record_pages = [pg for pgs in self.record_pages.values() for pg in pgs]
+        head = self.pindex[0] if self.pindex else None
+        rest = self.pindex[1:]
+        head_live = [e for e in head[1] if e[1] > floor] if head else []
         freed_runs = _runs(freed)
         have = []
+        spare = 0
         # Taking pages for the free-list pages changes the free list: repeat
-        # until the pages taken cover what the free list then needs.
+        # until the pages taken are exactly what the free list then needs.
+        # Pages taken beyond the need (rare: runs merged) become empty pending
+        # pages of this commit, so nothing taken goes back and changes a
+        # bitmap after it was planned.
         while True:
             nranges = _ceil_div(self.hwm, b)
             dirty = sorted(r for r in self.dirty_ranges if r < nranges)
@@ -252,23 +271,25 @@ class FreeSpace:
             replaced += self.stale
             if new_bindex:
                 replaced += self.index_pages
-            # the pending index changes when this commit frees anything
-            # (it does whenever it changed anything) or a commit was released
-            new_pindex = bool(freed_runs or replaced)
-            if new_pindex:
-                replaced += self.pending_index
+            upper = _ceil_div(len(freed_runs) + len(_runs(replaced)) + 1, per_records) + spare
+            merged = head is not None and len(head_live) + upper <= per_entries
+            drop_rest = merged and bool(rest) and rest[0][2] <= floor
+            if merged:
+                replaced.append(head[0])
+            if drop_rest:
+                replaced += [p[0] for p in rest]
             free_runs = freed_runs + _runs(replaced)
-            n_records = _ceil_div(len(free_runs), per_records)
-            n_live = len(old_record_pages) + n_records
+            n_records = _ceil_div(len(free_runs), per_records) + spare
+            n_entries = n_records + (len(head_live) if merged else 0)
             need = (len(dirty) + (_ceil_div(nranges, per_index) if new_bindex else 0)
-                    + n_records + (_ceil_div(n_live, per_index) if new_pindex else 0))
-            if len(have) >= need:
+                    + n_records + _ceil_div(n_entries, per_entries))
+            if len(have) == need:
                 break
+            if len(have) > need:
+                spare += len(have) - need
+                continue
             for s, n in self.take(need - len(have)):
                 have.extend(range(s, s + n))
-        if len(have) > need:   # their bitmap ranges are already being rewritten
-            self.give(have[need:])
-            del have[need:]
         ensure_pages(self.hwm)
         new_pages = iter(have)
         bitmaps = list(old_bitmaps[:nranges]) + [0] * max(0, nranges - len(old_bitmaps))
@@ -279,47 +300,54 @@ class FreeSpace:
         index_pages = self.index_pages
         if new_bindex:
             index_pages = [next(new_pages) for _ in range(_ceil_div(nranges, per_index))]
-            self._write_chain(write_page, PT_FREE_INDEX, index_pages, bitmaps)
+            for i, pg in enumerate(index_pages):
+                chunk = bitmaps[i * per_index:(i + 1) * per_index]
+                nxt = index_pages[i + 1] if i + 1 < len(index_pages) else 0
+                write_page(pg, PT_FREE_INDEX, len(chunk), nxt, struct.pack(f"<{len(chunk)}Q", *chunk))
         record_pages = [next(new_pages) for _ in range(n_records)]
         for i, pg in enumerate(record_pages):
             chunk = free_runs[i * per_records:(i + 1) * per_records]
             write_page(pg, PT_FREE_PENDING, len(chunk), 0,
                        struct.pack(f"<{2 * len(chunk)}Q", *[x for r in chunk for x in r]))
-        pending_index = self.pending_index
-        if new_pindex:
-            live = old_record_pages + record_pages
-            pending_index = [next(new_pages) for _ in range(_ceil_div(len(live), per_index))]
-            self._write_chain(write_page, PT_FREE_PENDING_INDEX, pending_index, live)
+        entries = [(pg, txnid) for pg in record_pages] + (head_live if merged else [])
+        if merged:
+            tail = [] if drop_rest else rest
+        else:
+            tail = self.pindex
+        pindex = []
+        for pg in list(new_pages):
+            chunk, entries = entries[:per_entries], entries[per_entries:]
+            pindex.append((pg, chunk, max(t for _, t in chunk)))
+        pindex += tail
+        for i, (pg, chunk, _) in enumerate(pindex):
+            if i + len(tail) >= len(pindex):
+                break
+            nxt = pindex[i + 1][0] if i + 1 < len(pindex) else 0
+            write_page(pg, PT_FREE_PENDING_INDEX, len(chunk), nxt,
+                       struct.pack(f"<{2 * len(chunk)}Q", *[x for e in chunk for x in e]))
         freed_count = sum(n for _, n in free_runs)
-        self._staged = (bitmaps, index_pages, record_pages, pending_index, free_runs, freed_count, txnid)
+        self._staged = (bitmaps, index_pages, record_pages, pindex, free_runs, freed_count, txnid)
         return [self.hwm, index_pages[0] if index_pages else 0,
-                pending_index[0] if pending_index else 0, self.free_count,
-                self.pending_count + freed_count]
-
-    def _write_chain(self, write_page, ptype, pages, entries):
-        """Write ``entries`` (u64 each) over the chain of ``pages``."""
-        per = (self.page_size - PAGE_HEADER) // 8
-        for i, pg in enumerate(pages):
-            chunk = entries[i * per:(i + 1) * per]
-            nxt = pages[i + 1] if i + 1 < len(pages) else 0
-            write_page(pg, ptype, len(chunk), nxt, struct.pack(f"<{len(chunk)}Q", *chunk))
+                pindex[0][0] if pindex else 0, self.free_count,
+                self.pending_count + freed_count, floor]
 
     def commit_done(self):
         """The commit prepared last is durable: adopt its free-list pages."""
-        bitmaps, index_pages, record_pages, pending_index, free_runs, freed_count, txnid = self._staged
-        self.bitmap_pages, self.index_pages, self.pending_index = bitmaps, index_pages, pending_index
+        bitmaps, index_pages, record_pages, pindex, free_runs, freed_count, txnid = self._staged
+        self.bitmap_pages, self.index_pages, self.pindex = bitmaps, index_pages, pindex
         if free_runs:
             self.pending.setdefault(txnid, []).extend(free_runs)
             self.pending_count += freed_count
-            self.record_pages[txnid] = record_pages
             self.stale = []
+        if record_pages:
+            self.record_pages[txnid] = record_pages
         self.dirty_ranges.clear()
         self._journal = None
         self._staged = None
 
     # ---------------------------------------------------------------- load
 
-    def load(self, read_page, index_head, pending_head, free_count, pending_count):
+    def load(self, read_page, index_head, pending_head, free_count, pending_count, floor):
         """Read the free-list pages of the current meta.
 
         ``read_page(pgno, type) -> bytes`` returns a checksum-verified page.
@@ -327,6 +355,7 @@ class FreeSpace:
         CorruptionError instead of looping.
         """
         b = self.bits_per_page
+        self.floor = floor
         seen = set()
 
         def claim(pg):
@@ -334,23 +363,23 @@ class FreeSpace:
                 raise CorruptionError(f"page {pg} appears twice in the free list")
             seen.add(pg)
 
-        def chain(head, ptype):
-            entries, pages, pg = [], [], head
+        def chain(head, ptype, width):
+            pg = head
             while pg:
-                if len(pages) > self.hwm:
+                if len(seen) > self.hwm:
                     raise CorruptionError(f"free-list chain loops at page {pg}")
                 claim(pg)
                 page = read_page(pg, ptype)
                 nkeys, = struct.unpack_from("<H", page, 6)
                 nxt, = struct.unpack_from("<Q", page, 24)
-                if PAGE_HEADER + 8 * nkeys > self.page_size:
+                if PAGE_HEADER + 8 * width * nkeys > self.page_size:
                     raise CorruptionError(f"page {pg}: entry count out of range")
-                entries.extend(struct.unpack_from(f"<{nkeys}Q", page, PAGE_HEADER))
-                pages.append(pg)
+                yield pg, struct.unpack_from(f"<{width * nkeys}Q", page, PAGE_HEADER)
                 pg = nxt
-            return pages, entries
 
-        self.index_pages, self.bitmap_pages = chain(index_head, PT_FREE_INDEX)
+        for pg, entries in chain(index_head, PT_FREE_INDEX, 1):
+            self.index_pages.append(pg)
+            self.bitmap_pages.extend(entries)
         if index_head and len(self.bitmap_pages) != _ceil_div(self.hwm, b):
             raise CorruptionError("free index does not cover the database")
         for r, pg in enumerate(self.bitmap_pages):
@@ -364,22 +393,26 @@ class FreeSpace:
             rc = lib.kvm_fm_decode(self.fm, r * b, b, page[PAGE_HEADER:], self.hwm)
             if rc < 0:
                 raise error_for(rc)
-        self.pending_index, record_pages = chain(pending_head, PT_FREE_PENDING_INDEX)
-        for pg in record_pages:
-            claim(pg)
-            page = read_page(pg, PT_FREE_PENDING)
-            nkeys, = struct.unpack_from("<H", page, 6)
-            txnid, = struct.unpack_from("<Q", page, 8)
-            if PAGE_HEADER + _PENDING_REC.size * nkeys > self.page_size:
-                raise CorruptionError(f"page {pg}: pending record count out of range")
-            self.record_pages.setdefault(txnid, []).append(pg)
-            runs = self.pending.setdefault(txnid, [])
-            for i in range(nkeys):
-                s, n = _PENDING_REC.unpack_from(page, PAGE_HEADER + i * _PENDING_REC.size)
-                if s < 2 or n < 1 or s + n > self.hwm:
-                    raise CorruptionError(f"page {pg}: pending pages out of range")
-                runs.append((s, n))
-                self.pending_count += n
+        for pg, flat in chain(pending_head, PT_FREE_PENDING_INDEX, 2):
+            entries = list(zip(flat[0::2], flat[1::2]))
+            self.pindex.append((pg, entries, max((t for _, t in entries), default=0)))
+            for rec, txnid in entries:
+                if txnid <= floor:
+                    continue   # released before this meta was written
+                claim(rec)
+                page = read_page(rec, PT_FREE_PENDING)
+                nkeys, = struct.unpack_from("<H", page, 6)
+                written, = struct.unpack_from("<Q", page, 8)
+                if written != txnid or PAGE_HEADER + _PENDING_REC.size * nkeys > self.page_size:
+                    raise CorruptionError(f"page {rec}: not the pending page of commit {txnid}")
+                self.record_pages.setdefault(txnid, []).append(rec)
+                runs = self.pending.setdefault(txnid, [])
+                for i in range(nkeys):
+                    s, n = _PENDING_REC.unpack_from(page, PAGE_HEADER + i * _PENDING_REC.size)
+                    if s < 2 or n < 1 or s + n > self.hwm:
+                        raise CorruptionError(f"page {rec}: pending pages out of range")
+                    runs.append((s, n))
+                    self.pending_count += n
         self.dirty_ranges.clear()
         if self.free_count != free_count or self.pending_count != pending_count:
             raise CorruptionError("free-list page counts disagree with the meta page")

@@ -29,6 +29,8 @@ typedef struct path_t {
     int      depth;
     pgno_t   pg[KVM_MAX_DEPTH];
     unsigned idx[KVM_MAX_DEPTH];
+    uint8_t *ptr[KVM_MAX_DEPTH];   /* the page, once this transaction owns it */
+    uint8_t  own[KVM_MAX_DEPTH];
 } path_t;
 
 typedef struct cellref {
@@ -239,10 +241,13 @@ static int descend(kvm_txn *t, const uint8_t *key, size_t klen, path_t *ph, int 
     ph->depth = (int)t->depth;
     for (int l = 0; l < ph->depth; l++) {
         const uint8_t *p;
-        int rc = node_read(t, pg, level_type(t->depth, l), &p);
-        if (rc)
+        int own;
+        int rc = pg_read_own(t, pg, &p, &own);
+        if (rc || (rc = pg_check_node(t, p, pg, level_type(t->depth, l))))
             return rc;
         ph->pg[l] = pg;
+        ph->own[l] = (uint8_t)own;
+        ph->ptr[l] = (uint8_t *)p;
         if (l + 1 < ph->depth) {
             if ((rc = branch_search(t, p, pg, key, klen, &ph->idx[l])) ||
                 (rc = branch_child(t, p, pg, ph->idx[l], &pg)))
@@ -416,10 +421,16 @@ static void set_child(uint8_t *p, unsigned i, pgno_t child) { wr64(p + cptr(p, i
 /* Make page ph->pg[level] writable (copy-on-write) and fix its parent. */
 static int touch(kvm_txn *t, path_t *ph, int level, int type, uint8_t **out)
 {
+    if (ph->own[level]) {
+        *out = ph->ptr[level];
+        return 0;
+    }
     pgno_t np;
     int rc = pg_write(t, ph->pg[level], out, &np);
     if (rc)
         return rc;
+    ph->own[level] = 1;
+    ph->ptr[level] = *out;
     if (np == ph->pg[level])
         return 0;
     if ((rc = node_validate(t, *out, np, type)))
@@ -427,14 +438,8 @@ static int touch(kvm_txn *t, path_t *ph, int level, int type, uint8_t **out)
     ph->pg[level] = np;
     if (level == 0)
         t->root = np;
-    else {
-        const uint8_t *cp;
-        uint8_t *parent;
-        if ((rc = pg_read(t, ph->pg[level - 1], &cp)))
-            return rc;
-        parent = (uint8_t *)cp;   /* the parent was touched first: it is ours */
-        set_child(parent, ph->idx[level - 1], np);
-    }
+    else   /* the parent was touched first: it is ours */
+        set_child(ph->ptr[level - 1], ph->idx[level - 1], np);
     return 0;
 }
 
@@ -528,7 +533,7 @@ static int split(kvm_txn *t, pgno_t pg, unsigned idx, const uint8_t *cell, unsig
 static int insert_at(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t *cell, unsigned csize)
 {
     for (;;) {
-        uint8_t *p = owned(t, ph->pg[level]);
+        uint8_t *p = ph->ptr[level];
         if (node_insert(t, p, idx, cell, csize))
             return 0;
         pgno_t right;
@@ -596,6 +601,7 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
         unsigned j = i + 1 < pn ? i + 1 : i - 1;
         path_t sib = *ph;
         sib.idx[level - 1] = j;
+        sib.own[level] = 0;
         int rc = branch_child(t, pp, ph->pg[level - 1], j, &sib.pg[level]);
         if (rc)
             return rc;
@@ -779,6 +785,8 @@ int kvm_put(kvm_txn *t, const char *key_, size_t klen, const char *val_, size_t 
         ph.depth = 1;
         ph.pg[0] = pg;
         ph.idx[0] = 0;
+        ph.ptr[0] = p;
+        ph.own[0] = 1;
     } else if ((rc = descend(t, key, klen, &ph, &found)) || (rc = touch_path(t, &ph)))
         goto out;
     int leaf = ph.depth - 1;
@@ -789,7 +797,7 @@ int kvm_put(kvm_txn *t, const char *key_, size_t klen, const char *val_, size_t 
         wr64(cell + LEAF_HDR + klen, first);
     }
     if (found) {
-        uint8_t *p = owned(t, ph.pg[leaf]);
+        uint8_t *p = ph.ptr[leaf];
         lcell old;
         if ((rc = leaf_cell(t, p, ph.pg[leaf], ph.idx[leaf], &old)))
             goto out;
@@ -825,7 +833,7 @@ int kvm_del(kvm_txn *t, const char *key_, size_t klen)
     if ((rc = touch_path(t, &ph)))
         goto out;
     int leaf = ph.depth - 1;
-    uint8_t *p = owned(t, ph.pg[leaf]);
+    uint8_t *p = ph.ptr[leaf];
     lcell c;
     if ((rc = leaf_cell(t, p, ph.pg[leaf], ph.idx[leaf], &c)) || (!c.inl && (rc = overflow_free(t, &c))))
         goto out;

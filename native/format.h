@@ -1,5 +1,6 @@
 /*
-** format.h -- the kvmap file format v1, byte by byte (see docs/FORMAT.md).
+** format.h -- the kvmap file format v1, byte by byte (docs/FORMAT.md has the
+** full description; this is the summary the code works from).
 **
 ** A database is one file of fixed-size pages (a power of two, 4 KiB to
 ** 64 KiB, chosen at creation).  All integers are little-endian.  Pages 0 and
@@ -17,11 +18,12 @@
 **    36     4  flags: bit 0 (M_FLAGS_NOSYNC) the commit did not sync
 **    40     8  number of entries in the main tree
 **    48     8  high-water mark: pages [0, hwm) are in use or listed free
-**    56     8  first free-index page (0: none)
-**    64     8  first pending-free page (0: none)
+**    56     8  first free-bitmap index page (0: none)
+**    64     8  first pending index page (0: none)
 **    72     8  number of free pages listed in the bitmaps
 **    80     8  number of pages listed as pending
-**    88    36  reserved, zero
+**    88     8  pending floor: pending records of commits <= floor are void
+**    96    28  reserved, zero
 **   124     4  crc32c of bytes [0, 124)
 **
 ** Transaction T writes meta page T % 2; open picks the valid meta with the
@@ -33,11 +35,11 @@
 **     0     4  crc32c of bytes [4, page_size) of the page
 **     4     1  page type (PT_*)
 **     5     1  flags (0)
-**     6     2  number of cells / entries
+**     6     2  number of cells / entries / records
 **     8     8  txnid of the transaction that wrote the page
 **    16     8  the page's own number (detects misplaced pages)
 **    24     4  branch, leaf: offset of the cell content area ("upper")
-**    24     8  overflow, free pages: next page of the chain (0: end);
+**    24     8  overflow, index pages: next page of the chain (0: end);
 **              free-bitmap pages: first page number the bitmap covers
 **
 ** Branch and leaf pages are slotted: a u16 cell-offset array grows up from
@@ -50,6 +52,13 @@
 ** A value is inline iff 2 + 6 + klen + vlen <= max_cell, with
 ** max_cell = (page_size - 32) / 4, so every page holds at least four cells.
 ** The largest key is max_cell - 16 (1000 bytes at 4 KiB pages).
+**
+** Free list: bitmap pages (bit j of the body: page first + j is free) found
+** through a chain of bitmap-index pages (u64 bitmap page per range, 0 for
+** none); pending record pages (u64 start, u64 count records of pages freed
+** by the commit in their header's txnid) found through a chain, newest
+** first, of pending-index pages (u64 record page, u64 txnid entries;
+** entries with txnid <= the meta's pending floor are void).
 */
 #ifndef KVM_FORMAT_H
 #define KVM_FORMAT_H
@@ -81,6 +90,7 @@
 #define M_FREE_PENDING     64
 #define M_FREE_COUNT       72
 #define M_PENDING_COUNT    80
+#define M_PENDING_FLOOR    88
 #define M_CHECKSUM         124
 #define META_SIZE          128
 

@@ -20,7 +20,7 @@ typedef uint64_t pgno_t;
 ** sequence lock (env->seq odd while a commit updates it). */
 typedef struct kvm_state {
     uint64_t txnid, root, entries, hwm;
-    uint64_t free_index, free_pending, free_count, pending_count;
+    uint64_t free_index, free_pending, free_count, pending_count, pending_floor;
     uint32_t depth, flags;
 } kvm_state;
 
@@ -54,7 +54,7 @@ struct kvm_env {
     uint64_t    seq;             /* sequence lock over st */
     kvm_state   st;
     int         meta_slot;
-    int         meta_fallback;   /* opened at the older meta (the newer was torn) */
+    int         meta_fallback;   /* the other meta page is damaged, or was rejected */
     uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
     uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */
@@ -82,9 +82,7 @@ struct kvm_txn {
     uint64_t  mod;               /* bumped by every change (cursors re-seek) */
     /* write transactions only */
     dirty_ent *dirty;
-    size_t     ndirty, dcap;
-    int32_t   *dhash;            /* open addressing: index into dirty, -1 empty */
-    size_t     dhcap;
+    size_t     ndirty, dcap;     /* dirty: open-addressing table of dcap slots */
     pgvec      pool, freed;
     uint64_t   need;             /* pages a KVM_NEED_PAGES call wanted */
     uint8_t   *scratch;          /* 5 scratch pages: copies A, B, separator, cell, compaction */
@@ -109,6 +107,7 @@ int  kvm_err_sys(int code, int errnum, const char *what);
 
 /* page access for the B+tree (pager.c) */
 int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);
+int  pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own);  /* own: page of this txn */
 int  pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg);
 int  pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pg);
 int  pg_free(kvm_txn *t, pgno_t pg);

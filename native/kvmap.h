@@ -71,12 +71,12 @@ typedef struct kvm_options {
 
 typedef struct kvm_stat {
     uint64_t txnid, root, entries, hwm, free_index, free_pending;
-    uint64_t free_count, pending_count;
+    uint64_t free_count, pending_count, pending_floor;
     uint32_t depth, page_size;
     int      meta_slot, meta_fallback, failed;
     uint64_t file_size, map_base, map_length, map_reserved;
     uint64_t cache_hits, cache_misses;
-    uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise, n_msync;
+    uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise;
 } kvm_stat;
 
 const char *kvm_errmsg(void);

@@ -60,15 +60,14 @@ static void *os_mmap(void *a, size_t l, int p, int f, int fd, off_t o) { COUNT(m
 static int os_munmap(void *a, size_t l) { COUNT(munmap); return munmap(a, l); }
 static void *os_mremap(void *o, size_t ol, size_t nl, int f) { COUNT(mremap); return mremap(o, ol, nl, f); }
 static int os_madvise(void *a, size_t l, int adv) { COUNT(madvise); return madvise(a, l, adv); }
-static int os_msync(void *a, size_t l, int f) { COUNT(msync); return msync(a, l, f); }
 
 const kvm_os kvm_sys_default = {
     os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
-    os_mmap, os_munmap, os_mremap, os_madvise, os_msync,
+    os_mmap, os_munmap, os_mremap, os_madvise,
 };
 kvm_os kvm_sys = {
     os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
-    os_mmap, os_munmap, os_mremap, os_madvise, os_msync,
+    os_mmap, os_munmap, os_mremap, os_madvise,
 };

@@ -26,15 +26,15 @@ typedef struct kvm_os {
     int     (*munmap)(void *addr, size_t len);
     void   *(*mremap)(void *old, size_t oldlen, size_t newlen, int flags);
     int     (*madvise)(void *addr, size_t len, int advice);
-    int     (*msync)(void *addr, size_t len, int flags);
 } kvm_os;
 
 extern kvm_os kvm_sys;          /* the table in use */
 extern const kvm_os kvm_sys_default;
 
-/* Counters of calls made through the table (for stats and kvmap-bench). */
+/* Counters of calls made through the table (process-wide; for stats and
+** kvmap-bench). */
 typedef struct kvm_os_counts {
-    uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise, msync;
+    uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise;
 } kvm_os_counts;
 extern kvm_os_counts kvm_sys_counts;
 

@@ -85,6 +85,7 @@ static void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s)
     wr64(m + M_FREE_PENDING, s->free_pending);
     wr64(m + M_FREE_COUNT, s->free_count);
     wr64(m + M_PENDING_COUNT, s->pending_count);
+    wr64(m + M_PENDING_FLOOR, s->pending_floor);
     wr32(m + M_CHECKSUM, kvm_crc32c(0, m, M_CHECKSUM));
 }
 
@@ -114,6 +115,7 @@ static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const ch
     s->free_pending = rd64(m + M_FREE_PENDING);
     s->free_count = rd64(m + M_FREE_COUNT);
     s->pending_count = rd64(m + M_PENDING_COUNT);
+    s->pending_floor = rd64(m + M_PENDING_FLOOR);
     *why = "meta fields out of range";
     if (ps < KVM_MIN_PAGE || ps > KVM_MAX_PAGE || (ps & (ps - 1)))
         return KVM_CORRUPT;
@@ -154,7 +156,9 @@ static void state_load(kvm_env *e, kvm_state *out)
     for (;;) {
         uint64_t s1 = __atomic_load_n(&e->seq, __ATOMIC_ACQUIRE);
         if (s1 & 1) {
+#if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
+#endif
             continue;
         }
         out->txnid = __atomic_load_n(&e->st.txnid, __ATOMIC_RELAXED);
@@ -165,6 +169,7 @@ static void state_load(kvm_env *e, kvm_state *out)
         out->free_pending = __atomic_load_n(&e->st.free_pending, __ATOMIC_RELAXED);
         out->free_count = __atomic_load_n(&e->st.free_count, __ATOMIC_RELAXED);
         out->pending_count = __atomic_load_n(&e->st.pending_count, __ATOMIC_RELAXED);
+        out->pending_floor = __atomic_load_n(&e->st.pending_floor, __ATOMIC_RELAXED);
         out->depth = __atomic_load_n(&e->st.depth, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(&e->seq, __ATOMIC_RELAXED) == s1)
@@ -185,6 +190,7 @@ static void state_publish(kvm_env *e, const kvm_state *s)
     __atomic_store_n(&e->st.free_pending, s->free_pending, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.free_count, s->free_count, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.pending_count, s->pending_count, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->st.pending_floor, s->pending_floor, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.depth, s->depth, __ATOMIC_RELAXED);
     __atomic_store_n(&e->seq, q + 2, __ATOMIC_RELEASE);
 }
@@ -275,7 +281,7 @@ static int map_open(kvm_env *e, uint64_t map_size)
             r = kvm_sys.mmap(NULL, res, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (r != MAP_FAILED)
                 break;
-            if (errno != ENOMEM || res / 2 < len)
+            if (res / 2 < len)
                 return kvm_err_sys(KVM_MAPFULL, errno, "reserving address space for the mapping");
             res = (res / 2 + e->psize - 1) / e->psize * e->psize;  /* RLIMIT_AS: settle for less */
         }
@@ -496,62 +502,61 @@ static int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out)
 
 /* ------------------------------------------------------------ dirty pages */
 
-static inline size_t dhash(pgno_t pg, size_t cap) { return (size_t)((pg * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1); }
+/* The dirty table is open addressing over the entries themselves (one
+** cache miss per lookup); pgno 0 (a meta page, never dirty) marks a free
+** slot.  The hash keeps neighbouring page numbers in neighbouring slots:
+** pages are handed out in runs, so a descent finds its pages close by. */
+static inline size_t dhash(pgno_t pg, size_t cap) { return (size_t)(pg ^ (pg >> 17)) & (cap - 1); }
 
 static dirty_ent *dirty_find(kvm_txn *t, pgno_t pg)
 {
-    for (size_t h = dhash(pg, t->dhcap);; h = (h + 1) & (t->dhcap - 1)) {
-        int32_t i = t->dhash[h];
-        if (i < 0)
+    for (size_t h = dhash(pg, t->dcap);; h = (h + 1) & (t->dcap - 1)) {
+        dirty_ent *d = &t->dirty[h];
+        if (d->pgno == pg)
+            return d;
+        if (d->pgno == 0)
             return NULL;
-        if (t->dirty[i].pgno == pg)
-            return &t->dirty[i];
     }
 }
 
-static int dirty_rehash(kvm_txn *t, size_t cap)
+static int dirty_resize(kvm_txn *t, size_t cap)
 {
-    int32_t *h = malloc(cap * sizeof *h);
-    if (!h)
+    dirty_ent *n = calloc(cap, sizeof *n);
+    if (!n)
         return kvm_err(KVM_NOMEM, "allocating the dirty page table");
-    memset(h, 0xff, cap * sizeof *h);
-    for (size_t i = 0; i < t->ndirty; i++) {
+    for (size_t i = 0; i < t->dcap; i++) {
+        if (!t->dirty[i].pgno)
+            continue;
         size_t k = dhash(t->dirty[i].pgno, cap);
-        while (h[k] >= 0)
+        while (n[k].pgno)
             k = (k + 1) & (cap - 1);
-        h[k] = (int32_t)i;
+        n[k] = t->dirty[i];
     }
-    free(t->dhash);
-    t->dhash = h;
-    t->dhcap = cap;
+    free(t->dirty);
+    t->dirty = n;
+    t->dcap = cap;
     return 0;
 }
 
+/* Entry pointers stay valid until the next dirty_add. */
 static int dirty_add(kvm_txn *t, pgno_t pg, dirty_ent **out)
 {
-    if ((t->ndirty + 1) * 2 > t->dhcap) {
-        int rc = dirty_rehash(t, t->dhcap * 2);
+    if ((t->ndirty + 1) * 2 > t->dcap) {
+        int rc = dirty_resize(t, t->dcap * 2);
         if (rc)
             return rc;
     }
-    if (t->ndirty == t->dcap) {
-        size_t cap = t->dcap * 2;
-        dirty_ent *d = realloc(t->dirty, cap * sizeof *d);
-        if (!d)
-            return kvm_err(KVM_NOMEM, "allocating the dirty page list");
-        t->dirty = d;
-        t->dcap = cap;
-    }
-    dirty_ent *d = &t->dirty[t->ndirty];
+    uint8_t *buf = NULL;
+    if (!t->env->writemap && posix_memalign((void **)&buf, 64, t->env->psize))
+        return kvm_err(KVM_NOMEM, "allocating a dirty page");
+    size_t k = dhash(pg, t->dcap);
+    while (t->dirty[k].pgno)
+        k = (k + 1) & (t->dcap - 1);
+    dirty_ent *d = &t->dirty[k];
     d->pgno = pg;
     d->live = 1;
-    d->buf = NULL;
-    if (!t->env->writemap && posix_memalign((void **)&d->buf, 64, t->env->psize))
-        return kvm_err(KVM_NOMEM, "allocating a dirty page");
-    size_t k = dhash(pg, t->dhcap);
-    while (t->dhash[k] >= 0)
-        k = (k + 1) & (t->dhcap - 1);
-    t->dhash[k] = (int32_t)t->ndirty++;
+    d->buf = buf;
+    t->ndirty++;
     *out = d;
     return 0;
 }
@@ -579,7 +584,14 @@ static int pgvec_push(pgvec *v, pgno_t pg)
 
 int pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out)
 {
+    int own;
+    return pg_read_own(t, pg, out, &own);
+}
+
+int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
+{
     kvm_env *e = t->env;
+    *own = 0;
     if (pg < 2 || pg >= t->limit)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range (database has %llu pages)",
                        (unsigned long long)pg, (unsigned long long)t->limit);
@@ -587,6 +599,7 @@ int pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out)
         dirty_ent *d = dirty_find(t, pg);
         if (d && d->live) {
             *out = dirty_ptr(t, d);
+            *own = 1;
             return 0;
         }
     }
@@ -681,10 +694,9 @@ int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
 static void txn_free(kvm_txn *t)
 {
     if (t->dirty)
-        for (size_t i = 0; i < t->ndirty; i++)
+        for (size_t i = 0; i < t->dcap; i++)
             free(t->dirty[i].buf);
     free(t->dirty);
-    free(t->dhash);
     free(t->pool.v);
     free(t->freed.v);
     free(t);
@@ -722,15 +734,15 @@ int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
     t->depth = s.depth;
     t->entries = s.entries;
     t->limit = s.hwm;
-    t->dcap = 64;
-    t->dirty = malloc(t->dcap * sizeof *t->dirty);
+    t->dcap = 256;
+    t->dirty = calloc(t->dcap, sizeof *t->dirty);
     if (!e->scratch) {   /* one writer at a time: the scratch space is the environment's */
         e->scratch = malloc((size_t)e->psize * 5);
         e->refs = malloc((size_t)e->psize * 2 * sizeof(void *));
     }
     t->scratch = e->scratch;
     t->refs = e->refs;
-    if (!t->dirty || !t->scratch || !t->refs || dirty_rehash(t, 128)) {
+    if (!t->dirty || !t->scratch || !t->refs) {
         txn_free(t);
         return kvm_err(KVM_NOMEM, "allocating a write transaction");
     }
@@ -769,8 +781,8 @@ int kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
 size_t kvm_txn_dirty(kvm_txn *t)
 {
     size_t n = 0;
-    for (size_t i = 0; i < t->ndirty; i++)
-        n += t->dirty[i].live;
+    for (size_t i = 0; i < t->dcap; i++)
+        n += t->dirty[i].pgno && t->dirty[i].live;
     return n + t->freed.n;
 }
 
@@ -845,7 +857,7 @@ static int write_page(kvm_env *e, const uint8_t *p, pgno_t pg)
     return 0;
 }
 
-/* meta[]: hwm, free_index, free_pending, free_count, pending_count */
+/* meta[]: hwm, free_index, free_pending, free_count, pending_count, pending_floor */
 int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
 {
     kvm_env *e = t->env;
@@ -853,8 +865,8 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
         return kvm_err(KVM_FAILED, "an earlier sync failed: reopen the database");
-    kvm_state s = {t->txnid, t->root, t->entries, meta[0], meta[1], meta[2], meta[3], meta[4], t->depth,
-                   sync ? 0 : M_FLAGS_NOSYNC};
+    kvm_state s = {t->txnid, t->root, t->entries, meta[0], meta[1], meta[2], meta[3], meta[4], meta[5],
+                   t->depth, sync ? 0 : M_FLAGS_NOSYNC};
     if (s.hwm < 2 || s.hwm * e->psize > e->file_size)
         return kvm_err(KVM_INVALID, "commit with a high-water mark of %llu pages", (unsigned long long)s.hwm);
 
@@ -862,8 +874,8 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
     if (!order)
         return kvm_err(KVM_NOMEM, "allocating the commit list");
     size_t n = 0;
-    for (size_t i = 0; i < t->ndirty; i++)
-        if (t->dirty[i].live) {
+    for (size_t i = 0; i < t->dcap; i++)
+        if (t->dirty[i].pgno && t->dirty[i].live) {
             if (t->dirty[i].pgno >= s.hwm) {
                 free(order);
                 return kvm_err(KVM_INVALID, "page %llu lies above the high-water mark %llu",
@@ -1046,7 +1058,7 @@ static int load_meta(kvm_env *e, uint32_t want_ps)
         else if (!(last = verify_path(e, &s[i], 0)) && !(last = verify_path(e, &s[i], 1))) {
             e->st = s[i];
             e->meta_slot = i;
-            e->meta_fallback = k;
+            e->meta_fallback = k == 1 || rc[1 - i] != 0;
             return 0;
         }
         if (!(s[i].flags & M_FLAGS_NOSYNC))
@@ -1111,12 +1123,15 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = kvm_err_sys(KVM_IO, errno, path);
         goto fail;
     }
-    /* One writable handle per file (in this or any process) until the lock
-    ** file of multi-process support exists: a second writer would reuse
-    ** pages the first still reaches. */
-    if (!e->readonly && kvm_sys.flock(e->fd, LOCK_EX | LOCK_NB) != 0) {
-        rc = errno == EWOULDBLOCK ? kvm_err(KVM_LOCKED, "%s is already open for writing", path)
-                                  : kvm_err_sys(KVM_IO, errno, "locking the database file");
+    /* Until the lock file and shared reader table of multi-process support
+    ** exist: one writable handle, or any number of read-only ones, per file
+    ** (in this or any process).  A writer would otherwise reuse pages that
+    ** another handle's readers still reach. */
+    if (kvm_sys.flock(e->fd, (e->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        rc = errno == EWOULDBLOCK
+                 ? kvm_err(KVM_LOCKED, e->readonly ? "%s is open for writing by another handle"
+                                                   : "%s is already open in another handle", path)
+                 : kvm_err_sys(KVM_IO, errno, "locking the database file");
         goto fail;
     }
     if (kvm_sys.fstat_size(e->fd, &e->file_size) != 0) {
@@ -1163,6 +1178,7 @@ void kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->free_pending = s.free_pending;
     st->free_count = s.free_count;
     st->pending_count = s.pending_count;
+    st->pending_floor = s.pending_floor;
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->meta_slot;
@@ -1182,7 +1198,6 @@ void kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->n_mremap = kvm_sys_counts.mremap;
     st->n_munmap = kvm_sys_counts.munmap;
     st->n_madvise = kvm_sys_counts.madvise;
-    st->n_msync = kvm_sys_counts.msync;
 }
 
 uint32_t kvm_env_max_key(kvm_env *e) { return e->max_key; }

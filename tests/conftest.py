@@ -1,0 +1,164 @@
+"""Shared fixtures and helpers for the kvmap test suite.
+
+* ``CONFIGS`` / the ``cfg`` fixture: every backend configuration the engine
+  supports (6 mmap variants + pread = 7), with readable ids such as
+  ``mmap-reserve-wm``.
+* ``open_db(path, cfg, **kw)``: ``kvmap.open`` with a config merged with
+  per-call options.
+* ``run_python(code, timeout=..., args=...)``: run a code string in a fresh
+  interpreter so that a SIGSEGV/SIGBUS in the engine fails one test instead of
+  killing pytest.
+* ``make_value(seed, n)``: deterministic pseudo-random bytes.
+"""
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+# ---------------------------------------------------------------------------
+# configurations
+
+GROWTHS = ("reserve", "mremap", "remap")
+
+CONFIGS = [
+    dict(backend="mmap", growth=g, writemap=wm)
+    for g in GROWTHS
+    for wm in (False, True)
+] + [dict(backend="pread")]
+
+
+def config_id(cfg):
+    if cfg.get("backend") == "pread":
+        return "pread"
+    return "mmap-%s%s" % (cfg["growth"], "-wm" if cfg.get("writemap") else "")
+
+
+CONFIG_IDS = [config_id(c) for c in CONFIGS]
+
+# the default configuration (what kvmap.open() gives without options)
+DEFAULT_CFG = dict(backend="mmap", growth="reserve", writemap=False)
+PREAD_CFG = dict(backend="pread")
+
+
+def configs_by_id(*ids):
+    """pytest.param list restricted to the given config ids (keeps the ids)."""
+    out = []
+    for c, i in zip(CONFIGS, CONFIG_IDS):
+        if i in ids:
+            out.append(pytest.param(dict(c), id=i))
+    assert len(out) == len(ids), (ids, CONFIG_IDS)
+    return out
+
+
+ALL_CONFIG_PARAMS = [pytest.param(dict(c), id=i) for c, i in zip(CONFIGS, CONFIG_IDS)]
+
+
+@pytest.fixture(params=CONFIGS, ids=CONFIG_IDS)
+def cfg(request):
+    """One engine configuration (a fresh dict each time)."""
+    return dict(request.param)
+
+
+def open_db(path, cfg=None, **kw):
+    """kvmap.open(path, **cfg, **kw); keyword arguments override the config."""
+    import kvmap
+
+    opts = dict(cfg or {})
+    opts.update(kw)
+    return kvmap.open(str(path), **opts)
+
+
+# ---------------------------------------------------------------------------
+# deterministic data
+
+
+def make_value(seed, n):
+    """n deterministic pseudo-random bytes derived from seed (int, str, bytes
+    or a tuple of those)."""
+    if n == 0:
+        return b""
+    if not isinstance(seed, (int, str, bytes)):
+        seed = repr(seed)
+    return random.Random(seed).randbytes(n)
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# subprocesses
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_python(code, timeout=180, args=None, cwd=None):
+    """Run ``code`` with ``sys.executable -c`` in a fresh process.
+
+    ``args`` (JSON-serialisable) is available to the code as the global
+    ``ARGS``; the tests directory is on sys.path so the child can
+    ``from conftest import make_value`` etc.  Faulthandler is enabled so a
+    crash prints a traceback on stderr.
+
+    Returns (returncode, stdout, stderr).  On timeout the child is killed and
+    returncode is None (stderr says TIMEOUT), which every caller treats as a
+    failure.
+    """
+    # ARGS travel through a temporary file (they can exceed the argv limit)
+    fd, args_path = tempfile.mkstemp(prefix="kvmap-test-args-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(args if args is not None else {}, f)
+    prelude = (
+        "import json, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "with open(%r) as _f:\n"
+        "    ARGS = json.load(_f)\n" % (TESTS_DIR, args_path)
+    )
+    full = prelude + textwrap.dedent(code)
+    env = dict(os.environ)
+    env["PYTHONFAULTHANDLER"] = "1"
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", full],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, out, err + "\nTIMEOUT after %ss" % timeout
+    finally:
+        os.unlink(args_path)
+    return p.returncode, p.stdout, p.stderr
+
+
+def describe_child(rc, out, err):
+    """Human readable description of a child's result for assertion messages."""
+    sig = ""
+    if rc is not None and rc < 0:
+        sig = " (killed by signal %d)" % -rc
+    elif rc in (135, 139, 134):
+        sig = " (crash: %s)" % {135: "SIGBUS", 139: "SIGSEGV", 134: "SIGABRT"}[rc]
+    return "returncode=%r%s\n--- stdout ---\n%s\n--- stderr ---\n%s" % (
+        rc,
+        sig,
+        out[-4000:],
+        err[-6000:],
+    )
+
+
+def assert_child_ok(rc, out, err, marker=None):
+    assert rc == 0, describe_child(rc, out, err)
+    if marker is not None:
+        assert marker in out, describe_child(rc, out, err)
