@@ -91,7 +91,7 @@ class Database(_Reads, MutableMapping):
         out = ffi.new("kvm_env **")
         if not create and not os.path.exists(path):
             raise FileNotFoundError(2, "No such file or directory", path)
-        rc = lib.kvm_env_open(path.encode(), opt, out)
+        rc = lib.kvm_env_open_released(path.encode(), opt, out)
         if rc:
             raise error_for(rc)
         env = out[0]
@@ -135,7 +135,7 @@ class Database(_Reads, MutableMapping):
             return
         for obj in list(self._live.values()):
             obj._invalidate()
-        lib.kvm_env_close(self._h)
+        lib.kvm_env_close_released(self._h)
         self._h = None
 
     def __enter__(self):
@@ -234,7 +234,7 @@ class Database(_Reads, MutableMapping):
             runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
             if runs and self.backend == "mmap":
                 flat = [x for run in runs for x in run]
-                lib.kvm_env_advise_free(env, ffi.new("uint64_t[]", flat), len(runs))
+                lib.kvm_env_advise_free_released(env, ffi.new("uint64_t[]", flat), len(runs))
             out = ffi.new("kvm_txn **")
             rc = lib.kvm_txn_begin(env, 1, out)
             if rc:
@@ -266,10 +266,10 @@ class Database(_Reads, MutableMapping):
             return
         step = min(max(have * self.page_size // 2, GROW_MIN), GROW_MAX) // self.page_size
         target = max(pages, have + step)
-        rc = lib.kvm_env_grow(self._h, target)
+        rc = lib.kvm_env_grow_released(self._h, target)
         if rc == lib.KVM_DISKFULL and target > pages:
             target = pages
-            rc = lib.kvm_env_grow(self._h, target)
+            rc = lib.kvm_env_grow_released(self._h, target)
         if rc:
             raise error_for(rc)
         self._file_pages = target
@@ -305,7 +305,7 @@ class Database(_Reads, MutableMapping):
                     raise error_for(rc)
 
             meta = space.prepare_commit(lib.kvm_txn_id(h), freed, leftovers, self._ensure_pages, write_page)
-            rc = lib.kvm_txn_commit(h, ffi.new("uint64_t[6]", meta), self.sync)
+            rc = lib.kvm_txn_commit_released(h, ffi.new("uint64_t[6]", meta), self.sync)
             if rc:
                 raise error_for(rc)
         except BaseException:

@@ -1,8 +1,9 @@
 """cffi builder for the C core (out-of-line API mode).
 
 setup.py names ``native/build_kvmap.py:ffibuilder`` in ``cffi_modules``.  The
-declarations come from the cdef section of ``kvmap.h``, so the C header is the
-one description of the API.  Run as a script it builds the module into a
+declarations come from the cdef sections of ``kvmap.h`` and ``pyglue.h`` (the
+module's preamble, which decides which calls release the GIL), so the C
+headers are the one description of the API.  Run as a script it builds the module into a
 directory of its own, with extra flags from KVM_CFLAGS / KVM_LDFLAGS
 (tools/sanitize.sh uses this for an ASan/UBSan build).
 """
@@ -16,14 +17,19 @@ SOURCES = ["os.c", "crc32c.c", "pager.c", "btree.c", "freemap.c"]
 WARNINGS = ["-Wall", "-Wextra", "-std=gnu11"]
 
 
+def _cdef(name):
+    text = open(os.path.join(HERE, name)).read()
+    return text.split("/* cdef-begin */")[1].split("/* cdef-end */")[0]
+
+
 def make_builder(absolute=False, cflags=("-O2",), ldflags=()):
     here = HERE if absolute else os.path.relpath(HERE)
-    text = open(os.path.join(HERE, "kvmap.h")).read()
     builder = FFI()
-    builder.cdef(text.split("/* cdef-begin */")[1].split("/* cdef-end */")[0])
+    builder.cdef(_cdef("kvmap.h"))
+    builder.cdef(_cdef("pyglue.h"))
     builder.set_source(
         "kvmap._kvmap_cffi",
-        '#include "kvmap.h"',
+        '#include "pyglue.h"',
         sources=[os.path.join(here, s) for s in SOURCES],
         include_dirs=[here],
         extra_compile_args=WARNINGS + list(cflags),
