@@ -52,12 +52,17 @@ def _runs(pages):
     >>> _runs([7, 3, 4, 5, 9])
     [(3, 3), (7, 1), (9, 1)]
     """
+    pages = sorted(pages)
+    if not pages:
+        return []
     runs = []
-    for pg in sorted(pages):
-        if runs and runs[-1][0] + runs[-1][1] == pg:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((pg, 1))
+    start = prev = pages[0]
+    for pg in pages:
+        if pg > prev + 1:
+            runs.append((start, prev - start + 1))
+            start = pg
+        prev = pg
+    runs.append((start, prev - start + 1))
     return runs
 
 
@@ -271,7 +276,7 @@ class FreeSpace:
             replaced += self.stale
             if new_bindex:
                 replaced += self.index_pages
-            upper = _ceil_div(len(freed_runs) + len(_runs(replaced)) + 1, per_records) + spare
+            upper = _ceil_div(len(freed_runs) + len(replaced) + 1, per_records) + spare
             merged = head is not None and len(head_live) + upper <= per_entries
             drop_rest = merged and bool(rest) and rest[0][2] <= floor
             if merged:
