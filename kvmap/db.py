@@ -19,7 +19,7 @@ from . import _lib
 from ._lib import MISSING, as_key, error_for, ffi, lib
 from .errors import ClosedError, LockedError, ReadOnlyError
 from .space import FreeSpace
-from .txn import Snapshot, Transaction, _Reads, scan
+from .txn import Snapshot, Transaction, _Closing, _Reads, scan
 
 from collections.abc import MutableMapping
 
@@ -58,7 +58,7 @@ def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", g
                     cache_size=cache_size, max_readers=max_readers)
 
 
-class Database(_Reads, MutableMapping):
+class Database(_Closing, _Reads, MutableMapping):
     """An open kvmap database (see :func:`open`)."""
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
@@ -137,18 +137,6 @@ class Database(_Reads, MutableMapping):
             obj._invalidate()
         lib.kvm_env_close_released(self._h)
         self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         state = "closed" if self._h is None else f"{len(self)} entries"

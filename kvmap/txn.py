@@ -270,7 +270,26 @@ def _get_many(handle, ks, default):
     return out
 
 
-class Snapshot(_Reads, Mapping):
+class _Closing:
+    """``with`` support for handles that close: the block's end (or garbage
+    collection) calls close()."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Snapshot(_Closing, _Reads, Mapping):
     """A read-only view of the database as of one commit.
 
     It stays unchanged while other threads commit, and keeps the pages it can
@@ -317,18 +336,6 @@ class Snapshot(_Reads, Mapping):
             self._db._live.pop(id(self), None)
 
     _invalidate = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class Transaction(_Reads, MutableMapping):

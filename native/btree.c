@@ -181,12 +181,11 @@ static int node_validate(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
 
 /* ------------------------------------------------------------- searching */
 
-/* First index whose key is >= key; *found if equal. */
-static int leaf_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen,
-                       unsigned *idx, int *found)
+/* First index in [lo, n) whose key is > key (strict) or >= key. */
+static int search(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned lo, const uint8_t *key, size_t klen,
+                  int strict, unsigned *idx)
 {
-    unsigned lo = 0, hi = nkeys(p);
-    *found = 0;
+    unsigned hi = nkeys(p);
     while (lo < hi) {
         unsigned mid = (lo + hi) / 2;
         const uint8_t *k;
@@ -194,37 +193,37 @@ static int leaf_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *k
         int rc = cell_key(t, p, pg, mid, &k, &kl);
         if (rc)
             return rc;
-        int c = keycmp(k, kl, key, klen);
-        if (c < 0)
+        if (keycmp(k, kl, key, klen) < strict)
             lo = mid + 1;
-        else {
+        else
             hi = mid;
-            if (c == 0)
-                *found = 1;
-        }
     }
     *idx = lo;
     return 0;
 }
 
-/* Index of the child whose subtree holds key. */
-static int branch_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen, unsigned *idx)
+/* First index whose key is >= key; *found if equal. */
+static int leaf_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen,
+                       unsigned *idx, int *found)
 {
-    unsigned lo = 1, hi = nkeys(p);
-    while (lo < hi) {
-        unsigned mid = (lo + hi) / 2;
+    int rc = search(t, p, pg, 0, key, klen, 0, idx);
+    *found = 0;
+    if (!rc && *idx < nkeys(p)) {
         const uint8_t *k;
         unsigned kl;
-        int rc = cell_key(t, p, pg, mid, &k, &kl);
-        if (rc)
-            return rc;
-        if (keycmp(k, kl, key, klen) <= 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+        if (!(rc = cell_key(t, p, pg, *idx, &k, &kl)))
+            *found = keycmp(k, kl, key, klen) == 0;
     }
-    *idx = lo - 1;
-    return 0;
+    return rc;
+}
+
+/* Index of the child whose subtree holds key: the last cell whose key is
+** <= key (cell 0 stands for minus infinity). */
+static int branch_search(kvm_txn *t, const uint8_t *p, pgno_t pg, const uint8_t *key, size_t klen, unsigned *idx)
+{
+    int rc = search(t, p, pg, 1, key, klen, 1, idx);
+    *idx -= 1;
+    return rc;
 }
 
 static int node_read(kvm_txn *t, pgno_t pg, int type, const uint8_t **p)

@@ -611,12 +611,10 @@ int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
     return 0;
 }
 
-int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
+/* A zeroed page of this transaction at pg, with its header's type, txnid
+** and page number set. */
+static int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
 {
-    kvm_env *e = t->env;
-    if (t->pool.n == 0)
-        return kvm_err(KVM_NEED_PAGES, "page pool exhausted");
-    pgno_t pg = t->pool.v[--t->pool.n];
     dirty_ent *d = dirty_find(t, pg);
     if (d)
         d->live = 1;
@@ -626,13 +624,24 @@ int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
             return rc;
     }
     uint8_t *p = dirty_ptr(t, d);
-    memset(p, 0, e->psize);
+    memset(p, 0, t->env->psize);
     p[PH_TYPE] = (uint8_t)type;
     wr64(p + PH_TXNID, t->txnid);
     wr64(p + PH_PGNO, pg);
-    if (type == PT_BRANCH || type == PT_LEAF)
-        wr32(p + PH_UPPER, e->psize);
     *out = p;
+    return 0;
+}
+
+int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
+{
+    if (t->pool.n == 0)
+        return kvm_err(KVM_NEED_PAGES, "page pool exhausted");
+    pgno_t pg = t->pool.v[--t->pool.n];
+    int rc = dirty_page(t, pg, type, out);
+    if (rc)
+        return rc;
+    if (type == PT_BRANCH || type == PT_LEAF)
+        wr32(*out + PH_UPPER, t->env->psize);
     *pgp = pg;
     return 0;
 }
@@ -810,20 +819,11 @@ int kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint
     if (!t->write || pgno < 2 || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
         nkeys > 0xffff)
         return kvm_err(KVM_INVALID, "bad free-list page %llu", (unsigned long long)pgno);
-    dirty_ent *d = dirty_find(t, pgno);
-    if (d)
-        d->live = 1;
-    else {
-        int rc = dirty_add(t, pgno, &d);
-        if (rc)
-            return rc;
-    }
-    uint8_t *p = dirty_ptr(t, d);
-    memset(p, 0, e->psize);
-    p[PH_TYPE] = (uint8_t)type;
+    uint8_t *p;
+    int rc = dirty_page(t, pgno, type, &p);
+    if (rc)
+        return rc;
     wr16(p + PH_NKEYS, (uint16_t)nkeys);
-    wr64(p + PH_TXNID, t->txnid);
-    wr64(p + PH_PGNO, pgno);
     wr64(p + PH_NEXT, next);
     memcpy(p + PH_SIZE, body, len);
     if (pgno >= t->limit)
