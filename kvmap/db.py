@@ -14,14 +14,12 @@ the writer lock.  The C core does the I/O.
 import os
 import threading
 import weakref
+from collections.abc import MutableMapping
 
-from . import _lib
-from ._lib import MISSING, as_key, error_for, ffi, lib
-from .errors import ClosedError, LockedError, ReadOnlyError
+from ._lib import MISSING, error_for, ffi, lib
+from .errors import LockedError, ReadOnlyError
 from .space import FreeSpace
 from .txn import Snapshot, Transaction, _Closing, _Reads, scan
-
-from collections.abc import MutableMapping
 
 BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
@@ -91,7 +89,7 @@ class Database(_Closing, _Reads, MutableMapping):
         out = ffi.new("kvm_env **")
         if not create and not os.path.exists(path):
             raise FileNotFoundError(2, "No such file or directory", path)
-        rc = lib.kvm_env_open_released(path.encode(), opt, out)
+        rc = lib.kvm_env_open_released(os.fsencode(path), opt, out)
         if rc:
             raise error_for(rc)
         env = out[0]
@@ -208,7 +206,7 @@ class Database(_Closing, _Reads, MutableMapping):
     # ------------------------------------------------ transaction plumbing
 
     def _begin_write(self, txn, timeout):
-        env = self._handle()
+        self._handle()
         if self.readonly:
             raise ReadOnlyError("database is open read-only")
         if self._writer == threading.get_ident():

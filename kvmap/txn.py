@@ -229,7 +229,8 @@ class _Reads:
     def get_many(self, keys, default=None):
         """Values of ``keys`` in order (``default`` where absent), read from one
         snapshot in one C call per buffer-full.  O(k log n)."""
-        ks = [as_key(k, self._max_key) for k in keys]
+        mk = self._max_key
+        ks = [k if type(k) is bytes and 0 < len(k) <= mk else as_key(k, mk) for k in keys]
         if not ks:
             return []
         return self._with_handle(lambda h: _get_many(h, ks, default))

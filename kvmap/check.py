@@ -1,0 +1,812 @@
+"""kvmap-check: an integrity checker for kvmap files (format v1, docs/FORMAT.md).
+
+It never trusts the file: it reads it with ``os.pread`` only (never through the
+engine's mapping or open path, never through the C module), every loop is
+bounded by page counts, chain lengths or the tree depth, and its memory is
+bounded by one byte per page of the file (an owner code per page), not by
+what the file says.
+
+Library::
+
+    from kvmap.check import check
+    report = check("data.kv")            # CheckReport
+    report.ok, report.problems, report.summary, report.to_json()
+
+Command line (exit 0: sound, 1: damage found, 2: unreadable file or usage
+error)::
+
+    python -m kvmap.check PATH [--json] [--quick] [--max-errors N]
+
+Full mode verifies both metas, the checksum of every page it reaches, the
+tree (types, headers, cell bounds, key order within pages and against every
+ancestor separator, uniform leaf depth), overflow chains, the free list, the
+counts in the meta, and that every page below the high-water mark has exactly
+one owner.  ``quick`` does the same without verifying page checksums and reads
+only the 32-byte header of overflow pages (never their payload).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+__all__ = ["check", "main", "CheckReport", "Problem", "CheckUnreadable", "crc32c"]
+
+MAGIC = b"\x89KVM\r\n\x1a\n"
+VERSION = 1
+MIN_PAGE, MAX_PAGE = 4096, 65536
+MAX_DEPTH = 32
+META_SIZE = 128
+HDR = 32
+M_FLAGS_NOSYNC = 1
+
+PT_BRANCH, PT_LEAF, PT_OVERFLOW = 1, 2, 3
+PT_FREE_INDEX, PT_FREE_BITMAP, PT_PENDING, PT_PENDING_INDEX = 4, 5, 6, 7
+TYPE_NAMES = {PT_BRANCH: "branch", PT_LEAF: "leaf", PT_OVERFLOW: "overflow",
+              PT_FREE_INDEX: "free-index", PT_FREE_BITMAP: "free-bitmap",
+              PT_PENDING: "pending-record", PT_PENDING_INDEX: "pending-index"}
+
+# owner codes, one byte per page
+O_NONE, O_META, O_BRANCH, O_LEAF, O_OVERFLOW = 0, 1, 2, 3, 4
+O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX = 5, 6, 7, 8
+O_FREE, O_PENDING = 9, 10
+OWNER_NAMES = {O_META: "meta", O_BRANCH: "branch", O_LEAF: "leaf", O_OVERFLOW: "overflow",
+               O_FREE_INDEX: "free-index", O_FREE_BITMAP: "free-bitmap",
+               O_PENDING_REC: "pending-record", O_PENDING_INDEX: "pending-index",
+               O_FREE: "free", O_PENDING: "pending"}
+_REACHABLE = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC,
+              O_PENDING_INDEX, O_META)
+
+_u16 = struct.Struct("<H").unpack_from
+_u32 = struct.Struct("<I").unpack_from
+_u64 = struct.Struct("<Q").unpack_from
+_hdr = struct.Struct("<IBBHQQQ").unpack_from      # crc type flags nkeys txnid pgno next/upper
+_meta = struct.Struct("<8sIIQQIIQQQQQQQ").unpack_from
+
+
+# ---------------------------------------------------------------- CRC-32C
+
+def _make_tables():
+    t0 = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t0.append(c)
+    tables = [t0]
+    for _ in range(7):
+        prev = tables[-1]
+        tables.append([(prev[i] >> 8) ^ t0[prev[i] & 0xFF] for i in range(256)])
+    return tables
+
+
+_T = _make_tables()
+
+
+def crc32c(data, crc=0):
+    """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``; pure Python,
+    slicing-by-8 with a bytewise head and tail."""
+    t0, t1, t2, t3, t4, t5, t6, t7 = _T
+    c = crc ^ 0xFFFFFFFF
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    n8 = n & ~7
+    if n8:
+        for w in mv[:n8].cast("Q"):
+            w ^= c
+            c = (t7[w & 0xFF] ^ t6[(w >> 8) & 0xFF] ^ t5[(w >> 16) & 0xFF] ^ t4[(w >> 24) & 0xFF]
+                 ^ t3[(w >> 32) & 0xFF] ^ t2[(w >> 40) & 0xFF] ^ t1[(w >> 48) & 0xFF]
+                 ^ t0[w >> 56])
+    for b in mv[n8:]:
+        c = t0[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+try:                                         # optional: batch page checksums with numpy
+    import numpy as _np
+    if sys.byteorder != "little":            # pragma: no cover
+        _np = None
+except Exception:                            # pragma: no cover
+    _np = None
+
+if _np is not None:
+    _NT = [_np.array(t, dtype=_np.uint32) for t in _T[:4]]
+
+
+def _page_crcs(buf, page_size, count):
+    """Checksums (bytes [4, page_size) of each page) of ``count`` whole pages
+    in ``buf``, as a list of ints."""
+    if _np is None or count < 4:
+        return [crc32c(memoryview(buf)[i * page_size + 4:(i + 1) * page_size])
+                for i in range(count)]
+    t0, t1, t2, t3 = _NT
+    a = _np.frombuffer(buf, dtype=_np.uint8, count=count * page_size).reshape(count, page_size)
+    words = _np.ascontiguousarray(a[:, 4:]).view("<u4").T.copy()     # (W, count)
+    c = _np.full(count, 0xFFFFFFFF, dtype=_np.uint32)
+    x = _np.empty_like(c)
+    y = _np.empty_like(c)
+    for w in words:
+        _np.bitwise_xor(c, w, out=x)
+        _np.bitwise_and(x, 0xFF, out=y)
+        c = t3[y]
+        _np.right_shift(x, 8, out=y)
+        _np.bitwise_and(y, 0xFF, out=y)
+        c ^= t2[y]
+        _np.right_shift(x, 16, out=y)
+        _np.bitwise_and(y, 0xFF, out=y)
+        c ^= t1[y]
+        _np.right_shift(x, 24, out=y)
+        c ^= t0[y]
+    c ^= _np.uint32(0xFFFFFFFF)
+    return c.tolist()
+
+
+# ---------------------------------------------------------------- report
+
+class CheckUnreadable(Exception):
+    """The file cannot be checked at all: it cannot be opened, or neither
+    meta page is a valid kvmap meta."""
+
+
+@dataclass
+class Problem:
+    kind: str
+    page: Optional[int]
+    message: str
+
+
+@dataclass
+class CheckReport:
+    ok: bool
+    problems: List[Problem] = field(default_factory=list)
+    total_problems: int = 0
+    meta_used: Optional[int] = None
+    meta_notes: List[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kw):
+        return json.dumps(self.to_dict(), **kw)
+
+
+# ---------------------------------------------------------------- meta
+
+def _decode_meta(buf, offset=None):
+    """(meta dict, None) or (None, reason) following FORMAT.md §2."""
+    if len(buf) < META_SIZE:
+        return None, "short file (no room for a meta page)"
+    (magic, version, ps, txnid, root, depth, flags, entries, hwm, free_index, free_pending,
+     free_count, pending_count, pending_floor) = _meta(buf, 0)
+    if magic != MAGIC:
+        return None, "not a kvmap meta (bad magic)"
+    stored = _u32(buf, 124)[0]
+    if crc32c(memoryview(buf)[:124]) != stored:
+        return None, "checksum mismatch"
+    if version != VERSION:
+        return None, f"unsupported version {version}"
+    if ps < MIN_PAGE or ps > MAX_PAGE or ps & (ps - 1):
+        return None, f"bad page size {ps}"
+    if offset is not None and ps != offset:
+        return None, f"page size {ps} does not match its offset {offset}"
+    if hwm < 2 or hwm > (2 ** 64 - 1) // ps:
+        return None, f"bad high-water mark {hwm}"
+    if (root == 0) != (depth == 0) or depth > MAX_DEPTH or (root == 0 and entries != 0):
+        return None, f"inconsistent root {root} / depth {depth} / entries {entries}"
+    for name, v in (("root", root), ("free_index", free_index), ("free_pending", free_pending)):
+        if v != 0 and not 2 <= v < hwm:
+            return None, f"{name} {v} out of range [2, {hwm})"
+    if free_count + pending_count > hwm:
+        return None, f"free_count {free_count} + pending_count {pending_count} > hwm {hwm}"
+    return dict(page_size=ps, txnid=txnid, root=root, depth=depth, flags=flags, entries=entries,
+                hwm=hwm, free_index=free_index, free_pending=free_pending,
+                free_count=free_count, pending_count=pending_count,
+                pending_floor=pending_floor), None
+
+
+# ---------------------------------------------------------------- checker
+
+class _Checker:
+    def __init__(self, fd, file_size, quick, max_errors, progress):
+        self.fd = fd
+        self.file_size = file_size
+        self.quick = quick
+        self.max_errors = max_errors
+        self.progress = progress
+        self.problems = []
+        self.total = 0
+        self.notes = []
+
+    def add(self, kind, page, message):
+        self.total += 1
+        if len(self.problems) < self.max_errors:
+            self.problems.append(Problem(kind, page, message))
+
+    # ------------------------------------------------------------ metas
+
+    def read_metas(self):
+        fd, size = self.fd, self.file_size
+        raw0 = os.pread(fd, META_SIZE, 0)
+        m0, why0 = _decode_meta(raw0)
+        m1 = why1 = None
+        if m0 is not None:
+            off = m0["page_size"]
+            m1, why1 = _decode_meta(os.pread(fd, META_SIZE, off), off)
+            if m1 is None:
+                # Is there a valid meta 1 at another offset?  Then meta 0's
+                # page size is the wrong one (meta 1's is confirmed by its place).
+                for o in (4096, 8192, 16384, 32768, 65536):
+                    if o == off or o + META_SIZE > size:
+                        continue
+                    alt, _ = _decode_meta(os.pread(fd, META_SIZE, o), o)
+                    if alt is not None:
+                        why0 = (f"page size {m0['page_size']} conflicts with meta 1 found at "
+                                f"offset {o} (page size {o})")
+                        m0, m1, why1 = None, alt, None
+                        break
+        else:
+            for o in (4096, 8192, 16384, 32768, 65536):
+                if o + META_SIZE > size:
+                    break
+                m1, why1 = _decode_meta(os.pread(fd, META_SIZE, o), o)
+                if m1 is not None:
+                    break
+            if m1 is None:
+                why1 = why1 or "short file (no room for meta 1)"
+        metas = [m0, m1]
+        whys = [why0, why1]
+        valid = [i for i in (0, 1) if metas[i] is not None]
+        if not valid:
+            raise CheckUnreadable(f"no valid meta page: meta 0: {why0}; meta 1: {why1}")
+        for i in (0, 1):
+            if metas[i] is None:
+                self.add("meta-damaged", i, f"meta {i} is damaged ({whys[i]})")
+        valid.sort(key=lambda i: metas[i]["txnid"], reverse=True)
+        newest = valid[0]
+        ps = metas[newest]["page_size"]
+        chosen = None
+        for i in valid:
+            if metas[i]["hwm"] * ps <= size:
+                chosen = i
+                break
+        nm = metas[newest]
+        if nm["hwm"] * ps > size:
+            first_missing = size // ps
+            self.add("truncated", first_missing,
+                     f"file is {size} bytes, shorter than hwm {nm['hwm']} x page size {ps} of "
+                     f"meta {newest} (txnid {nm['txnid']}); pages from {first_missing} are missing")
+        if chosen is None:
+            chosen = newest
+            self.notes.append(f"no meta fits the file size; checking meta {chosen} anyway")
+        other = 1 - chosen
+        if metas[other] is None:
+            self.notes.append(f"meta {other} is damaged ({whys[other]}); using meta {chosen}")
+        elif chosen != newest:
+            self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}) does not fit the "
+                              f"file; using the older meta {chosen} (txnid {metas[chosen]['txnid']})")
+        else:
+            self.notes.append(f"using meta {chosen}: the newer (txnid {metas[chosen]['txnid']} > "
+                              f"{metas[other]['txnid']})")
+        if metas[chosen]["flags"] & M_FLAGS_NOSYNC:
+            self.notes.append(f"meta {chosen} was written by a commit made with sync=False")
+        self.meta_used = chosen
+        self.meta = metas[chosen]
+        return self.meta
+
+    # ------------------------------------------------------------ pages
+
+    def setup(self):
+        m = self.meta
+        self.ps = ps = m["page_size"]
+        self.hwm = m["hwm"]
+        self.file_pages = self.file_size // ps
+        self.npages = min(self.hwm, self.file_pages)       # pages we can account for
+        self.owner = bytearray(self.npages)
+        for i in range(min(2, self.npages)):
+            self.owner[i] = O_META
+        self.crc_bad = None
+        self.usable = ps - HDR
+        self.max_cell = self.usable // 4
+        self.max_key = self.max_cell - 16
+
+    def checksum_pass(self):
+        """Full mode: verify the checksum of every page in [2, npages) in one
+        sequential pass; remember the bad ones (reported when reached)."""
+        ps, n = self.ps, self.npages
+        bad = bytearray(n)
+        batch = max(4, (8 << 20) // ps)
+        p = 2
+        while p < n:
+            cnt = min(batch, n - p)
+            buf = os.pread(self.fd, cnt * ps, p * ps)
+            cnt = len(buf) // ps
+            if cnt == 0:
+                break
+            crcs = _page_crcs(buf, ps, cnt)
+            for i, c in enumerate(crcs):
+                if c != _u32(buf, i * ps)[0]:
+                    bad[p + i] = 1
+            p += cnt
+            if self.progress:
+                self.progress(p, n * 2)
+        self.crc_bad = bad
+
+    def ref_ok(self, page, what):
+        """Is ``page`` a possible target?  Reports out-of-range otherwise."""
+        if page < 2 or page >= self.hwm:
+            self.add("out-of-range", page, f"{what} refers to page {page}, outside [2, {self.hwm})")
+            return False
+        if page >= self.npages:
+            self.add("out-of-range", page,
+                     f"{what} refers to page {page}, beyond the end of the file "
+                     f"({self.file_pages} whole pages)")
+            return False
+        return True
+
+    def claim(self, page, code, what):
+        """Mark ``page`` as owned by ``code``; False (and a problem) if it
+        already has an owner."""
+        prev = self.owner[page]
+        if prev == O_NONE:
+            self.owner[page] = code
+            return True
+        if prev in (O_FREE, O_PENDING) and code in _REACHABLE:
+            self.add("reachable-and-free", page,
+                     f"page {page} is {OWNER_NAMES[prev]} but also {what}")
+        elif code in (O_FREE, O_PENDING) and prev in _REACHABLE:
+            self.add("reachable-and-free", page,
+                     f"page {page} is a {OWNER_NAMES[prev]} page but also listed {OWNER_NAMES[code]}")
+        else:
+            self.add("double-reference", page,
+                     f"page {page} is already used as {OWNER_NAMES.get(prev, prev)}; "
+                     f"also {what}")
+        return False
+
+    def read_page(self, page, expect_types, what, header_only=False):
+        """Read and vet one page: header page number, type, checksum.
+        Returns the bytes or None if it must not be trusted further."""
+        ps = self.ps
+        buf = os.pread(self.fd, HDR if header_only else ps, page * ps)
+        if len(buf) < (HDR if header_only else ps):
+            self.add("out-of-range", page, f"page {page} ({what}) cannot be read whole")
+            return None
+        crc, ptype, flags, nkeys, txnid, pgno, nxt = _hdr(buf, 0)
+        if self.crc_bad is not None and self.crc_bad[page]:
+            self.add("bad-checksum", page, f"page {page} ({what}): checksum mismatch")
+        if pgno != page:
+            self.add("bad-header", page,
+                     f"page {page} ({what}): header says page {pgno} (misplaced or damaged page)")
+            return None
+        if ptype not in expect_types:
+            exp = "/".join(TYPE_NAMES[t] for t in expect_types)
+            self.add("bad-type", page, f"page {page} ({what}): type {ptype} "
+                     f"({TYPE_NAMES.get(ptype, 'unknown')}), expected {exp}")
+            return None
+        return buf
+
+    # ------------------------------------------------------------ tree
+
+    def walk_tree(self):
+        m = self.meta
+        root, depth = m["root"], m["depth"]
+        self.entries = 0
+        self.leaf_used = 0
+        self.nleaves = 0
+        if root == 0:
+            return
+        ps = self.ps
+        leaf_level = depth - 1
+        stack = [(root, 0, None, None, "meta root")]      # page, level, lo, hi, what
+        visited = 0
+        limit = self.npages
+        while stack:
+            page, level, lo, hi, what = stack.pop()
+            visited += 1
+            if visited > limit:                             # cannot happen: claim() dedups
+                break
+            if self.progress and visited % 1024 == 0:
+                self.progress(min(self.npages + visited, 2 * self.npages), 2 * self.npages)
+            if not self.ref_ok(page, what):
+                continue
+            code = O_LEAF if level == leaf_level else O_BRANCH
+            if not self.claim(page, code, f"referenced by {what}"):
+                continue
+            buf = self.read_page(page, (PT_BRANCH, PT_LEAF), what)
+            if buf is None:
+                continue
+            ptype = buf[4]
+            if (ptype == PT_LEAF) != (level == leaf_level):
+                self.add("depth-mismatch", page,
+                         f"page {page} ({what}) is a {TYPE_NAMES[ptype]} at level {level}; "
+                         f"leaves are at level {leaf_level} (depth {depth})")
+                continue
+            nkeys = _u16(buf, 6)[0]
+            upper = _u32(buf, 24)[0]
+            if not (HDR + 2 * nkeys <= upper <= ps) or (ptype == PT_BRANCH and nkeys < 1):
+                self.add("cell-out-of-bounds", page,
+                         f"page {page}: nkeys {nkeys} / upper {upper} inconsistent")
+                continue
+            if ptype == PT_LEAF:
+                self.leaf(page, buf, nkeys, upper, lo, hi)
+            else:
+                self.branch(page, buf, nkeys, upper, lo, hi, level, stack)
+
+    def _cell_key(self, page, buf, i, upper, hdr):
+        off = _u16(buf, HDR + 2 * i)[0]
+        if off < upper or off + hdr > self.ps:
+            self.add("cell-out-of-bounds", page,
+                     f"page {page} cell {i}: offset {off} outside [{upper}, {self.ps - hdr}]")
+            return None, None
+        klen = _u16(buf, off)[0]
+        if off + hdr + klen > self.ps:
+            self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key of {klen} bytes "
+                     f"at {off} runs past the page end")
+            return None, None
+        return off, bytes(buf[off + hdr:off + hdr + klen])
+
+    def _order(self, page, i, key, prev, lo, hi):
+        if prev is not None and not prev < key:
+            self.add("key-order", page, f"page {page} cell {i}: key {key[:40]!r} is not "
+                     f"greater than the previous key {prev[:40]!r}")
+        if (lo is not None and key < lo) or (hi is not None and key >= hi):
+            self.add("key-range", page, f"page {page} cell {i}: key {key[:40]!r} outside the "
+                     f"range [{lo if lo is None else lo[:40]!r}, "
+                     f"{hi if hi is None else hi[:40]!r}) set by its ancestors")
+
+    def leaf(self, page, buf, nkeys, upper, lo, hi):
+        ps = self.ps
+        self.nleaves += 1
+        used = 2 * nkeys
+        prev = None
+        for i in range(nkeys):
+            off, key = self._cell_key(page, buf, i, upper, 6)
+            if off is None:
+                continue
+            klen = len(key)
+            vlen = _u32(buf, off + 2)[0]
+            inline = 8 + klen + vlen <= self.max_cell
+            clen = 6 + klen + (vlen if inline else 8)
+            if off + clen > ps:
+                self.add("cell-out-of-bounds", page,
+                         f"page {page} cell {i}: cell of {clen} bytes at {off} runs past the page end")
+                continue
+            used += clen
+            self.entries += 1
+            if not 1 <= klen <= self.max_key:
+                self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key length {klen}")
+            self._order(page, i, key, prev, lo, hi)
+            prev = key
+            if not inline:
+                first = _u64(buf, off + 6 + klen)[0]
+                self.overflow(page, i, first, vlen)
+        self.leaf_used += used
+
+    def branch(self, page, buf, nkeys, upper, lo, hi, level, stack):
+        cells = []
+        prev = None
+        for i in range(nkeys):
+            off, key = self._cell_key(page, buf, i, upper, 10)
+            if off is None:
+                cells.append(None)
+                continue
+            child = _u64(buf, off + 2)[0]
+            if i == 0:
+                if key:
+                    self.add("key-order", page,
+                             f"page {page} cell 0: has a {len(key)}-byte key; it must be empty")
+                key = lo
+            else:
+                self._order(page, i, key, prev, lo, hi)
+                prev = key
+            cells.append((key, child))
+        # children in reverse so that the walk visits them left to right
+        for i in range(nkeys - 1, -1, -1):
+            c = cells[i]
+            if c is None:
+                continue
+            key, child = c
+            nhi = hi
+            for j in range(i + 1, nkeys):
+                if cells[j] is not None:
+                    nhi = cells[j][0]
+                    break
+            stack.append((child, level + 1, key, nhi, f"branch {page} cell {i}"))
+
+    def overflow(self, leaf, cell, first, vlen):
+        n = -(-vlen // self.usable)
+        what = f"leaf {leaf} cell {cell}"
+        p = first
+        for k in range(n):
+            if not self.ref_ok(p, f"overflow chain of {what} (piece {k})"):
+                return
+            if not self.claim(p, O_OVERFLOW, f"overflow piece {k} of {what}"):
+                return
+            buf = self.read_page(p, (PT_OVERFLOW,), f"overflow piece {k} of {what}",
+                                 header_only=self.quick)
+            if buf is None:
+                return
+            nxt = _u64(buf, 24)[0]
+            if k == n - 1:
+                if nxt != 0:
+                    self.add("overflow-chain", p, f"page {p}: last overflow page of {what} "
+                             f"({n} pages for {vlen} bytes) has next {nxt}, not 0")
+            elif nxt == 0:
+                self.add("overflow-chain", p, f"page {p}: overflow chain of {what} ends after "
+                         f"{k + 1} pages; {vlen} bytes need {n}")
+                return
+            p = nxt
+
+    # ------------------------------------------------------------ free list
+
+    def walk_free(self):
+        m = self.meta
+        ps, hwm = self.ps, self.hwm
+        B = self.usable * 8
+        nranges = -(-hwm // B)
+        self.free_bits = 0
+        self.pending_pages = 0
+        # bitmap-index chain
+        bitmaps = []
+        p, hops, what = m["free_index"], 0, "meta free_index"
+        per = self.usable // 8
+        while p and hops <= self.npages:
+            hops += 1
+            if not self.ref_ok(p, what) or not self.claim(p, O_FREE_INDEX, what):
+                break
+            buf = self.read_page(p, (PT_FREE_INDEX,), what)
+            if buf is None:
+                break
+            nk = _u16(buf, 6)[0]
+            if nk > per:
+                self.add("free-list", p, f"bitmap-index page {p}: {nk} entries > {per}")
+                break
+            for i in range(nk):
+                bitmaps.append(_u64(buf, HDR + 8 * i)[0])
+            p, what = _u64(buf, 24)[0], f"bitmap-index page {p} next"
+        if m["free_index"] and len(bitmaps) != nranges:
+            self.add("free-list", m["free_index"], f"bitmap index holds {len(bitmaps)} entries; "
+                     f"hwm {hwm} needs {nranges}")
+        for r, bm in enumerate(bitmaps[:nranges]):
+            if bm == 0:
+                continue
+            what = f"bitmap-index entry {r}"
+            if not self.ref_ok(bm, what) or not self.claim(bm, O_FREE_BITMAP, what):
+                continue
+            buf = self.read_page(bm, (PT_FREE_BITMAP,), what)
+            if buf is None:
+                continue
+            first = _u64(buf, 24)[0]
+            if first != r * B:
+                self.add("free-list", bm, f"bitmap page {bm}: first {first}, expected {r * B}")
+                continue
+            body = buf[HDR:]
+            for j, byte in enumerate(body):
+                if not byte:
+                    continue
+                for b in range(8):
+                    if byte >> b & 1:
+                        pg = first + 8 * j + b
+                        if pg < 2 or pg >= hwm:
+                            self.add("free-list", bm,
+                                     f"bitmap page {bm}: bit set for page {pg}, outside [2, {hwm})")
+                            continue
+                        self.free_bits += 1
+                        if pg < self.npages:
+                            self.claim(pg, O_FREE, f"set in bitmap page {bm}")
+        if self.free_bits != m["free_count"]:
+            self.add("free-count", self.meta_used, f"bitmaps mark {self.free_bits} pages free; "
+                     f"meta {self.meta_used} free_count says {m['free_count']}")
+        # pending-index chain
+        floor = m["pending_floor"]
+        p, hops, what = m["free_pending"], 0, "meta free_pending"
+        per = self.usable // 16
+        marked = 0
+        while p and hops <= self.npages:
+            hops += 1
+            if not self.ref_ok(p, what) or not self.claim(p, O_PENDING_INDEX, what):
+                break
+            buf = self.read_page(p, (PT_PENDING_INDEX,), what)
+            if buf is None:
+                break
+            nk = _u16(buf, 6)[0]
+            if nk > per:
+                self.add("free-list", p, f"pending-index page {p}: {nk} entries > {per}")
+                break
+            for i in range(nk):
+                rec, txn = _u64(buf, HDR + 16 * i)[0], _u64(buf, HDR + 16 * i + 8)[0]
+                if txn <= floor:
+                    continue                               # void: never follow
+                marked = self.pending_record(rec, txn, f"pending-index page {p} entry {i}", marked)
+            p, what = _u64(buf, 24)[0], f"pending-index page {p} next"
+        if self.pending_pages != m["pending_count"]:
+            self.add("pending-count", self.meta_used, f"live pending records list "
+                     f"{self.pending_pages} pages; meta {self.meta_used} pending_count says "
+                     f"{m['pending_count']}")
+
+    def pending_record(self, rec, txn, what, marked):
+        if not self.ref_ok(rec, what) or not self.claim(rec, O_PENDING_REC, what):
+            return marked
+        buf = self.read_page(rec, (PT_PENDING,), what)
+        if buf is None:
+            return marked
+        hdr_txn = _u64(buf, 8)[0]
+        if hdr_txn != txn:
+            self.add("free-list", rec, f"pending-record page {rec}: header txnid {hdr_txn}, "
+                     f"but {what} says {txn}")
+        nk = _u16(buf, 6)[0]
+        if nk > self.usable // 16:
+            self.add("free-list", rec, f"pending-record page {rec}: {nk} records > "
+                     f"{self.usable // 16}")
+            return marked
+        # FORMAT.md says "sorted by start", but the engine writes the runs of
+        # the tree pages it freed, then (separately sorted) the runs of the
+        # free-list pages it replaced; so order is not checked, only overlap
+        # (through the page owners).
+        for i in range(nk):
+            start, count = _u64(buf, HDR + 16 * i)[0], _u64(buf, HDR + 16 * i + 8)[0]
+            if count < 1 or start < 2 or start + count > self.hwm:
+                self.add("free-list", rec, f"pending-record page {rec} record {i}: "
+                         f"({start}, {count}) is empty or outside [2, {self.hwm})")
+                continue
+            self.pending_pages += count
+            for pg in range(start, min(start + count, self.npages)):
+                marked += 1
+                if marked > self.npages:                  # garbage: stop marking
+                    return marked
+                self.claim(pg, O_PENDING, f"listed pending in record page {rec}")
+        return marked
+
+    # ------------------------------------------------------------ ownership
+
+    def ownership(self):
+        owner = self.owner
+        p = owner.find(0, 2)
+        while p != -1:
+            self.add("leaked", p, f"page {p} is neither reachable nor free nor pending")
+            p = owner.find(0, p + 1)
+
+    def summary(self):
+        m = self.meta
+        counts = {}
+        for code, name in OWNER_NAMES.items():
+            c = self.owner.count(code)
+            if c:
+                counts[name] = c
+        leaked = self.owner.count(0)
+        if leaked:
+            counts["leaked"] = leaked
+        cap = self.nleaves * self.usable
+        return dict(
+            pages_by_type=counts, depth=m["depth"], entries=self.entries,
+            meta_entries=m["entries"], free_pages=self.free_bits,
+            pending_pages=self.pending_pages, hwm=self.hwm, file_size=self.file_size,
+            page_size=self.ps, txnid=m["txnid"],
+            fill_factor=round(self.leaf_used / cap, 4) if cap else 0.0,
+            mode="quick" if self.quick else "full",
+        )
+
+
+def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = None):
+    """Check the kvmap file at ``path``; returns a :class:`CheckReport`.
+
+    Raises :class:`CheckUnreadable` when the file cannot be opened or has no
+    valid meta page.  ``progress(done, total)`` is called now and then."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError as e:
+        raise CheckUnreadable(f"cannot open {path}: {e.strerror or e}") from None
+    try:
+        try:
+            size = os.fstat(fd).st_size
+            c = _Checker(fd, size, quick, max(0, int(max_errors)), progress)
+            c.read_metas()
+            c.setup()
+            if not quick:
+                c.checksum_pass()
+            c.walk_tree()
+            if c.entries != c.meta["entries"]:
+                c.add("entry-count", c.meta_used, f"the tree holds {c.entries} entries; "
+                      f"meta {c.meta_used} says {c.meta['entries']}")
+            c.walk_free()
+            c.ownership()
+            summary = c.summary()
+        except OSError as e:
+            raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if progress:
+        progress(1, 1)
+    return CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
+                       meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
+
+
+# ---------------------------------------------------------------- CLI
+
+class _Bar:
+    def __init__(self, stream):
+        self.stream = stream
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if now - self.start < 1.0 or now - self.last < 0.1:
+            return
+        self.last = now
+        frac = min(1.0, done / total) if total else 1.0
+        n = int(frac * 40)
+        self.stream.write("\r[" + "#" * n + "." * (40 - n) + f"] {frac * 100:5.1f}%")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self):
+        if self.shown:
+            self.stream.write("\r" + " " * 50 + "\r")
+            self.stream.flush()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="kvmap-check",
+                                 description="Check the integrity of a kvmap database file.")
+    ap.add_argument("path")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--quick", action="store_true",
+                    help="skip page checksums and overflow payloads")
+    ap.add_argument("--max-errors", type=int, default=100, metavar="N",
+                    help="list at most N problems (default 100)")
+    args = ap.parse_args(argv)
+    if args.max_errors < 0:
+        ap.error("--max-errors must be >= 0")
+    bar = None
+    if not args.json:
+        try:
+            if sys.stderr.isatty():
+                bar = _Bar(sys.stderr)
+        except (AttributeError, ValueError):
+            bar = None
+    try:
+        rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar)
+    except CheckUnreadable as e:
+        if bar:
+            bar.finish()
+        if args.json:
+            print(json.dumps({"ok": False, "unreadable": True, "error": str(e)}))
+        else:
+            print(f"kvmap-check: {args.path}: unreadable: {e}", file=sys.stderr)
+        return 2
+    if bar:
+        bar.finish()
+    if args.json:
+        print(rep.to_json())
+        return 0 if rep.ok else 1
+    s = rep.summary
+    for note in rep.meta_notes:
+        print(f"note: {note}")
+    if rep.ok:
+        types = ", ".join(f"{k} {v}" for k, v in s["pages_by_type"].items())
+        print("ok")
+        print(f"  {s['entries']} entries, depth {s['depth']}, {s['hwm']} pages of "
+              f"{s['page_size']} bytes (file {s['file_size']} bytes), txnid {s['txnid']}")
+        print(f"  pages: {types}")
+        print(f"  free {s['free_pages']}, pending {s['pending_pages']}, "
+              f"leaf fill {s['fill_factor'] * 100:.1f}%")
+        return 0
+    for p in rep.problems:
+        where = "-" if p.page is None else str(p.page)
+        print(f"page {where}: {p.kind}: {p.message}")
+    shown = len(rep.problems)
+    if rep.total_problems > shown:
+        print(f"... and {rep.total_problems - shown} more")
+    print(f"{rep.total_problems} problem(s) found")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
