@@ -59,6 +59,8 @@ OWNER_NAMES = {O_META: "meta", O_BRANCH: "branch", O_LEAF: "leaf", O_OVERFLOW: "
                O_FREE_INDEX: "free-index", O_FREE_BITMAP: "free-bitmap",
                O_PENDING_REC: "pending-record", O_PENDING_INDEX: "pending-index",
                O_FREE: "free", O_PENDING: "pending"}
+_CHECKED = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC,
+            O_PENDING_INDEX)
 _REACHABLE = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC,
               O_PENDING_INDEX, O_META)
 
@@ -310,32 +312,36 @@ class _Checker:
         self.owner = bytearray(self.npages)
         for i in range(min(2, self.npages)):
             self.owner[i] = O_META
-        self.crc_bad = None
         self.usable = ps - HDR
         self.max_cell = self.usable // 4
         self.max_key = self.max_cell - 16
 
     def checksum_pass(self):
-        """Full mode: verify the checksum of every page in [2, npages) in one
-        sequential pass; remember the bad ones (reported when reached)."""
-        ps, n = self.ps, self.npages
-        bad = bytearray(n)
+        """Full mode, after the walks: verify the checksum of every page the
+        tree and the free list reach (free and pending pages hold whatever
+        they held; they are not checked), reading the file in large
+        sequential chunks."""
+        ps, n, owner = self.ps, self.npages, self.owner
+        checked = bytes(1 if c in _CHECKED else 0 for c in range(256))
+        want = owner.translate(checked)            # 1 per page to verify
         batch = max(4, (8 << 20) // ps)
         p = 2
         while p < n:
             cnt = min(batch, n - p)
-            buf = os.pread(self.fd, cnt * ps, p * ps)
-            cnt = len(buf) // ps
-            if cnt == 0:
-                break
-            crcs = _page_crcs(buf, ps, cnt)
-            for i, c in enumerate(crcs):
-                if c != _u32(buf, i * ps)[0]:
-                    bad[p + i] = 1
+            sel = [i for i in range(cnt) if want[p + i]]
+            if sel:
+                buf = os.pread(self.fd, cnt * ps, p * ps)
+                mv = memoryview(buf)
+                pages = b"".join(mv[i * ps:(i + 1) * ps] for i in sel if (i + 1) * ps <= len(buf))
+                crcs = _page_crcs(pages, ps, len(pages) // ps)
+                for j, c in enumerate(crcs):
+                    if c != _u32(pages, j * ps)[0]:
+                        pg = p + sel[j]
+                        self.add("bad-checksum", pg, f"page {pg} "
+                                 f"({OWNER_NAMES[owner[pg]]}): checksum mismatch")
             p += cnt
             if self.progress:
-                self.progress(p, n * 2)
-        self.crc_bad = bad
+                self.progress(n + p, 2 * n)
 
     def ref_ok(self, page, what):
         """Is ``page`` a possible target?  Reports out-of-range otherwise."""
@@ -377,8 +383,6 @@ class _Checker:
             self.add("out-of-range", page, f"page {page} ({what}) cannot be read whole")
             return None
         crc, ptype, flags, nkeys, txnid, pgno, nxt = _hdr(buf, 0)
-        if self.crc_bad is not None and self.crc_bad[page]:
-            self.add("bad-checksum", page, f"page {page} ({what}): checksum mismatch")
         if pgno != page:
             self.add("bad-header", page,
                      f"page {page} ({what}): header says page {pgno} (misplaced or damaged page)")
@@ -411,7 +415,7 @@ class _Checker:
             if visited > limit:                             # cannot happen: claim() dedups
                 break
             if self.progress and visited % 1024 == 0:
-                self.progress(min(self.npages + visited, 2 * self.npages), 2 * self.npages)
+                self.progress(min(visited, self.npages), 2 * self.npages)
             if not self.ref_ok(page, what):
                 continue
             code = O_LEAF if level == leaf_level else O_BRANCH
@@ -528,7 +532,7 @@ class _Checker:
             if not self.claim(p, O_OVERFLOW, f"overflow piece {k} of {what}"):
                 return
             buf = self.read_page(p, (PT_OVERFLOW,), f"overflow piece {k} of {what}",
-                                 header_only=self.quick)
+                                 header_only=True)
             if buf is None:
                 return
             nxt = _u64(buf, 24)[0]
@@ -707,13 +711,13 @@ def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = N
             c = _Checker(fd, size, quick, max(0, int(max_errors)), progress)
             c.read_metas()
             c.setup()
-            if not quick:
-                c.checksum_pass()
             c.walk_tree()
             if c.entries != c.meta["entries"]:
                 c.add("entry-count", c.meta_used, f"the tree holds {c.entries} entries; "
                       f"meta {c.meta_used} says {c.meta['entries']}")
             c.walk_free()
+            if not quick:
+                c.checksum_pass()
             c.ownership()
             summary = c.summary()
         except OSError as e:

@@ -149,15 +149,7 @@ class Database(_Closing, _Reads, MutableMapping):
         return lib.kvm_env_entries(self._handle())
 
     def _scan(self, mode, key, stop, flags, keys_only):
-        snap = Snapshot(self)
-
-        def gen():
-            try:
-                yield from scan(snap, mode, key, stop, flags, keys_only)
-            finally:
-                snap.close()
-
-        return gen()
+        return scan(Snapshot(self), mode, key, stop, flags, keys_only, own_snapshot=True)
 
     def _with_handle(self, fn):
         with Snapshot(self) as snap:

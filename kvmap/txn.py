@@ -79,9 +79,15 @@ class _Cursor:
             self.owner._cursors.discard(self)
 
 
-def scan(owner, mode, key, stop, flags, keys_only):
-    """Iterate records of ``owner`` (an open Snapshot or Transaction)."""
-    cur = _Cursor(owner)
+def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
+    """Iterate records of ``owner`` (an open Snapshot or Transaction); with
+    ``own_snapshot`` the iterator closes the snapshot when it ends."""
+    try:
+        cur = _Cursor(owner)
+    except BaseException:
+        if own_snapshot:
+            owner.close()
+        raise
     try:
         rc = lib.kvm_cursor_seek(cur.ptr, key if key is not None else ffi.NULL,
                                  len(key) if key is not None else 0, mode)
@@ -119,6 +125,8 @@ def scan(owner, mode, key, stop, flags, keys_only):
                     off += vl
     finally:
         cur.close()
+        if own_snapshot:
+            owner.close()
 
 
 class _ValuesView(ValuesView):
