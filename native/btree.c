@@ -924,10 +924,13 @@ static int cur_fix(kvm_cursor *c, int dir)
     return kvm_err(KVM_CORRUPT, "cursor walked too many empty pages");
 }
 
+/* Write transactions: remember the key the cursor is positioned at, so that
+** after a change it can seek back (the pages it stood on may be gone). */
 static int cur_save_key(kvm_cursor *c)
 {
     kvm_txn *t = c->t;
     c->mod = t->mod;
+    c->key_emitted = 0;
     if (!t->write || c->state != 1)
         return 0;
     const uint8_t *p, *k;
@@ -1006,8 +1009,11 @@ int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, 
     int rc = 0;
     size_t used = 0;
     uint32_t count = 0;
+    /* After a change, continue after the last key returned (so keys inserted
+    ** behind it are seen), or from the key the cursor was positioned at. */
     if (t->write && c->mod != t->mod && c->state == 1)
-        rc = cur_seek(c, c->key, c->klen, rev ? KVM_SEEK_LE : KVM_SEEK_GE);
+        rc = cur_seek(c, c->key, c->klen, c->key_emitted ? (rev ? KVM_SEEK_LT : KVM_SEEK_GT)
+                                                         : (rev ? KVM_SEEK_LE : KVM_SEEK_GE));
     while (!rc && count < max_n && c->state == 1) {
         int d = c->depth - 1;
         const uint8_t *p;
@@ -1049,9 +1055,15 @@ int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, 
         }
         used += rec;
         count++;
+        if (t->write) {
+            memcpy(c->key, lc.key, lc.klen);
+            c->klen = lc.klen;
+        }
         c->idx[d] += dir;
-        if ((rc = cur_fix(c, dir)) || (rc = cur_save_key(c)))
+        if ((rc = cur_fix(c, dir)))
             break;
+        c->key_emitted = 1;
+        c->mod = t->mod;
     }
     op_leave(t->env);
     return rc ? rc : (int64_t)used;

@@ -96,8 +96,9 @@ struct kvm_cursor {
     pgno_t    pg[KVM_MAX_DEPTH];
     int       idx[KVM_MAX_DEPTH];
     uint64_t  mod;
-    uint8_t  *key;               /* write txns: key at the position */
+    uint8_t  *key;               /* write txns: key positioned at, or last returned */
     size_t    klen;
+    int       key_emitted;       /* key is the last one returned */
     size_t    need;
 };
 
