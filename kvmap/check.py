@@ -15,7 +15,7 @@ Library::
 Command line (exit 0: sound, 1: damage found, 2: unreadable file or usage
 error)::
 
-    python -m kvmap.check PATH [--json] [--quick] [--max-errors N]
+    python -m kvmap.check PATH [--json] [--quick] [--max-errors N] [--salvage OUT]
 
 Full mode verifies both metas, the checksum of every page it reaches, the
 tree (types, headers, cell bounds, key order within pages and against every
@@ -23,6 +23,10 @@ ancestor separator, uniform leaf depth), overflow chains, the free list, the
 counts in the meta, and that every page below the high-water mark has exactly
 one owner.  ``quick`` does the same without verifying page checksums and reads
 only the 32-byte header of overflow pages (never their payload).
+
+``salvage(path, out)`` / ``--salvage OUT`` copies every key/value that can be
+read intact (from leaves and overflow pages whose checksums match) into a new
+database at OUT, written with the engine; the source is only read.
 """
 
 import argparse
@@ -35,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-__all__ = ["check", "main", "CheckReport", "Problem", "CheckUnreadable", "crc32c"]
+__all__ = ["check", "salvage", "SalvageResult", "main", "CheckReport", "Problem", "CheckUnreadable", "crc32c"]
 
 MAGIC = b"\x89KVM\r\n\x1a\n"
 VERSION = 1
@@ -310,6 +314,7 @@ class _Checker:
         self.file_pages = self.file_size // ps
         self.npages = min(self.hwm, self.file_pages)       # pages we can account for
         self.owner = bytearray(self.npages)
+        self.bad = bytearray(self.npages)                  # 1: checksum mismatch (full mode)
         for i in range(min(2, self.npages)):
             self.owner[i] = O_META
         self.usable = ps - HDR
@@ -337,6 +342,7 @@ class _Checker:
                 for j, c in enumerate(crcs):
                     if c != _u32(pages, j * ps)[0]:
                         pg = p + sel[j]
+                        self.bad[pg] = 1
                         self.add("bad-checksum", pg, f"page {pg} "
                                  f"({OWNER_NAMES[owner[pg]]}): checksum mismatch")
             p += cnt
@@ -454,20 +460,28 @@ class _Checker:
             return None, None
         return off, bytes(buf[off + hdr:off + hdr + klen])
 
-    def _order(self, page, i, key, prev, lo, hi):
+    def _order(self, page, i, key, prev, lo, hi, agg):
+        """Order checks of one cell; ``agg`` collects, per kind, the first
+        violation in the page and how many cells violate it (one problem per
+        page and kind, see _flush)."""
         if prev is not None and not prev < key:
-            self.add("key-order", page, f"page {page} cell {i}: key {key[:40]!r} is not "
-                     f"greater than the previous key {prev[:40]!r}")
+            _note(agg, "key-order", f"page {page} cell {i}: key {key[:40]!r} is not greater "
+                  f"than the previous key {prev[:40]!r}")
         if (lo is not None and key < lo) or (hi is not None and key >= hi):
-            self.add("key-range", page, f"page {page} cell {i}: key {key[:40]!r} outside the "
-                     f"range [{lo if lo is None else lo[:40]!r}, "
-                     f"{hi if hi is None else hi[:40]!r}) set by its ancestors")
+            _note(agg, "key-range", f"page {page} cell {i}: key {key[:40]!r} outside the range "
+                  f"[{lo if lo is None else lo[:40]!r}, {hi if hi is None else hi[:40]!r}) "
+                  f"set by its ancestors")
+
+    def _flush(self, page, agg):
+        for kind, (msg, n) in agg.items():
+            self.add(kind, page, msg + (f" (and {n - 1} more cells)" if n > 1 else ""))
 
     def leaf(self, page, buf, nkeys, upper, lo, hi):
         ps = self.ps
         self.nleaves += 1
         used = 2 * nkeys
         prev = None
+        agg = {}
         for i in range(nkeys):
             off, key = self._cell_key(page, buf, i, upper, 6)
             if off is None:
@@ -484,16 +498,18 @@ class _Checker:
             self.entries += 1
             if not 1 <= klen <= self.max_key:
                 self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key length {klen}")
-            self._order(page, i, key, prev, lo, hi)
+            self._order(page, i, key, prev, lo, hi, agg)
             prev = key
             if not inline:
                 first = _u64(buf, off + 6 + klen)[0]
                 self.overflow(page, i, first, vlen)
+        self._flush(page, agg)
         self.leaf_used += used
 
     def branch(self, page, buf, nkeys, upper, lo, hi, level, stack):
         cells = []
         prev = None
+        agg = {}
         for i in range(nkeys):
             off, key = self._cell_key(page, buf, i, upper, 10)
             if off is None:
@@ -506,9 +522,10 @@ class _Checker:
                              f"page {page} cell 0: has a {len(key)}-byte key; it must be empty")
                 key = lo
             else:
-                self._order(page, i, key, prev, lo, hi)
+                self._order(page, i, key, prev, lo, hi, agg)
                 prev = key
             cells.append((key, child))
+        self._flush(page, agg)
         # children in reverse so that the walk visits them left to right
         for i in range(nkeys - 1, -1, -1):
             c = cells[i]
@@ -559,8 +576,10 @@ class _Checker:
         bitmaps = []
         p, hops, what = m["free_index"], 0, "meta free_index"
         per = self.usable // 8
+        broken = False
         while p and hops <= self.npages:
             hops += 1
+            broken = True
             if not self.ref_ok(p, what) or not self.claim(p, O_FREE_INDEX, what):
                 break
             buf = self.read_page(p, (PT_FREE_INDEX,), what)
@@ -570,10 +589,11 @@ class _Checker:
             if nk > per:
                 self.add("free-list", p, f"bitmap-index page {p}: {nk} entries > {per}")
                 break
+            broken = False
             for i in range(nk):
                 bitmaps.append(_u64(buf, HDR + 8 * i)[0])
             p, what = _u64(buf, 24)[0], f"bitmap-index page {p} next"
-        if m["free_index"] and len(bitmaps) != nranges:
+        if m["free_index"] and not broken and len(bitmaps) != nranges:
             self.add("free-list", m["free_index"], f"bitmap index holds {len(bitmaps)} entries; "
                      f"hwm {hwm} needs {nranges}")
         for r, bm in enumerate(bitmaps[:nranges]):
@@ -696,38 +716,237 @@ class _Checker:
         )
 
 
+def _note(agg, kind, msg):
+    if kind in agg:
+        agg[kind][1] += 1
+    else:
+        agg[kind] = [msg, 1]
+
+
+def _run(fd, path, quick, max_errors, progress):
+    try:
+        size = os.fstat(fd).st_size
+        c = _Checker(fd, size, quick, max(0, int(max_errors)), progress)
+        c.read_metas()
+        c.setup()
+        c.walk_tree()
+        if c.entries != c.meta["entries"]:
+            c.add("entry-count", c.meta_used, f"the tree holds {c.entries} entries; "
+                  f"meta {c.meta_used} says {c.meta['entries']}")
+        c.walk_free()
+        if not quick:
+            c.checksum_pass()
+        c.ownership()
+        summary = c.summary()
+    except OSError as e:
+        raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
+    if progress:
+        progress(1, 1)
+    rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
+                      meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
+    return rep, c
+
+
+def _open(path):
+    try:
+        return os.open(os.fspath(path), os.O_RDONLY)
+    except OSError as e:
+        raise CheckUnreadable(f"cannot open {path}: {e.strerror or e}") from None
+
+
 def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = None):
     """Check the kvmap file at ``path``; returns a :class:`CheckReport`.
 
     Raises :class:`CheckUnreadable` when the file cannot be opened or has no
     valid meta page.  ``progress(done, total)`` is called now and then."""
+    fd = _open(path)
     try:
-        fd = os.open(os.fspath(path), os.O_RDONLY)
-    except OSError as e:
-        raise CheckUnreadable(f"cannot open {path}: {e.strerror or e}") from None
-    try:
-        try:
-            size = os.fstat(fd).st_size
-            c = _Checker(fd, size, quick, max(0, int(max_errors)), progress)
-            c.read_metas()
-            c.setup()
-            c.walk_tree()
-            if c.entries != c.meta["entries"]:
-                c.add("entry-count", c.meta_used, f"the tree holds {c.entries} entries; "
-                      f"meta {c.meta_used} says {c.meta['entries']}")
-            c.walk_free()
-            if not quick:
-                c.checksum_pass()
-            c.ownership()
-            summary = c.summary()
-        except OSError as e:
-            raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
+        return _run(fd, path, quick, max_errors, progress)[0]
     finally:
         os.close(fd)
-    if progress:
-        progress(1, 1)
-    return CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
-                       meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
+
+
+# ---------------------------------------------------------------- salvage
+
+@dataclass
+class SalvageResult:
+    report: CheckReport
+    out: str
+    meta_used: int
+    recovered: int          # distinct keys written to ``out``
+    lost: int               # meta entries - recovered (never below 0)
+    damaged_leaves: List[int] = field(default_factory=list)
+    lost_values: int = 0    # entries whose overflow chain was damaged
+    orphan_leaves: List[int] = field(default_factory=list)
+    from_orphans: int = 0   # entries found only in orphan (leaked, intact) leaves
+    notes: List[str] = field(default_factory=list)
+
+
+def _salvage_pairs(c):
+    """Yield (key, value) of every cell that can be read intact, walking
+    the tree of the meta the check used: leaves whose checksum, page number
+    and type are right; values whose overflow pages are all intact.  Below a
+    damaged branch, a child is followed only if its own checksum, number and
+    level are right and the free list does not claim it (so a flipped child
+    pointer cannot bring back an old page version)."""
+    ps, fd, usable = c.ps, c.fd, c.usable
+    root, depth = c.meta["root"], c.meta["depth"]
+    c.damaged_leaves, c.lost_values = [], 0
+    if root == 0:
+        return
+    seen = bytearray(c.npages)
+    stack = [(root, 0, False)]
+    while stack:
+        page, level, suspect = stack.pop()
+        if not 2 <= page < c.npages or seen[page]:
+            continue
+        if suspect and c.owner[page] in (O_FREE, O_PENDING):
+            continue
+        seen[page] = 1
+        buf = os.pread(fd, ps, page * ps)
+        if len(buf) < ps:
+            continue
+        crc, ptype, flags, nkeys, txnid, pgno, _ = _hdr(buf, 0)
+        intact = crc32c(memoryview(buf)[4:]) == crc and pgno == page
+        want = PT_LEAF if level == depth - 1 else PT_BRANCH
+        if ptype != want or pgno != page or not (HDR + 2 * nkeys <= _u32(buf, 24)[0] <= ps):
+            if want == PT_LEAF:
+                c.damaged_leaves.append(page)
+            continue
+        if ptype == PT_BRANCH:
+            for i in range(nkeys - 1, -1, -1):
+                off = _u16(buf, HDR + 2 * i)[0]
+                if off + 10 <= ps:
+                    stack.append((_u64(buf, off + 2)[0], level + 1, suspect or not intact))
+            continue
+        if not intact:
+            c.damaged_leaves.append(page)
+            continue
+        yield from _leaf_pairs(c, buf, nkeys)
+
+
+def _leaf_pairs(c, buf, nkeys):
+    ps = c.ps
+    for i in range(nkeys):
+        off = _u16(buf, HDR + 2 * i)[0]
+        if off + 6 > ps:
+            continue
+        klen, vlen = _u16(buf, off)[0], _u32(buf, off + 2)[0]
+        if not 1 <= klen <= c.max_key or off + 6 + klen > ps:
+            continue
+        key = bytes(buf[off + 6:off + 6 + klen])
+        if 8 + klen + vlen <= c.max_cell:
+            if off + 6 + klen + vlen > ps:
+                continue
+            yield key, bytes(buf[off + 6 + klen:off + 6 + klen + vlen])
+            continue
+        if off + 14 + klen > ps:
+            continue
+        value = _read_chain(c, _u64(buf, off + 6 + klen)[0], vlen)
+        if value is None:
+            c.lost_values += 1
+        else:
+            yield key, value
+
+
+def _orphan_leaves(c):
+    """Intact leaf pages that nothing reaches (``leaked``): in a damaged
+    file they are usually cut off by a damaged branch."""
+    owner, ps = c.owner, c.ps
+    p = owner.find(0, 2)
+    while p != -1:
+        buf = os.pread(c.fd, ps, p * ps)
+        if len(buf) == ps:
+            crc, ptype, _, nkeys, _, pgno, _ = _hdr(buf, 0)
+            if (ptype == PT_LEAF and pgno == p and HDR + 2 * nkeys <= _u32(buf, 24)[0] <= ps
+                    and crc32c(memoryview(buf)[4:]) == crc):
+                c.orphans.append(p)
+                yield from _leaf_pairs(c, buf, nkeys)
+        p = owner.find(0, p + 1)
+
+
+def _read_chain(c, p, vlen):
+    ps, usable = c.ps, c.usable
+    n = -(-vlen // usable)
+    parts = []
+    seen = set()
+    for k in range(n):
+        if not 2 <= p < c.npages or p in seen:
+            return None
+        seen.add(p)
+        buf = os.pread(c.fd, ps, p * ps)
+        if len(buf) < ps:
+            return None
+        crc, ptype, _, _, _, pgno, nxt = _hdr(buf, 0)
+        if ptype != PT_OVERFLOW or pgno != p or crc32c(memoryview(buf)[4:]) != crc:
+            return None
+        if (k == n - 1) != (nxt == 0):
+            return None
+        parts.append(buf[HDR:HDR + min(usable, vlen - k * usable)])
+        p = nxt
+    return b"".join(parts)
+
+
+def salvage(path, out, *, progress=None, batch=10_000):
+    """Copy every key/value of ``path`` that can be read intact into a new
+    database at ``out`` (which must not exist); the source is only read.
+    Raises CheckUnreadable if the source has no valid meta, FileExistsError
+    if ``out`` exists."""
+    if os.path.lexists(out):
+        raise FileExistsError(f"{out} already exists")
+    fd = _open(path)
+    try:
+        rep, c = _run(fd, path, False, 100, progress)
+        import kvmap                                   # the engine only writes ``out``
+        db = kvmap.open(os.fspath(out), sync=True)
+        try:
+            pending = []
+            for kv in _salvage_pairs(c):
+                pending.append(kv)
+                if len(pending) >= batch:
+                    with db.transaction() as t:
+                        for k, v in pending:
+                            t[k] = v
+                    pending = []
+            if pending:
+                with db.transaction() as t:
+                    for k, v in pending:
+                        t[k] = v
+            in_tree = db.stats()["entries"]
+            # then the keys that only orphan leaves hold (the tree wins)
+            c.orphans = []
+            pending = []
+            for kv in _orphan_leaves(c):
+                pending.append(kv)
+                if len(pending) >= batch:
+                    _add_new(db, pending)
+                    pending = []
+            if pending:
+                _add_new(db, pending)
+            recovered = db.stats()["entries"]
+        finally:
+            db.close()
+    finally:
+        os.close(fd)
+    notes = list(rep.meta_notes)
+    if any(p.kind == "meta-damaged" and p.page != c.meta_used for p in rep.problems) \
+            and c.meta_used is not None:
+        notes.append(f"salvaged from meta {c.meta_used}: the other meta is damaged")
+    if recovered > in_tree:
+        notes.append(f"{recovered - in_tree} entries come from {len(c.orphans)} intact leaf "
+                     f"pages that the tree no longer reaches; they may be older versions")
+    return SalvageResult(report=rep, out=os.fspath(out), meta_used=c.meta_used,
+                         recovered=recovered, lost=max(0, c.meta["entries"] - recovered),
+                         damaged_leaves=sorted(c.damaged_leaves), lost_values=c.lost_values,
+                         orphan_leaves=c.orphans, from_orphans=recovered - in_tree,
+                         notes=notes)
+
+
+def _add_new(db, pairs):
+    with db.transaction() as t:
+        for k, v in pairs:
+            if k not in t:
+                t[k] = v
 
 
 # ---------------------------------------------------------------- CLI
@@ -765,9 +984,13 @@ def main(argv=None):
                     help="skip page checksums and overflow payloads")
     ap.add_argument("--max-errors", type=int, default=100, metavar="N",
                     help="list at most N problems (default 100)")
+    ap.add_argument("--salvage", metavar="OUT",
+                    help="copy every intact key/value into a new database OUT")
     args = ap.parse_args(argv)
     if args.max_errors < 0:
         ap.error("--max-errors must be >= 0")
+    if args.salvage and os.path.lexists(args.salvage):
+        ap.error(f"--salvage: {args.salvage} already exists")
     bar = None
     if not args.json:
         try:
@@ -775,8 +998,14 @@ def main(argv=None):
                 bar = _Bar(sys.stderr)
         except (AttributeError, ValueError):
             bar = None
+    sal = None
     try:
-        rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar)
+        if args.salvage:
+            sal = salvage(args.path, args.salvage, progress=bar)
+            rep = sal.report
+            rep.problems = rep.problems[:args.max_errors]
+        else:
+            rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar)
     except CheckUnreadable as e:
         if bar:
             bar.finish()
@@ -788,11 +1017,20 @@ def main(argv=None):
     if bar:
         bar.finish()
     if args.json:
-        print(rep.to_json())
+        doc = rep.to_dict()
+        if sal is not None:
+            doc["salvage"] = {k: v for k, v in dataclasses.asdict(sal).items() if k != "report"}
+        print(json.dumps(doc))
         return 0 if rep.ok else 1
     s = rep.summary
     for note in rep.meta_notes:
         print(f"note: {note}")
+    if sal is not None:
+        print(f"salvage: {sal.recovered} entries recovered into {sal.out}, {sal.lost} lost "
+              f"(meta {sal.meta_used}; {len(sal.damaged_leaves)} damaged leaves, "
+              f"{sal.lost_values} values with a damaged overflow chain)")
+        for note in sal.notes[len(rep.meta_notes):]:
+            print(f"salvage: {note}")
     if rep.ok:
         types = ", ".join(f"{k} {v}" for k, v in s["pages_by_type"].items())
         print("ok")

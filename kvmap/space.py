@@ -125,11 +125,10 @@ class FreeSpace:
     def _mark(self, runs):
         b = self.bits_per_page
         dirty = self.dirty_ranges
+        dirty.update([s // b for s, _ in runs])
         for start, count in runs:
-            lo, hi = start // b, (start + count - 1) // b
-            dirty.add(lo)
-            if hi != lo:
-                dirty.update(range(lo + 1, hi + 1))
+            if start % b + count > b:   # the run spans several bitmap pages
+                dirty.update(range(start // b, (start + count - 1) // b + 1))
 
     def _add(self, runs):
         for s, n in runs:
@@ -164,7 +163,8 @@ class FreeSpace:
             k = lib.kvm_fm_take(self.fm, n, buf, 128)
             if not k:
                 break
-            got = [(buf[2 * i], buf[2 * i + 1]) for i in range(k)]
+            flat = ffi.unpack(buf, 2 * k)
+            got = list(zip(flat[0::2], flat[1::2]))
             n -= sum(c for _, c in got)
             runs.extend(got)
         self._mark(runs)
