@@ -1,7 +1,8 @@
 """kvmap-check: an integrity checker for kvmap files (format v1, docs/FORMAT.md).
 
 It never trusts the file: it reads it with ``os.pread`` only (never through the
-engine's mapping or open path, never through the C module), every loop is
+engine's mapping or open path; of the C core it uses only the checksum
+function), every loop is
 bounded by page counts, chain lengths or the tree depth, and its memory is
 bounded by one byte per page of the file (an owner code per page), not by
 what the file says.
@@ -38,6 +39,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
+
+from ._kvmap_cffi import ffi as _ffi, lib as _lib
 
 __all__ = ["check", "salvage", "SalvageResult", "main", "CheckReport", "Problem", "CheckUnreadable", "crc32c"]
 
@@ -76,80 +79,21 @@ _meta = struct.Struct("<8sIIQQIIQQQQQQQ").unpack_from
 
 
 # ---------------------------------------------------------------- CRC-32C
-
-def _make_tables():
-    t0 = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        t0.append(c)
-    tables = [t0]
-    for _ in range(7):
-        prev = tables[-1]
-        tables.append([(prev[i] >> 8) ^ t0[prev[i] & 0xFF] for i in range(256)])
-    return tables
-
-
-_T = _make_tables()
-
+# The checksum is pure computation, so the checker uses the C core's (it
+# reads nothing through the engine: no mapping, no open path, no page cache).
 
 def crc32c(data, crc=0):
-    """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``; pure Python,
-    slicing-by-8 with a bytewise head and tail."""
-    t0, t1, t2, t3, t4, t5, t6, t7 = _T
-    c = crc ^ 0xFFFFFFFF
+    """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``."""
     mv = memoryview(data).cast("B")
-    n = len(mv)
-    n8 = n & ~7
-    if n8:
-        for w in mv[:n8].cast("Q"):
-            w ^= c
-            c = (t7[w & 0xFF] ^ t6[(w >> 8) & 0xFF] ^ t5[(w >> 16) & 0xFF] ^ t4[(w >> 24) & 0xFF]
-                 ^ t3[(w >> 32) & 0xFF] ^ t2[(w >> 40) & 0xFF] ^ t1[(w >> 48) & 0xFF]
-                 ^ t0[w >> 56])
-    for b in mv[n8:]:
-        c = t0[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-try:                                         # optional: batch page checksums with numpy
-    import numpy as _np
-    if sys.byteorder != "little":            # pragma: no cover
-        _np = None
-except Exception:                            # pragma: no cover
-    _np = None
-
-if _np is not None:
-    _NT = [_np.array(t, dtype=_np.uint32) for t in _T[:4]]
+    return _lib.kvm_crc32c(crc, _ffi.from_buffer(mv), len(mv))
 
 
 def _page_crcs(buf, page_size, count):
     """Checksums (bytes [4, page_size) of each page) of ``count`` whole pages
     in ``buf``, as a list of ints."""
-    if _np is None or count < 4:
-        return [crc32c(memoryview(buf)[i * page_size + 4:(i + 1) * page_size])
-                for i in range(count)]
-    t0, t1, t2, t3 = _NT
-    a = _np.frombuffer(buf, dtype=_np.uint8, count=count * page_size).reshape(count, page_size)
-    words = _np.ascontiguousarray(a[:, 4:]).view("<u4").T.copy()     # (W, count)
-    c = _np.full(count, 0xFFFFFFFF, dtype=_np.uint32)
-    x = _np.empty_like(c)
-    y = _np.empty_like(c)
-    for w in words:
-        _np.bitwise_xor(c, w, out=x)
-        _np.bitwise_and(x, 0xFF, out=y)
-        c = t3[y]
-        _np.right_shift(x, 8, out=y)
-        _np.bitwise_and(y, 0xFF, out=y)
-        c ^= t2[y]
-        _np.right_shift(x, 16, out=y)
-        _np.bitwise_and(y, 0xFF, out=y)
-        c ^= t1[y]
-        _np.right_shift(x, 24, out=y)
-        c ^= t0[y]
-    c ^= _np.uint32(0xFFFFFFFF)
-    return c.tolist()
+    out = _ffi.new("uint32_t[]", count)
+    _lib.kvm_page_checksums(_ffi.from_buffer(buf), page_size, count, out)
+    return _ffi.unpack(out, count)
 
 
 # ---------------------------------------------------------------- report
@@ -567,7 +511,7 @@ class _Checker:
 
     def walk_free(self):
         m = self.meta
-        ps, hwm = self.ps, self.hwm
+        hwm = self.hwm
         B = self.usable * 8
         nranges = -(-hwm // B)
         self.free_bits = 0
@@ -789,7 +733,7 @@ def _salvage_pairs(c):
     damaged branch, a child is followed only if its own checksum, number and
     level are right and the free list does not claim it (so a flipped child
     pointer cannot bring back an old page version)."""
-    ps, fd, usable = c.ps, c.fd, c.usable
+    ps, fd = c.ps, c.fd
     root, depth = c.meta["root"], c.meta["depth"]
     c.damaged_leaves, c.lost_values = [], 0
     if root == 0:

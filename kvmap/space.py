@@ -259,7 +259,6 @@ class FreeSpace:
         head = self.pindex[0] if self.pindex else None
         rest = self.pindex[1:]
         head_live = [e for e in head[1] if e[1] > floor] if head else []
-        freed_runs = _runs(freed)
         have = []
         spare = 0
         # Taking pages for the free-list pages changes the free list: repeat
@@ -276,14 +275,14 @@ class FreeSpace:
             replaced += self.stale
             if new_bindex:
                 replaced += self.index_pages
-            upper = _ceil_div(len(freed_runs) + len(replaced) + 1, per_records) + spare
+            upper = _ceil_div(len(freed) + len(replaced) + 1, per_records) + spare
             merged = head is not None and len(head_live) + upper <= per_entries
             drop_rest = merged and bool(rest) and rest[0][2] <= floor
             if merged:
                 replaced.append(head[0])
             if drop_rest:
                 replaced += [p[0] for p in rest]
-            free_runs = freed_runs + _runs(replaced)
+            free_runs = _runs(freed + replaced)
             n_records = _ceil_div(len(free_runs), per_records) + spare
             n_entries = n_records + (len(head_live) if merged else 0)
             need = (len(dirty) + (_ceil_div(nranges, per_index) if new_bindex else 0)

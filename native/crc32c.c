@@ -4,6 +4,7 @@
 ** both give the same value, so files move between machines.
 */
 #include "format.h"
+#include "kvmap.h"
 #include <stddef.h>
 
 static uint32_t table[8][256];
@@ -66,4 +67,10 @@ uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len)
         return ~crc_hw(crc, buf, len);
 #endif
     return ~crc_sw(crc, buf, len);
+}
+
+void kvm_page_checksums(const char *pages, size_t page_size, size_t count, uint32_t *out)
+{
+    for (size_t i = 0; i < count; i++)
+        out[i] = kvm_crc32c(0, pages + i * page_size + 4, page_size - 4);
 }

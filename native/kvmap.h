@@ -121,6 +121,11 @@ int      kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode);
 int64_t  kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
                           const char *stop, size_t stoplen);
 size_t   kvm_cursor_need(kvm_cursor *c);
+/* CRC-32C as the file format uses it (crc32c.c), for the integrity checker:
+** one value, or the checksum of bytes [4, page_size) of count whole pages. */
+uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len);
+void     kvm_page_checksums(const char *pages, size_t page_size, size_t count, uint32_t *out);
+
 /* The free-page bitmap under kvmap/space.py (freemap.c); runs are pairs
 ** (start, count). */
 typedef struct kvm_freemap kvm_freemap;

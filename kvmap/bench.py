@@ -1,0 +1,1197 @@
+"""kvmap-bench: compare kvmap's I/O backends and growth strategies on your own
+disk, optionally side by side with py-lmdb and sqlite3.
+
+Run ``kvmap-bench`` (or ``python -m kvmap.bench``) with no arguments for the
+default suite (about a minute on a 2-core VM); ``kvmap-bench --help`` lists
+the options.  Progress goes to stderr (one line per phase, ``--quiet`` hides
+it); the comparison table goes to stdout.
+
+Stores
+------
+kvmap backends: ``mmap:reserve``, ``mmap:mremap``, ``mmap:remap`` (each also
+with ``:wm`` = ``writemap=True``) and ``pread``.  Peers (``--peers``):
+``lmdb`` (py-lmdb, ``map_size`` 8 GiB, ``sync``/``metasync`` as the workload
+needs) and ``sqlite3`` (``CREATE TABLE kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT
+ROWID``, ``journal_mode=WAL``, ``synchronous=OFF``, or ``FULL`` for
+``txn_sync``).  All stores run on the same generated data (N distinct random
+keys of ``--key-size`` bytes, random values of ``--value-size`` bytes).
+
+Workloads (in run order; the store loaded by ``bulk`` is reused by the next ones)
+-------------------------------------------------------------------------------
+bulk        load N pairs in one transaction, sync off (fresh store per repetition)
+get         random gets of all N keys in one snapshot, hot cache
+get_cold    fdatasync + posix_fadvise(DONTNEED) the store's files (store closed,
+            so no page stays mapped), reopen, random gets of a sample; latency per get
+scan        ordered scan of all pairs
+range       short range queries of ~100 keys at random starts; latency per query
+mixed       2 reader threads doing random gets (a fresh snapshot per 100 gets)
+            while the main thread commits small transactions (10 overwrites,
+            sync off): params.mixed_commits of them, repeated until at least
+            0.2 s have passed; throughput = reader gets/s during the writer's
+            run, extra.writer_commits_per_s
+txn_nosync  transactions of 10 new keys, sync off; latency per transaction
+txn_sync    the same with sync on (fewer transactions); extra.fdatasync_per_commit
+churn       delete all keys and reinsert them (one transaction each) for a few
+            rounds; extra.before / extra.after hold file size, allocated bytes
+            (st_blocks*512) and RSS.  Runs on the peers too.
+growth      (kvmap only: the peers have no growth strategies) grow a fresh store
+            from empty to --growth-mib with 1 MiB values, one transaction each,
+            sync off.  A growth step is a commit after which stats()['file_size']
+            changed; extra.steps lists [file size MiB after, commit ms].  Then all
+            values are read (extra.first_read_minflt), the file is grown by one
+            more step, and the same values are read again: extra.reread_minflt is
+            the ru_minflt taken by that re-read of already-touched data (remap =
+            munmap+mmap refaults it, mremap and reserve keep the page tables).
+
+JSON schema (``--json OUT``), schema 1
+--------------------------------------
+{
+  "schema": 1,
+  "machine": {"kernel": str, "python": str, "filesystem": str (type of --dir,
+              from /proc/mounts, longest matching mount point), "dir": str,
+              "page_size": int, "cpu_count": int, "kvmap_version": str,
+              "lmdb_version": str|null, "sqlite_version": str|null},
+  "params":  {"backends": [str], "peers": [str], "workloads": [str], "n": int,
+              "key_size": int, "value_size": int, "repeat": int, "seed": int,
+              "growth_mib": int, "txn_nosync": int, "txn_sync": int, "cold_sample": int,
+              "range_queries": int, "mixed_commits": int, "churn_rounds": int},
+  "results": [{
+      "workload": str, "store": str (a backend name, "lmdb" or "sqlite3"),
+      "throughput": {"median": float, "min": float, "max": float, "unit": str},
+      "latency_us": {"p50": float, "p99": float} | null   (over all repetitions),
+      "faults": {"minor": int, "major": int}   (getrusage delta, median repetition),
+      "peak_rss": int bytes (VmHWM, reset before each repetition; max over reps),
+      "file_size": int bytes, "allocated": int bytes (st_blocks*512; store files after the workload),
+      "extra": {...} (per workload, see above; from the last repetition; kvmap rows add "syscalls": the
+                      stats()['syscalls'] delta of the last repetition),
+      "error": str   (only when the workload failed; throughput is then null)
+  }]
+}
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import kvmap
+
+BACKENDS = {
+    "mmap:reserve": dict(backend="mmap", growth="reserve", writemap=False),
+    "mmap:reserve:wm": dict(backend="mmap", growth="reserve", writemap=True),
+    "mmap:mremap": dict(backend="mmap", growth="mremap", writemap=False),
+    "mmap:mremap:wm": dict(backend="mmap", growth="mremap", writemap=True),
+    "mmap:remap": dict(backend="mmap", growth="remap", writemap=False),
+    "mmap:remap:wm": dict(backend="mmap", growth="remap", writemap=True),
+    "pread": dict(backend="pread"),
+}
+DEFAULT_BACKENDS = ["mmap:reserve", "mmap:mremap", "mmap:remap", "pread"]
+PEERS = ["lmdb", "sqlite3"]
+WORKLOADS = ["bulk", "get", "get_cold", "scan", "range", "mixed", "txn_nosync", "txn_sync",
+             "churn", "growth"]
+UNITS = {"bulk": "key/s", "get": "get/s", "get_cold": "get/s", "scan": "item/s",
+         "range": "query/s", "mixed": "get/s", "txn_nosync": "txn/s", "txn_sync": "txn/s",
+         "churn": "op/s", "growth": "MiB/s"}
+KVMAP_ONLY = {"growth"}
+
+PUTS_PER_TXN = 10
+RANGE_SPAN = 100
+MIXED_READERS = 2
+MIXED_BATCH = 100
+MIXED_MIN_S = 0.2
+LMDB_MAP_SIZE = 8 << 30
+MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(Exception):
+    """A store returned a wrong result during a workload."""
+
+
+# ----------------------------------------------------------------------------- process figures
+
+def _rusage():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_minflt, ru.ru_majflt
+
+
+def _rss():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _file_figures(paths):
+    size = alloc = 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        size += st.st_size
+        alloc += st.st_blocks * 512
+    return size, alloc
+
+
+def _fs_type(path):
+    path = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fstype = mnt, parts[2]
+    except OSError:
+        pass
+    return fstype
+
+
+def _pct(sorted_vals, q):
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+
+
+# ----------------------------------------------------------------------------- stores
+
+class Store:
+    """One store in its own directory; ``open(sync)`` creates it if missing."""
+
+    kind = "?"
+
+    def __init__(self, name, directory):
+        self.name = name
+        self.dir = directory
+        self.sync = None
+        os.makedirs(directory, exist_ok=True)
+
+    def ensure(self, sync):
+        if self.sync is not sync:
+            self.close()
+            self.open(sync)
+
+    def reopen(self):
+        sync = self.sync
+        self.close()
+        self.open(sync)
+
+    def syscalls(self):
+        return None
+
+    def flush(self):
+        pass
+
+    def destroy(self):
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir, exist_ok=True)
+
+
+class KvmapStore(Store):
+    kind = "kvmap"
+
+    def __init__(self, name, directory):
+        super().__init__(name, directory)
+        self.kw = BACKENDS[name]
+        self.path = os.path.join(directory, "db.kvmap")
+        self.db = None
+
+    def open(self, sync):
+        self.db = kvmap.open(self.path, sync=sync, **self.kw)
+        self.sync = sync
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self.sync = None
+
+    def files(self):
+        return [self.path]
+
+    def syscalls(self):
+        return dict(self.db.stats()["syscalls"])
+
+    def load(self, pairs):
+        with self.db.transaction() as t:
+            put = t.put
+            for k, v in pairs:
+                put(k, v)
+
+    def get_all(self, keys):
+        found = 0
+        with self.db.snapshot() as s:
+            get = s.get
+            for k in keys:
+                if get(k) is not None:
+                    found += 1
+        return found
+
+    def get_timed(self, keys, lat):
+        found = 0
+        clock = time.perf_counter_ns
+        with self.db.snapshot() as s:
+            get = s.get
+            for k in keys:
+                t0 = clock()
+                v = get(k)
+                lat.append(clock() - t0)
+                if v is not None:
+                    found += 1
+        return found
+
+    def scan(self):
+        n = 0
+        for _ in self.db.items():
+            n += 1
+        return n
+
+    def ranges(self, bounds, lat):
+        items = 0
+        clock = time.perf_counter_ns
+        with self.db.snapshot() as s:
+            irange = s.irange_items
+            for lo, hi in bounds:
+                t0 = clock()
+                for _ in irange(lo, hi):
+                    items += 1
+                lat.append(clock() - t0)
+        return items
+
+    def txn(self, pairs):
+        with self.db.transaction() as t:
+            for k, v in pairs:
+                t[k] = v
+
+    def delete_all(self, keys):
+        with self.db.transaction() as t:
+            for k in keys:
+                t.delete(k)
+
+    def count(self):
+        return len(self.db)
+
+    def read_batch(self, keys):
+        with self.db.snapshot() as s:
+            get = s.get
+            for k in keys:
+                get(k)
+
+
+class LmdbStore(Store):
+    kind = "lmdb"
+
+    def __init__(self, name, directory):
+        super().__init__(name, directory)
+        import lmdb
+        self.lmdb = lmdb
+        self.env = None
+
+    def open(self, sync):
+        self.env = self.lmdb.open(self.dir, map_size=LMDB_MAP_SIZE, sync=sync, metasync=sync,
+                                  max_readers=126)
+        self.sync = sync
+
+    def close(self):
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        self.sync = None
+
+    def files(self):
+        return [os.path.join(self.dir, "data.mdb")]
+
+    def load(self, pairs):
+        with self.env.begin(write=True) as t:
+            put = t.put
+            for k, v in pairs:
+                put(k, v)
+
+    def get_all(self, keys):
+        found = 0
+        with self.env.begin() as t:
+            get = t.get
+            for k in keys:
+                if get(k) is not None:
+                    found += 1
+        return found
+
+    def get_timed(self, keys, lat):
+        found = 0
+        clock = time.perf_counter_ns
+        with self.env.begin() as t:
+            get = t.get
+            for k in keys:
+                t0 = clock()
+                v = get(k)
+                lat.append(clock() - t0)
+                if v is not None:
+                    found += 1
+        return found
+
+    def scan(self):
+        n = 0
+        with self.env.begin() as t:
+            for _ in t.cursor():
+                n += 1
+        return n
+
+    def ranges(self, bounds, lat):
+        items = 0
+        clock = time.perf_counter_ns
+        with self.env.begin() as t:
+            cur = t.cursor()
+            for lo, hi in bounds:
+                t0 = clock()
+                if cur.set_range(lo):
+                    for k, _ in cur:
+                        if k > hi:
+                            break
+                        items += 1
+                lat.append(clock() - t0)
+        return items
+
+    def txn(self, pairs):
+        with self.env.begin(write=True) as t:
+            for k, v in pairs:
+                t.put(k, v)
+
+    def delete_all(self, keys):
+        with self.env.begin(write=True) as t:
+            for k in keys:
+                t.delete(k)
+
+    def count(self):
+        return self.env.stat()["entries"]
+
+    def read_batch(self, keys):
+        with self.env.begin() as t:
+            get = t.get
+            for k in keys:
+                get(k)
+
+
+class SqliteStore(Store):
+    kind = "sqlite3"
+    GET = "SELECT v FROM kv WHERE k = ?"
+
+    def __init__(self, name, directory):
+        super().__init__(name, directory)
+        import sqlite3
+        self.sqlite3 = sqlite3
+        self.path = os.path.join(directory, "db.sqlite")
+        self.conn = None
+        self.local = threading.local()
+        self.readers = []
+
+    def _connect(self):
+        conn = self.sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA cache_size=-65536")
+        return conn
+
+    def open(self, sync):
+        self.conn = self._connect()
+        self.conn.execute("PRAGMA synchronous=%s" % ("FULL" if sync else "OFF"))
+        self.conn.execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        self.sync = sync
+
+    def ensure(self, sync):
+        if self.conn is None:
+            self.open(sync)
+        elif self.sync is not sync:
+            self.conn.execute("PRAGMA synchronous=%s" % ("FULL" if sync else "OFF"))
+            self.sync = sync
+
+    def close(self):
+        for c in self.readers:
+            c.close()
+        self.readers = []
+        self.local = threading.local()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.sync = None
+
+    def flush(self):
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def files(self):
+        return [self.path, self.path + "-wal", self.path + "-shm"]
+
+    def load(self, pairs):
+        c = self.conn
+        c.execute("BEGIN")
+        c.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", pairs)
+        c.execute("COMMIT")
+
+    def _get_loop(self, conn, keys, lat=None):
+        found = 0
+        ex = conn.execute
+        ex("BEGIN")
+        clock = time.perf_counter_ns
+        for k in keys:
+            if lat is not None:
+                t0 = clock()
+            row = ex(self.GET, (k,)).fetchone()
+            if lat is not None:
+                lat.append(clock() - t0)
+            if row is not None:
+                found += 1
+        ex("COMMIT")
+        return found
+
+    def get_all(self, keys):
+        return self._get_loop(self.conn, keys)
+
+    def get_timed(self, keys, lat):
+        return self._get_loop(self.conn, keys, lat)
+
+    def scan(self):
+        n = 0
+        for _ in self.conn.execute("SELECT k, v FROM kv ORDER BY k"):
+            n += 1
+        return n
+
+    def ranges(self, bounds, lat):
+        items = 0
+        ex = self.conn.execute
+        clock = time.perf_counter_ns
+        ex("BEGIN")
+        for lo, hi in bounds:
+            t0 = clock()
+            for _ in ex("SELECT k, v FROM kv WHERE k >= ? AND k <= ? ORDER BY k", (lo, hi)):
+                items += 1
+            lat.append(clock() - t0)
+        ex("COMMIT")
+        return items
+
+    def txn(self, pairs):
+        c = self.conn
+        c.execute("BEGIN")
+        c.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", pairs)
+        c.execute("COMMIT")
+
+    def delete_all(self, keys):
+        c = self.conn
+        c.execute("BEGIN")
+        c.executemany("DELETE FROM kv WHERE k = ?", ((k,) for k in keys))
+        c.execute("COMMIT")
+
+    def count(self):
+        return self.conn.execute("SELECT count(*) FROM kv").fetchone()[0]
+
+    def read_batch(self, keys):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self._connect()
+            self.readers.append(conn)
+        self._get_loop(conn, keys)
+
+
+def make_store(name, directory):
+    if name in BACKENDS:
+        return KvmapStore(name, directory)
+    if name == "lmdb":
+        return LmdbStore(name, directory)
+    if name == "sqlite3":
+        return SqliteStore(name, directory)
+    raise ValueError(name)
+
+
+# ----------------------------------------------------------------------------- data
+
+class Data:
+    def __init__(self, n, key_size, value_size, seed):
+        rng = random.Random(seed)
+        seen = set()
+        keys = []
+        while len(keys) < n:
+            k = rng.randbytes(key_size)
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+        self.n = n
+        self.key_size = key_size
+        self.value_size = value_size
+        self.keys = keys
+        self.pairs = [(k, rng.randbytes(value_size)) for k in keys]
+        self.sorted_keys = sorted(keys)
+        self.get_order = list(keys)
+        rng.shuffle(self.get_order)
+        self.seed = seed
+
+
+# ----------------------------------------------------------------------------- workloads
+# Each workload function runs one repetition and returns
+#   {"ops": float, "seconds": float, "lat_ns": [..] or None, "extra": {...}}.
+
+def _ensure_loaded(store, data, ctx):
+    """Open the shared loaded store (sync off), loading it untimed if needed."""
+    store.ensure(False)
+    if not ctx.get("loaded"):
+        store.load(data.pairs)
+        ctx["loaded"] = True
+
+
+def w_bulk(store, data, ctx, p):
+    store.destroy()
+    store.open(False)
+    t0 = time.perf_counter()
+    store.load(data.pairs)
+    dt = time.perf_counter() - t0
+    ctx["loaded"] = True
+    n = store.count()
+    if n != data.n:
+        raise BenchError(f"{n} entries after loading {data.n}")
+    return {"ops": data.n, "seconds": dt}
+
+
+def w_get(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    t0 = time.perf_counter()
+    found = store.get_all(data.get_order)
+    dt = time.perf_counter() - t0
+    if found != data.n:
+        raise BenchError(f"found {found} of {data.n} keys")
+    return {"ops": data.n, "seconds": dt}
+
+
+def _drop_cache(store):
+    store.flush()
+    sync = store.sync
+    store.close()
+    for path in store.files():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    store.open(sync)
+
+
+def w_get_cold(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    rng = random.Random(data.seed + 2 + ctx["rep"])
+    sample = rng.sample(data.keys, min(p["cold_sample"], data.n))
+    _drop_cache(store)
+    lat = []
+    t0 = time.perf_counter()
+    found = store.get_timed(sample, lat)
+    dt = time.perf_counter() - t0
+    if found != len(sample):
+        raise BenchError(f"found {found} of {len(sample)} keys")
+    return {"ops": len(sample), "seconds": dt, "lat_ns": lat}
+
+
+def w_scan(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    t0 = time.perf_counter()
+    n = store.scan()
+    dt = time.perf_counter() - t0
+    if n != data.n:
+        raise BenchError(f"scan yielded {n} of {data.n} pairs")
+    return {"ops": n, "seconds": dt}
+
+
+def w_range(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    rng = random.Random(data.seed + 3 + ctx["rep"])
+    sk = data.sorted_keys
+    span = min(RANGE_SPAN, data.n)
+    bounds = []
+    for _ in range(p["range_queries"]):
+        i = rng.randrange(0, data.n - span + 1)
+        bounds.append((sk[i], sk[i + span - 1]))
+    lat = []
+    t0 = time.perf_counter()
+    items = store.ranges(bounds, lat)
+    dt = time.perf_counter() - t0
+    if items != span * len(bounds):
+        raise BenchError(f"range queries yielded {items} items, expected {span * len(bounds)}")
+    return {"ops": len(bounds), "seconds": dt, "lat_ns": lat, "extra": {"keys_per_query": span}}
+
+
+def _txn_workload(store, data, ctx, p, sync, count):
+    _ensure_loaded(store, data, ctx)
+    store.ensure(sync)
+    rng = random.Random(data.seed + 4 + ctx["rep"] + (1000 if sync else 0))
+    ks, vs = data.key_size, data.value_size
+    chunks = [[(rng.randbytes(ks), rng.randbytes(vs)) for _ in range(PUTS_PER_TXN)]
+              for _ in range(count)]
+    sc0 = store.syscalls()
+    lat = []
+    clock = time.perf_counter_ns
+    txn = store.txn
+    t0 = time.perf_counter()
+    for c in chunks:
+        a = clock()
+        txn(c)
+        lat.append(clock() - a)
+    dt = time.perf_counter() - t0
+    extra = {"puts_per_txn": PUTS_PER_TXN, "sync": sync}
+    if sc0 is not None:
+        sc1 = store.syscalls()
+        extra["fdatasync_per_commit"] = (sc1["fdatasync"] - sc0["fdatasync"]) / count
+        extra["pwrite_per_commit"] = (sc1["pwrite"] - sc0["pwrite"]) / count
+    # drop the added keys so later workloads see exactly the data set
+    store.ensure(False)
+    store.delete_all([k for c in chunks for k, _ in c])
+    return {"ops": count, "seconds": dt, "lat_ns": lat, "extra": extra}
+
+
+def w_txn_nosync(store, data, ctx, p):
+    return _txn_workload(store, data, ctx, p, False, p["txn_nosync"])
+
+
+def w_txn_sync(store, data, ctx, p):
+    return _txn_workload(store, data, ctx, p, True, p["txn_sync"])
+
+
+def w_mixed(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    rng = random.Random(data.seed + 5 + ctx["rep"])
+    commits = p["mixed_commits"]
+    chunks = [[(k, rng.randbytes(data.value_size)) for k in rng.sample(data.keys, min(PUTS_PER_TXN, data.n))]
+              for _ in range(commits)]
+    stop = threading.Event()
+    counts = [0] * MIXED_READERS
+    errors = []
+
+    def reader(i):
+        r = random.Random(data.seed * 31 + i)
+        keys = data.keys
+        try:
+            while not stop.is_set():
+                batch = [keys[r.randrange(data.n)] for _ in range(MIXED_BATCH)]
+                store.read_batch(batch)
+                counts[i] += MIXED_BATCH
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(MIXED_READERS)]
+    for t in threads:
+        t.start()
+    time.sleep(0.01)
+    base = sum(counts)
+    t0 = time.perf_counter()
+    done = 0
+    while True:  # the fixed number of commits, continued until MIXED_MIN_S have passed
+        for c in chunks:
+            store.txn(c)
+        done += len(chunks)
+        dt = time.perf_counter() - t0
+        if dt >= MIXED_MIN_S:
+            break
+    gets = sum(counts) - base
+    commits = done
+    stop.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError(f"reader thread failed: {errors[0]!r}")
+    # restore the original values
+    originals = dict(data.pairs)
+    touched = {k for c in chunks for k, _ in c}
+    store.load([(k, originals[k]) for k in touched])
+    return {"ops": gets, "seconds": dt,
+            "extra": {"readers": MIXED_READERS, "writer_commits": commits,
+                      "writer_commits_per_s": commits / dt if dt > 0 else 0.0}}
+
+
+def w_churn(store, data, ctx, p):
+    _ensure_loaded(store, data, ctx)
+    store.flush()
+
+    def figures():
+        size, alloc = _file_figures(store.files())
+        return {"file_size": size, "allocated": alloc, "rss": _rss()}
+
+    before = figures()
+    rounds = p["churn_rounds"]
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        store.delete_all(data.keys)
+        store.load(data.pairs)
+    dt = time.perf_counter() - t0
+    store.flush()
+    after = figures()
+    n = store.count()
+    if n != data.n:
+        raise BenchError(f"{n} entries after churn, expected {data.n}")
+    return {"ops": 2 * data.n * rounds, "seconds": dt,
+            "extra": {"rounds": rounds, "before": before, "after": after}}
+
+
+def w_growth(store, data, ctx, p):
+    store.destroy()
+    store.open(False)
+    db = store.db
+    target = p["growth_mib"] * MIB
+    block = random.Random(data.seed + 6).randbytes(MIB)
+    clock = time.perf_counter_ns
+    steps = []       # [file size MiB after, commit ms]
+    plain = []       # commit ns of non-growth commits
+    size = db.stats()["file_size"]
+    i = 0
+    t0 = time.perf_counter()
+    while size < target:
+        k = b"g%08d" % i
+        a = clock()
+        db[k] = k + block[len(k):]
+        el = clock() - a
+        i += 1
+        new = db.stats()["file_size"]
+        if new != size:
+            steps.append([round(new / MIB, 3), el / 1e6])
+            size = new
+        else:
+            plain.append(el)
+    dt = time.perf_counter() - t0
+    written = i
+
+    def read_all():
+        gc.collect()
+        f0, _ = _rusage()
+        with db.snapshot() as s:
+            for j in range(written):
+                v = s.get(b"g%08d" % j)
+                if v is None or len(v) != MIB:
+                    raise BenchError(f"value {j} missing or wrong size after growth")
+        f1, _ = _rusage()
+        return f1 - f0
+
+    first = read_all()
+    # one more growth step, then re-read the already-touched values
+    extra_step = None
+    j = written
+    while True:
+        k = b"g%08d" % j
+        a = clock()
+        db[k] = k + block[len(k):]
+        el = clock() - a
+        j += 1
+        new = db.stats()["file_size"]
+        if new != size:
+            extra_step = [round(new / MIB, 3), el / 1e6]
+            break
+        if j - written > 4096:
+            break
+    reread = read_all()
+    plain.sort()
+    step_ms = sorted(s[1] for s in steps)
+    return {"ops": written * MIB / MIB, "seconds": dt,
+            "extra": {"values": written, "value_size": MIB, "steps": steps,
+                      "growth_steps": len(steps),
+                      "step_ms_median": statistics.median(step_ms) if step_ms else None,
+                      "step_ms_max": step_ms[-1] if step_ms else None,
+                      "plain_commit_ms_median": plain[len(plain) // 2] / 1e6 if plain else None,
+                      "first_read_minflt": first, "extra_step": extra_step,
+                      "reread_minflt": reread,
+                      "reread_minflt_per_mib": reread / written if written else None}}
+
+
+WORKLOAD_FUNCS = {"bulk": w_bulk, "get": w_get, "get_cold": w_get_cold, "scan": w_scan,
+                  "range": w_range, "mixed": w_mixed, "txn_nosync": w_txn_nosync,
+                  "txn_sync": w_txn_sync, "churn": w_churn, "growth": w_growth}
+
+
+# ----------------------------------------------------------------------------- runner
+
+def run_workload(store, workload, data, ctx, p):
+    fn = WORKLOAD_FUNCS[workload]
+    rates, lat_all, faults, peaks, extra, syscalls = [], [], [], [], {}, None
+    for rep in range(p["repeat"]):
+        ctx["rep"] = rep
+        _reset_peak_rss()
+        sc0 = None
+        if store.kind == "kvmap":
+            if store.db is None:
+                store.ensure(False)  # a handle to read the (process-wide) counters
+            sc0 = store.syscalls()
+        f0 = _rusage()
+        r = fn(store, data, ctx, p)
+        f1 = _rusage()
+        if store.kind == "kvmap" and store.db is not None:
+            sc1 = store.syscalls()
+            if sc0 is not None:
+                syscalls = {k: sc1[k] - sc0.get(k, 0) for k in sc1}
+        peaks.append(_peak_rss())
+        faults.append((f1[0] - f0[0], f1[1] - f0[1]))
+        sec = r["seconds"]
+        rates.append(r["ops"] / sec if sec > 0 else float("inf"))
+        if r.get("lat_ns"):
+            lat_all.extend(r["lat_ns"])
+        extra = r.get("extra", {})
+    if syscalls is not None:
+        extra = dict(extra, syscalls=syscalls)
+    order = sorted(range(len(rates)), key=lambda i: rates[i])
+    mid = order[len(order) // 2]
+    lat_all.sort()
+    size, alloc = _file_figures(store.files())
+    return {
+        "workload": workload, "store": store.name,
+        "throughput": {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+                       "unit": UNITS[workload]},
+        "latency_us": ({"p50": _pct(lat_all, 0.50) / 1e3, "p99": _pct(lat_all, 0.99) / 1e3}
+                       if lat_all else None),
+        "faults": {"minor": faults[mid][0], "major": faults[mid][1]},
+        "peak_rss": max(peaks), "file_size": size, "allocated": alloc, "extra": extra,
+    }
+
+
+def _fmt_rate(x):
+    if x is None:
+        return "-"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{suf}"
+    return f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _fmt_bytes(x):
+    if x is None:
+        return "-"
+    return f"{x / MIB:.1f}M"
+
+
+def render_table(results, stores, workloads, kvmap_stores, peers):
+    """The comparison table (rows workloads, columns stores, best kvmap marked '*')."""
+    by = {(r["workload"], r["store"]): r for r in results}
+    rows = []
+    for w in workloads:
+        rows.append((w, w, lambda r: r["throughput"]["median"] if r.get("throughput") else None,
+                     UNITS[w]))
+        if w == "mixed":
+            rows.append(("mixed:writer", w,
+                         lambda r: r["extra"].get("writer_commits_per_s") if r.get("throughput") else None,
+                         "commit/s"))
+    header = ["workload"] + list(stores) + [f"best kvmap / {p}" for p in peers]
+    lines = []
+    for label, w, get, unit in rows:
+        vals = {}
+        for s in stores:
+            r = by.get((w, s))
+            vals[s] = get(r) if r is not None else None
+        kv = [(vals[s], s) for s in kvmap_stores if vals.get(s) is not None]
+        best = max(kv)[1] if kv else None
+        cells = [label]
+        for s in stores:
+            v = vals[s]
+            if v is None:
+                r = by.get((w, s))
+                cells.append("error" if r is not None and r.get("error") else "n/a")
+            else:
+                cells.append(f"{_fmt_rate(v)} {unit}" + (" *" if s == best else "  "))
+        for peer in peers:
+            pv = vals.get(peer)
+            cells.append(f"{vals[best] / pv:.2f}x" if best and pv else "-")
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    out = []
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    out.append(fmt(header))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(fmt(c) for c in lines)
+    out.append("* = best kvmap backend per row (median of repetitions; higher is better)")
+    return "\n".join(out)
+
+
+def render_details(results):
+    """Latency, growth and churn details (secondary table)."""
+    out = []
+    stores = list(dict.fromkeys(r["store"] for r in results))
+    lat_w = list(dict.fromkeys(r["workload"] for r in results if r.get("latency_us")))
+    if lat_w:
+        by = {(r["workload"], r["store"]): r for r in results}
+        rows = []
+        for w in lat_w:
+            cells = [f"{w} p50/p99 us"]
+            for s in stores:
+                r = by.get((w, s))
+                lu = r.get("latency_us") if r else None
+                cells.append(f"{lu['p50']:.1f}/{lu['p99']:.1f}" if lu else "-")
+            rows.append(cells)
+            if any("fdatasync_per_commit" in (by.get((w, s)) or {}).get("extra", {}) for s in stores):
+                cells = [f"{w} fdatasync/commit"]
+                for s in stores:
+                    e = (by.get((w, s)) or {}).get("extra") or {}
+                    cells.append(f"{e['fdatasync_per_commit']:.2f}" if "fdatasync_per_commit" in e else "-")
+                rows.append(cells)
+        header = ["latency"] + stores
+        widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+        for cells in [header] + rows:
+            out.append("  ".join(c.rjust(wd) if i else c.ljust(wd)
+                                 for i, (c, wd) in enumerate(zip(cells, widths))))
+        out.append("")
+    gr = [r for r in results if r["workload"] == "growth" and r.get("throughput")]
+    if gr:
+        out.append("growth                 steps  step ms med  step ms max  commit ms  "
+                   "first-read minflt  re-read minflt after growth")
+        for r in gr:
+            e = r["extra"]
+            out.append(f"  {r['store']:<20} {e['growth_steps']:>5}  {e['step_ms_median'] or 0:>11.2f}  "
+                       f"{e['step_ms_max'] or 0:>11.2f}  {e['plain_commit_ms_median'] or 0:>9.2f}  "
+                       f"{e['first_read_minflt']:>17}  {e['reread_minflt']:>14}")
+    ch = [r for r in results if r["workload"] == "churn" and r.get("throughput")]
+    if ch:
+        out.append("")
+        out.append("churn                  file before->after   allocated before->after   "
+                   "RSS before->after")
+        for r in ch:
+            b, a = r["extra"]["before"], r["extra"]["after"]
+            out.append(f"  {r['store']:<20} {_fmt_bytes(b['file_size']):>8} -> {_fmt_bytes(a['file_size']):<8}"
+                       f"  {_fmt_bytes(b['allocated']):>8} -> {_fmt_bytes(a['allocated']):<8}"
+                       f"         {_fmt_bytes(b['rss']):>8} -> {_fmt_bytes(a['rss'])}")
+    return "\n".join(out)
+
+
+def write_plot(path, results, stores, workloads):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["workload"], r["store"]): r for r in results if r.get("throughput")}
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(workloads)), 9))
+    width = 0.8 / max(1, len(stores))
+    for j, s in enumerate(stores):
+        ys = []
+        for w in workloads:
+            best = max((by[w, t]["throughput"]["median"] for t in stores if (w, t) in by), default=0)
+            r = by.get((w, s))
+            ys.append(r["throughput"]["median"] / best if r and best else 0)
+        ax1.bar([i + j * width for i in range(len(workloads))], ys, width, label=s)
+    ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))])
+    ax1.set_xticklabels(workloads, rotation=20)
+    ax1.set_ylabel("throughput / best in workload")
+    ax1.set_title("kvmap-bench: throughput per store, normalised per workload")
+    ax1.legend(fontsize=8)
+    any_growth = False
+    for s in stores:
+        r = by.get(("growth", s))
+        if r and r["extra"].get("steps"):
+            xs = [st[0] for st in r["extra"]["steps"]]
+            ys = [st[1] for st in r["extra"]["steps"]]
+            ax2.plot(xs, ys, marker="o", label=s)
+            any_growth = True
+    ax2.set_xlabel("file size after the growth step (MiB)")
+    ax2.set_ylabel("growth-step commit (ms)")
+    ax2.set_title("growth step latency (last repetition)")
+    if any_growth:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def machine_facts(directory):
+    facts = {"kernel": " ".join(platform.uname()[2:4]) if hasattr(platform, "uname") else "",
+             "python": platform.python_version(), "filesystem": _fs_type(directory),
+             "dir": os.path.realpath(directory), "page_size": PAGE, "cpu_count": os.cpu_count(),
+             "kvmap_version": getattr(kvmap, "__version__", "?"), "lmdb_version": None,
+             "sqlite_version": None}
+    try:
+        import lmdb
+        facts["lmdb_version"] = "py-lmdb %s, LMDB %s" % (lmdb.__version__,
+                                                          ".".join(map(str, lmdb.version())))
+    except Exception:
+        pass
+    try:
+        import sqlite3
+        facts["sqlite_version"] = sqlite3.sqlite_version
+    except Exception:
+        pass
+    return facts
+
+
+def _csv(choices, what):
+    def parse(text):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(bad)} (choose from {', '.join(choices)})")
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="kvmap-bench",
+        description="Benchmark kvmap's I/O backends and growth strategies on this machine, "
+                    "optionally against py-lmdb and sqlite3.")
+    ap.add_argument("--backends", type=_csv(list(BACKENDS), "backend"), default=DEFAULT_BACKENDS,
+                    help="comma list of %s (default %s)" % (", ".join(BACKENDS), ",".join(DEFAULT_BACKENDS)))
+    ap.add_argument("--workloads", type=_csv(WORKLOADS, "workload"), default=list(WORKLOADS),
+                    help="comma list of %s (default all)" % ", ".join(WORKLOADS))
+    ap.add_argument("-n", "--n", type=int, default=50000, help="entries (default 50000)")
+    ap.add_argument("--key-size", type=int, default=16, help="key bytes (default 16)")
+    ap.add_argument("--value-size", type=int, default=100, help="value bytes (default 100)")
+    ap.add_argument("--dir", default=None,
+                    help="directory for the stores (a temporary subdirectory is made in it "
+                         "and removed; default: the system temp dir)")
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions per workload (default 3)")
+    ap.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    ap.add_argument("--peers", type=_csv(PEERS, "peer"), default=[],
+                    help="comma list of lmdb, sqlite3 (default none)")
+    ap.add_argument("--json", metavar="OUT", default=None, help="write all results as JSON")
+    ap.add_argument("--plot", metavar="OUT.png", default=None,
+                    help="write a PNG chart (needs matplotlib)")
+    ap.add_argument("--growth-mib", type=int, default=256,
+                    help="target size of the growth workload in MiB (default 256)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1:
+        print("kvmap-bench: -n, --key-size, --repeat and --growth-mib must be positive", file=sys.stderr)
+        return 2
+    if args.key_size < 8 and 256 ** args.key_size < 2 * args.n:
+        print("kvmap-bench: --key-size too small for -n distinct keys", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("kvmap-bench: --plot needs matplotlib, which is not installed "
+                  "(pip install matplotlib)", file=sys.stderr)
+            return 2
+
+    peers = []
+    for peer in args.peers:
+        try:
+            __import__("lmdb" if peer == "lmdb" else "sqlite3")
+        except ImportError:
+            print(f"kvmap-bench: peer {peer} skipped: "
+                  + ("py-lmdb is not installed (pip install lmdb)" if peer == "lmdb"
+                     else "this Python has no sqlite3 module"), file=sys.stderr)
+            continue
+        peers.append(peer)
+
+    stores = list(args.backends) + peers
+    workloads = [w for w in WORKLOADS if w in args.workloads]
+    n = args.n
+    params = {"backends": list(args.backends), "peers": peers, "workloads": workloads, "n": n,
+              "key_size": args.key_size, "value_size": args.value_size, "repeat": args.repeat,
+              "seed": args.seed, "growth_mib": args.growth_mib,
+              "txn_nosync": max(10, min(2000, n // 5)), "txn_sync": max(10, min(200, n // 10)),
+              "cold_sample": min(n, 2000), "range_queries": max(10, min(2000, n // 10)),
+              "mixed_commits": max(10, min(500, n // 10)), "churn_rounds": 3}
+
+    base = args.dir if args.dir else None
+    if base:
+        os.makedirs(base, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="kvmap-bench-", dir=base)
+    machine = machine_facts(workdir)
+    say(f"kvmap-bench: {len(stores)} stores x {len(workloads)} workloads, N={n}, "
+        f"repeat={args.repeat}, dir={workdir} ({machine['filesystem']})")
+    t_start = time.perf_counter()
+    data = Data(n, args.key_size, args.value_size, args.seed)
+    results = []
+    phases = [(s, w) for s in stores for w in workloads if not (w in KVMAP_ONLY and s not in BACKENDS)]
+    for s in stores:
+        skipped = [w for w in workloads if w in KVMAP_ONLY and s not in BACKENDS]
+        if skipped:
+            say(f"  {s}: skipping {', '.join(skipped)} (kvmap growth strategies only)")
+    k = 0
+    try:
+        for s in stores:
+            store = make_store(s, os.path.join(workdir, s.replace(":", "-")))
+            ctx = {"loaded": False}
+            try:
+                for w in workloads:
+                    if w in KVMAP_ONLY and s not in BACKENDS:
+                        continue
+                    k += 1
+                    t0 = time.perf_counter()
+                    try:
+                        r = run_workload(store, w, data, ctx, params)
+                    except Exception as exc:
+                        r = {"workload": w, "store": s, "throughput": None, "latency_us": None,
+                             "faults": None, "peak_rss": None, "file_size": None, "allocated": None,
+                             "extra": {}, "error": f"{type(exc).__name__}: {exc}"}
+                        print(f"kvmap-bench: {w} on {s} failed: {r['error']}", file=sys.stderr)
+                        with contextlib.suppress(Exception):
+                            store.close()
+                        ctx["loaded"] = False
+                        if w in ("bulk", "growth"):
+                            with contextlib.suppress(Exception):
+                                store.destroy()
+                    results.append(r)
+                    if r.get("throughput"):
+                        tp = r["throughput"]
+                        say(f"[{k}/{len(phases)}] {w:<10} {s:<16} {_fmt_rate(tp['median'])} {tp['unit']}"
+                            f"  ({time.perf_counter() - t0:.1f} s)")
+            finally:
+                with contextlib.suppress(Exception):
+                    store.close()
+                shutil.rmtree(store.dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.perf_counter() - t_start
+    say(f"kvmap-bench: done in {elapsed:.1f} s")
+
+    print(f"kvmap-bench  N={n} key={args.key_size}B value={args.value_size}B repeat={args.repeat} "
+          f"fs={machine['filesystem']} kernel={machine['kernel'].split()[0] if machine['kernel'] else '?'} "
+          f"cpus={machine['cpu_count']}  ({elapsed:.0f} s)")
+    print(render_table(results, stores, workloads, list(args.backends), peers))
+    details = render_details(results)
+    if details:
+        print()
+        print(details)
+    errors = [r for r in results if r.get("error")]
+    if args.json:
+        doc = {"schema": 1, "machine": machine, "params": params, "results": results,
+               "elapsed_s": elapsed}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    if args.plot:
+        write_plot(args.plot, results, stores, workloads)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

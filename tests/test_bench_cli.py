@@ -1,0 +1,141 @@
+"""Smoke tests of the kvmap-bench command line (kvmap.bench).
+
+Only presence and sanity of the figures are checked, never their values.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvmap import bench
+
+ALL_BACKENDS = list(bench.BACKENDS)
+TINY = ["-n", "300", "--repeat", "1", "--growth-mib", "8", "--quiet"]
+
+RESULT_KEYS = {"workload", "store", "throughput", "latency_us", "faults", "peak_rss", "file_size",
+               "allocated", "extra"}
+MACHINE_KEYS = {"kernel", "python", "filesystem", "page_size", "cpu_count", "kvmap_version",
+                "lmdb_version", "sqlite_version"}
+PARAM_KEYS = {"backends", "peers", "workloads", "n", "key_size", "value_size", "repeat", "seed",
+              "growth_mib"}
+LATENCY_WORKLOADS = {"get_cold", "range", "txn_nosync", "txn_sync"}
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One tiny run over every kvmap backend and every workload, with --json."""
+    d = tmp_path_factory.mktemp("bench")
+    out = d / "out.json"
+    rc = bench.main(TINY + ["--backends", ",".join(ALL_BACKENDS), "--dir", str(d / "stores"),
+                            "--json", str(out)])
+    return rc, json.loads(out.read_text()), d
+
+
+def test_json_has_every_workload_and_backend(full_run):
+    rc, doc, d = full_run
+    assert rc == 0
+    assert doc["schema"] == 1
+    assert MACHINE_KEYS <= set(doc["machine"])
+    assert doc["machine"]["page_size"] > 0 and doc["machine"]["cpu_count"] >= 1
+    assert doc["machine"]["filesystem"] and doc["machine"]["filesystem"] != "unknown"
+    assert PARAM_KEYS <= set(doc["params"])
+    assert doc["params"]["backends"] == ALL_BACKENDS
+    assert doc["params"]["workloads"] == bench.WORKLOADS
+    results = {(r["workload"], r["store"]): r for r in doc["results"]}
+    assert len(results) == len(doc["results"])
+    for w in bench.WORKLOADS:
+        for b in ALL_BACKENDS:
+            r = results.get((w, b))
+            assert r is not None, f"missing {w} x {b}"
+            assert RESULT_KEYS <= set(r), (w, b, set(r))
+            assert "error" not in r, r.get("error")
+            tp = r["throughput"]
+            assert tp["unit"] == bench.UNITS[w]
+            for k in ("median", "min", "max"):
+                assert _positive(tp[k]), (w, b, tp)
+            assert tp["min"] <= tp["median"] <= tp["max"]
+            if w in LATENCY_WORKLOADS:
+                lat = r["latency_us"]
+                assert _positive(lat["p50"]) and _positive(lat["p99"]) and lat["p50"] <= lat["p99"]
+            assert r["faults"]["minor"] >= 0 and r["faults"]["major"] >= 0
+            assert _positive(r["peak_rss"])
+            assert _positive(r["file_size"]) and r["allocated"] >= 0
+            assert "syscalls" in r["extra"]
+    for b in ALL_BACKENDS:
+        g = results["growth", b]["extra"]
+        assert g["growth_steps"] >= 1 and g["steps"]
+        assert g["first_read_minflt"] >= 0 and g["reread_minflt"] >= 0
+        assert results["txn_sync", b]["extra"]["fdatasync_per_commit"] > 0
+        assert _positive(results["mixed", b]["extra"]["writer_commits_per_s"])
+        ch = results["churn", b]["extra"]
+        assert _positive(ch["before"]["file_size"]) and _positive(ch["after"]["rss"])
+    # the temporary stores are removed
+    assert not os.listdir(d / "stores")
+
+
+def test_table_renders(tmp_path, capsys):
+    rc = bench.main(TINY + ["--backends", "mmap:reserve,pread", "--dir", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for w in bench.WORKLOADS:
+        assert w in out
+    assert "mmap:reserve" in out and "pread" in out
+    assert "*" in out
+    assert "best kvmap / " not in out  # no peers, no ratio columns
+
+
+def test_plot_writes_png(tmp_path):
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed")
+    png = tmp_path / "out.png"
+    rc = bench.main(TINY + ["--backends", "mmap:reserve,mmap:remap", "--workloads", "get,growth",
+                            "--dir", str(tmp_path), "--plot", str(png)])
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
+    rc = bench.main(TINY + ["--workloads", "get", "--plot", str(tmp_path / "x.png")])
+    assert rc == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_peers_add_rows(tmp_path, capsys):
+    if importlib.util.find_spec("lmdb") is None:
+        pytest.skip("py-lmdb not installed (pip install lmdb)")
+    out = tmp_path / "peers.json"
+    rc = bench.main(TINY + ["--backends", "mmap:reserve", "--peers", "lmdb,sqlite3",
+                            "--dir", str(tmp_path), "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "best kvmap / lmdb" in text and "best kvmap / sqlite3" in text
+    doc = json.loads(out.read_text())
+    assert doc["params"]["peers"] == ["lmdb", "sqlite3"]
+    stores = {(r["workload"], r["store"]) for r in doc["results"] if "error" not in r}
+    for peer in ("lmdb", "sqlite3"):
+        for w in bench.WORKLOADS:
+            if w in bench.KVMAP_ONLY:
+                assert (w, peer) not in stores
+            else:
+                assert (w, peer) in stores, (w, peer)
+    for r in doc["results"]:
+        assert _positive(r["throughput"]["median"]), r
+
+
+def test_bad_option_and_module_entry(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--backends", "mmap:nope"])
+    assert exc.value.code == 2
+    p = subprocess.run([sys.executable, "-m", "kvmap.bench", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "--growth-mib" in p.stdout
