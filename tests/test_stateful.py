@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sortedcontainers import SortedDict
 
 from conftest import CONFIGS, CONFIG_IDS, DEFAULT_CFG, PREAD_CFG, make_value, open_db
+from kvmap.check import check
 
 MAX_KEY = 1000  # spec: db.max_key_size == 1000 at page_size 4096
 
@@ -104,9 +105,19 @@ class KVMachine(RuleBasedStateMachine):
             with contextlib.suppress(Exception):
                 stack.close()
         self.snaps = []
-        with contextlib.suppress(Exception):
+        try:
+            stats = self.db.stats()
             self.db.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+            # the integrity checker agrees with the engine on the file the run left
+            rep = check(self.path)
+            assert rep.ok, rep.problems[:5]
+            assert rep.summary["entries"] == stats["entries"] == len(self.model)
+            assert rep.summary["depth"] == stats["depth"]
+            assert rep.summary["hwm"] == stats["pages"]
+        finally:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- helpers ---------------------------------------------------------
 
