@@ -212,7 +212,7 @@ class Database(_Closing, _Reads, MutableMapping):
             runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
             if runs and self.backend == "mmap":
                 flat = [x for run in runs for x in run]
-                lib.kvm_env_advise_free_released(env, ffi.new("uint64_t[]", flat), len(runs))
+                lib.kvm_env_advise_free(env, ffi.new("uint64_t[]", flat), len(runs))
             out = ffi.new("kvm_txn **")
             rc = lib.kvm_txn_begin(env, 1, out)
             if rc:
@@ -283,7 +283,10 @@ class Database(_Closing, _Reads, MutableMapping):
                     raise error_for(rc)
 
             meta = space.prepare_commit(lib.kvm_txn_id(h), freed, leftovers, self._ensure_pages, write_page)
-            rc = lib.kvm_txn_commit_released(h, ffi.new("uint64_t[6]", meta), self.sync)
+            # Only a syncing commit waits on the disk long enough to be worth
+            # letting other threads run (and waiting to get the GIL back).
+            commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
+            rc = commit(h, ffi.new("uint64_t[6]", meta), self.sync)
             if rc:
                 raise error_for(rc)
         except BaseException:

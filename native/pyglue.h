@@ -9,7 +9,7 @@
 ** switch interval (5 ms), so a writer's commit made of many small calls
 ** crawls while readers iterate (the GIL "convoy").  So the wrappers keep the
 ** GIL, and the calls that wait on the disk release it themselves: open,
-** close, grow (posix_fallocate), commit (pwrite and fdatasync) and madvise.
+** close, grow (posix_fallocate) and a syncing commit (fdatasync).
 ** Like Python's own mmap objects, a read that faults a page in from disk
 ** holds the GIL meanwhile.
 */
@@ -20,7 +20,6 @@ int  kvm_env_open_released(const char *path, const kvm_options *opt, kvm_env **o
 void kvm_env_close_released(kvm_env *e);
 int  kvm_env_grow_released(kvm_env *e, uint64_t pages);
 int  kvm_txn_commit_released(kvm_txn *t, const uint64_t *meta, int sync);
-int  kvm_env_advise_free_released(kvm_env *e, const uint64_t *runs, size_t nruns);
 /* cdef-end */
 
 #define KVM_RELEASED(call) \
@@ -48,13 +47,6 @@ int kvm_txn_commit_released(kvm_txn *t, const uint64_t *meta, int sync)
 {
     int rc;
     KVM_RELEASED(rc = kvm_txn_commit(t, meta, sync));
-    return rc;
-}
-
-int kvm_env_advise_free_released(kvm_env *e, const uint64_t *runs, size_t nruns)
-{
-    int rc;
-    KVM_RELEASED(rc = kvm_env_advise_free(e, runs, nruns));
     return rc;
 }
 
