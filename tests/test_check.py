@@ -59,7 +59,7 @@ def test_crc_reference():
 class _Layout:
     """Pages of a kvmap file, found by walking from the newest valid meta."""
 
-    def __init__(self, path):
+    def __init__(self, path, meta=None):
         self.data = bytearray(open(path, "rb").read())
         metas = []
         for slot in (0, 1):
@@ -67,6 +67,8 @@ class _Layout:
             m = self.data[off:off + 128]
             if m[:8] == b"\x89KVM\r\n\x1a\n" and crc(m[:124]) == struct.unpack_from("<I", m, 124)[0]:
                 metas.append((struct.unpack_from("<Q", m, 16)[0], slot, off))
+        if meta is not None:                    # walk the tree of this meta slot
+            metas = [m for m in metas if m[1] == meta]
         txnid, self.slot, self.meta_off = max(metas)
         self.other_slot = 1 - self.slot
         f = self.meta_fields()
@@ -76,6 +78,9 @@ class _Layout:
         self.leaves = []
         self.overflow_chains = []   # lists of pages
         self.children = {}      # branch page -> [child pages]
+        self.items = {}         # key -> value, read by this parser
+        self.key_leaf = {}      # key -> the leaf page that stores it
+        self.key_chain = {}     # key -> its overflow chain (pages)
         ps = self.ps
         todo = [(f["root"], 0)]
         while todo:
@@ -96,12 +101,19 @@ class _Layout:
                 for i in range(nk):
                     off = struct.unpack_from("<H", b, 32 + 2 * i)[0]
                     klen, vlen = struct.unpack_from("<HI", b, off)
+                    key = bytes(b[off + 6:off + 6 + klen])
+                    self.key_leaf[key] = pg
                     if 8 + klen + vlen > (ps - 32) // 4:
                         first = struct.unpack_from("<Q", b, off + 6 + klen)[0]
                         chain = [first]
                         while len(chain) < -(-vlen // (ps - 32)):
                             chain.append(struct.unpack_from("<Q", self.page(chain[-1]), 24)[0])
                         self.overflow_chains.append(chain)
+                        self.key_chain[key] = chain
+                        value = b"".join(bytes(self.page(c)[32:]) for c in chain)[:vlen]
+                    else:
+                        value = bytes(b[off + 6 + klen:off + 6 + klen + vlen])
+                    self.items[key] = value
         self.leaves_with_overflow = set()
         self.bitmaps = []
         idx = f["free_index"]
@@ -206,6 +218,58 @@ def copy(base, tmp_path):
     return make
 
 
+@pytest.fixture(scope="module")
+def original(base):
+    """Every item of the undamaged base database, read with the engine."""
+    db = kvmap.open(str(base[0]), readonly=True)
+    try:
+        return dict(db.items())
+    finally:
+        db.close()
+
+
+def _keys_on_pages(layout, pages):
+    """Keys stored on ``pages`` per the independent layout: the cells of a
+    leaf in ``pages`` and the keys whose overflow chain touches ``pages``."""
+    pages = set(pages)
+    return ({k for k, leaf in layout.key_leaf.items() if leaf in pages}
+            | {k for k, ch in layout.key_chain.items() if pages.intersection(ch)})
+
+
+def assert_salvaged(damaged_path, tmp_path, original, damaged_pages, layout,
+                    name="salvaged.kv"):
+    """Salvage ``damaged_path`` into a fresh file and check that every entry
+    of ``original`` not stored on ``damaged_pages`` comes back with its
+    value, and that nothing else comes back (a key not on a damaged page
+    with another value, or a key ``original`` does not have).  ``layout``
+    is a _Layout of the same tree as ``original``, taken before the damage."""
+    from kvmap.check import salvage
+    assert layout.items == original          # the independent parser agrees with the engine
+    on_damaged = _keys_on_pages(layout, damaged_pages)
+    assert on_damaged <= set(original)
+    before = open(damaged_path, "rb").read()
+    out = tmp_path / name
+    assert not out.exists()
+    res = salvage(damaged_path, out)
+    assert open(damaged_path, "rb").read() == before        # the source is untouched
+    db = kvmap.open(str(out), readonly=True)
+    try:
+        got = dict(db.items())
+    finally:
+        db.close()
+    missing = sorted(k for k in original if k not in on_damaged and k not in got)
+    wrong = sorted(k for k in original if k not in on_damaged and k in got
+                   and got[k] != original[k])
+    alien = sorted(k for k in got if k not in original)
+    assert not (missing or wrong or alien), (
+        f"salvage of {len(original)} entries ({len(on_damaged)} on damaged pages "
+        f"{sorted(damaged_pages)}): {len(missing)} missing {missing[:5]}, "
+        f"{len(wrong)} with a wrong value {wrong[:5]}, {len(alien)} not in the original "
+        f"{alien[:5]}; damaged_leaves={res.damaged_leaves} orphans={res.orphan_leaves} "
+        f"lost={res.lost} lost_values={res.lost_values}")
+    return res
+
+
 def _kinds(rep):
     return {(p.kind, p.page) for p in rep.problems}
 
@@ -284,7 +348,7 @@ def test_stateful_style_database(tmp_path):
 # the damage corpus
 
 
-def test_leaf_cell_bit_flip(copy):
+def test_leaf_cell_bit_flip(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     leaf = L.leaves[len(L.leaves) // 2]
@@ -297,9 +361,10 @@ def test_leaf_cell_bit_flip(copy):
     assert rep.total_problems == 1
     assert _cli(p) == 1
     assert check(p, quick=True).ok                     # quick does not verify checksums
+    assert_salvaged(p, tmp_path, original, {leaf}, L)   # the flipped leaf's cells are lost
 
 
-def test_branch_separator_bit_flip(copy):
+def test_branch_separator_bit_flip(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     br = [b for b, lvl in L.branches if lvl > 0][0]
@@ -309,9 +374,12 @@ def test_branch_separator_bit_flip(copy):
     rep = check(p)
     assert ("bad-checksum", br) in _kinds(rep)
     assert _cli(p) == 1
+    # only a branch is damaged: it stores no entries, every leaf below it is
+    # intact, so nothing may be lost
+    assert_salvaged(p, tmp_path, original, {br}, L)
 
 
-def test_page_header_bit_flip(copy):
+def test_page_header_bit_flip(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     leaf = L.leaves[3]
@@ -323,9 +391,10 @@ def test_page_header_bit_flip(copy):
     assert ("bad-header", leaf) in k
     assert _cli(p) == 1
     assert ("bad-header", leaf) in _kinds(check(p, quick=True))
+    assert_salvaged(p, tmp_path, original, {leaf}, L)   # the leaf with the bad header
 
 
-def test_overflow_page_bit_flip(copy):
+def test_overflow_page_bit_flip(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     chain = L.overflow_chains[0]
@@ -335,9 +404,11 @@ def test_overflow_page_bit_flip(copy):
     rep = check(p)
     assert {(p_.kind, p_.page) for p_ in rep.problems} == {("bad-checksum", pg)}
     assert check(p, quick=True).ok
+    assert _cli(p) == 1
+    assert_salvaged(p, tmp_path, original, {pg}, L)     # loses the one value on that chain
 
 
-def test_two_pages_swapped(copy):
+def test_two_pages_swapped(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     a, b = L.leaves[2], L.leaves[-3]
@@ -350,9 +421,12 @@ def test_two_pages_swapped(copy):
     assert ("bad-header", a) in k and ("bad-header", b) in k
     assert not any(x.kind == "bad-checksum" for x in rep.problems)   # the pages are intact
     assert _cli(p) == 1
+    # both slots hold the wrong page: the damaged set is {a, b} (their cells
+    # sit intact but at the wrong page number); every other leaf must survive
+    assert_salvaged(p, tmp_path, original, {a, b}, L)
 
 
-def test_page_referenced_twice(copy):
+def test_page_referenced_twice(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     overflow = {pg for ch in L.overflow_chains for pg in ch}
@@ -372,9 +446,12 @@ def test_page_referenced_twice(copy):
     assert not any(x.kind == "bad-checksum" for x in rep.problems)
     assert _cli(p) == 1
     assert overflow    # (the corpus has overflow chains)
+    # only the branch was changed (no entries on it); the cut-off leaf ``old``
+    # is intact, so nothing may be lost
+    assert_salvaged(p, tmp_path, original, {br}, L)
 
 
-def test_leaked_page(copy):
+def test_leaked_page(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     free = L.free_pages()
@@ -388,9 +465,12 @@ def test_leaked_page(copy):
     rep = check(p)
     assert [(x.kind, x.page) for x in rep.problems] == [("leaked", pg)]
     assert _cli(p) == 1
+    # the bitmap page and the meta were changed; neither stores entries, and
+    # the leaked page was free: nothing may be lost
+    assert_salvaged(p, tmp_path, original, {bm}, L)
 
 
-def test_leaked_page_without_meta_fix(copy):
+def test_leaked_page_without_meta_fix(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     pg, bm = L.free_pages()[0]
@@ -401,9 +481,11 @@ def test_leaked_page_without_meta_fix(copy):
     rep = check(p)
     assert {x.kind for x in rep.problems} == {"leaked", "free-count"}
     assert ("leaked", pg) in _kinds(rep)
+    assert _cli(p) == 1
+    assert_salvaged(p, tmp_path, original, {bm}, L)     # as above: nothing may be lost
 
 
-def test_free_page_also_in_tree(copy):
+def test_free_page_also_in_tree(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     leaf = L.leaves[5]
@@ -417,6 +499,9 @@ def test_free_page_also_in_tree(copy):
     rep = check(p)
     assert [(x.kind, x.page) for x in rep.problems] == [("reachable-and-free", leaf)]
     assert _cli(p) == 1
+    # only the bitmap (and meta) changed; the leaf itself is intact and in
+    # the tree, so its cells must come back too
+    assert_salvaged(p, tmp_path, original, {bm}, L)
 
 
 def test_truncated_mid_page(copy):
@@ -427,6 +512,9 @@ def test_truncated_mid_page(copy):
     rep = check(p)
     assert ("truncated", L.hwm - 7) in _kinds(rep)
     assert _cli(p) == 1
+    # Salvage of a truncated file is not asserted yet: it falls back to the
+    # older meta (or to orphan leaves) and can return older values and
+    # deleted keys -- an open gap of the checker issue.
 
 
 def test_truncated_at_page_boundary(copy):
@@ -439,6 +527,7 @@ def test_truncated_at_page_boundary(copy):
     assert ("truncated", keep) in k
     assert any(x.kind == "out-of-range" and x.page >= keep for x in rep.problems)
     assert _cli(p) == 1
+    # Salvage: see test_truncated_mid_page.
 
 
 def test_truncated_to_nothing(copy, tmp_path):
@@ -450,7 +539,7 @@ def test_truncated_to_nothing(copy, tmp_path):
     assert _cli(tmp_path / "missing.kv") == 2
 
 
-def test_newest_meta_zeroed(copy):
+def test_newest_meta_zeroed(base, copy, tmp_path):
     p = copy()
     L = _Layout(p)
     newest, older = L.slot, L.other_slot
@@ -462,9 +551,14 @@ def test_newest_meta_zeroed(copy):
     assert any(f"meta {newest} is damaged" in n and f"using meta {older}" in n
                for n in rep.meta_notes)
     assert _cli(p) == 1
+    # salvage goes by the older meta: expect its whole tree (read by the
+    # independent parser from the base file), no data page is damaged
+    old = _Layout(base[0], meta=older)
+    res = assert_salvaged(p, tmp_path, old.items, set(), old)
+    assert res.meta_used == older
 
 
-def test_newest_meta_torn(copy):
+def test_newest_meta_torn(base, copy, tmp_path):
     p = copy()
     L = _Layout(p)
     L.data[L.meta_off + 40] ^= 1                        # entries, checksum not fixed
@@ -473,6 +567,10 @@ def test_newest_meta_torn(copy):
     assert rep.meta_used == L.other_slot
     assert ("meta-damaged", L.slot) in _kinds(rep)
     assert "checksum mismatch" in rep.problems[0].message
+    assert _cli(p) == 1
+    old = _Layout(base[0], meta=L.other_slot)        # as for the zeroed meta
+    res = assert_salvaged(p, tmp_path, old.items, set(), old)
+    assert res.meta_used == L.other_slot
 
 
 def test_both_metas_bad(copy, capsys):
@@ -489,7 +587,7 @@ def test_both_metas_bad(copy, capsys):
     assert json.loads(capsys.readouterr().out)["unreadable"] is True
 
 
-def test_overflow_chain_cycle(copy):
+def test_overflow_chain_cycle(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     chain = L.overflow_chains[0]
@@ -500,9 +598,11 @@ def test_overflow_chain_cycle(copy):
     rep = check(p)
     assert [(x.kind, x.page) for x in rep.problems] == [("overflow-chain", last)]
     assert ("overflow-chain", last) in _kinds(check(p, quick=True))
+    assert _cli(p) == 1
+    assert_salvaged(p, tmp_path, original, {last}, L)   # loses only that chain's value
 
 
-def test_overflow_chain_shared(copy):
+def test_overflow_chain_shared(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     a, b = L.overflow_chains[0], L.overflow_chains[1]
@@ -514,10 +614,13 @@ def test_overflow_chain_shared(copy):
     assert ("double-reference", b[1]) in k or ("double-reference", b[2]) in k
     for pg in a[1:]:
         assert ("leaked", pg) in k
+    assert _cli(p) == 1
+    # only a[0] was changed: a's value is lost, b's (intact) must come back
+    assert_salvaged(p, tmp_path, original, {a[0]}, L)
 
 
 @pytest.mark.parametrize("which", ["newest", "older"])
-def test_wrong_page_size_in_meta(copy, which):
+def test_wrong_page_size_in_meta(base, copy, tmp_path, original, which):
     p = copy()
     L = _Layout(p)
     slot = L.slot if which == "newest" else L.other_slot
@@ -533,9 +636,16 @@ def test_wrong_page_size_in_meta(copy, which):
     assert rep.meta_used == 1 - slot
     assert rep.summary["page_size"] == 4096
     assert _cli(p) == 1
+    # only a meta page is damaged: the other meta's whole tree must come back
+    if which == "newest":
+        used = _Layout(base[0], meta=1 - slot)
+        res = assert_salvaged(p, tmp_path, used.items, set(), used)
+    else:
+        res = assert_salvaged(p, tmp_path, original, set(), L)
+    assert res.meta_used == 1 - slot
 
 
-def test_hostile_meta_fields(copy):
+def test_hostile_meta_fields(copy, tmp_path, original):
     """A meta with a huge hwm and a checksum that matches: no crash, no
     huge allocation."""
     p = copy()
@@ -547,6 +657,9 @@ def test_hostile_meta_fields(copy):
     rep = check(p)
     assert not rep.ok
     assert any(x.kind == "truncated" for x in rep.problems)
+    assert _cli(p) == 1
+    # only the metas' hwm is wrong; every data page is intact
+    assert_salvaged(p, tmp_path, original, set(), L)
 
 
 def test_progress_callback(base):
@@ -557,7 +670,7 @@ def test_progress_callback(base):
     assert all(0 <= d <= t for d, t in calls)
 
 
-def test_max_errors_caps_the_list(copy):
+def test_max_errors_caps_the_list(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     for leaf in L.leaves[:30]:
@@ -566,6 +679,7 @@ def test_max_errors_caps_the_list(copy):
     rep = check(p, max_errors=10)
     assert len(rep.problems) == 10
     assert rep.total_problems >= 30
+    assert_salvaged(p, tmp_path, original, set(L.leaves[:30]), L)
 
 
 # ---------------------------------------------------------------------------
