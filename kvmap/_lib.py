@@ -27,6 +27,12 @@ _CODES = {
 }
 
 
+def runs_array(runs):
+    """A ``uint64_t[]`` of page runs ``[(start, count), ...]`` flattened, as
+    the C calls that take runs want it."""
+    return ffi.new("uint64_t[]", [x for run in runs for x in run])
+
+
 def error_for(rc):
     """The exception for C return code ``rc`` (with the C side's message)."""
     msg = ffi.string(lib.kvm_errmsg()).decode("utf-8", "replace")

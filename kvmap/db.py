@@ -16,7 +16,7 @@ import threading
 import weakref
 from collections.abc import MutableMapping
 
-from ._lib import MISSING, error_for, ffi, lib
+from ._lib import MISSING, error_for, ffi, lib, runs_array
 from .errors import LockedError, ReadOnlyError
 from .space import FreeSpace
 from .txn import Snapshot, Transaction, _Closing, _Reads, scan
@@ -211,8 +211,7 @@ class Database(_Closing, _Reads, MutableMapping):
             runs = self._space.release(min(lib.kvm_env_oldest_reader(env), txnid - 2))
             runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
             if runs and self.backend == "mmap":
-                flat = [x for run in runs for x in run]
-                lib.kvm_env_advise_free(env, ffi.new("uint64_t[]", flat), len(runs))
+                lib.kvm_env_advise_free(env, runs_array(runs), len(runs))
             out = ffi.new("kvm_txn **")
             rc = lib.kvm_txn_begin(env, 1, out)
             if rc:
@@ -257,7 +256,7 @@ class Database(_Closing, _Reads, MutableMapping):
         try:
             runs = self._space.take(max(need, 64))
             self._ensure_pages(self._space.hwm)
-            rc = lib.kvm_txn_pool_add(txn._h, ffi.new("uint64_t[]", [x for r in runs for x in r]), len(runs))
+            rc = lib.kvm_txn_pool_add(txn._h, runs_array(runs), len(runs))
             if rc:
                 raise error_for(rc)
         except BaseException:

@@ -30,7 +30,7 @@ import struct
 
 from sortedcontainers import SortedDict
 
-from ._lib import error_for, ffi, lib
+from ._lib import error_for, ffi, lib, runs_array
 from .errors import CorruptionError
 
 PAGE_HEADER = 32
@@ -64,10 +64,6 @@ def _runs(pages):
         prev = pg
     runs.append((start, prev - start + 1))
     return runs
-
-
-def _flat(runs):
-    return ffi.new("uint64_t[]", [x for run in runs for x in run])
 
 
 class FreeSpace:
@@ -134,13 +130,13 @@ class FreeSpace:
         for s, n in runs:
             if s + n > self.hwm:
                 raise CorruptionError(f"free pages [{s}, {s + n}) outside the database")
-        rc = lib.kvm_fm_add(self.fm, _flat(runs), len(runs))
+        rc = lib.kvm_fm_add(self.fm, runs_array(runs), len(runs))
         if rc:
             raise error_for(rc)
         self._mark(runs)
 
     def _remove(self, runs):
-        rc = lib.kvm_fm_remove(self.fm, _flat(runs), len(runs))
+        rc = lib.kvm_fm_remove(self.fm, runs_array(runs), len(runs))
         if rc:
             raise error_for(rc)
         self._mark(runs)
