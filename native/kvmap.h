@@ -139,6 +139,38 @@ uint64_t kvm_fm_tail(kvm_freemap *fm, uint64_t end);
 void     kvm_fm_encode(kvm_freemap *fm, uint64_t first, uint64_t nbits, char *out);
 int64_t  kvm_fm_decode(kvm_freemap *fm, uint64_t first, uint64_t nbits, const char *in, uint64_t limit);
 size_t   kvm_fm_runs(kvm_freemap *fm, uint64_t lo, uint64_t hi, uint64_t *runs, size_t cap);
+
+/* Fault injection, for tests (os.c).  Every system call of the core goes
+** through one table; kvm_fault_set(call, nth, err, persistent) makes the
+** nth call of `call` from now on (1 = the next) fail with errno `err`
+** without being made -- and every later one too when `persistent` -- or,
+** with err KVM_FAULT_KILL, SIGKILLs the process just before that call.
+** nth 0 disarms and only counts.  Setting a call resets its counters;
+** kvm_fault_clear() disarms and resets every call.  The hook, when set,
+** replaces every fdatasync (a power-loss simulator's durability points);
+** it returns what fdatasync would.  Process-wide: tests only. */
+#define KVM_SYS_OPEN       0
+#define KVM_SYS_CLOSE      1
+#define KVM_SYS_FSTAT      2
+#define KVM_SYS_FLOCK      3
+#define KVM_SYS_PREAD      4
+#define KVM_SYS_PWRITE     5
+#define KVM_SYS_FDATASYNC  6
+#define KVM_SYS_FSYNC_DIR  7
+#define KVM_SYS_FALLOCATE  8
+#define KVM_SYS_FTRUNCATE  9
+#define KVM_SYS_MMAP      10
+#define KVM_SYS_MUNMAP    11
+#define KVM_SYS_MREMAP    12
+#define KVM_SYS_MADVISE   13
+#define KVM_SYS_NCALLS    14
+#define KVM_FAULT_KILL    -1
+typedef int (*kvm_sync_hook)(int fd);
+int      kvm_fault_set(int call, uint64_t nth, int err, int persistent);
+void     kvm_fault_clear(void);
+uint64_t kvm_fault_calls(int call);
+uint64_t kvm_fault_failures(int call);
+void     kvm_set_sync_hook(kvm_sync_hook hook);
 /* cdef-end */
 
 #endif

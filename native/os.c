@@ -2,6 +2,14 @@
 ** os.c -- the default system-call table (see os.h).  Each entry is a thin
 ** wrapper that counts the call; errors come back as the call reports them
 ** (-1 with errno, or an errno value for posix_fallocate).
+**
+** Fault injection, for tests (kvm_fault_set in kvmap.h): each entry first
+** counts itself in fault_calls[] and, when the count reaches the armed N-th
+** call (and after it, for a persistent fault), fails with the armed errno
+** without making the call -- or SIGKILLs the process, so a crash test can
+** stop the engine between any two system calls.  A sync hook, when set,
+** replaces fdatasync, so a power-loss simulator sees every durability point.
+** Unarmed, the cost is one relaxed atomic add per system call.
 */
 #define _GNU_SOURCE
 #include "os.h"
@@ -11,28 +19,123 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <signal.h>
 #include <string.h>
 #include <stdlib.h>
+#include "kvmap.h"
 
 kvm_os_counts kvm_sys_counts;
 #define COUNT(f) __atomic_add_fetch(&kvm_sys_counts.f, 1, __ATOMIC_RELAXED)
 
-static int os_open(const char *path, int flags, int mode) { return open(path, flags | O_CLOEXEC, mode); }
-static int os_close(int fd) { return close(fd); }
+typedef struct fault {
+    uint64_t fail_at;       /* 0: never; else the call number that fails */
+    int      err;           /* errno to fail with, or KVM_FAULT_KILL */
+    int      persistent;    /* every call after fail_at fails too */
+} fault;
+static fault faults[KVM_SYS_NCALLS];
+static uint64_t fault_calls[KVM_SYS_NCALLS], fault_failures[KVM_SYS_NCALLS];
+static kvm_sync_hook sync_hook;
+
+/* 1 (errno set) when this call is to fail; kills the process for a KILL fault. */
+static int fault_inject(int call)
+{
+    uint64_t n = __atomic_add_fetch(&fault_calls[call], 1, __ATOMIC_RELAXED);
+    uint64_t at = __atomic_load_n(&faults[call].fail_at, __ATOMIC_ACQUIRE);
+    if (!at || n < at || (n > at && !faults[call].persistent))
+        return 0;
+    __atomic_add_fetch(&fault_failures[call], 1, __ATOMIC_RELAXED);
+    if (faults[call].err == KVM_FAULT_KILL)
+        kill(getpid(), SIGKILL);
+    errno = faults[call].err;
+    return 1;
+}
+
+int kvm_fault_set(int call, uint64_t nth, int err, int persistent)
+{
+    if (call < 0 || call >= KVM_SYS_NCALLS || (err <= 0 && err != KVM_FAULT_KILL))
+        return KVM_INVALID;
+    __atomic_store_n(&faults[call].fail_at, 0, __ATOMIC_RELEASE);
+    faults[call].err = err;
+    faults[call].persistent = persistent;
+    __atomic_store_n(&fault_calls[call], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&fault_failures[call], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&faults[call].fail_at, nth, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void kvm_fault_clear(void)
+{
+    for (int c = 0; c < KVM_SYS_NCALLS; c++) {
+        __atomic_store_n(&faults[c].fail_at, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&fault_calls[c], 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&fault_failures[c], 0, __ATOMIC_RELAXED);
+    }
+}
+
+uint64_t kvm_fault_calls(int call)
+{
+    return call >= 0 && call < KVM_SYS_NCALLS ? __atomic_load_n(&fault_calls[call], __ATOMIC_RELAXED) : 0;
+}
+
+uint64_t kvm_fault_failures(int call)
+{
+    return call >= 0 && call < KVM_SYS_NCALLS ? __atomic_load_n(&fault_failures[call], __ATOMIC_RELAXED) : 0;
+}
+
+void kvm_set_sync_hook(kvm_sync_hook hook) { __atomic_store_n(&sync_hook, hook, __ATOMIC_RELEASE); }
+
+#define FAULT(call, failed) \
+    do {                        \
+        if (fault_inject(call)) \
+            return failed;      \
+    } while (0)
+
+static int os_open(const char *path, int flags, int mode)
+{
+    FAULT(KVM_SYS_OPEN, -1);
+    return open(path, flags | O_CLOEXEC, mode);
+}
+static int os_close(int fd)
+{
+    FAULT(KVM_SYS_CLOSE, -1);
+    return close(fd);
+}
 static int os_fstat_size(int fd, uint64_t *size)
 {
+    FAULT(KVM_SYS_FSTAT, -1);
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -1;
     *size = (uint64_t)st.st_size;
     return 0;
 }
-static int os_flock(int fd, int op) { return flock(fd, op); }
-static ssize_t os_pread(int fd, void *b, size_t n, off_t o) { COUNT(pread); return pread(fd, b, n, o); }
-static ssize_t os_pwrite(int fd, const void *b, size_t n, off_t o) { COUNT(pwrite); return pwrite(fd, b, n, o); }
-static int os_fdatasync(int fd) { COUNT(fdatasync); return fdatasync(fd); }
+static int os_flock(int fd, int op)
+{
+    FAULT(KVM_SYS_FLOCK, -1);
+    return flock(fd, op);
+}
+static ssize_t os_pread(int fd, void *b, size_t n, off_t o)
+{
+    FAULT(KVM_SYS_PREAD, -1);
+    COUNT(pread);
+    return pread(fd, b, n, o);
+}
+static ssize_t os_pwrite(int fd, const void *b, size_t n, off_t o)
+{
+    FAULT(KVM_SYS_PWRITE, -1);
+    COUNT(pwrite);
+    return pwrite(fd, b, n, o);
+}
+static int os_fdatasync(int fd)
+{
+    FAULT(KVM_SYS_FDATASYNC, -1);
+    COUNT(fdatasync);
+    kvm_sync_hook hook = __atomic_load_n(&sync_hook, __ATOMIC_ACQUIRE);
+    return hook ? hook(fd) : fdatasync(fd);
+}
 static int os_fsync_dir(const char *path)
 {
+    FAULT(KVM_SYS_FSYNC_DIR, -1);
     /* Make a new file's directory entry durable: fsync the parent directory. */
     char *dir = strdup(path);
     if (!dir)
@@ -54,18 +157,43 @@ static int os_fsync_dir(const char *path)
     free(dir);
     return rc;
 }
-static int os_posix_fallocate(int fd, off_t o, off_t l) { COUNT(fallocate); return posix_fallocate(fd, o, l); }
-static int os_ftruncate(int fd, off_t l) { return ftruncate(fd, l); }
-static void *os_mmap(void *a, size_t l, int p, int f, int fd, off_t o) { COUNT(mmap); return mmap(a, l, p, f, fd, o); }
-static int os_munmap(void *a, size_t l) { COUNT(munmap); return munmap(a, l); }
-static void *os_mremap(void *o, size_t ol, size_t nl, int f) { COUNT(mremap); return mremap(o, ol, nl, f); }
-static int os_madvise(void *a, size_t l, int adv) { COUNT(madvise); return madvise(a, l, adv); }
+static int os_posix_fallocate(int fd, off_t o, off_t l)
+{
+    if (fault_inject(KVM_SYS_FALLOCATE))
+        return errno;
+    COUNT(fallocate);
+    return posix_fallocate(fd, o, l);
+}
+static int os_ftruncate(int fd, off_t l)
+{
+    FAULT(KVM_SYS_FTRUNCATE, -1);
+    return ftruncate(fd, l);
+}
+static void *os_mmap(void *a, size_t l, int p, int f, int fd, off_t o)
+{
+    FAULT(KVM_SYS_MMAP, MAP_FAILED);
+    COUNT(mmap);
+    return mmap(a, l, p, f, fd, o);
+}
+static int os_munmap(void *a, size_t l)
+{
+    FAULT(KVM_SYS_MUNMAP, -1);
+    COUNT(munmap);
+    return munmap(a, l);
+}
+static void *os_mremap(void *o, size_t ol, size_t nl, int f)
+{
+    FAULT(KVM_SYS_MREMAP, MAP_FAILED);
+    COUNT(mremap);
+    return mremap(o, ol, nl, f);
+}
+static int os_madvise(void *a, size_t l, int adv)
+{
+    FAULT(KVM_SYS_MADVISE, -1);
+    COUNT(madvise);
+    return madvise(a, l, adv);
+}
 
-const kvm_os kvm_sys_default = {
-    os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
-    os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
-    os_mmap, os_munmap, os_mremap, os_madvise,
-};
 kvm_os kvm_sys = {
     os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,

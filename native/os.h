@@ -29,10 +29,10 @@ typedef struct kvm_os {
 } kvm_os;
 
 extern kvm_os kvm_sys;          /* the table in use */
-extern const kvm_os kvm_sys_default;
 
 /* Counters of calls made through the table (process-wide; for stats and
-** kvmap-bench). */
+** kvmap-bench).  Fault injection (kvm_fault_set, kvmap.h) and its per-call
+** counters live in os.c too: every default entry asks fault_inject() first. */
 typedef struct kvm_os_counts {
     uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise;
 } kvm_os_counts;
