@@ -698,7 +698,7 @@ static int64_t get_locked(kvm_txn *t, const uint8_t *key, size_t klen, uint8_t *
     return value_copy(t, &c, out, cap);
 }
 
-int64_t kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
+static int64_t get_op(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
 {
     int rc = key_check(t, klen);
     if (rc)
@@ -709,21 +709,29 @@ int64_t kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
     return r;
 }
 
+/* The public calls that read or write mapped memory run under the SIGBUS
+** guard (guard.h); the *_op functions are their bodies. */
+int64_t kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
+{
+    int64_t r;
+    GUARDED(t->env, t, r, get_op(t, key, klen, out, cap));
+    return r;
+}
+
 int64_t kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap)
 {
     kvm_txn r = {.env = e, .slot = -1};
     int rc = key_check(&r, klen);
     if (rc || (rc = snapshot_acquire(e, &r)))
         return rc;
-    op_enter(e);
-    int64_t v = get_locked(&r, (const uint8_t *)key, klen, (uint8_t *)out, cap);
-    op_leave(e);
+    int64_t v;
+    GUARDED(e, NULL, v, get_op(&r, key, klen, out, cap));
     snapshot_release(e, &r);
     return v;
 }
 
-int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
-                 char *out, size_t cap, int64_t *lens, size_t *done)
+static int get_many_op(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
+                       char *out, size_t cap, int64_t *lens, size_t *done)
 {
     size_t off = 0, i;
     int rc = 0;
@@ -751,7 +759,7 @@ int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
     return rc;
 }
 
-int kvm_put(kvm_txn *t, const char *key_, size_t klen, const char *val_, size_t vlen)
+static int put_op(kvm_txn *t, const char *key_, size_t klen, const char *val_, size_t vlen)
 {
     const uint8_t *key = (const uint8_t *)key_, *val = (const uint8_t *)val_;
     kvm_env *e = t->env;
@@ -812,7 +820,7 @@ out:
     return rc;
 }
 
-int kvm_del(kvm_txn *t, const char *key_, size_t klen)
+static int del_op(kvm_txn *t, const char *key_, size_t klen)
 {
     const uint8_t *key = (const uint8_t *)key_;
     int rc = key_check(t, klen);
@@ -843,6 +851,29 @@ int kvm_del(kvm_txn *t, const char *key_, size_t klen)
 out:
     op_leave(t->env);
     return rc;
+}
+
+int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
+                 char *out, size_t cap, int64_t *lens, size_t *done)
+{
+    int r;
+    *done = 0;
+    GUARDED(t->env, t, r, get_many_op(t, keys, klens, n, out, cap, lens, done));
+    return r;
+}
+
+int kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen)
+{
+    int r;
+    GUARDED(t->env, t, r, put_op(t, key, klen, val, vlen));
+    return r;
+}
+
+int kvm_del(kvm_txn *t, const char *key, size_t klen)
+{
+    int r;
+    GUARDED(t->env, t, r, del_op(t, key, klen));
+    return r;
 }
 
 /* --------------------------------------------------------------- cursors */
@@ -984,7 +1015,7 @@ static int cur_seek(kvm_cursor *c, const uint8_t *key, size_t klen, int mode)
     return cur_save_key(c);
 }
 
-int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
+static int cursor_seek_op(kvm_cursor *c, const char *key, size_t klen, int mode)
 {
     if (mode < KVM_SEEK_FIRST || mode > KVM_SEEK_LT)
         return kvm_err(KVM_INVALID, "bad seek mode");
@@ -996,8 +1027,8 @@ int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
     return rc;
 }
 
-int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, int flags,
-                         const char *stop_, size_t stoplen)
+static int64_t cursor_fetch_op(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, int flags,
+                               const char *stop_, size_t stoplen)
 {
     kvm_txn *t = c->t;
     uint8_t *buf = (uint8_t *)buf_;
@@ -1067,4 +1098,19 @@ int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, 
     }
     op_leave(t->env);
     return rc ? rc : (int64_t)used;
+}
+
+int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
+{
+    int r;
+    GUARDED(c->t->env, c->t, r, cursor_seek_op(c, key, klen, mode));
+    return r;
+}
+
+int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
+                         const char *stop, size_t stoplen)
+{
+    int64_t r;
+    GUARDED(c->t->env, c->t, r, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen));
+    return r;
 }

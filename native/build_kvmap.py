@@ -13,7 +13,7 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["os.c", "crc32c.c", "pager.c", "btree.c", "freemap.c"]
+SOURCES = ["os.c", "crc32c.c", "guard.c", "pager.c", "btree.c", "freemap.c"]
 WARNINGS = ["-Wall", "-Wextra", "-std=gnu11"]
 
 

@@ -10,6 +10,7 @@
 #include "format.h"
 #include "kvmap.h"
 #include "os.h"
+#include "guard.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -80,6 +81,7 @@ struct kvm_txn {
     uint64_t  entries;
     uint64_t  limit;             /* pages below this number exist */
     uint64_t  mod;               /* bumped by every change (cursors re-seek) */
+    int       broken;            /* a write txn hit a SIGBUS mid-change: abort only */
     /* write transactions only */
     dirty_ent *dirty;
     size_t     ndirty, dcap;     /* dirty: open-addressing table of dcap slots */
@@ -115,6 +117,7 @@ int  pg_free(kvm_txn *t, pgno_t pg);
 int  pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type);
 void op_enter(kvm_env *e);
 void op_leave(kvm_env *e);
+extern __thread int kvm_op_depth;    /* op_enter()s not yet left (guard.c) */
 int  snapshot_acquire(kvm_env *e, kvm_txn *t);
 void snapshot_release(kvm_env *e, kvm_txn *t);
 

@@ -254,6 +254,7 @@ uint64_t kvm_env_oldest_reader(kvm_env *e)
 
 void op_enter(kvm_env *e)
 {
+    kvm_op_depth++;
     if (e->backend == KVM_BACKEND_PREAD)
         pthread_mutex_lock(&e->cache_lock);
     else if (e->map_moves)
@@ -262,6 +263,7 @@ void op_enter(kvm_env *e)
 
 void op_leave(kvm_env *e)
 {
+    kvm_op_depth--;
     if (e->backend == KVM_BACKEND_PREAD)
         pthread_mutex_unlock(&e->cache_lock);
     else if (e->map_moves)
@@ -361,6 +363,20 @@ static int map_extend(kvm_env *e, uint64_t len)
     return 0;
 }
 
+/* A file cut short under us (by another process: flock is advisory) would
+** fault in the mapping or be silently extended with holes by the next
+** write: say so before a transaction starts and before the file grows. */
+static int file_intact(kvm_env *e)
+{
+    uint64_t size;
+    if (kvm_sys.fstat_size(e->fd, &size) != 0)
+        return kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
+    if (size < e->file_size)
+        return kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
+                       "needs %llu", e->path, (unsigned long long)size, (unsigned long long)e->file_size);
+    return 0;
+}
+
 int kvm_env_grow(kvm_env *e, uint64_t pages)
 {
     if (e->readonly)
@@ -372,7 +388,10 @@ int kvm_env_grow(kvm_env *e, uint64_t pages)
     uint64_t len = pages * e->psize;
     if (len <= e->file_size)
         return 0;
-    int rc = kvm_sys.posix_fallocate(e->fd, (off_t)e->file_size, (off_t)(len - e->file_size));
+    int rc = file_intact(e);
+    if (rc)
+        return rc;
+    rc = kvm_sys.posix_fallocate(e->fd, (off_t)e->file_size, (off_t)(len - e->file_size));
     if (rc != 0) {
         kvm_sys.ftruncate(e->fd, (off_t)e->file_size);   /* ext4 keeps what it got */
         return kvm_err_sys(space_code(rc), rc, "growing the database file");
@@ -713,13 +732,16 @@ static void txn_free(kvm_txn *t)
 
 int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
 {
+    int rc = file_intact(e);
+    if (rc)
+        return rc;
     kvm_txn *t = calloc(1, sizeof *t);
     if (!t)
         return kvm_err(KVM_NOMEM, "allocating a transaction");
     t->env = e;
     t->slot = -1;
     if (!write) {
-        int rc = snapshot_acquire(e, t);
+        rc = snapshot_acquire(e, t);
         if (rc) {
             free(t);
             return rc;
@@ -812,8 +834,8 @@ size_t kvm_txn_pool(kvm_txn *t, const uint64_t **out)
 int64_t kvm_txn_entries(kvm_txn *t) { return (int64_t)t->entries; }
 uint64_t kvm_txn_id(kvm_txn *t) { return t->txnid; }
 
-int kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint64_t next,
-                       const char *body, size_t len)
+static int write_page_op(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint64_t next,
+                         const char *body, size_t len)
 {
     kvm_env *e = t->env;
     if (!t->write || pgno < 2 || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
@@ -829,6 +851,14 @@ int kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint
     if (pgno >= t->limit)
         t->limit = pgno + 1;
     return 0;
+}
+
+int kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint64_t next,
+                       const char *body, size_t len)
+{
+    int rc;
+    GUARDED(t->env, t, rc, write_page_op(t, pgno, type, nkeys, next, body, len));   /* writemap */
+    return rc;
 }
 
 static int cmp_dirty(const void *a, const void *b)
@@ -853,6 +883,15 @@ static int write_page(kvm_env *e, const uint8_t *p, pgno_t pg)
         if (n == 0)
             return kvm_err_sys(KVM_IO, EIO, "writing pages");
         done += (size_t)n;
+    }
+    return 0;
+}
+
+static int checksum_pages(kvm_txn *t, dirty_ent **order, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *p = dirty_ptr(t, order[i]);
+        wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, t->env->psize - 4));
     }
     return 0;
 }
@@ -884,11 +923,8 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
             order[n++] = &t->dirty[i];
         }
     qsort(order, n, sizeof *order, cmp_dirty);
-    for (size_t i = 0; i < n; i++) {
-        uint8_t *p = dirty_ptr(t, order[i]);
-        wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, e->psize - 4));
-    }
-    int rc = 0;
+    int rc;
+    GUARDED(e, t, rc, checksum_pages(t, order, n));   /* writemap: the pages are mapped */
     for (size_t i = 0; i < n && !rc && !e->writemap; i++)
         rc = write_page(e, order[i]->buf, order[i]->pgno);
     if (!rc && sync && kvm_sys.fdatasync(e->fd) != 0) {
@@ -1152,7 +1188,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     e->file_size = e->file_size / e->psize * e->psize;
     e->max_cell = (e->psize - PH_SIZE) / 4;
     e->max_key = e->max_cell - 16;
-    if (e->backend == KVM_BACKEND_MMAP)
+    if (e->backend == KVM_BACKEND_MMAP && !(rc = guard_install()))
         rc = map_open(e, opt->map_size);
     else
         rc = cache_init(&e->cache, opt->cache_bytes / e->psize, e->psize);

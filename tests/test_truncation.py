@@ -1,0 +1,92 @@
+"""A database file cut short by another process while it is open.
+
+flock is advisory, so nothing stops another process from truncating the file.
+Through a MAP_SHARED mapping the pages past the new end raise SIGBUS on access;
+the engine must turn that into a kvmap.Error, never die of it (guard.c), and
+must refuse new snapshots and transactions, and growth, on a file shorter than
+the database (pager.c file_intact).  Each case runs in a child process so that
+a SIGBUS that escapes fails the test instead of killing pytest.
+"""
+
+import pytest
+
+from conftest import ALL_CONFIG_PARAMS, assert_child_ok, run_python
+
+TRUNCATE_CHILD = r"""
+import os, kvmap
+path, cfg = ARGS["path"], ARGS["cfg"]
+db = kvmap.open(path, **cfg)
+with db.transaction() as t:
+    for i in range(20000):
+        t[b"k%06d" % i] = b"v" * 100
+snap = db.snapshot()
+writer = db.transaction() if ARGS["open_writer"] else None
+os.truncate(path, 4 * db.page_size)       # what another process could do
+
+def outcome(fn):
+    try:
+        fn()
+        return "ok"
+    except kvmap.Error as e:
+        return type(e).__name__
+
+def write():
+    if writer is None:
+        db[b"new"] = b"1"
+        return
+    for i in range(20000):                  # touches pages past the new end
+        writer.put(b"k%06d" % i, b"w" * 100)
+
+print("get", outcome(lambda: db[b"k019999"]))
+print("snapshot_get", outcome(lambda: snap[b"k019999"]))
+print("iterate", outcome(lambda: sum(1 for _ in snap.items())))
+print("new_snapshot", outcome(db.snapshot))
+print("write", outcome(write))
+if writer is not None:
+    print("commit", outcome(writer.commit))
+snap.close()
+db.close()
+print("CLOSED")
+"""
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@pytest.mark.parametrize("open_writer", [False, True], ids=["new-writer", "open-writer"])
+def test_truncated_while_open_gives_errors_not_sigbus(tmp_path, cfg, open_writer):
+    rc, out, err = run_python(TRUNCATE_CHILD, args=dict(path=str(tmp_path / "db.kv"), cfg=cfg,
+                                                         open_writer=open_writer))
+    assert_child_ok(rc, out, err, "CLOSED")
+    got = dict(line.split() for line in out.splitlines() if line != "CLOSED")
+    # Reads of pages that are gone: an error (SIGBUS turned into IOFailure for
+    # the mapping, a short pread for the pread backend).
+    for read in ("get", "snapshot_get", "iterate"):
+        assert got[read] in ("IOFailure", "CorruptionError"), (read, got)
+    assert got["new_snapshot"] == "CorruptionError", got
+    assert got["write"] in ("IOFailure", "CorruptionError"), got
+    if open_writer:
+        # the failed put aborted the transaction: it cannot commit
+        assert got["commit"] == "ClosedError", got
+
+
+UNGUARDED_CHILD = r"""
+import os, signal, kvmap
+db = kvmap.open(ARGS["path"])
+db[b"a"] = b"1"
+print("RAISING", flush=True)
+signal.raise_signal(signal.SIGBUS)    # not inside any engine call
+print("SURVIVED")
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [True, False], ids=["faulthandler", "default"])
+def test_sigbus_outside_the_engine_still_kills(tmp_path, faulthandler, monkeypatch):
+    """The guard only catches faults inside engine calls: any other SIGBUS
+    gets the disposition it had before kvmap (faulthandler's, or death)."""
+    if not faulthandler:
+        monkeypatch.setenv("PYTHONFAULTHANDLER", "")
+    code = UNGUARDED_CHILD if faulthandler else "import faulthandler; faulthandler.disable()\n" + UNGUARDED_CHILD
+    rc, out, err = run_python(code, args=dict(path=str(tmp_path / "db.kv")))
+    assert "RAISING" in out and "SURVIVED" not in out, (rc, out, err)
+    assert rc == -7, (rc, err)      # SIGBUS
+    if faulthandler:
+        assert "Bus error" in err, err
