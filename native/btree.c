@@ -277,7 +277,7 @@ static int64_t value_copy(kvm_txn *t, const lcell *c, uint8_t *out, size_t cap)
         int rc = pg_read(t, pg, &p);
         if (rc)
             return rc;
-        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg)
+        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg || rd64(p + PH_TXNID) > t->txnid)
             return kvm_err(KVM_CORRUPT, "page %llu: not an overflow page of this value", (unsigned long long)pg);
         uint32_t n = left < pay ? (uint32_t)left : pay;
         memcpy(out, p + PH_SIZE, n);
@@ -300,7 +300,7 @@ static int overflow_free(kvm_txn *t, const lcell *c)
         int rc = pg_read(t, pg, &p);
         if (rc)
             return rc;
-        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg)
+        if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg || rd64(p + PH_TXNID) > t->txnid)
             return kvm_err(KVM_CORRUPT, "page %llu: not an overflow page of this value", (unsigned long long)pg);
         pgno_t next = rd64(p + PH_NEXT);
         if ((rc = pg_free(t, pg)))

@@ -368,12 +368,14 @@ static int map_extend(kvm_env *e, uint64_t len)
 ** write: say so before a transaction starts and before the file grows. */
 static int file_intact(kvm_env *e)
 {
-    uint64_t size;
+    /* Read our size before the file's: a growth in another thread between
+    ** the two then only makes the file look larger. */
+    uint64_t need = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE), size;
     if (kvm_sys.fstat_size(e->fd, &size) != 0)
         return kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
-    if (size < e->file_size)
+    if (size < need)
         return kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
-                       "needs %llu", e->path, (unsigned long long)size, (unsigned long long)e->file_size);
+                       "needs %llu", e->path, (unsigned long long)size, (unsigned long long)need);
     return 0;
 }
 
@@ -403,7 +405,7 @@ int kvm_env_grow(kvm_env *e, uint64_t pages)
             return rc;
         }
     }
-    e->file_size = len;
+    __atomic_store_n(&e->file_size, len, __ATOMIC_RELEASE);   /* file_intact reads it unlocked */
     return 0;
 }
 
@@ -712,6 +714,13 @@ int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
     if (rd64(p + PH_PGNO) != pg)
         return kvm_err(KVM_CORRUPT, "page %llu: header says it is page %llu",
                        (unsigned long long)pg, (unsigned long long)rd64(p + PH_PGNO));
+    /* Every page of a snapshot's tree was written by its commit or an
+    ** earlier one: a later txnid is a page reused after a meta that a
+    ** crash (without sync) left behind. */
+    if (rd64(p + PH_TXNID) > t->txnid)
+        return kvm_err(KVM_CORRUPT, "page %llu: written by transaction %llu, after this snapshot's %llu",
+                       (unsigned long long)pg, (unsigned long long)rd64(p + PH_TXNID),
+                       (unsigned long long)t->txnid);
     if (PH_SIZE + 2u * n > upper || upper > ps || (type == PT_BRANCH && n == 0))
         return kvm_err(KVM_CORRUPT, "page %llu: bad cell count or content offset", (unsigned long long)pg);
     return 0;
@@ -1016,7 +1025,7 @@ static int verify_path(kvm_env *e, const kvm_state *s, int rightmost)
             rc = kvm_err(KVM_CORRUPT, "page %llu: checksum mismatch", (unsigned long long)pg);
             break;
         }
-        kvm_txn probe = {.env = e, .limit = s->hwm};
+        kvm_txn probe = {.env = e, .limit = s->hwm, .txnid = s->txnid};
         if ((rc = pg_check_node(&probe, p, pg, type)))
             break;
         if (type == PT_BRANCH) {
