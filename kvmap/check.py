@@ -5,7 +5,8 @@ engine's mapping or open path; of the C core it uses only the checksum
 function), every loop is
 bounded by page counts, chain lengths or the tree depth, and its memory is
 bounded by one byte per page of the file (an owner code per page), not by
-what the file says.
+what the file says (salvage adds two bytes per page, and the first and last
+key and a (txnid, page) pair of each candidate orphan leaf).
 
 Library::
 
@@ -16,7 +17,8 @@ Library::
 Command line (exit 0: sound, 1: damage found, 2: unreadable file or usage
 error)::
 
-    python -m kvmap.check PATH [--json] [--quick] [--max-errors N] [--salvage OUT]
+    python -m kvmap.check PATH [--json] [--quick] [--max-errors N]
+                               [--salvage OUT [--unverified OUT2]]
 
 Full mode verifies both metas, the checksum of every page it reaches, the
 tree (types, headers, cell bounds, key order within pages and against every
@@ -25,12 +27,27 @@ counts in the meta, and that every page below the high-water mark has exactly
 one owner.  ``quick`` does the same without verifying page checksums and reads
 only the 32-byte header of overflow pages (never their payload).
 
-``salvage(path, out)`` / ``--salvage OUT`` copies every key/value that can be
-read intact (from leaves and overflow pages whose checksums match) into a new
-database at OUT, written with the engine; the source is only read.
+``salvage(path, out)`` / ``--salvage OUT`` copies the newest committed state,
+as far as it can be read intact (from leaves and overflow pages whose
+checksums match), into a new database at OUT, written with the engine; the
+source is only read.  Case by case:
+
+* newest meta damaged (torn, zeroed, bad fields): the older meta's tree;
+* newest meta intact but its hwm past the end of the file (truncated): still
+  the newest meta's tree (the check itself reports on the older meta when
+  that one fits); pages past the end count as missing;
+* a damaged or missing leaf, or overflow page: its entries (value) are lost;
+* a damaged or missing branch, or a pointer into the wrong place: its subtree
+  is skipped and its key range recorded; intact leaves the walk does not
+  reach are then taken only when provably current (see the salvage section
+  below), so OUT never holds an older value or a deleted key;
+* orphan leaves that cannot be proven current (the newest free list is lost
+  or damaged too) are counted (``unverified``) and, with ``unverified=OUT2``
+  / ``--unverified OUT2``, written to a second new database.
 """
 
 import argparse
+import bisect
 import dataclasses
 import json
 import os
@@ -245,6 +262,8 @@ class _Checker:
                               f"{metas[other]['txnid']})")
         if metas[chosen]["flags"] & M_FLAGS_NOSYNC:
             self.notes.append(f"meta {chosen} was written by a commit made with sync=False")
+        self.metas = metas
+        self.newest = newest
         self.meta_used = chosen
         self.meta = metas[chosen]
         return self.meta
@@ -259,6 +278,7 @@ class _Checker:
         self.npages = min(self.hwm, self.file_pages)       # pages we can account for
         self.owner = bytearray(self.npages)
         self.bad = bytearray(self.npages)                  # 1: checksum mismatch (full mode)
+        self.freed = bytearray(self.npages)                # 1: the free list lists it (free/pending)
         for i in range(min(2, self.npages)):
             self.owner[i] = O_META
         self.usable = ps - HDR
@@ -308,6 +328,8 @@ class _Checker:
     def claim(self, page, code, what):
         """Mark ``page`` as owned by ``code``; False (and a problem) if it
         already has an owner."""
+        if code in (O_FREE, O_PENDING):
+            self.freed[page] = 1
         prev = self.owner[page]
         if prev == O_NONE:
             self.owner[page] = code
@@ -516,6 +538,13 @@ class _Checker:
         nranges = -(-hwm // B)
         self.free_bits = 0
         self.pending_pages = 0
+        start = self.total
+        try:
+            self._walk_free(m, hwm, B, nranges)
+        finally:
+            self.free_complete = self.total == start
+
+    def _walk_free(self, m, hwm, B, nranges):
         # bitmap-index chain
         bitmaps = []
         p, hops, what = m["free_index"], 0, "meta free_index"
@@ -711,62 +740,215 @@ def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = N
 
 
 # ---------------------------------------------------------------- salvage
+#
+# Salvage recovers the newest committed state: the tree of the newest valid
+# meta, even when that meta does not fit a truncated file (the check itself
+# then reports on the older meta).  It walks that tree through intact pages
+# only and records the key range of every subtree it cannot read.  An intact
+# leaf that the walk does not reach (an "orphan") is taken only when it is
+# provably the current content of such a range:
+#
+# * its page is not listed free or pending by the newest free list, and its
+#   header txnid is not above the newest meta's;
+# * all its keys lie in one missing range of a subtree rooted at a branch (a
+#   range whose missing page is itself the leaf is "dead": the leaf is lost);
+# * no intact leaf with a higher txnid has keys overlapping its span.  A
+#   commit that changes a leaf's key range rewrites the leaf (split, merge,
+#   rebalance), so the leaf covering a key at the newest commit is the newest
+#   version ever written for that key: an overlapping newer version proves
+#   this one old;
+# * and the newest free list was read whole (every page of it intact), so
+#   every page freed since is known; or its txnid is the newest commit's.
+#
+# An orphan that passes all but the last test cannot be told apart from an
+# older version whose replacement is lost: its entries are not copied, only
+# counted, or written to a separate database when asked (``unverified``).
 
 @dataclass
 class SalvageResult:
     report: CheckReport
     out: str
-    meta_used: int
+    meta_used: int          # the meta whose tree was salvaged: the newest valid one
     recovered: int          # distinct keys written to ``out``
     lost: int               # meta entries - recovered (never below 0)
     damaged_leaves: List[int] = field(default_factory=list)
-    lost_values: int = 0    # entries whose overflow chain was damaged
+    lost_values: int = 0    # entries whose overflow chain was damaged or missing
     orphan_leaves: List[int] = field(default_factory=list)
-    from_orphans: int = 0   # entries found only in orphan (leaked, intact) leaves
+    from_orphans: int = 0   # entries found only in (proven current) orphan leaves
+    missing_ranges: int = 0  # key ranges of the tree that could not be read
+    unverified: int = 0     # entries of orphan leaves not proven current (not in ``out``)
+    unverified_leaves: List[int] = field(default_factory=list)
+    unverified_out: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
 
-def _salvage_pairs(c):
-    """Yield (key, value) of every cell that can be read intact, walking
-    the tree of the meta the check used: leaves whose checksum, page number
-    and type are right; values whose overflow pages are all intact.  Below a
-    damaged branch, a child is followed only if its own checksum, number and
-    level are right and the free list does not claim it (so a flipped child
-    pointer cannot bring back an old page version)."""
-    ps, fd = c.ps, c.fd
-    root, depth = c.meta["root"], c.meta["depth"]
-    c.damaged_leaves, c.lost_values = [], 0
+def _salvage_state(c):
+    """The checker state salvage reads by: the check's own when it used the
+    newest valid meta; else the newest meta's free list, walked afresh."""
+    if c.meta_used == c.newest:
+        s = c
+    else:
+        s = _Checker(c.fd, c.file_size, True, 0, None)
+        s.metas, s.newest, s.meta_used = c.metas, c.newest, c.newest
+        s.meta = c.metas[c.newest]
+        s.notes = []
+        s.setup()
+        s.walk_free()
+    s.free_complete = s.free_complete and _free_pages_intact(s)
+    return s
+
+
+_FREE_LIST_CODES = bytes(1 if i in (O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX)
+                         else 0 for i in range(256))
+
+
+def _free_pages_intact(s):
+    """Do the checksums of all the free-list pages match?"""
+    want = s.owner.translate(_FREE_LIST_CODES)
+    p = want.find(1, 2)
+    while p != -1:
+        buf = os.pread(s.fd, s.ps, p * s.ps)
+        if len(buf) < s.ps or crc32c(memoryview(buf)[4:]) != _u32(buf, 0)[0]:
+            return False
+        p = want.find(1, p + 1)
+    return True
+
+
+def _node(s, buf, page, ptype):
+    """The keys and cell offsets of an intact branch or leaf page
+    (checksum, page number, type, bounds, keys strictly increasing), or None."""
+    ps = s.ps
+    if len(buf) < ps:
+        return None
+    crc, t, _, nkeys, _, pgno, _ = _hdr(buf, 0)
+    upper = _u32(buf, 24)[0]
+    if (t != ptype or pgno != page or not HDR + 2 * nkeys <= upper <= ps
+            or (ptype == PT_BRANCH and nkeys < 1) or crc32c(memoryview(buf)[4:]) != crc):
+        return None
+    hdr = 10 if ptype == PT_BRANCH else 6
+    keys, offs = [], []
+    for i in range(nkeys):
+        off = _u16(buf, HDR + 2 * i)[0]
+        if off < upper or off + hdr > ps:
+            return None
+        klen = _u16(buf, off)[0]
+        if off + hdr + klen > ps or (ptype == PT_LEAF and not 1 <= klen <= s.max_key):
+            return None
+        key = bytes(buf[off + hdr:off + hdr + klen])
+        if ptype == PT_BRANCH and i == 0:
+            if key:
+                return None
+        elif keys and not keys[-1] < key:
+            return None
+        keys.append(key)
+        offs.append(off)
+    return keys, offs
+
+
+def _salvage_tree(s):
+    """Yield (key, value) of every leaf of the salvage meta's tree reached
+    through intact pages whose keys lie in the range their ancestors set;
+    values whose overflow pages are all intact.  A subtree that cannot be
+    read so is not followed: a branch's range goes to ``s.missing``; a lost
+    leaf's range is dead (``s.dead``)."""
+    ps, fd = s.ps, s.fd
+    root, depth = s.meta["root"], s.meta["depth"]
+    s.damaged_leaves, s.lost_values = [], 0
+    s.missing, s.dead = [], 0
+    s.taken = bytearray(s.npages)
     if root == 0:
         return
-    seen = bytearray(c.npages)
-    stack = [(root, 0, False)]
+    seen = bytearray(s.npages)                 # branches visited: each once
+    stack = [(root, 0, b"", None)]             # page, level, lo, hi (None: no bound)
     while stack:
-        page, level, suspect = stack.pop()
-        if not 2 <= page < c.npages or seen[page]:
+        page, level, lo, hi = stack.pop()
+        leaf = level == depth - 1
+        inside = 2 <= page < s.npages
+        if inside and (s.taken[page] or seen[page]):
+            s.missing.append((lo, hi))         # one page behind two pointers
             continue
-        if suspect and c.owner[page] in (O_FREE, O_PENDING):
+        buf = os.pread(fd, ps, page * ps) if inside else b""
+        node = _node(s, buf, page, PT_LEAF if leaf else PT_BRANCH) if inside else None
+        if node is None:                       # past the end, out of range or damaged
+            if not leaf:
+                s.missing.append((lo, hi))
+            else:
+                s.dead += 1
+                if inside:
+                    s.damaged_leaves.append(page)
+            continue
+        keys, offs = node
+        if any(k < lo or (hi is not None and k >= hi) for k in keys[1 if not leaf else 0:]):
+            s.missing.append((lo, hi))         # in the wrong place: a bad pointer
+            continue
+        if leaf:
+            s.taken[page] = 1
+            yield from _leaf_pairs(s, buf, len(keys))
             continue
         seen[page] = 1
-        buf = os.pread(fd, ps, page * ps)
-        if len(buf) < ps:
-            continue
-        crc, ptype, flags, nkeys, txnid, pgno, _ = _hdr(buf, 0)
-        intact = crc32c(memoryview(buf)[4:]) == crc and pgno == page
-        want = PT_LEAF if level == depth - 1 else PT_BRANCH
-        if ptype != want or pgno != page or not (HDR + 2 * nkeys <= _u32(buf, 24)[0] <= ps):
-            if want == PT_LEAF:
-                c.damaged_leaves.append(page)
-            continue
-        if ptype == PT_BRANCH:
-            for i in range(nkeys - 1, -1, -1):
-                off = _u16(buf, HDR + 2 * i)[0]
-                if off + 10 <= ps:
-                    stack.append((_u64(buf, off + 2)[0], level + 1, suspect or not intact))
-            continue
-        if not intact:
-            c.damaged_leaves.append(page)
-            continue
-        yield from _leaf_pairs(c, buf, nkeys)
+        for i in range(len(keys) - 1, -1, -1):
+            child = _u64(buf, offs[i] + 2)[0]
+            stack.append((child, level + 1, keys[i] if i else lo,
+                          keys[i + 1] if i + 1 < len(keys) else hi))
+
+
+def _salvage_orphans(s):
+    """Yield (page, buf, verified) for each orphan leaf that lies in one
+    missing range and that no newer leaf version overlaps (see above)."""
+    if not s.missing:
+        return
+    ps, T = s.ps, s.meta["txnid"]
+    s.missing.sort(key=lambda r: r[0])
+    rlo = [r[0] for r in s.missing]
+    rhi = [r[1] for r in s.missing]
+    # candidates: intact leaves at their own page, not taken, not free
+    cands = []
+    chunk = max(4, (8 << 20) // ps)
+    p = 2
+    while p < s.npages:
+        cnt = min(chunk, s.npages - p)
+        buf = os.pread(s.fd, cnt * ps, p * ps)
+        mv = memoryview(buf)
+        for i in range(min(cnt, len(buf) // ps)):
+            pg, o = p + i, i * ps
+            if s.taken[pg] or s.freed[pg] or buf[o + 4] != PT_LEAF:
+                continue
+            _, _, _, nkeys, txnid, pgno, _ = _hdr(buf, o)
+            if (pgno == pg and nkeys and txnid <= T
+                    and crc32c(mv[o + 4:o + ps]) == _u32(buf, o)[0]):
+                cands.append((txnid, pg))
+        p += cnt
+    cands.sort(reverse=True)
+    los, his = [], []            # union of the key spans of newer versions, disjoint
+    i = 0
+    while i < len(cands):
+        t = cands[i][0]
+        j = i
+        while j < len(cands) and cands[j][0] == t:
+            j += 1
+        spans = []
+        for _, pg in cands[i:j]:
+            buf = os.pread(s.fd, ps, pg * ps)
+            node = _node(s, buf, pg, PT_LEAF)
+            if node is None:
+                continue
+            a, b = node[0][0], node[0][-1]
+            spans.append((a, b))
+            k = bisect.bisect_right(los, b) - 1
+            if k >= 0 and his[k] >= a:
+                continue                         # a newer version overlaps: old
+            k = bisect.bisect_right(rlo, a) - 1
+            if k < 0 or (rhi[k] is not None and b >= rhi[k]):
+                continue                         # not inside one missing range
+            yield pg, buf, s.free_complete or t == T
+        for a, b in spans:                       # same txnid: no conflict among them
+            lo_i = bisect.bisect_left(his, a)
+            hi_i = bisect.bisect_right(los, b)
+            if lo_i < hi_i:
+                a, b = min(a, los[lo_i]), max(b, his[hi_i - 1])
+            los[lo_i:hi_i] = [a]
+            his[lo_i:hi_i] = [b]
+        i = j
 
 
 def _leaf_pairs(c, buf, nkeys):
@@ -793,22 +975,6 @@ def _leaf_pairs(c, buf, nkeys):
             yield key, value
 
 
-def _orphan_leaves(c):
-    """Intact leaf pages that nothing reaches (``leaked``): in a damaged
-    file they are usually cut off by a damaged branch."""
-    owner, ps = c.owner, c.ps
-    p = owner.find(0, 2)
-    while p != -1:
-        buf = os.pread(c.fd, ps, p * ps)
-        if len(buf) == ps:
-            crc, ptype, _, nkeys, _, pgno, _ = _hdr(buf, 0)
-            if (ptype == PT_LEAF and pgno == p and HDR + 2 * nkeys <= _u32(buf, 24)[0] <= ps
-                    and crc32c(memoryview(buf)[4:]) == crc):
-                c.orphans.append(p)
-                yield from _leaf_pairs(c, buf, nkeys)
-        p = owner.find(0, p + 1)
-
-
 def _read_chain(c, p, vlen):
     ps, usable = c.ps, c.usable
     n = -(-vlen // usable)
@@ -831,66 +997,108 @@ def _read_chain(c, p, vlen):
     return b"".join(parts)
 
 
-def salvage(path, out, *, progress=None, batch=10_000):
-    """Copy every key/value of ``path`` that can be read intact into a new
-    database at ``out`` (which must not exist); the source is only read.
-    Raises CheckUnreadable if the source has no valid meta, FileExistsError
-    if ``out`` exists."""
-    if os.path.lexists(out):
-        raise FileExistsError(f"{out} already exists")
+class _Sink:
+    """Writes pairs into a database in transactions of ``batch`` pairs;
+    with ``new_only`` a key already there is kept."""
+
+    def __init__(self, db, batch, new_only):
+        self.db, self.batch, self.new_only, self.pending = db, batch, new_only, []
+
+    def add(self, pairs):
+        for kv in pairs:
+            self.pending.append(kv)
+            if len(self.pending) >= self.batch:
+                self.flush()
+
+    def flush(self):
+        if self.pending:
+            with self.db.transaction() as t:
+                for k, v in self.pending:
+                    if not (self.new_only and k in t):
+                        t[k] = v
+            self.pending = []
+
+
+def salvage(path, out, *, unverified=None, progress=None, batch=10_000):
+    """Copy every key/value of the newest committed state of ``path`` that
+    can be read intact into a new database at ``out`` (which must not
+    exist); the source is only read.  ``unverified``: an optional path for a
+    second new database that receives the entries of intact orphan leaves
+    that cannot be proven current (they may be older versions or deleted
+    keys); without it they are only counted.  Raises CheckUnreadable if the
+    source has no valid meta, FileExistsError if an output exists."""
+    for o in (out, unverified):
+        if o is not None and os.path.lexists(o):
+            raise FileExistsError(f"{o} already exists")
     fd = _open(path)
     try:
         rep, c = _run(fd, path, False, 100, progress)
-        import kvmap                                   # the engine only writes ``out``
+        s = _salvage_state(c)
+        import kvmap                                   # the engine only writes the outputs
         db = kvmap.open(os.fspath(out), sync=True)
+        udb = None
         try:
-            pending = []
-            for kv in _salvage_pairs(c):
-                pending.append(kv)
-                if len(pending) >= batch:
-                    with db.transaction() as t:
-                        for k, v in pending:
-                            t[k] = v
-                    pending = []
-            if pending:
-                with db.transaction() as t:
-                    for k, v in pending:
-                        t[k] = v
+            sink = _Sink(db, batch, False)
+            sink.add(_salvage_tree(s))
+            sink.flush()
             in_tree = db.stats()["entries"]
-            # then the keys that only orphan leaves hold (the tree wins)
-            c.orphans = []
-            pending = []
-            for kv in _orphan_leaves(c):
-                pending.append(kv)
-                if len(pending) >= batch:
-                    _add_new(db, pending)
-                    pending = []
-            if pending:
-                _add_new(db, pending)
+            # then the orphan leaves proven current (the tree wins)
+            s.orphans, unv_leaves, unv_pairs = [], [], 0
+            sink.new_only = True
+            usink = None
+            for pg, buf, verified in _salvage_orphans(s):
+                if verified:
+                    s.orphans.append(pg)
+                    sink.add(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
+                    continue
+                unv_leaves.append(pg)
+                lost_values = s.lost_values
+                pairs = list(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
+                s.lost_values = lost_values
+                unv_pairs += len(pairs)
+                if unverified is not None:
+                    if usink is None:
+                        udb = kvmap.open(os.fspath(unverified), sync=True)
+                        usink = _Sink(udb, batch, True)
+                    usink.add(pairs)
+            sink.flush()
             recovered = db.stats()["entries"]
+            if usink is not None:
+                usink.flush()
+                unv_pairs = udb.stats()["entries"]
         finally:
             db.close()
+            if udb is not None:
+                udb.close()
     finally:
         os.close(fd)
     notes = list(rep.meta_notes)
-    if any(p.kind == "meta-damaged" and p.page != c.meta_used for p in rep.problems) \
-            and c.meta_used is not None:
-        notes.append(f"salvaged from meta {c.meta_used}: the other meta is damaged")
+    if s is not c:
+        notes.append(f"salvaged the newest meta {s.meta_used} (txnid {s.meta['txnid']}), not "
+                     f"the meta {c.meta_used} checked: its pages past the end of the file are lost")
+    if any(p.kind == "meta-damaged" and p.page != s.meta_used for p in rep.problems):
+        notes.append(f"salvaged from meta {s.meta_used}: the other meta is damaged")
+    if s.missing or s.dead:
+        notes.append(f"{len(s.missing) + s.dead} parts of the tree are missing or damaged "
+                     f"({s.dead} of them single leaves)")
     if recovered > in_tree:
-        notes.append(f"{recovered - in_tree} entries come from {len(c.orphans)} intact leaf "
-                     f"pages that the tree no longer reaches; they may be older versions")
-    return SalvageResult(report=rep, out=os.fspath(out), meta_used=c.meta_used,
-                         recovered=recovered, lost=max(0, c.meta["entries"] - recovered),
-                         damaged_leaves=sorted(c.damaged_leaves), lost_values=c.lost_values,
-                         orphan_leaves=c.orphans, from_orphans=recovered - in_tree,
+        notes.append(f"{recovered - in_tree} entries come from {len(s.orphans)} intact leaf "
+                     f"pages that the damaged tree no longer reaches (proven current: not "
+                     f"free, no newer version, the free list read whole)")
+    if unv_leaves:
+        where = (f"written to {unverified}" if unverified is not None
+                 else "not copied (see --unverified)")
+        notes.append(f"{unv_pairs} entries in {len(unv_leaves)} intact leaf pages under the "
+                     f"missing parts of the tree cannot be proven current (the newest free "
+                     f"list is incomplete): they may be older values or deleted keys; {where}")
+    return SalvageResult(report=rep, out=os.fspath(out), meta_used=s.meta_used,
+                         recovered=recovered, lost=max(0, s.meta["entries"] - recovered),
+                         damaged_leaves=sorted(s.damaged_leaves), lost_values=s.lost_values,
+                         orphan_leaves=s.orphans, from_orphans=recovered - in_tree,
+                         missing_ranges=len(s.missing) + s.dead, unverified=unv_pairs,
+                         unverified_leaves=sorted(unv_leaves),
+                         unverified_out=None if unverified is None else os.fspath(unverified),
                          notes=notes)
-
-
-def _add_new(db, pairs):
-    with db.transaction() as t:
-        for k, v in pairs:
-            if k not in t:
-                t[k] = v
 
 
 # ---------------------------------------------------------------- CLI
@@ -929,12 +1137,21 @@ def main(argv=None):
     ap.add_argument("--max-errors", type=int, default=100, metavar="N",
                     help="list at most N problems (default 100)")
     ap.add_argument("--salvage", metavar="OUT",
-                    help="copy every intact key/value into a new database OUT")
+                    help="copy every intact key/value of the newest committed state into a "
+                         "new database OUT")
+    ap.add_argument("--unverified", metavar="OUT2",
+                    help="with --salvage: write the entries of intact leaves that cannot be "
+                         "proven current (older values or deleted keys possible) into a new "
+                         "database OUT2")
     args = ap.parse_args(argv)
     if args.max_errors < 0:
         ap.error("--max-errors must be >= 0")
     if args.salvage and os.path.lexists(args.salvage):
         ap.error(f"--salvage: {args.salvage} already exists")
+    if args.unverified and not args.salvage:
+        ap.error("--unverified needs --salvage")
+    if args.unverified and os.path.lexists(args.unverified):
+        ap.error(f"--unverified: {args.unverified} already exists")
     bar = None
     if not args.json:
         try:
@@ -945,7 +1162,7 @@ def main(argv=None):
     sal = None
     try:
         if args.salvage:
-            sal = salvage(args.path, args.salvage, progress=bar)
+            sal = salvage(args.path, args.salvage, unverified=args.unverified, progress=bar)
             rep = sal.report
             rep.problems = rep.problems[:args.max_errors]
         else:
@@ -973,6 +1190,9 @@ def main(argv=None):
         print(f"salvage: {sal.recovered} entries recovered into {sal.out}, {sal.lost} lost "
               f"(meta {sal.meta_used}; {len(sal.damaged_leaves)} damaged leaves, "
               f"{sal.lost_values} values with a damaged overflow chain)")
+        if sal.unverified:
+            print(f"salvage: {sal.unverified} entries not proven current"
+                  + (f", written to {sal.unverified_out}" if sal.unverified_out else ""))
         for note in sal.notes[len(rep.meta_notes):]:
             print(f"salvage: {note}")
     if rep.ok:

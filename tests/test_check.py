@@ -504,7 +504,7 @@ def test_free_page_also_in_tree(copy, tmp_path, original):
     assert_salvaged(p, tmp_path, original, {bm}, L)
 
 
-def test_truncated_mid_page(copy):
+def test_truncated_mid_page(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
     cut = (L.hwm - 7) * L.ps + 1234
@@ -512,22 +512,58 @@ def test_truncated_mid_page(copy):
     rep = check(p)
     assert ("truncated", L.hwm - 7) in _kinds(rep)
     assert _cli(p) == 1
-    # Salvage of a truncated file is not asserted yet: it falls back to the
-    # older meta (or to orphan leaves) and can return older values and
-    # deleted keys -- an open gap of the checker issue.
+    # salvage goes by the newest meta (its hwm does not fit the file) and
+    # loses exactly the entries on the missing pages, the torn one included
+    res = assert_salvaged(p, tmp_path, original, set(range(L.hwm - 7, L.hwm)), L)
+    assert res.meta_used == L.slot
 
 
-def test_truncated_at_page_boundary(copy):
+@pytest.mark.parametrize("where", ["half", "tail"])
+def test_truncated_at_page_boundary(copy, tmp_path, original, where):
     p = copy()
     L = _Layout(p)
-    keep = L.hwm // 2
+    keep = L.hwm // 2 if where == "half" else L.hwm - 90
     os.truncate(p, keep * L.ps)
     rep = check(p)
     k = _kinds(rep)
     assert ("truncated", keep) in k
-    assert any(x.kind == "out-of-range" and x.page >= keep for x in rep.problems)
+    if where == "half":
+        assert any(x.kind == "out-of-range" and x.page >= keep for x in rep.problems)
+    else:                                   # the older meta fits: the check reads it
+        assert rep.meta_used == L.other_slot
     assert _cli(p) == 1
-    # Salvage: see test_truncated_mid_page.
+    lost = set(range(keep, L.hwm))
+    if where == "tail":
+        # the last 90 pages hold leaves, overflow pages and the newest free
+        # list; the branches survive: exactly the entries on lost pages go
+        res = assert_salvaged(p, tmp_path, original, lost, L)
+        assert res.meta_used == L.slot and res.unverified == 0
+        return
+    # "half": the root, every branch and the newest free list are gone, and
+    # the last two commits wrote no page below ``keep``: the surviving half
+    # is byte for byte what it would be had those commits changed other
+    # keys, so no reader can tell which surviving leaves are still current.
+    # Salvage copies nothing it cannot prove current (no older value, no
+    # deleted key) and, when asked, writes the unproven leaves' entries to a
+    # second database, which then holds every entry not on a lost page.
+    T = L.meta_fields()["txnid"]
+    assert all(struct.unpack_from("<Q", L.page(pg), 8)[0] < T - 1 for pg in range(2, keep))
+    from kvmap.check import salvage
+    res = salvage(p, tmp_path / "out.kv", unverified=tmp_path / "unverified.kv")
+    got = _contents(tmp_path / "out.kv")
+    assert all(original.get(k_) == v for k_, v in got.items())      # nothing not in the state
+    assert res.unverified > 0 and res.unverified_leaves
+    assert any("cannot be proven current" in n for n in res.notes)
+    unproven = _contents(tmp_path / "unverified.kv")
+    on_lost = _keys_on_pages(L, lost)
+    assert not [k_ for k_ in original if k_ not in on_lost and k_ not in got
+                and k_ not in unproven]
+    assert _cli(p, "--salvage", str(tmp_path / "cli.kv"), "--unverified",
+                str(tmp_path / "cli-u.kv")) == 1
+    assert _contents(tmp_path / "cli-u.kv") == unproven
+    with pytest.raises(SystemExit) as e:
+        _cli(p, "--unverified", str(tmp_path / "u2.kv"))
+    assert e.value.code == 2
 
 
 def test_truncated_to_nothing(copy, tmp_path):
@@ -842,3 +878,25 @@ def test_salvage_unreadable(copy, tmp_path):
     with pytest.raises(CheckUnreadable):
         salvage(p, tmp_path / "out.kv")
     assert _cli(p, "--salvage", str(tmp_path / "out2.kv")) == 2
+
+
+def test_salvage_orphans_need_the_free_list(copy, tmp_path, original):
+    """Root damaged: every leaf is an orphan.  With the free list intact they
+    are proven current (no free page, no newer version) and all come back;
+    with a free-list page damaged too only those the newest commit wrote are
+    proven; the others go to the unverified output."""
+    from kvmap.check import salvage
+    p = copy()
+    L = _Layout(p)
+    root = L.meta_fields()["root"]
+    L.data[root * L.ps + 4] = 3
+    L.save(p)
+    res = assert_salvaged(p, tmp_path, original, {root}, L)
+    assert res.from_orphans == len(original) and res.unverified == 0
+    L.data[L.bitmaps[0] * L.ps + 40] ^= 1             # a bitmap bit, checksum not fixed
+    L.save(p)
+    res = salvage(p, tmp_path / "o.kv", unverified=tmp_path / "u.kv")
+    assert 0 < res.recovered < len(original) and res.unverified > 0
+    got = _contents(tmp_path / "o.kv")
+    assert all(original.get(k) == v for k, v in got.items())
+    assert set(original) <= set(got) | set(_contents(tmp_path / "u.kv"))
