@@ -364,6 +364,11 @@ class _Checker:
             self.add("bad-type", page, f"page {page} ({what}): type {ptype} "
                      f"({TYPE_NAMES.get(ptype, 'unknown')}), expected {exp}")
             return None
+        if txnid > self.meta["txnid"]:
+            self.add("newer-than-meta", page,
+                     f"page {page} ({what}): written by transaction {txnid}, after the meta's "
+                     f"{self.meta['txnid']} (a page reused after a commit that a crash lost, or damage)")
+            return None
         return buf
 
     # ------------------------------------------------------------ tree

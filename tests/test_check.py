@@ -364,6 +364,22 @@ def test_leaf_cell_bit_flip(copy, tmp_path, original):
     assert_salvaged(p, tmp_path, original, {leaf}, L)   # the flipped leaf's cells are lost
 
 
+def test_page_newer_than_meta(copy, tmp_path, original):
+    """A leaf with a valid checksum whose header txnid is above the meta's:
+    what a page reused after a lost sync=False commit looks like."""
+    p = copy()
+    L = _Layout(p)
+    leaf = L.leaves[len(L.leaves) // 2]
+    struct.pack_into("<Q", L.data, leaf * L.ps + 8, L.meta_fields()["txnid"] + 2)
+    L.fix(leaf)
+    L.save(p)
+    rep = check(p)
+    assert ("newer-than-meta", leaf) in _kinds(rep)
+    assert _cli(p) == 1
+    assert ("newer-than-meta", leaf) in _kinds(check(p, quick=True))   # a header check
+    assert_salvaged(p, tmp_path, original, {leaf}, L)
+
+
 def test_branch_separator_bit_flip(copy, tmp_path, original):
     p = copy()
     L = _Layout(p)
