@@ -90,15 +90,36 @@ DEFAULT_OPEN = {"open": 1, "flock": 1, "fstat": 1, "pread": 11, "mmap": 2, "madv
 
 class Workload(crashkit.Workload):
     """crashkit's workload, remembering the last few models it built (the
-    harness asks for model(n) of a slowly moving n over and over)."""
+    harness asks for model(n) of a slowly moving n over and over).  With
+    ``clear_every``, every such transaction deletes every key the workload
+    can make, then puts a few back: the tree empties (root 0) and refills,
+    and whole subtrees are freed in one commit."""
+
+    def __init__(self, seed, *, clear_every=0, **kw):
+        super().__init__(seed, **kw)
+        self.clear_every = clear_every
+        self._recent = {}           # n -> model(n), the last few asked for
+
+    def ops(self, i):
+        out = super().ops(i)
+        if self.clear_every and i % self.clear_every == 0:
+            wipe = [("del", b"k%05d" % k) for k in range(crashkit.KEYSPACE)]
+            wipe += [("del", b"big%03d" % k) for k in range(getattr(self, "big_keys", 8))]
+            keep = random.Random("%s:%d:clear" % (self.seed, i)).random() < 0.5
+            out = wipe + (out if keep else [])
+        return out
 
     def model(self, n):
-        m = super().model(n)
-        if n not in self._models:
-            self._models[n] = dict(m)
-            recent = sorted(k for k in self._models if k % 50)
-            for k in recent[:-4]:
-                del self._models[k]
+        base = max((k for k in self._recent if k <= n), default=None)
+        if base is None:
+            m = super().model(n)
+        else:
+            m = dict(self._recent[base])
+            for i in range(base + 1, n + 1):
+                crashkit.apply_ops(m, self.ops(i))
+        self._recent[n] = dict(m)
+        for k in sorted(self._recent)[:-4]:
+            del self._recent[k]
         return m
 
 
@@ -286,17 +307,20 @@ def describe_status(status):
 
 
 class Lane:
-    def __init__(self, index, seed, cfg, workdir, sync_policy):
+    def __init__(self, index, seed, cfg, workdir, sync_policy, page_size=None):
         self.index = index
         self.seed = seed
         self.rng = random.Random("%s:%d" % (seed, index))
         self.cfg = dict(cfg)
         self.cid = config_id(cfg)
+        if page_size:
+            self.cfg["page_size"] = page_size
         if sync_policy == "mix":
             self.sync = index % 3 != 2       # every third lane runs with sync=False
         else:
             self.sync = sync_policy == "on"
-        self.workload = Workload(self.rng.randrange(1 << 30))
+        self.workload = Workload(self.rng.randrange(1 << 30),
+                                 clear_every=self.rng.choice((0, 0, 30, 70)))
         self.length = self.rng.randint(150, 350)
         self.path = crashkit.scratch_path(workdir, "lane%d.kv" % index)
         self.crash_copy = os.path.join(workdir, "lane%d.crashed.kv" % index)
@@ -517,8 +541,9 @@ class Harness:
         crashed = crashed or lane.path
         if os.path.exists(crashed):
             shutil.copyfile(crashed, keep)
-        cmd = "python tools/killtest.py --seed %s --lane %d%s%s%s" % (
+        cmd = "python tools/killtest.py --seed %s --lane %d%s%s%s%s" % (
             self.args.seed, lane.index,
+            " --page-size %d" % self.args.page_size if self.args.page_size else "",
             " --config %s" % self.args.config if self.args.config else "",
             " --sync %s" % self.args.sync if self.args.sync != "mix" else "",
             " --lie-ack" if self.args.lie_ack else "")
@@ -539,7 +564,7 @@ class Harness:
         a = self.args
         index = first
         while self.counts["kills"] < budget:
-            lane = Lane(index, a.seed, self.configs[index % len(self.configs)], a.dir, a.sync)
+            lane = Lane(index, a.seed, self.configs[index % len(self.configs)], a.dir, a.sync, a.page_size)
             self.counts["lanes"] += 1
             self.counts["lanes sync=%s" % lane.sync] += 1
             while not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
@@ -667,6 +692,7 @@ def main(argv=None):
     p.add_argument("--seed", default="1", help="master seed (lane L draws from Random('SEED:L'))")
     p.add_argument("--config", default=None, help="comma-separated config ids (default: all 7)")
     p.add_argument("--sync", choices=("on", "off", "mix"), default="mix")
+    p.add_argument("--page-size", type=int, default=None, help="page size of new files (default: the engine's)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, each running every jobs-th lane")
     p.add_argument("--lane", type=int, default=None, help="run only this lane (a reproducer)")
     p.add_argument("--no-timing", action="store_true",
