@@ -1,7 +1,10 @@
 """Growth failures: a full disk or a file size limit must give a clean
 kvmap.DiskFullError, abort only the failing transaction, keep the handle
 usable for reads of everything committed before, and leave a file that
-reopens with every committed transaction.
+reopens with every committed transaction.  Once space is freed (a ballast
+file on the full filesystem deleted, or the file size limit lifted), writing
+resumes on the same handle, starting with the transaction that failed, and
+nothing is lost.
 
 The database work runs in child processes (run_python) so that a SIGBUS from
 writing into an unallocated page of a mapping fails the test instead of
@@ -10,7 +13,13 @@ killing pytest.
 (a) RLIMIT_FSIZE (EFBIG) for every configuration;
 (b) ENOSPC on a 16 MiB tmpfs and on a 32 MiB ext4 loop filesystem, for mmap
     (default), mmap writemap=True and pread (needs root for mount);
-(c) MapFullError when a growth="reserve" reservation (map_size) is exhausted.
+(c) MapFullError when a growth="reserve" reservation (map_size) is exhausted;
+(d) RLIMIT_AS for every mmap configuration: mremap / remap growth fails with
+    ENOMEM (MapFullError), growth="reserve" gets a smaller reservation at
+    open and MapFullError past it; the old mapping stays valid (same base and
+    length), reads keep working, the file is cut back, and once the limit is
+    raised the same write succeeds (reserve: after a reopen, as its message
+    says).  An open that cannot map the file at all fails cleanly.
 """
 
 import os
@@ -41,6 +50,12 @@ def h(b):
     return hashlib.sha256(b).hexdigest()
 
 committed = {}                 # hex key -> sha
+ballast = ARGS.get("ballast")  # mode "fs": a file that takes space, freed after the failure
+if ballast:
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.posix_fallocate(fd, 0, ARGS["ballast_bytes"])
+    os.fsync(fd)
+    os.close(fd)
 db = kvmap.open(path, **cfg)
 # some committed data before the limit
 for t in range(4):
@@ -103,6 +118,32 @@ except (kvmap.DiskFullError, kvmap.MapFullError) as e:
     print("SMALL_WRITE_FAILED", type(e).__name__)
 print("SMALL_WRITE_OK", small_ok)
 assert len(db) == len(committed)
+
+# Space is freed (the ballast file deleted, or the file size limit lifted):
+# writing resumes on the same handle, starting with the transaction that
+# failed, and nothing committed before is lost.
+if mode == "rlimit":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+else:
+    os.unlink(ballast)
+    dfd = os.open(os.path.dirname(ballast), os.O_RDONLY)
+    os.fsync(dfd)              # ext4: let the freed blocks be reused at once
+    os.close(dfd)
+assert not db.stats()["failed"]
+with db.transaction(timeout=30) as txn:
+    for k, v in batch.items():
+        txn[k] = v
+committed.update({k.hex(): h(v) for k, v in batch.items()})
+failed_keys = []
+for t in range(max_txns, max_txns + 3):
+    more = {b"after-%05d-%02d" % (t, i): make_value(("after", t, i), vsize + 1013 * i) for i in range(per_txn)}
+    db.update(more)
+    committed.update({k.hex(): h(v) for k, v in more.items()})
+assert len(db) == len(committed), (len(db), len(committed))
+for kh, hv in committed.items():
+    assert h(db[bytes.fromhex(kh)]) == hv, kh
+db._check()
+print("RESUMED_OK", len(committed))
 db.close()
 with open(manifest, "w") as f:
     json.dump({"committed": committed, "failed": failed_keys}, f)
@@ -134,9 +175,12 @@ def _fill_and_verify(tmp_path, dbdir, cfg, mode, per_txn, vsize, max_txns):
     manifest = str(tmp_path / "manifest.json")
     args = dict(path=path, manifest=manifest, cfg=cfg, mode=mode, per_txn=per_txn, vsize=vsize,
                 max_txns=max_txns)
+    if mode == "fs":
+        args.update(ballast=os.path.join(str(dbdir), "ballast"), ballast_bytes=4 << 20)
     rc, out, err = run_python(FILL_CHILD, args=args, timeout=300)
     assert_child_ok(rc, out, err, "CHILD_OK")
     assert "DiskFullError=True" in out, out
+    assert "RESUMED_OK" in out, out
     # the parent side: reopen without any limit (in a subprocess too: a
     # broken file must not crash pytest) and verify every committed txn
     rc, out2, err2 = run_python(VERIFY_CHILD, args=args, timeout=300)
@@ -246,3 +290,143 @@ def test_reserve_map_size_exhausted(tmp_path, cfg):
     rc, out, err = run_python(MAPFULL_CHILD, args=dict(path=str(tmp_path / "db"), cfg=cfg), timeout=300)
     assert_child_ok(rc, out, err, "MAPFULL_OK")
     assert "MapFullError=True" in out, out
+
+
+# ---------------------------------------------------------------------------
+# (d) RLIMIT_AS: the mapping cannot grow (ENOMEM)
+
+AS_CHILD = r"""
+import hashlib, os, resource
+import kvmap
+from conftest import make_value
+
+path, cfg = ARGS["path"], ARGS["cfg"]
+MiB = 1 << 20
+SOFT, HARD = resource.getrlimit(resource.RLIMIT_AS)
+reserve = cfg["growth"] == "reserve"
+
+
+def vmsize():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+
+def limit(extra):
+    resource.setrlimit(resource.RLIMIT_AS, (vmsize() + extra, HARD))
+
+
+def unlimit():
+    resource.setrlimit(resource.RLIMIT_AS, (SOFT, HARD))
+
+
+def check_all(db, committed):
+    assert len(db) == len(committed), (len(db), len(committed))
+    for k, v in committed.items():
+        assert db[k] == v, k
+    with db.snapshot() as s:
+        assert list(s.keys()) == sorted(committed)
+
+
+def sha(p):
+    with open(p, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+committed = {}
+db = kvmap.open(path, sync=False, **cfg)
+for t in range(8):
+    batch = {b"pre-%02d-%02d" % (t, i): make_value(("pre", t, i), 9000 + i) for i in range(25)}
+    db.update(batch)
+    committed.update(batch)
+big = make_value("big", 32 * MiB)            # made before the limit
+if reserve:
+    # The reservation made at open counts against RLIMIT_AS, growth inside it
+    # does not: so open under the limit, and the reservation itself shrinks.
+    db.close()
+    limit(24 * MiB)
+    db = kvmap.open(path, sync=False, **cfg)
+    st = db.stats()
+    print("RESERVED", st["map_size"], "FILE", st["file_size"])
+    assert st["file_size"] <= st["map_size"] <= 24 * MiB, st
+else:
+    limit(16 * MiB)
+st0 = db.stats()
+size0 = os.path.getsize(path)
+check_all(db, committed)
+
+# growth beyond the limit: MapFullError, the old mapping stays valid
+try:
+    db[b"big"] = big
+except kvmap.MapFullError as e:
+    print("EXC", type(e).__name__, e)
+    msg = str(e)
+else:
+    raise SystemExit("the mapping grew past RLIMIT_AS")
+if reserve:
+    assert "reopen with a larger map_size" in msg, msg
+else:
+    assert "Cannot allocate memory" in msg, msg
+st = db.stats()
+assert (st["map_base"], st["map_length"], st["map_size"], st["file_size"]) == \
+    (st0["map_base"], st0["map_length"], st0["map_size"], st0["file_size"]), (st0, st)
+assert os.path.getsize(path) == size0, "the file was not cut back after the failed growth"
+assert not st["failed"]
+check_all(db, committed)
+print("READS_OK")
+
+# a write that needs no more address space still commits, under the limit
+db[b"small"] = b"s" * 100
+committed[b"small"] = b"s" * 100
+check_all(db, committed)
+
+unlimit()
+if reserve:
+    # the reservation is fixed for the life of the handle: growing past it
+    # takes a reopen (the message says so), now with the full reservation
+    try:
+        db[b"big"] = big
+    except kvmap.MapFullError as e:
+        assert "reopen with a larger map_size" in str(e), e
+    else:
+        raise SystemExit("the reservation grew")
+    check_all(db, committed)
+    db.close()
+    db = kvmap.open(path, sync=False, **cfg)
+    assert db.stats()["map_size"] > 24 * MiB
+db[b"big"] = big                             # the limit raised: growth resumes
+committed[b"big"] = big
+check_all(db, committed)
+db._check()
+db.close()
+print("RESUMED_OK")
+
+# open when the limit leaves no room to map the file: a clean MapFullError,
+# no descriptor leaked, nothing written, and the file opens again later
+digest = sha(path)
+nfd = len(os.listdir("/proc/self/fd"))
+limit(2 * MiB)
+try:
+    kvmap.open(path, sync=False, **cfg)
+except kvmap.MapFullError as e:
+    print("OPEN_EXC", e)
+else:
+    raise SystemExit("opened a %d MiB file with 2 MiB of address space" % (size0 // MiB))
+unlimit()
+assert len(os.listdir("/proc/self/fd")) == nfd
+assert sha(path) == digest
+with kvmap.open(path, **cfg) as db:
+    check_all(db, committed)
+    db._check()
+print("AS_OK")
+"""
+
+
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve", "mmap-reserve-wm", "mmap-mremap", "mmap-mremap-wm",
+                                              "mmap-remap", "mmap-remap-wm"))
+def test_rlimit_as_map_growth(tmp_path, cfg):
+    rc, out, err = run_python(AS_CHILD, args=dict(path=str(tmp_path / "db"), cfg=cfg), timeout=300)
+    assert_child_ok(rc, out, err, "AS_OK")
+    assert "READS_OK" in out and "RESUMED_OK" in out, out
+    print(out)

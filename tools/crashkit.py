@@ -19,7 +19,9 @@ loss in ``tools/powerloss.py``, failing system calls in
 
 Transactions mix small puts, overwrites, deletes, values large enough for
 overflow chains, and now and then one big value that forces the file (and
-the mapping) to grow.  ``grow_every`` makes that every n-th transaction.
+the mapping) to grow.  ``grow_every`` makes that every n-th transaction;
+the big values cycle over ``big_keys`` keys, so with few keys each big
+transaction overwrites (frees) an earlier big value.
 
 >>> w = Workload(7)
 >>> w.ops(1) == Workload(7).ops(1)
@@ -37,8 +39,9 @@ KEYSPACE = 400
 class Workload:
     """Transactions as a pure function of ``(seed, i)``; see the module doc."""
 
-    def __init__(self, seed, *, grow_every=25, big=256 << 10, max_ops=40):
+    def __init__(self, seed, *, grow_every=25, big=256 << 10, max_ops=40, big_keys=8):
         self.seed = seed
+        self.big_keys = big_keys
         self.grow_every = grow_every
         self.big = big
         self.max_ops = max_ops
@@ -63,7 +66,7 @@ class Workload:
                 n = rng.randint(20000, 60000)
             out.append(("put", key, rng.randbytes(n)))
         if self.grow_every and i % self.grow_every == 0:
-            key = b"big%03d" % (i // self.grow_every % 8)
+            key = b"big%03d" % (i // self.grow_every % self.big_keys)
             out.append(("put", key, rng.randbytes(self.big)))
         return out
 
