@@ -52,8 +52,9 @@ class ReadersFullError(Error):
 
 
 class FailedError(Error):
-    """An earlier sync failed; the kernel may have dropped unwritten pages, so
-    this handle refuses writes.  Reopen the database."""
+    """An earlier sync, or the meta page's write, failed with an I/O error;
+    the kernel may have dropped unwritten pages, so this handle refuses
+    writes.  Reopen the database."""
 
 
 class IOFailure(Error, OSError):

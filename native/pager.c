@@ -384,7 +384,7 @@ int kvm_env_grow(kvm_env *e, uint64_t pages)
     if (e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier sync failed: reopen the database");
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
     if (pages > UINT64_MAX / e->psize / 2)
         return kvm_err(KVM_DISKFULL, "database size limit reached");
     uint64_t len = pages * e->psize;
@@ -764,7 +764,7 @@ int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
     }
     if (e->failed) {
         free(t);
-        return kvm_err(KVM_FAILED, "an earlier sync failed: reopen the database");
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
     }
     kvm_state s;
     state_load(e, &s);
@@ -912,7 +912,7 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
     if (!t->write)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier sync failed: reopen the database");
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
     kvm_state s = {t->txnid, t->root, t->entries, meta[0], meta[1], meta[2], meta[3], meta[4], meta[5],
                    t->depth, sync ? 0 : M_FLAGS_NOSYNC};
     if (s.hwm < 2 || s.hwm * e->psize > e->file_size)
@@ -944,9 +944,15 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
         uint8_t m[META_SIZE];
         meta_encode(m, e->psize, &s);
         ssize_t w = kvm_sys.pwrite(e->fd, m, META_SIZE, (off_t)((s.txnid & 1) * e->psize));
-        if (w != META_SIZE) {
+        if (w < 0 && space_code(errno) == KVM_DISKFULL) {
+            /* Nothing was written: the commit did not happen, the older meta
+            ** stands and the handle stays usable (DiskFullError's promise). */
+            rc = kvm_err_sys(KVM_DISKFULL, errno, "writing the meta page");
+        } else if (w != META_SIZE) {
+            /* EIO may report an earlier writeback failure; a short write
+            ** left part of a meta: trust nothing more of this handle. */
             e->failed = 1;
-            rc = kvm_err_sys(w < 0 ? space_code(errno) : KVM_IO, w < 0 ? errno : EIO,
+            rc = kvm_err_sys(KVM_IO, w < 0 ? errno : EIO,
                              "writing the meta page (the handle refuses writes until reopened)");
         } else if (sync && kvm_sys.fdatasync(e->fd) != 0) {
             e->failed = 1;
@@ -1118,8 +1124,13 @@ void kvm_env_close(kvm_env *e)
         return;
     if (e->base)
         kvm_sys.munmap(e->base, e->reserved);
-    if (e->fd >= 0)
+    if (e->fd >= 0) {
+        /* A mapping that failed to unmap (here, or the old one of a remap)
+        ** keeps the open file, and so its flock, alive: drop the lock
+        ** explicitly or the file stays locked until the process exits. */
+        kvm_sys.flock(e->fd, LOCK_UN);
         kvm_sys.close(e->fd);
+    }
     cache_free(&e->cache);
     pthread_rwlock_destroy(&e->map_lock);
     pthread_mutex_destroy(&e->cache_lock);
