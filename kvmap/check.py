@@ -197,6 +197,52 @@ class _Checker:
 
     # ------------------------------------------------------------ metas
 
+    def _crash_left(self, slot, why, other):
+        """Why an invalid meta is what a crash leaves, not damage (None when
+        it is damage).  A power loss in a commit's meta write leaves that meta
+        torn: the magic intact (it is the same in every meta) and the
+        checksum wrong, while the other meta is valid -- the engine then
+        opens the other one, as designed (FORMAT.md §2).  A power loss while
+        a file is created can leave one of its two metas unwritten: zeros,
+        next to a valid meta of the empty database.  A bit flipped in a meta
+        looks like a tear, so it is not told apart."""
+        if why == "checksum mismatch":
+            return ("fails its checksum: a commit's meta write interrupted by a crash (that "
+                    "commit never completed), or damage to it; the other meta stands")
+        raw = os.pread(self.fd, META_SIZE, slot * other["page_size"])
+        if raw == bytes(META_SIZE) and other["txnid"] <= 1 and other["root"] == 0:
+            return "unwritten (zeros): the file's creation was interrupted by a crash"
+        return None
+
+    def _edge_fault(self, m):
+        """What the engine's open-time verification (FORMAT.md §2, step 3)
+        finds wrong with meta ``m``'s leftmost and rightmost root-to-leaf
+        paths, or None."""
+        ps, hwm = m["page_size"], m["hwm"]
+        for rightmost in (False, True):
+            page = m["root"]
+            for level in range(m["depth"]):
+                ptype = PT_BRANCH if level + 1 < m["depth"] else PT_LEAF
+                if not 2 <= page < hwm:
+                    return f"page number {page} out of range"
+                buf = os.pread(self.fd, ps, page * ps)
+                if len(buf) < ps:
+                    return f"page {page} lies past the end of the file"
+                crc, t, _, nkeys, txnid, pgno, upper = _hdr(buf, 0)
+                if crc != crc32c(memoryview(buf)[4:]):
+                    return f"page {page}: checksum mismatch"
+                if t != ptype or pgno != page or not HDR + 2 * nkeys <= upper <= ps \
+                        or (t == PT_BRANCH and nkeys == 0):
+                    return f"page {page}: bad header"
+                if txnid > m["txnid"] or (level == 0 and txnid != m["txnid"]):
+                    return f"page {page}: written by transaction {txnid}"
+                if t == PT_BRANCH:
+                    off = _u16(buf, HDR + 2 * (nkeys - 1 if rightmost else 0))[0]
+                    if off + 10 > ps:
+                        return f"page {page}: cell out of bounds"
+                    page = _u64(buf, off + 2)[0]
+        return None
+
     def read_metas(self):
         fd, size = self.fd, self.file_size
         raw0 = os.pread(fd, META_SIZE, 0)
@@ -231,10 +277,13 @@ class _Checker:
         valid = [i for i in (0, 1) if metas[i] is not None]
         if not valid:
             raise CheckUnreadable(f"no valid meta page: meta 0: {why0}; meta 1: {why1}")
+        valid.sort(key=lambda i: metas[i]["txnid"], reverse=True)
+        crash = {}
         for i in (0, 1):
             if metas[i] is None:
-                self.add("meta-damaged", i, f"meta {i} is damaged ({whys[i]})")
-        valid.sort(key=lambda i: metas[i]["txnid"], reverse=True)
+                crash[i] = self._crash_left(i, whys[i], metas[valid[0]])
+                if not crash[i]:
+                    self.add("meta-damaged", i, f"meta {i} is damaged ({whys[i]})")
         newest = valid[0]
         ps = metas[newest]["page_size"]
         chosen = None
@@ -252,8 +301,24 @@ class _Checker:
             chosen = newest
             self.notes.append(f"no meta fits the file size; checking meta {chosen} anyway")
         other = 1 - chosen
-        if metas[other] is None:
-            self.notes.append(f"meta {other} is damaged ({whys[other]}); using meta {chosen}")
+        lost = None
+        if (chosen == newest and metas[other] is not None and metas[newest]["flags"] & M_FLAGS_NOSYNC
+                and metas[other]["hwm"] * ps <= size):
+            # The engine's fallback (FORMAT.md §2, step 4): a sync=False
+            # commit whose tree a power loss left incomplete is passed over.
+            lost = self._edge_fault(metas[newest])
+            if lost and not self._edge_fault(metas[other]):
+                chosen, other = other, newest
+            else:
+                lost = None
+        if lost:
+            self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}), a commit made with "
+                              f"sync=False, was lost by a crash ({lost}); using the older meta "
+                              f"{chosen} (txnid {metas[chosen]['txnid']}), as the engine does")
+        elif metas[other] is None:
+            self.notes.append(f"meta {other} " + (crash[other] if crash[other] else
+                                                   f"is damaged ({whys[other]})")
+                              + f"; using meta {chosen}")
         elif chosen != newest:
             self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}) does not fit the "
                               f"file; using the older meta {chosen} (txnid {metas[chosen]['txnid']})")

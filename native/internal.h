@@ -55,7 +55,7 @@ struct kvm_env {
     uint64_t    seq;             /* sequence lock over st */
     kvm_state   st;
     int         meta_slot;
-    int         meta_fallback;   /* the other meta page is damaged, or was rejected */
+    int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
     uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
     uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */

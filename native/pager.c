@@ -1034,6 +1034,14 @@ static int verify_path(kvm_env *e, const kvm_state *s, int rightmost)
         kvm_txn probe = {.env = e, .limit = s->hwm, .txnid = s->txnid};
         if ((rc = pg_check_node(&probe, p, pg, type)))
             break;
+        /* Every commit rewrites the root (copy-on-write of the changed path):
+        ** an older root is one a crash left in place of the commit's own. */
+        if (l == 0 && rd64(p + PH_TXNID) != s->txnid) {
+            rc = kvm_err(KVM_CORRUPT, "page %llu: root written by transaction %llu, not by the meta's %llu",
+                         (unsigned long long)pg, (unsigned long long)rd64(p + PH_TXNID),
+                         (unsigned long long)s->txnid);
+            break;
+        }
         if (type == PT_BRANCH) {
             unsigned n = rd16(p + PH_NKEYS);
             unsigned off = rd16(p + PH_SIZE + 2 * (rightmost ? n - 1 : 0));
@@ -1109,7 +1117,7 @@ static int load_meta(kvm_env *e, uint32_t want_ps)
         else if (!(last = verify_path(e, &s[i], 0)) && !(last = verify_path(e, &s[i], 1))) {
             e->st = s[i];
             e->meta_slot = i;
-            e->meta_fallback = k == 1 || rc[1 - i] != 0;
+            e->meta_fallback = k == 1 && rc[order[0]] == 0;   /* a valid newer meta was passed over */
             return 0;
         }
         if (!(s[i].flags & M_FLAGS_NOSYNC))

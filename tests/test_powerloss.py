@@ -32,13 +32,7 @@ import powerloss  # noqa: E402
 
 SEED = int(os.environ.get("KVMAP_POWERLOSS_SEED", "20261128"))
 LOSSES = int(os.environ.get("KVMAP_POWERLOSS_LOSSES", "2100"))
-# Images with exactly one meta page torn inside its sector (or, at creation,
-# one of the two new metas missing) are left out for now: the engine opens
-# them correctly, but kvmap.check reports the torn meta as damage
-# ("meta-damaged"), so the crash oracle's clean-check rule fails on them.
-META_TEARS = False
-
-SPECS = powerloss.plan(LOSSES, SEED, meta_tears=META_TEARS)
+SPECS = powerloss.plan(LOSSES, SEED)
 GROUPS = {}
 for _s in SPECS:
     GROUPS.setdefault("%s-%s" % (_s["config"], "sync" if _s["sync"] else "nosync"), []).append(_s)
@@ -71,9 +65,7 @@ def test_power_loss(group):
         outcomes.update(r["outcomes"])
     if group.endswith("-sync"):
         # every kind of loss happened, and the file grew in some of them
-        want = set(powerloss.DATA_MODES) | set(powerloss.META_MODES[:2])
-        if META_TEARS:
-            want |= set(powerloss.META_MODES)
+        want = set(powerloss.DATA_MODES) | set(powerloss.META_MODES)
         assert want <= modes, report
         assert {"old-length", "new-length"} <= lengths, report
         assert "exact" in outcomes, report
@@ -114,16 +106,15 @@ def test_cli_counts_and_replay(tmp_path):
     """The CLI prints counts by configuration and mode; --image rebuilds one
     image of a run and verifies it alone."""
     tool = os.path.join(REPO_ROOT, "tools", "powerloss.py")
-    tears = [] if META_TEARS else ["--no-meta-tears"]
     p = subprocess.run([sys.executable, tool, "--losses", "40", "--seed", "3",
-                        "--configs", "pread,mmap-reserve-wm"] + tears,
+                        "--configs", "pread,mmap-reserve-wm"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "simulated power losses: 40" in p.stdout, p.stdout
     assert "pread            sync=True" in p.stdout and "failures: 0" in p.stdout, p.stdout
     keep = tmp_path / "image.kv"
     p = subprocess.run([sys.executable, tool, "--config", "mmap-reserve-wm", "--seed", "3",
-                        "--commits", "30", "--image", "5", "--keep", str(keep)] + tears,
+                        "--commits", "30", "--image", "5", "--keep", str(keep)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "simulated power losses: 1" in p.stdout and keep.stat().st_size > 0, p.stdout

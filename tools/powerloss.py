@@ -3,7 +3,7 @@
 Usage::
 
     python tools/powerloss.py [--losses N] [--long] [--seed S] [--jobs J]
-                              [--configs ID,ID] [--no-meta-tears]
+                              [--configs ID,ID]
     python tools/powerloss.py --config mmap-reserve-wm --seed S --commits N \\
         --image K [--nosync] [--keep FILE]          # replay one image
 
@@ -425,14 +425,11 @@ def plan_sync(points, seed, first, last):
     return out
 
 
-def images_sync(points, states, seed, first, last, page_size, meta_tears=True):
-    """Yield the sync=True crash images first..last-1 (in sync-point order).
-    ``meta_tears=False`` leaves out the images with exactly one meta page
-    torn or unwritten: tears inside the meta's sector, and creation images
-    with one of the two new metas."""
+def images_sync(points, states, seed, first, last, page_size):
+    """Yield the sync=True crash images first..last-1 (in sync-point order)."""
     spp = page_size // SECTOR
-    meta_modes = META_MODES if meta_tears else META_MODES[:2]
-    data_modes = DATA_MODES if meta_tears else DATA_MODES[:2]
+    meta_modes = META_MODES
+    data_modes = DATA_MODES
     plans = sorted(plan_sync(points, seed, first, last), key=lambda t: (t[1], t[0]))
     shadow = bytearray()
     at = 0                          # points[:at] are applied to shadow
@@ -463,12 +460,10 @@ def images_sync(points, states, seed, first, last, page_size, meta_tears=True):
                     "%d of %d sectors" % (len(chosen), len(p.delta)))
 
 
-def images_nosync(points, states, seed, first, last, page_size, meta_tears=True):
+def images_nosync(points, states, seed, first, last, page_size):
     """Yield the sync=False crash images first..last-1 (see the module doc).
     ``points`` are the creation point and one "commit" delta per
-    transaction 1..n, so the file after transaction j is points 0..j.
-    (``meta_tears`` is accepted for symmetry: these images tear whole
-    sectors only.)"""
+    transaction 1..n, so the file after transaction j is points 0..j."""
     spp = page_size // SECTOR
     n = len(points) - 1
     # lengths and full files after every transaction, rebuilt on demand
@@ -703,13 +698,12 @@ def run_batch(spec, out=None, only=None, keep=None):
                                       spec["page_size"], directory=tmp)
     first, last = (only, only + 1) if only is not None else (0, spec["losses"])
     gen = images_sync if spec["sync"] else images_nosync
-    meta_tears = spec.get("meta_tears", True)
     res = dict(spec=spec, modes=Counter(), lengths=Counter(), outcomes=Counter(), failures=[],
                problems=problems, losses=0, examples={})
     path = os.path.join(tmp, "image.kv")
     old = signal.signal(signal.SIGALRM, _on_alarm)
     try:
-        for img in gen(points, states, spec["seed"], first, last, spec["page_size"], meta_tears):
+        for img in gen(points, states, spec["seed"], first, last, spec["page_size"]):
             print("IMG %d" % img.k, file=out, flush=True)
             if keep:
                 with open(keep, "wb") as f:
@@ -740,10 +734,9 @@ def run_batch(spec, out=None, only=None, keep=None):
 
 # ---------------------------------------------------------------- driver
 
-def plan(losses, seed, *, long=False, configs=None, nosync_share=0.25, per_batch=None, meta_tears=True):
+def plan(losses, seed, *, long=False, configs=None, nosync_share=0.25, per_batch=None):
     """Split ``losses`` images into batch specs over the configurations:
-    ``1 - nosync_share`` of them with sync=True, the rest with sync=False
-    (``meta_tears``: see images_sync)."""
+    ``1 - nosync_share`` of them with sync=True, the rest with sync=False."""
     configs = list(configs or CONFIGS)
     commits = 150 if long else 60
     per_batch = per_batch or (200 if long else 110)
@@ -759,7 +752,7 @@ def plan(losses, seed, *, long=False, configs=None, nosync_share=0.25, per_batch
             while left > 0:
                 n = min(per_batch, left)
                 specs.append(dict(config=c, sync=sync, seed=seed * 1000 + ci * 10 + b + (500 if not sync else 0),
-                                  commits=commits, losses=n, meta_tears=meta_tears,
+                                  commits=commits, losses=n,
                                   page_size=8192 if (long and b % 3 == 2) else 4096))
                 left -= n
                 b += 1
@@ -767,10 +760,9 @@ def plan(losses, seed, *, long=False, configs=None, nosync_share=0.25, per_batch
 
 
 def replay_command(spec, image):
-    return ("python tools/powerloss.py --config %s%s%s --seed %d --commits %d --page-size %d --image %d "
+    return ("python tools/powerloss.py --config %s%s --seed %d --commits %d --page-size %d --image %d "
             "--keep /tmp/powerloss-image.kv" % (
                 spec["config"], "" if spec["sync"] else " --nosync",
-                "" if spec.get("meta_tears", True) else " --no-meta-tears",
                 spec["seed"], spec["commits"], spec["page_size"], image))
 
 
@@ -871,8 +863,6 @@ def main(argv=None):
     ap.add_argument("--nosync", action="store_true", help="with --image: the run used sync=False")
     ap.add_argument("--commits", type=int, default=60, help="with --image: transactions in the run")
     ap.add_argument("--page-size", type=int, default=4096, help="with --image: the run's page size")
-    ap.add_argument("--no-meta-tears", action="store_true",
-                    help="leave out images with exactly one meta torn or unwritten")
     ap.add_argument("--image", type=int, help="replay one image of the run (--config, --seed, ...)")
     ap.add_argument("--keep", help="with --image: write the image to this file too")
     ap.add_argument("--batch", help=argparse.SUPPRESS)
@@ -885,7 +875,7 @@ def main(argv=None):
         if a.config not in CONFIGS:
             ap.error("--image needs --config, one of: " + ", ".join(CONFIGS))
         spec = dict(config=a.config, sync=not a.nosync, seed=a.seed, commits=a.commits, losses=a.image + 1,
-                    page_size=a.page_size, meta_tears=not a.no_meta_tears)
+                    page_size=a.page_size)
         res = run_batch(spec, only=a.image, keep=a.keep)
         print(summarize([res]))
         if a.keep:
@@ -896,7 +886,7 @@ def main(argv=None):
     for c in configs or ():
         if c not in CONFIGS:
             ap.error("unknown config %r" % c)
-    specs = plan(losses, a.seed, long=a.long, configs=configs, meta_tears=not a.no_meta_tears)
+    specs = plan(losses, a.seed, long=a.long, configs=configs)
     t0 = time.time()
     results = run_specs(specs, a.jobs)
     print(summarize(results))
