@@ -91,6 +91,7 @@ _REACHABLE = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDI
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _u64 = struct.Struct("<Q").unpack_from
+_klen_vlen = struct.Struct("<HI").unpack_from   # a leaf cell's header
 _hdr = struct.Struct("<IBBHQQQ").unpack_from      # crc type flags nkeys txnid pgno next/upper
 _meta = struct.Struct("<8sIIQQIIQQQQQQQ").unpack_from
 
@@ -513,32 +514,41 @@ class _Checker:
             self.add(kind, page, msg + (f" (and {n - 1} more cells)" if n > 1 else ""))
 
     def leaf(self, page, buf, nkeys, upper, lo, hi):
-        ps = self.ps
+        # The hot loop of a full check (one pass per cell): plain locals, and
+        # the helpers above only to word a problem once one is seen.
+        ps, max_cell, max_key = self.ps, self.max_cell, self.max_key
         self.nleaves += 1
         used = 2 * nkeys
+        entries = 0
         prev = None
         agg = {}
-        for i in range(nkeys):
-            off, key = self._cell_key(page, buf, i, upper, 6)
-            if off is None:
+        for i, off in enumerate(struct.unpack_from(f"<{nkeys}H", buf, HDR)):
+            if off < upper or off + 6 > ps:
+                self._cell_key(page, buf, i, upper, 6)      # reports it
                 continue
-            klen = len(key)
-            vlen = _u32(buf, off + 2)[0]
-            inline = 8 + klen + vlen <= self.max_cell
+            klen, vlen = _klen_vlen(buf, off)
+            end = off + 6 + klen
+            if end > ps:
+                self._cell_key(page, buf, i, upper, 6)
+                continue
+            key = bytes(buf[off + 6:end])
+            inline = 8 + klen + vlen <= max_cell
             clen = 6 + klen + (vlen if inline else 8)
             if off + clen > ps:
                 self.add("cell-out-of-bounds", page,
                          f"page {page} cell {i}: cell of {clen} bytes at {off} runs past the page end")
                 continue
             used += clen
-            self.entries += 1
-            if not 1 <= klen <= self.max_key:
+            entries += 1
+            if not 1 <= klen <= max_key:
                 self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key length {klen}")
-            self._order(page, i, key, prev, lo, hi, agg)
+            if ((prev is not None and not prev < key) or (lo is not None and key < lo)
+                    or (hi is not None and key >= hi)):
+                self._order(page, i, key, prev, lo, hi, agg)
             prev = key
             if not inline:
-                first = _u64(buf, off + 6 + klen)[0]
-                self.overflow(page, i, first, vlen)
+                self.overflow(page, i, _u64(buf, end)[0], vlen)
+        self.entries += entries
         self._flush(page, agg)
         self.leaf_used += used
 
