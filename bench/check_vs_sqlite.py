@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import kvmap
-from kvmap.check import check
+from kvmap.checker import check
 
 VALUE = 200
 

@@ -20,5 +20,16 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Database", "Snapshot", "Transaction", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
-    "ReadersFullError", "FailedError", "IOFailure",
+    "ReadersFullError", "FailedError", "IOFailure", "check", "salvage", "CheckReport", "CheckUnreadable",
 ]
+
+_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable")
+
+
+def __getattr__(name):
+    # kvmap.check & co. load the checker on first use, so that
+    # ``python -m kvmap.checker`` does not find it imported already.
+    if name in _CHECKER:
+        from . import checker
+        return getattr(checker, name)
+    raise AttributeError(f"module 'kvmap' has no attribute {name!r}")

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 import kvmap
-from kvmap.check import CheckUnreadable, check, main
+from kvmap.checker import CheckUnreadable, check, main
 
 # ---------------------------------------------------------------------------
 # an independent little reader
@@ -45,7 +45,7 @@ def crc(data):
 
 
 def test_crc_reference():
-    from kvmap.check import _page_crcs, crc32c
+    from kvmap.checker import _page_crcs, crc32c
     assert crc(b"123456789") == 0xE3069283
     assert crc32c(b"123456789") == 0xE3069283
     r = random.Random(5)
@@ -245,7 +245,7 @@ def assert_salvaged(damaged_path, tmp_path, original, damaged_pages, layout,
     value, and that nothing else comes back (a key not on a damaged page
     with another value, or a key ``original`` does not have).  ``layout``
     is a _Layout of the same tree as ``original``, taken before the damage."""
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     assert layout.items == original          # the independent parser agrees with the engine
     on_damaged = _keys_on_pages(layout, damaged_pages)
     assert on_damaged <= set(original)
@@ -304,6 +304,14 @@ def test_valid_database_matches_engine(tmp_path, page_size, snapshot):
         assert st["pending_pages"] > 0
     assert _cli(p) == 0
     assert _cli(p, "--quick") == 0
+
+
+def test_library_entry_points(base):
+    """kvmap.check / kvmap.salvage are the checker's (the module is
+    kvmap.checker, so that ``python -m kvmap.checker`` runs it cleanly)."""
+    import kvmap.checker
+    assert kvmap.check is kvmap.checker.check and kvmap.salvage is kvmap.checker.salvage
+    assert kvmap.check(base[0]).ok
 
 
 def test_empty_and_fresh_databases(tmp_path):
@@ -566,7 +574,7 @@ def test_truncated_at_page_boundary(copy, tmp_path, original, where):
     # second database, which then holds every entry not on a lost page.
     T = L.meta_fields()["txnid"]
     assert all(struct.unpack_from("<Q", L.page(pg), 8)[0] < T - 1 for pg in range(2, keep))
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     res = salvage(p, tmp_path / "out.kv", unverified=tmp_path / "unverified.kv")
     got = _contents(tmp_path / "out.kv")
     assert all(original.get(k_) == v for k_, v in got.items())      # nothing not in the state
@@ -817,13 +825,13 @@ def test_cli_usage_errors(base):
 
 
 def test_python_m_entry(base, copy):
-    r = subprocess.run([sys.executable, "-m", "kvmap.check", str(base[0]), "--json"],
+    r = subprocess.run([sys.executable, "-m", "kvmap.checker", str(base[0]), "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True
     p = copy()
     os.truncate(p, 50)
-    r = subprocess.run([sys.executable, "-m", "kvmap.check", str(p)],
+    r = subprocess.run([sys.executable, "-m", "kvmap.checker", str(p)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
@@ -851,7 +859,7 @@ def _leaf_keys(L, pg):
 
 
 def test_salvage_valid(base, tmp_path):
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     out = tmp_path / "out.kv"
     res = salvage(base[0], out)
     assert res.report.ok and res.lost == 0 and res.recovered == base[1]["entries"]
@@ -866,7 +874,7 @@ def test_salvage_valid(base, tmp_path):
 
 
 def test_salvage_leaf_bit_flip(base, copy, tmp_path):
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     p = copy()
     L = _Layout(p)
     leaf = L.leaves[len(L.leaves) // 3]
@@ -886,7 +894,7 @@ def test_salvage_leaf_bit_flip(base, copy, tmp_path):
 
 
 def test_salvage_overflow_and_orphans(base, copy, tmp_path):
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     orig = _contents(base[0])
     # a damaged overflow page loses exactly its value
     p = copy("a.kv")
@@ -935,7 +943,7 @@ def test_salvage_newest_meta_zeroed(copy, tmp_path, capsys):
 
 
 def test_salvage_unreadable(copy, tmp_path):
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     p = copy()
     with open(p, "r+b") as f:
         f.write(bytes(8192))
@@ -949,7 +957,7 @@ def test_salvage_orphans_need_the_free_list(copy, tmp_path, original):
     are proven current (no free page, no newer version) and all come back;
     with a free-list page damaged too only those the newest commit wrote are
     proven; the others go to the unverified output."""
-    from kvmap.check import salvage
+    from kvmap.checker import salvage
     p = copy()
     L = _Layout(p)
     root = L.meta_fields()["root"]

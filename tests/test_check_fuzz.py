@@ -28,7 +28,7 @@ SEED = int(os.environ.get("KVMAP_FUZZ_SEED", "20261128"))
 RUNNER = r'''
 import json, os, random, signal, sys, traceback
 import kvmap
-from kvmap.check import check, salvage, CheckUnreadable
+from kvmap.checker import check, salvage, CheckUnreadable
 
 args = json.loads(sys.argv[1])
 bases = [open(p, "rb").read() for p in args["bases"]]
@@ -155,7 +155,7 @@ def bases(tmp_path_factory):
     _build(paths[0], 1, 4096, 1500, 8)
     _build(paths[1], 2, 8192, 2000, 6)
     _build(paths[2], 3, 4096, 600, 2)
-    from kvmap.check import check
+    from kvmap.checker import check
     for p in paths:
         rep = check(p)
         assert rep.ok, rep.problems

@@ -123,7 +123,7 @@ def test_cli_counts_and_replay(tmp_path):
 STALE_PAGE = r'''
 import os, struct, sys
 import kvmap
-from kvmap.check import check
+from kvmap.checker import check
 
 path = os.path.join(ARGS["dir"], "db.kv")
 image = os.path.join(ARGS["dir"], "image.kv")

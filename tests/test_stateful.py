@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sortedcontainers import SortedDict
 
 from conftest import CONFIGS, CONFIG_IDS, DEFAULT_CFG, PREAD_CFG, make_value, open_db
-from kvmap.check import check
+from kvmap.checker import check
 
 MAX_KEY = 1000  # spec: db.max_key_size == 1000 at page_size 4096
 

@@ -112,7 +112,7 @@ def verify(path, workload, acked, *, open_kw=None, allow_next=True):
     reports a problem (run first, on the file as the crash left it, and again
     after the reopen)."""
     import kvmap
-    from kvmap.check import check
+    from kvmap.checker import check
 
     def checked(when):
         rep = check(path)

@@ -74,7 +74,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import crashkit  # noqa: E402
 import kvmap  # noqa: E402
-import kvmap.check  # noqa: E402,F401  (imported once here, not in every verifier)
+import kvmap.checker  # noqa: E402,F401  (imported once here, not in every verifier)
 from conftest import CONFIGS, config_id  # noqa: E402
 from kvmap._lib import lib  # noqa: E402
 
@@ -697,7 +697,7 @@ def report(args, total, elapsed):
 
 
 def check_child(fd, lane):
-    from kvmap.check import check
+    from kvmap.checker import check
     rep = check(lane.path)
     if rep.ok:
         _send(fd, "C")

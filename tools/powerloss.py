@@ -571,7 +571,7 @@ def probe(path, cfg, states):
     ``states`` (transactions whose state the contents equal, when read),
     ``fallback`` (open used the older meta)."""
     import kvmap
-    from kvmap.check import CheckUnreadable, check
+    from kvmap.checker import CheckUnreadable, check
 
     info = dict(check="unreadable", ro=None, error=None, states=None, fallback=False, anomaly="")
     try:

@@ -8,17 +8,16 @@ bounded by one byte per page of the file (an owner code per page), not by
 what the file says (salvage adds two bytes per page, and the first and last
 key and a (txnid, page) pair of each candidate orphan leaf).
 
-Library::
+Library (``kvmap.check`` and ``kvmap.salvage`` are this module's)::
 
-    from kvmap.check import check
-    report = check("data.kv")            # CheckReport
+    report = kvmap.check("data.kv")      # CheckReport
     report.ok, report.problems, report.summary, report.to_json()
 
 Command line (exit 0: sound, 1: damage found, 2: unreadable file or usage
 error)::
 
-    python -m kvmap.check PATH [--json] [--quick] [--max-errors N]
-                               [--salvage OUT [--unverified OUT2]]
+    kvmap-check PATH [--json] [--quick] [--max-errors N] [--salvage OUT [--unverified OUT2]]
+    python -m kvmap.checker ...          # the same
 
 Full mode verifies both metas, the checksum of every page it reaches, the
 tree (types, headers, cell bounds, key order within pages and against every
