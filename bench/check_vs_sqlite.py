@@ -31,7 +31,9 @@ def pairs(n, seed=1):
 
 
 def build(dirname, gib):
-    n = int(gib * (1 << 30) / 450)      # random-order inserts leave pages about half full
+    # Random-order inserts leave pages about half full, and the file grows in
+    # steps of up to half its size: about 860 bytes of file per entry.
+    n = int(gib * (1 << 30) / 860)
     kv = os.path.join(dirname, "check.kv")
     sq = os.path.join(dirname, "check.sqlite")
     with kvmap.open(kv, sync=False) as db:
@@ -85,8 +87,10 @@ def main():
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=a.dir) as d:
         kv, sq, n = build(d, a.gib)
-        print(f"{n:,} entries; kvmap file {os.path.getsize(kv) / (1 << 30):.2f} GiB, "
-              f"sqlite file {os.path.getsize(sq) / (1 << 30):.2f} GiB")
+        summary = check(kv).summary
+        print(f"{n:,} entries; kvmap file {os.path.getsize(kv) / (1 << 30):.2f} GiB "
+              f"({summary['hwm'] * summary['page_size'] / (1 << 30):.2f} GiB below the high-water "
+              f"mark, fill {summary['fill_factor']:.2f}), sqlite file {os.path.getsize(sq) / (1 << 30):.2f} GiB")
         warm(kv)
         warm(sq)
         runs = {name: [] for name in ("kvmap full", "kvmap quick", "sqlite integrity_check",
