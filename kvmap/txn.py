@@ -20,6 +20,7 @@ from .errors import ClosedError
 _REC = struct.Struct("<II")
 _put = lib.kvm_put
 unpack = ffi.unpack
+NOTFOUND = lib.KVM_NOTFOUND
 
 
 def _successor(prefix):
@@ -165,7 +166,11 @@ class _Reads:
         n = self._getfn(h, key, len(key), tl.buf, tl.cap)
         if 0 <= n <= tl.cap:
             return unpack(tl.buf, n)
-        return _lib.read_value(self._getfn, h, key)
+        if n == NOTFOUND:
+            return MISSING
+        if n < 0:
+            raise error_for(n)
+        return _lib.read_value(self._getfn, h, key)     # larger than the buffer
 
     def __getitem__(self, key):
         """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
