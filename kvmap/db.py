@@ -17,7 +17,7 @@ import weakref
 from collections.abc import MutableMapping
 
 from ._lib import MISSING, error_for, ffi, lib, runs_array
-from .errors import LockedError, ReadOnlyError
+from .errors import CorruptionError, LockedError, ReadOnlyError
 from .space import FreeSpace
 from .txn import Snapshot, Transaction, _Closing, _Reads, scan
 
@@ -86,38 +86,56 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.map_size = map_size
         opt.max_readers = max_readers
         opt.cache_bytes = cache_size
-        out = ffi.new("kvm_env **")
         if not create and not os.path.exists(path):
             raise FileNotFoundError(2, "No such file or directory", path)
-        rc = lib.kvm_env_open_released(os.fsencode(path), opt, out)
+        self._wlock = threading.Lock()
+        self._writer = None
+        self._live = weakref.WeakValueDictionary()   # id -> open snapshot or transaction
+        try:
+            self._open_env(opt)
+        except CorruptionError:
+            # A power loss after sync=False commits can leave the newest
+            # meta's tree whole but its free list not: the state before that
+            # commit is intact, so open it, as open does when the tree's edge
+            # paths are damaged (FORMAT.md §2).
+            if readonly or not self._nosync:
+                raise
+            opt.flags |= lib.KVM_OPEN_OLDER
+            self._open_env(opt)
+
+    def _open_env(self, opt):
+        """Open the C environment and, for a writable handle, load the free
+        list; on failure nothing stays open."""
+        out = ffi.new("kvm_env **")
+        self._nosync = False
+        rc = lib.kvm_env_open_released(os.fsencode(self.path), opt, out)
         if rc:
             raise error_for(rc)
         env = out[0]
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(env, st)
+        self._nosync = bool(st.meta_nosync)
         self.page_size = st.page_size
         self._h = env
         self._max_key = lib.kvm_env_max_key(env)
-        self._wlock = threading.Lock()
-        self._writer = None
-        self._live = weakref.WeakValueDictionary()   # id -> open snapshot or transaction
         self._space = FreeSpace(self.page_size, st.hwm)
         self._file_pages = st.file_size // self.page_size
-        if not readonly:
-            try:
-                page = ffi.new("char[]", self.page_size)
+        if self.readonly:
+            return
+        try:
+            page = ffi.new("char[]", self.page_size)
 
-                def read_page(pgno, ptype):
-                    rc = lib.kvm_env_read_page(env, pgno, ptype, page)
-                    if rc:
-                        raise error_for(rc)
-                    return ffi.buffer(page)[:]
+            def read_page(pgno, ptype):
+                rc = lib.kvm_env_read_page(env, pgno, ptype, page)
+                if rc:
+                    raise error_for(rc)
+                return ffi.buffer(page)[:]
 
-                self._space.load(read_page, st.free_index, st.free_pending, st.free_count,
-                                 st.pending_count, st.pending_floor)
-            except BaseException:
-                self.close()
-                raise
+            self._space.load(read_page, st.free_index, st.free_pending, st.free_count,
+                             st.pending_count, st.pending_floor)
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------- lifecycle
 

@@ -45,6 +45,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_READONLY  1
 #define KVM_OPEN_CREATE    2
 #define KVM_OPEN_WRITEMAP  4
+#define KVM_OPEN_OLDER     8   /* pass over a newer sync=False meta (its free list is damaged) */
 
 /* cursor seek modes */
 #define KVM_SEEK_FIRST     0
@@ -73,7 +74,7 @@ typedef struct kvm_stat {
     uint64_t txnid, root, entries, hwm, free_index, free_pending;
     uint64_t free_count, pending_count, pending_floor;
     uint32_t depth, page_size;
-    int      meta_slot, meta_fallback, failed;
+    int      meta_slot, meta_fallback, meta_nosync, failed;
     uint64_t file_size, map_base, map_length, map_reserved;
     uint64_t cache_hits, cache_misses;
     uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise;

@@ -171,6 +171,7 @@ static void state_load(kvm_env *e, kvm_state *out)
         out->pending_count = __atomic_load_n(&e->st.pending_count, __ATOMIC_RELAXED);
         out->pending_floor = __atomic_load_n(&e->st.pending_floor, __ATOMIC_RELAXED);
         out->depth = __atomic_load_n(&e->st.depth, __ATOMIC_RELAXED);
+        out->flags = __atomic_load_n(&e->st.flags, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (__atomic_load_n(&e->seq, __ATOMIC_RELAXED) == s1)
             return;
@@ -192,6 +193,7 @@ static void state_publish(kvm_env *e, const kvm_state *s)
     __atomic_store_n(&e->st.pending_count, s->pending_count, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.pending_floor, s->pending_floor, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.depth, s->depth, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->st.flags, s->flags, __ATOMIC_RELAXED);
     __atomic_store_n(&e->seq, q + 2, __ATOMIC_RELEASE);
 }
 
@@ -1056,7 +1058,7 @@ static int verify_path(kvm_env *e, const kvm_state *s, int rightmost)
     return rc;
 }
 
-static int load_meta(kvm_env *e, uint32_t want_ps)
+static int load_meta(kvm_env *e, uint32_t want_ps, int older)
 {
     kvm_state s[2];
     uint32_t ps[2] = {0, 0};
@@ -1110,6 +1112,12 @@ static int load_meta(kvm_env *e, uint32_t want_ps)
         int i = order[k];
         if (rc[i])
             continue;
+        if (k == 0 && older && !rc[order[1]] && (s[i].flags & M_FLAGS_NOSYNC)) {
+            /* KVM_OPEN_OLDER: the caller found more of this sync=False
+            ** commit missing (its free list) and wants the state before it. */
+            last = kvm_err(KVM_CORRUPT, "%s: meta %d passed over (KVM_OPEN_OLDER)", e->path, i);
+            continue;
+        }
         if (s[i].hwm * psize > e->file_size)
             last = kvm_err(KVM_CORRUPT, "%s is truncated: meta %d needs %llu bytes, the file has %llu",
                            e->path, i, (unsigned long long)(s[i].hwm * psize),
@@ -1209,7 +1217,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         }
         rc = init_file(e, want ? want : 4096);
     } else {
-        rc = load_meta(e, want);
+        rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0);
     }
     if (rc)
         goto fail;
@@ -1247,6 +1255,7 @@ void kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->page_size = e->psize;
     st->meta_slot = e->meta_slot;
     st->meta_fallback = e->meta_fallback;
+    st->meta_nosync = (s.flags & M_FLAGS_NOSYNC) != 0;
     st->failed = e->failed;
     st->file_size = e->file_size;
     st->map_base = (uint64_t)(uintptr_t)e->base;
