@@ -90,3 +90,50 @@ def test_sigbus_outside_the_engine_still_kills(tmp_path, faulthandler, monkeypat
     assert rc == -7, (rc, err)      # SIGBUS
     if faulthandler:
         assert "Bus error" in err, err
+
+
+THREADS_CHILD = r"""
+import os, threading, kvmap
+path, cfg = ARGS["path"], ARGS["cfg"]
+db = kvmap.open(path, **cfg)
+with db.transaction() as t:
+    for i in range(30000):
+        t[b"k%06d" % i] = b"v" * 100
+outcomes = []
+started = threading.Barrier(5)
+
+def reader(n):
+    snap = db.snapshot()
+    started.wait()
+    got = set()
+    for _ in range(200):
+        try:
+            sum(1 for _ in snap.items())
+            got.add("ok")
+        except kvmap.Error as e:
+            got.add(type(e).__name__)
+    snap.close()
+    outcomes.append(got)
+
+threads = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+for t in threads:
+    t.start()
+started.wait()
+os.truncate(path, 4 * db.page_size)       # while four threads read through the map
+for t in threads:
+    t.join()
+db.close()
+print("OUTCOMES", sorted(set().union(*outcomes)))
+print("CLOSED")
+"""
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+def test_truncated_under_reader_threads(tmp_path, cfg):
+    """Each thread's faults jump to that thread's own guard: four threads
+    iterating through the mapping while the file is cut short all get
+    errors (or finish first), and the process lives."""
+    rc, out, err = run_python(THREADS_CHILD, args=dict(path=str(tmp_path / "db.kv"), cfg=cfg))
+    assert_child_ok(rc, out, err, "CLOSED")
+    seen = out.split("OUTCOMES ")[1].splitlines()[0]
+    assert "IOFailure" in seen or "CorruptionError" in seen, out
