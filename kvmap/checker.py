@@ -180,8 +180,9 @@ def _decode_meta(buf, offset=None):
 # ---------------------------------------------------------------- checker
 
 class _Checker:
-    def __init__(self, fd, file_size, quick, max_errors, progress):
+    def __init__(self, fd, file_size, quick, max_errors, progress, lost_free_list=None):
         self.fd = fd
+        self.lost_free_list = lost_free_list   # pass over the newest meta: its free list is lost
         self.file_size = file_size
         self.quick = quick
         self.max_errors = max_errors
@@ -307,6 +308,8 @@ class _Checker:
             # The engine's fallback (FORMAT.md §2, step 4): a sync=False
             # commit whose tree a power loss left incomplete is passed over.
             lost = self._edge_fault(metas[newest])
+            if not lost and self.lost_free_list:
+                lost = f"its free list is damaged: {self.lost_free_list}"
             if lost and not self._edge_fault(metas[other]):
                 chosen, other = other, newest
             else:
@@ -775,10 +778,13 @@ def _note(agg, kind, msg):
         agg[kind] = [msg, 1]
 
 
-def _run(fd, path, quick, max_errors, progress):
+_FREE_LIST_PAGES = (O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX)
+
+
+def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
     try:
         size = os.fstat(fd).st_size
-        c = _Checker(fd, size, quick, max(0, int(max_errors)), progress)
+        c = _Checker(fd, size, quick, max(0, int(max_errors)), progress, lost_free_list)
         c.read_metas()
         c.setup()
         c.walk_tree()
@@ -796,6 +802,16 @@ def _run(fd, path, quick, max_errors, progress):
         progress(1, 1)
     rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
                       meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
+    # A writable open passes over a sync=False meta whose free list it cannot
+    # load (FORMAT.md §2, step 5): when that is all the damage, check the
+    # older meta, as the engine will use it.
+    if (lost_free_list is None and not rep.ok and c.meta_used == c.newest
+            and c.meta["flags"] & M_FLAGS_NOSYNC and c.total == len(c.problems)
+            and all(p.page is not None and p.page < c.npages and c.owner[p.page] in _FREE_LIST_PAGES
+                    for p in c.problems)):
+        older, oc = _run(fd, path, quick, max_errors, progress, c.problems[0].message)
+        if older.ok and older.meta_used != c.meta_used:
+            return older, oc
     return rep, c
 
 

@@ -534,10 +534,10 @@ print("DONE")
     assert "written by transact" in counts, out
 
 
-NOSYNC_FREE_LIST_CHILD = r"""
+FREE_LIST_LOST_CHILD = r"""
 import struct, kvmap
-p = ARGS["path"]
-with kvmap.open(p, sync=False) as db:
+p, sync = ARGS["path"], ARGS["sync"]
+with kvmap.open(p, sync=sync) as db:
     for t in range(6):
         db.update({b"k%05d" % i: b"v%d" % t * 30 for i in range(t * 300, t * 300 + 3000)})
     before = dict(db.items())
@@ -552,6 +552,16 @@ assert free_index
 with open(p, "r+b") as f:                  # its write never reached the disk
     f.seek(free_index * 4096 + 100)
     f.write(b"\xff" * 8)
+rep = kvmap.check(p)
+if not sync:
+    assert rep.ok and any("free list is damaged" in n for n in rep.meta_notes), rep
+else:
+    assert [(x.kind, x.page) for x in rep.problems] == [("bad-checksum", free_index)], rep.problems
+    try:
+        kvmap.open(p)
+    except kvmap.CorruptionError:
+        print("DONE")
+    raise SystemExit
 with kvmap.open(p) as db:
     st = db.stats()
     assert st["txnid"] == txnid and st["meta_fallback"], st
@@ -567,16 +577,13 @@ print("DONE")
 def test_nosync_free_list_lost_opens_the_previous_commit(tmp_path):
     """A power loss after sync=False commits can leave the newest meta's tree
     whole but its free list damaged: a writable open falls back to the
-    previous commit, whose state is intact (as for damaged edge paths)."""
-    rc, out, err = run_python(NOSYNC_FREE_LIST_CHILD, args=dict(path=str(tmp_path / "db")))
+    previous commit, whose state is intact (as for damaged edge paths), and
+    kvmap-check checks that commit too."""
+    rc, out, err = run_python(FREE_LIST_LOST_CHILD, args=dict(path=str(tmp_path / "db"), sync=False))
     assert_child_ok(rc, out, err, "DONE")
 
 
 def test_sync_free_list_damaged_is_an_error(tmp_path):
     """The same damage under a synced commit is damage: no fallback."""
-    code = NOSYNC_FREE_LIST_CHILD.replace("sync=False", "sync=True").replace(
-        'with kvmap.open(p) as db:\n    st = db.stats()',
-        'try:\n    kvmap.open(p)\nexcept kvmap.CorruptionError:\n    print("DONE")\n    raise SystemExit\n'
-        'with kvmap.open(p) as db:\n    st = db.stats()', 1)
-    rc, out, err = run_python(code, args=dict(path=str(tmp_path / "db")))
+    rc, out, err = run_python(FREE_LIST_LOST_CHILD, args=dict(path=str(tmp_path / "db"), sync=True))
     assert_child_ok(rc, out, err, "DONE")
