@@ -803,13 +803,13 @@ def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
     rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
                       meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
     # A writable open passes over a sync=False meta whose free list it cannot
-    # load (FORMAT.md §2, step 5): when that is all the damage, check the
-    # older meta, as the engine will use it.
-    if (lost_free_list is None and not rep.ok and c.meta_used == c.newest
-            and c.meta["flags"] & M_FLAGS_NOSYNC and c.total == len(c.problems)
-            and all(p.page is not None and p.page < c.npages and c.owner[p.page] in _FREE_LIST_PAGES
-                    for p in c.problems)):
-        older, oc = _run(fd, path, quick, max_errors, progress, c.problems[0].message)
+    # load (FORMAT.md §2, step 5), whatever else is damaged: then check the
+    # older meta, as the engine will use it (if that one is sound).
+    damaged = [p for p in c.problems if p.kind == "free-list" or (
+        p.page is not None and p.page < c.npages and c.owner[p.page] in _FREE_LIST_PAGES)]
+    if (lost_free_list is None and damaged and c.meta_used == c.newest
+            and c.meta["flags"] & M_FLAGS_NOSYNC):
+        older, oc = _run(fd, path, quick, max_errors, progress, damaged[0].message)
         if older.ok and older.meta_used != c.meta_used:
             return older, oc
     return rep, c
