@@ -1005,6 +1005,25 @@ static int init_file(kvm_env *e, uint32_t ps)
     return 0;
 }
 
+/* 1 when the file is exactly the two meta pages of page size ps and all
+** zeros: what a crash leaves when it interrupts init_file (the size reached
+** the disk, the metas did not).  Such a file holds nothing, so open
+** initialises it as it does an empty one.  0 otherwise; <0 on a read error. */
+static int creation_interrupted(kvm_env *e, uint32_t ps)
+{
+    if (e->file_size != 2ull * ps)
+        return 0;
+    uint8_t *buf = malloc(2ull * ps);
+    if (!buf)
+        return kvm_err(KVM_NOMEM, "allocating meta pages");
+    ssize_t n = kvm_sys.pread(e->fd, buf, 2ull * ps, 0);
+    int rc = n < 0 ? kvm_err_sys(KVM_IO, errno, "reading the meta pages") : n == (ssize_t)(2 * ps);
+    for (size_t i = 0; rc == 1 && i < 2ull * ps; i++)
+        rc = buf[i] == 0;
+    free(buf);
+    return rc;
+}
+
 /* Read one tree path (leftmost or rightmost) with pread and check every page's
 ** checksum, type and page number: cheap proof that the chosen meta's tree
 ** was completely written. */
@@ -1210,12 +1229,15 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = kvm_err_sys(KVM_IO, errno, path);
         goto fail;
     }
+    int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
     if (e->file_size == 0) {
-        if (e->readonly || !(opt->flags & KVM_OPEN_CREATE)) {
+        if (!may_init) {
             rc = kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", path);
             goto fail;
         }
         rc = init_file(e, want ? want : 4096);
+    } else if (may_init && (rc = creation_interrupted(e, want ? want : 4096)) != 0) {
+        rc = rc < 0 ? rc : init_file(e, want ? want : 4096);
     } else {
         rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0);
     }
