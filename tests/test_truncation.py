@@ -12,13 +12,17 @@ import pytest
 
 from conftest import ALL_CONFIG_PARAMS, assert_child_ok, run_python
 
-TRUNCATE_CHILD = r"""
-import os, kvmap
+# a database of 30,000 entries, a few MiB, open as ``db``
+FILLED = r"""
+import os, threading, kvmap
 path, cfg = ARGS["path"], ARGS["cfg"]
 db = kvmap.open(path, **cfg)
 with db.transaction() as t:
-    for i in range(20000):
+    for i in range(30000):
         t[b"k%06d" % i] = b"v" * 100
+"""
+
+TRUNCATE_CHILD = FILLED + r"""
 snap = db.snapshot()
 writer = db.transaction() if ARGS["open_writer"] else None
 os.truncate(path, 4 * db.page_size)       # what another process could do
@@ -34,11 +38,11 @@ def write():
     if writer is None:
         db[b"new"] = b"1"
         return
-    for i in range(20000):                  # touches pages past the new end
+    for i in range(30000):                  # touches pages past the new end
         writer.put(b"k%06d" % i, b"w" * 100)
 
-print("get", outcome(lambda: db[b"k019999"]))
-print("snapshot_get", outcome(lambda: snap[b"k019999"]))
+print("get", outcome(lambda: db[b"k029999"]))
+print("snapshot_get", outcome(lambda: snap[b"k029999"]))
 print("iterate", outcome(lambda: sum(1 for _ in snap.items())))
 print("new_snapshot", outcome(db.snapshot))
 print("write", outcome(write))
@@ -92,13 +96,7 @@ def test_sigbus_outside_the_engine_still_kills(tmp_path, faulthandler, monkeypat
         assert "Bus error" in err, err
 
 
-THREADS_CHILD = r"""
-import os, threading, kvmap
-path, cfg = ARGS["path"], ARGS["cfg"]
-db = kvmap.open(path, **cfg)
-with db.transaction() as t:
-    for i in range(30000):
-        t[b"k%06d" % i] = b"v" * 100
+THREADS_CHILD = FILLED + r"""
 outcomes = []
 started = threading.Barrier(5)
 
