@@ -222,7 +222,54 @@ class Store:
         os.makedirs(self.dir, exist_ok=True)
 
 
-class KvmapStore(Store):
+class TxnStore(Store):
+    """A store read through snapshots and written through transactions with
+    ``get``/``put``/``delete`` (kvmap and py-lmdb alike): ``reader()`` and
+    ``writer()`` give them; the workloads' loops are shared."""
+
+    def load(self, pairs):
+        with self.writer() as t:
+            put = t.put
+            for k, v in pairs:
+                put(k, v)
+
+    txn = load          # a small transaction is a small load
+
+    def delete_all(self, keys):
+        with self.writer() as t:
+            for k in keys:
+                t.delete(k)
+
+    def get_all(self, keys):
+        found = 0
+        with self.reader() as t:
+            get = t.get
+            for k in keys:
+                if get(k) is not None:
+                    found += 1
+        return found
+
+    def get_timed(self, keys, lat):
+        found = 0
+        clock = time.perf_counter_ns
+        with self.reader() as t:
+            get = t.get
+            for k in keys:
+                t0 = clock()
+                v = get(k)
+                lat.append(clock() - t0)
+                if v is not None:
+                    found += 1
+        return found
+
+    def read_batch(self, keys):
+        with self.reader() as t:
+            get = t.get
+            for k in keys:
+                get(k)
+
+
+class KvmapStore(TxnStore):
     kind = "kvmap"
 
     def __init__(self, name, directory):
@@ -247,33 +294,11 @@ class KvmapStore(Store):
     def syscalls(self):
         return dict(self.db.stats()["syscalls"])
 
-    def load(self, pairs):
-        with self.db.transaction() as t:
-            put = t.put
-            for k, v in pairs:
-                put(k, v)
+    def reader(self):
+        return self.db.snapshot()
 
-    def get_all(self, keys):
-        found = 0
-        with self.db.snapshot() as s:
-            get = s.get
-            for k in keys:
-                if get(k) is not None:
-                    found += 1
-        return found
-
-    def get_timed(self, keys, lat):
-        found = 0
-        clock = time.perf_counter_ns
-        with self.db.snapshot() as s:
-            get = s.get
-            for k in keys:
-                t0 = clock()
-                v = get(k)
-                lat.append(clock() - t0)
-                if v is not None:
-                    found += 1
-        return found
+    def writer(self):
+        return self.db.transaction()
 
     def scan(self):
         n = 0
@@ -284,7 +309,7 @@ class KvmapStore(Store):
     def ranges(self, bounds, lat):
         items = 0
         clock = time.perf_counter_ns
-        with self.db.snapshot() as s:
+        with self.reader() as s:
             irange = s.irange_items
             for lo, hi in bounds:
                 t0 = clock()
@@ -293,27 +318,11 @@ class KvmapStore(Store):
                 lat.append(clock() - t0)
         return items
 
-    def txn(self, pairs):
-        with self.db.transaction() as t:
-            for k, v in pairs:
-                t[k] = v
-
-    def delete_all(self, keys):
-        with self.db.transaction() as t:
-            for k in keys:
-                t.delete(k)
-
     def count(self):
         return len(self.db)
 
-    def read_batch(self, keys):
-        with self.db.snapshot() as s:
-            get = s.get
-            for k in keys:
-                get(k)
 
-
-class LmdbStore(Store):
+class LmdbStore(TxnStore):
     kind = "lmdb"
 
     def __init__(self, name, directory):
@@ -336,37 +345,15 @@ class LmdbStore(Store):
     def files(self):
         return [os.path.join(self.dir, "data.mdb")]
 
-    def load(self, pairs):
-        with self.env.begin(write=True) as t:
-            put = t.put
-            for k, v in pairs:
-                put(k, v)
+    def reader(self):
+        return self.env.begin()
 
-    def get_all(self, keys):
-        found = 0
-        with self.env.begin() as t:
-            get = t.get
-            for k in keys:
-                if get(k) is not None:
-                    found += 1
-        return found
-
-    def get_timed(self, keys, lat):
-        found = 0
-        clock = time.perf_counter_ns
-        with self.env.begin() as t:
-            get = t.get
-            for k in keys:
-                t0 = clock()
-                v = get(k)
-                lat.append(clock() - t0)
-                if v is not None:
-                    found += 1
-        return found
+    def writer(self):
+        return self.env.begin(write=True)
 
     def scan(self):
         n = 0
-        with self.env.begin() as t:
+        with self.reader() as t:
             for _ in t.cursor():
                 n += 1
         return n
@@ -374,7 +361,7 @@ class LmdbStore(Store):
     def ranges(self, bounds, lat):
         items = 0
         clock = time.perf_counter_ns
-        with self.env.begin() as t:
+        with self.reader() as t:
             cur = t.cursor()
             for lo, hi in bounds:
                 t0 = clock()
@@ -386,24 +373,8 @@ class LmdbStore(Store):
                 lat.append(clock() - t0)
         return items
 
-    def txn(self, pairs):
-        with self.env.begin(write=True) as t:
-            for k, v in pairs:
-                t.put(k, v)
-
-    def delete_all(self, keys):
-        with self.env.begin(write=True) as t:
-            for k in keys:
-                t.delete(k)
-
     def count(self):
         return self.env.stat()["entries"]
-
-    def read_batch(self, keys):
-        with self.env.begin() as t:
-            get = t.get
-            for k in keys:
-                get(k)
 
 
 class SqliteStore(Store):
