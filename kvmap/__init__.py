@@ -13,17 +13,18 @@ memory mapping.
 
 from .db import Database, open
 from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
-                     IOFailure, LockedError, MapFullError, ReadersFullError, ReadOnlyError)
+                     InheritedHandleError, IOFailure, LockedError, MapFullError, ReadersFullError,
+                     ReadOnlyError)
 from .txn import Snapshot, Transaction
 
 __version__ = "0.1.0"
 __all__ = [
     "open", "Database", "Snapshot", "Transaction", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
-    "ReadersFullError", "FailedError", "IOFailure", "check", "salvage", "CheckReport", "CheckUnreadable",
+    "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy",
 ]
 
-_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable")
+_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy")
 
 
 def __getattr__(name):

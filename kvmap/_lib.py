@@ -1,12 +1,19 @@
 """The boundary to the C core: the cffi module, error translation, and the
 conversions of keys and values that every public method shares.
 
-Calls are shaped for the cffi boundary (``research/cffi-boundary.md``): one C
-call per operation, results copied by C into a per-thread buffer (cffi
-releases the GIL during every call, so a shared buffer would race), and the
-returned length is the only out-value.
+Calls are shaped for the cffi boundary: one C call per operation, results
+copied by C into a per-thread buffer, and the returned length is the only
+out-value.  (The wrappers keep the GIL -- native/pyglue.h -- but a buffer
+shared between threads would still race with the calls that release it.)
+
+Lifetime: every C object handed to Python is wrapped by ``ffi.gc`` with its
+release function, and Python code holds that wrapper (never the bare
+pointer) for as long as it may call C with it.  Close and abort only mark
+the C object finished; it is freed when the last wrapper goes, so a thread
+that races a close gets ``ClosedError``, never a freed pointer.
 """
 
+import os
 import threading
 
 from ._kvmap_cffi import ffi, lib
@@ -17,14 +24,22 @@ MISSING = object()
 _CODES = {
     lib.KVM_CORRUPT: errors.CorruptionError,
     lib.KVM_FORMAT: errors.FormatError,
-    lib.KVM_DISKFULL: errors.DiskFullError,
-    lib.KVM_MAPFULL: errors.MapFullError,
+    lib.KVM_NOTREGULAR: errors.FormatError,
     lib.KVM_READONLY: errors.ReadOnlyError,
     lib.KVM_FAILED: errors.FailedError,
     lib.KVM_READERS_FULL: errors.ReadersFullError,
     lib.KVM_INVALID: ValueError,
     lib.KVM_LOCKED: errors.LockedError,
+    lib.KVM_CLOSED: errors.ClosedError,
+    lib.KVM_FORKED: errors.InheritedHandleError,
 }
+_OS_CODES = {lib.KVM_IO: errors.IOFailure, lib.KVM_DISKFULL: errors.DiskFullError,
+             lib.KVM_MAPFULL: errors.MapFullError}
+
+# Bumped in a child after fork(): Python-level state of a handle opened
+# before (its locks, its free-space bookkeeping) is the parent's.
+fork_generation = [0]
+os.register_at_fork(after_in_child=lambda: fork_generation.__setitem__(0, fork_generation[0] + 1))
 
 
 def runs_array(runs):
@@ -33,31 +48,55 @@ def runs_array(runs):
     return ffi.new("uint64_t[]", [x for run in runs for x in run])
 
 
-def error_for(rc):
-    """The exception for C return code ``rc`` (with the C side's message)."""
-    msg = ffi.string(lib.kvm_errmsg()).decode("utf-8", "replace")
+def error_for(rc, path=None):
+    """The exception for C return code ``rc``, with the C side's message, for
+    the database at ``path``: an errno error is also the builtin OSError
+    subclass of its errno, with ``filename`` set to ``path``."""
+    msg = ffi.string(lib.kvm_errmsg()).decode("utf-8", "replace") or f"kvmap C core error {rc}"
     if rc == lib.KVM_NOMEM:
         return MemoryError(msg)
-    if rc == lib.KVM_IO:
+    cls = _OS_CODES.get(rc)
+    if cls is not None:
         en = lib.kvm_errno()
-        return errors.IOFailure(en, msg)
-    return _CODES.get(rc, errors.Error)(msg or f"kvmap C core error {rc}")
+        if en:   # the C message ends with strerror, which OSError prints itself
+            msg = msg.removesuffix(": " + os.strerror(en))
+        return errors.os_error(en or None, msg, path, cls)
+    cls = _CODES.get(rc, errors.Error)
+    if path is not None and cls is not ValueError and path not in msg:
+        msg = f"{path}: {msg}"
+    return cls(msg)
 
 
 class _Buffers(threading.local):
-    """Per-thread output buffer for values and cursor records."""
+    """Per-thread output buffer for values and cursor records.  It grows for
+    a large record and goes back to its usual size (``trim``) once the
+    record is unpacked, so a thread does not keep the largest value it ever
+    read."""
+
+    SIZE = 1 << 16
 
     def __init__(self):
-        self.cap = 1 << 16
+        self.cap = self.SIZE
         self.buf = ffi.new("char[]", self.cap)
 
     def ensure(self, n):
         if n > self.cap:
             cap = max(n, 2 * self.cap)
+            self.buf = None          # the old buffer goes before the new one comes
             self.buf = ffi.new("char[]", cap)
             self.cap = cap
         return self.buf
 
+    def trim(self):
+        if self.cap > LARGE_VALUE:
+            self.buf = None
+            self.buf = ffi.new("char[]", self.SIZE)
+            self.cap = self.SIZE
+
+
+# Values at least this large are copied by C straight into the bytes object
+# returned (one copy in memory, not a buffer plus a copy of it).
+LARGE_VALUE = 1 << 20
 
 buffers = _Buffers()
 
@@ -86,7 +125,11 @@ def as_key(obj, max_key):
 
 
 def as_value(obj):
-    """A value for C: bytes as is; other buffers without a copy."""
+    """``(value, length)`` for C: bytes as is; a C-contiguous bytearray or
+    memoryview without a copy, as an ``ffi.from_buffer`` object that the
+    caller releases (``ffi.release``) as soon as the call returns -- a view
+    kept alive by a traceback can otherwise be cleared by the garbage
+    collector under it."""
     t = type(obj)
     if t is bytes:
         return obj, len(obj)
@@ -94,27 +137,38 @@ def as_value(obj):
         b = obj.encode("utf-8")
         return b, len(b)
     if isinstance(obj, (bytearray, memoryview)):
-        mv = memoryview(obj)
-        if not mv.c_contiguous:
-            b = mv.tobytes()
-            return b, len(b)
-        return ffi.from_buffer("char[]", mv), mv.nbytes
+        with memoryview(obj) as mv:
+            if not mv.c_contiguous:
+                b = mv.tobytes()
+                return b, len(b)
+            n = mv.nbytes
+        return ffi.from_buffer("char[]", obj), n
     if isinstance(obj, (bytes, str)):
         return as_value(bytes(obj) if isinstance(obj, bytes) else str(obj))
     raise TypeError(f"value must be bytes, bytearray, memoryview or str, not {t.__name__}")
 
 
-def read_value(fn, handle, key):
-    """Run ``fn(handle, key, klen, buf, cap)`` (kvm_get or kvm_env_get) and
-    return the value as bytes, or MISSING."""
-    tl = buffers
+def read_value(fn, handle, key, n, path):
+    """The value of ``key`` through ``fn(handle, key, klen, out, cap)``
+    (kvm_get or kvm_env_get) when it is ``n`` bytes, more than the thread's
+    buffer holds; MISSING if it is gone (kvm_env_get reads the newest state,
+    which may change between two calls)."""
     while True:
-        n = fn(handle, key, len(key), tl.buf, tl.cap)
-        if n >= 0:
-            if n <= tl.cap:
-                return ffi.unpack(tl.buf, n)
-            tl.ensure(n)
-            continue
-        if n == lib.KVM_NOTFOUND:
+        if n >= LARGE_VALUE:
+            # A fresh bytes object nobody else has seen yet, filled in place:
+            # what a C extension does with PyBytes_FromStringAndSize(NULL, n).
+            out = bytes(n)
+            with ffi.from_buffer(out) as dst:
+                got = fn(handle, key, len(key), dst, n)
+            if got == n:
+                return out
+        else:
+            tl = buffers
+            got = fn(handle, key, len(key), tl.ensure(n), tl.cap)
+            if 0 <= got <= tl.cap:
+                return ffi.unpack(tl.buf, got)
+        if got == lib.KVM_NOTFOUND:
             return MISSING
-        raise error_for(n)
+        if got < 0:
+            raise error_for(got, path)
+        n = got          # it changed size meanwhile: read it again at its size

@@ -13,11 +13,27 @@ Library (``kvmap.check`` and ``kvmap.salvage`` are this module's)::
     report = kvmap.check("data.kv")      # CheckReport
     report.ok, report.problems, report.summary, report.to_json()
 
-Command line (exit 0: sound, 1: damage found, 2: unreadable file or usage
-error)::
+Command line (exit 0: sound, 1: damage found, 2: not checked -- unreadable
+file, open for writing by another handle, or usage error -- 3: with
+``--force``, the file changed during the check: no verdict)::
 
-    kvmap-check PATH [--json] [--quick] [--max-errors N] [--salvage OUT [--unverified OUT2]]
+    kvmap-check PATH [--json] [--quick] [--max-errors N] [--force] [--salvage OUT [--unverified OUT2]]
     python -m kvmap.checker ...          # the same
+
+A live writer (until multi-process access exists): a writable kvmap handle
+holds ``flock(LOCK_EX)`` on the file while it is open, and a check that reads
+the file while commits go on sees pages of several commits and would report
+damage that is not there.  So the check takes ``flock(LOCK_SH | LOCK_NB)``
+on its own descriptor and holds it until it ends (read-only handles hold
+LOCK_SH too and do not count; a writer cannot open the file meanwhile).  If
+a writer holds the file -- in another process or in this one: flock locks
+belong to the open file description, and the checker's is its own -- it
+raises :class:`CheckBusy` (exit 2) unless ``force=True`` / ``--force``.
+Always, forced or not, it compares the file size and the raw meta pages
+before and after its reads: if they differ, a commit landed meanwhile and
+the report says ``changed`` (``ok`` False, no problems listed; exit 3)
+instead of giving a verdict on a mix of commits.  If they are equal, no
+commit completed during the check and the report stands.
 
 Full mode verifies both metas, the checksum of every page it reaches, the
 tree (types, headers, cell bounds, key order within pages and against every
@@ -48,6 +64,8 @@ source is only read.  Case by case:
 import argparse
 import bisect
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import struct
@@ -57,8 +75,17 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from ._kvmap_cffi import ffi as _ffi, lib as _lib
+from .errors import Error
 
-__all__ = ["check", "salvage", "SalvageResult", "main", "CheckReport", "Problem", "CheckUnreadable", "crc32c"]
+__all__ = ["check", "salvage", "SalvageResult", "main", "CheckReport", "Problem", "CheckUnreadable",
+           "CheckBusy", "crc32c", "EXIT_OK", "EXIT_DAMAGE", "EXIT_UNCHECKED", "EXIT_CHANGED"]
+
+# kvmap-check's exit status
+EXIT_OK = 0          # sound
+EXIT_DAMAGE = 1      # damage found
+EXIT_UNCHECKED = 2   # not checked: unreadable, open for writing (without --force), usage error
+EXIT_CHANGED = 3     # --force and the file changed during the check: no verdict
+CHANGED_MESSAGE = "file changed during check: no verdict; re-run when the writer is idle"
 
 MAGIC = b"\x89KVM\r\n\x1a\n"
 VERSION = 1
@@ -115,9 +142,17 @@ def _page_crcs(buf, page_size, count):
 
 # ---------------------------------------------------------------- report
 
-class CheckUnreadable(Exception):
+class CheckUnreadable(Error):
     """The file cannot be checked at all: it cannot be opened, or neither
-    meta page is a valid kvmap meta."""
+    meta page is a valid kvmap meta.  A :class:`kvmap.Error`."""
+
+
+class CheckBusy(CheckUnreadable):
+    """The file is open for writing by another kvmap handle (of another
+    process or of this one), so it was not checked: a check would read pages
+    of several commits.  Close the writer, or pass ``force=True`` (CLI:
+    ``--force``) to check anyway.  A subclass of :class:`CheckUnreadable`,
+    so callers that catch that one still do."""
 
 
 @dataclass
@@ -135,6 +170,12 @@ class CheckReport:
     meta_used: Optional[int] = None
     meta_notes: List[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    # The file changed while it was read (a writer committed; only possible
+    # with force=True, or with a writer that ignores the lock): no verdict.
+    # ``ok`` is False and ``problems`` empty; re-run when the writer is idle.
+    changed: bool = False
+    # A writer held the file open during the check (it ran with force=True).
+    live_writer: bool = False
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -822,14 +863,136 @@ def _open(path):
         raise CheckUnreadable(f"cannot open {path}: {e.strerror or e}") from None
 
 
-def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = None):
+# ---------------------------------------------------------------- a live writer
+#
+# Until multi-process access exists, a writable kvmap handle holds
+# flock(LOCK_EX) on the file for as long as it is open, read-only ones
+# LOCK_SH.  The checker takes LOCK_SH on its own open file description (so a
+# writable handle of this very process counts as a writer too) and holds it
+# for the whole check, which keeps writers from opening meanwhile.
+#
+# Whether or not it got the lock, it compares the file's "commit state"
+# before and after its reads: the size and the raw first 128 bytes of both
+# metas.  Equal states mean no commit completed in between, so every page
+# that either meta reaches was left alone (FORMAT.md: a page is never
+# overwritten while a meta can reach it; a commit in progress writes only
+# pages that neither meta reaches -- free pages, or pages past the hwm --
+# whose contents the check does not judge) and the report stands.  A writer
+# cannot change pages and put the metas back to identical bytes: every
+# commit writes the next txnid (its predecessor's + 1, never reused) into
+# one meta's first 128 bytes, so after any completed commit at least one
+# meta differs from every earlier version of itself.  A meta write caught
+# half done by the first read is caught again by the second (its final bytes
+# differ from the torn ones).  Growth (or a truncation by anyone) changes
+# the size, which is compared too.
+
+_META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be
+
+
+def _lock(fd, path, force):
+    """Take LOCK_SH on ``fd`` without waiting.  Returns (live_writer, note):
+    live_writer is True when a writer holds the file (only with ``force``;
+    otherwise :class:`CheckBusy` is raised); note says why no lock could be
+    taken at all (a file system without flock), else None."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False, None
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False, (f"the file could not be locked ({e.strerror or e}): a writer would "
+                           f"go unseen, but a commit during the check would still be detected")
+    if force:
+        return True, None
+    raise CheckBusy(f"{path} is open for writing by another process (or by another handle of "
+                    f"this one): a check now would read pages of several commits and report "
+                    f"damage that is not there; close the writer, or check anyway with "
+                    f"force=True (kvmap-check --force)")
+
+
+def _unlock(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
+
+
+def _commit_state(fd, slots=None):
+    """(slots, state): the file size and the raw first META_SIZE bytes of
+    meta 0 and of meta 1, read at ``slots`` (meta 1's possible offsets).
+    Without ``slots``: the page size meta 0 names, if it is a possible one,
+    plus every other offset that holds a meta magic (meta 0's page size
+    field may be the damaged part); pass the result back to read the same
+    places again."""
+    size = os.fstat(fd).st_size
+    raw0 = os.pread(fd, META_SIZE, 0)
+    if slots is None:
+        ps = _u32(raw0, 12)[0] if len(raw0) >= 16 else 0
+        slots = tuple(o for o in _META_SLOTS
+                      if o == ps or os.pread(fd, len(MAGIC), o) == MAGIC)
+    return slots, (size, raw0) + tuple(os.pread(fd, META_SIZE, o) for o in slots)
+
+
+class _Guard:
+    """The checker's hold on the file: the lock, and the commit state read
+    before the check, to compare with the one after it."""
+
+    def __init__(self, fd, path, force):
+        self.fd = fd
+        self.live_writer, self.note = _lock(fd, path, force)
+        try:
+            self.slots, self.before = _commit_state(fd)
+        except OSError as e:
+            _unlock(fd)
+            raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
+
+    def changed(self):
+        """Did a commit land (or the file otherwise change) since the start?"""
+        try:
+            return _commit_state(self.fd, self.slots)[1] != self.before
+        except OSError:
+            return True
+
+    def report(self, rep):
+        """``rep`` as it stands, or the no-verdict report if the file changed."""
+        if self.changed():
+            return CheckReport(ok=False, changed=True, live_writer=self.live_writer)
+        rep.live_writer = self.live_writer
+        if self.note:
+            rep.meta_notes.append(self.note)
+        if self.live_writer:
+            rep.meta_notes.append("a writer had the file open (checked with force): it "
+                                  "committed nothing during the check, so this report stands")
+        return rep
+
+    def release(self):
+        _unlock(self.fd)
+
+
+def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = None,
+          force=False):
     """Check the kvmap file at ``path``; returns a :class:`CheckReport`.
 
     Raises :class:`CheckUnreadable` when the file cannot be opened or has no
-    valid meta page.  ``progress(done, total)`` is called now and then."""
+    valid meta page, and :class:`CheckBusy` (a CheckUnreadable) when another
+    handle has it open for writing, unless ``force``: then the check runs,
+    and if the writer commits meanwhile the report says ``changed`` (``ok``
+    False, no problems: no verdict) instead of listing damage that a mix of
+    commits would show.  The check holds a shared lock on the file while it
+    runs (a writer cannot open it meanwhile).  ``progress(done, total)`` is
+    called now and then."""
     fd = _open(path)
     try:
-        return _run(fd, path, quick, max_errors, progress)[0]
+        g = _Guard(fd, path, force)
+        try:
+            try:
+                rep = _run(fd, path, quick, max_errors, progress)[0]
+            except CheckUnreadable:
+                if g.changed():       # e.g. a file being created: not unreadable
+                    return CheckReport(ok=False, changed=True, live_writer=g.live_writer)
+                raise
+            return g.report(rep)
+        finally:
+            g.release()
     finally:
         os.close(fd)
 
@@ -863,7 +1026,7 @@ def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = N
 class SalvageResult:
     report: CheckReport
     out: str
-    meta_used: int          # the meta whose tree was salvaged: the newest valid one
+    meta_used: Optional[int]  # the meta whose tree was salvaged: the newest valid one
     recovered: int          # distinct keys written to ``out``
     lost: int               # meta entries - recovered (never below 0)
     damaged_leaves: List[int] = field(default_factory=list)
@@ -1114,59 +1277,99 @@ class _Sink:
             self.pending = []
 
 
-def salvage(path, out, *, unverified=None, progress=None, batch=10_000):
+def salvage(path, out, *, unverified=None, progress=None, batch=10_000, force=False):
     """Copy every key/value of the newest committed state of ``path`` that
     can be read intact into a new database at ``out`` (which must not
     exist); the source is only read.  ``unverified``: an optional path for a
     second new database that receives the entries of intact orphan leaves
     that cannot be proven current (they may be older versions or deleted
     keys); without it they are only counted.  Raises CheckUnreadable if the
-    source has no valid meta, FileExistsError if an output exists."""
+    source has no valid meta, CheckBusy (a CheckUnreadable) if another
+    handle has it open for writing and ``force`` is not given,
+    FileExistsError if an output exists.
+
+    With ``force`` and a writer that commits during the salvage, the
+    result's ``report.changed`` is True and it reports no damage (``lost``,
+    ``damaged_leaves``, ``lost_values`` and ``missing_ranges`` are 0): the
+    outputs were copied from a changing file and may mix commits or miss
+    entries; delete them and salvage again when the writer is idle."""
     for o in (out, unverified):
         if o is not None and os.path.lexists(o):
             raise FileExistsError(f"{o} already exists")
     fd = _open(path)
     try:
-        rep, c = _run(fd, path, False, 100, progress)
-        s = _salvage_state(c)
-        import kvmap                                   # the engine only writes the outputs
-        db = kvmap.open(os.fspath(out), sync=True)
-        udb = None
+        g = _Guard(fd, path, force)
         try:
-            sink = _Sink(db, batch, False)
-            sink.add(_salvage_tree(s))
-            sink.flush()
-            in_tree = db.stats()["entries"]
-            # then the orphan leaves proven current (the tree wins)
-            s.orphans, unv_leaves, unv_pairs = [], [], 0
-            sink.new_only = True
-            usink = None
-            for pg, buf, verified in _salvage_orphans(s):
-                if verified:
-                    s.orphans.append(pg)
-                    sink.add(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
-                    continue
-                unv_leaves.append(pg)
-                lost_values = s.lost_values
-                pairs = list(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
-                s.lost_values = lost_values
-                unv_pairs += len(pairs)
-                if unverified is not None:
-                    if usink is None:
-                        udb = kvmap.open(os.fspath(unverified), sync=True)
-                        usink = _Sink(udb, batch, True)
-                    usink.add(pairs)
-            sink.flush()
-            recovered = db.stats()["entries"]
-            if usink is not None:
-                usink.flush()
-                unv_pairs = udb.stats()["entries"]
+            try:
+                res = _salvage(fd, path, out, unverified, progress, batch)
+            except CheckUnreadable:
+                if not g.changed():
+                    raise
+                return SalvageResult(
+                    report=CheckReport(ok=False, changed=True, live_writer=g.live_writer),
+                    out=os.fspath(out), meta_used=None, recovered=0, lost=0,
+                    notes=["the file changed during the salvage (a writer committed) before a "
+                           "meta could be read: nothing was written; salvage again when the "
+                           "writer is idle"])
+            if g.changed():
+                res.report = CheckReport(ok=False, changed=True, live_writer=g.live_writer)
+                res.lost = res.lost_values = res.missing_ranges = 0
+                res.damaged_leaves = []
+                outs = " and ".join(o for o in (res.out, res.unverified_out) if o)
+                res.notes = [f"the file changed during the salvage (a writer committed): "
+                             f"{outs} may mix commits or miss entries; delete and salvage "
+                             f"again when the writer is idle"]
+            else:
+                k = len(res.report.meta_notes)
+                res.report = g.report(res.report)
+                res.notes[k:k] = res.report.meta_notes[k:]
+            return res
         finally:
-            db.close()
-            if udb is not None:
-                udb.close()
+            g.release()
     finally:
         os.close(fd)
+
+
+def _salvage(fd, path, out, unverified, progress, batch):
+    """salvage() on the open, locked ``fd``."""
+    rep, c = _run(fd, path, False, 100, progress)
+    s = _salvage_state(c)
+    import kvmap                                   # the engine only writes the outputs
+    db = kvmap.open(os.fspath(out), sync=True)
+    udb = None
+    try:
+        sink = _Sink(db, batch, False)
+        sink.add(_salvage_tree(s))
+        sink.flush()
+        in_tree = db.stats()["entries"]
+        # then the orphan leaves proven current (the tree wins)
+        s.orphans, unv_leaves, unv_pairs = [], [], 0
+        sink.new_only = True
+        usink = None
+        for pg, buf, verified in _salvage_orphans(s):
+            if verified:
+                s.orphans.append(pg)
+                sink.add(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
+                continue
+            unv_leaves.append(pg)
+            lost_values = s.lost_values
+            pairs = list(_leaf_pairs(s, buf, _u16(buf, 6)[0]))
+            s.lost_values = lost_values
+            unv_pairs += len(pairs)
+            if unverified is not None:
+                if usink is None:
+                    udb = kvmap.open(os.fspath(unverified), sync=True)
+                    usink = _Sink(udb, batch, True)
+                usink.add(pairs)
+        sink.flush()
+        recovered = db.stats()["entries"]
+        if usink is not None:
+            usink.flush()
+            unv_pairs = udb.stats()["entries"]
+    finally:
+        db.close()
+        if udb is not None:
+            udb.close()
     notes = list(rep.meta_notes)
     if s is not c:
         notes.append(f"salvaged the newest meta {s.meta_used} (txnid {s.meta['txnid']}), not "
@@ -1223,14 +1426,23 @@ class _Bar:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="kvmap-check",
-                                 description="Check the integrity of a kvmap database file.")
+    ap = argparse.ArgumentParser(
+        prog="kvmap-check", description="Check the integrity of a kvmap database file.",
+        epilog="exit status: 0 sound; 1 damage found; 2 not checked: the file is unreadable, "
+               "or open for writing by another process or handle (see --force), or a usage "
+               "error; 3 (with --force) the file changed during the check: no verdict, re-run "
+               "when the writer is idle")
     ap.add_argument("path")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--quick", action="store_true",
                     help="skip page checksums and overflow payloads")
     ap.add_argument("--max-errors", type=int, default=100, metavar="N",
                     help="list at most N problems (default 100)")
+    ap.add_argument("--force", action="store_true",
+                    help="check even if a writer has the file open (by default that is refused "
+                         "with exit 2: a check then reads pages of several commits); if the "
+                         "writer commits during the check, the result is 'file changed during "
+                         "check' (exit 3), never a damage report")
     ap.add_argument("--salvage", metavar="OUT",
                     help="copy every intact key/value of the newest committed state into a "
                          "new database OUT")
@@ -1257,19 +1469,23 @@ def main(argv=None):
     sal = None
     try:
         if args.salvage:
-            sal = salvage(args.path, args.salvage, unverified=args.unverified, progress=bar)
+            sal = salvage(args.path, args.salvage, unverified=args.unverified, progress=bar,
+                          force=args.force)
             rep = sal.report
             rep.problems = rep.problems[:args.max_errors]
         else:
-            rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar)
-    except CheckUnreadable as e:
+            rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar,
+                        force=args.force)
+    except CheckUnreadable as e:   # or CheckBusy: a writer has the file open
         if bar:
             bar.finish()
+        busy = isinstance(e, CheckBusy)
         if args.json:
-            print(json.dumps({"ok": False, "unreadable": True, "error": str(e)}))
+            print(json.dumps({"ok": False, "busy" if busy else "unreadable": True, "error": str(e)}))
         else:
-            print(f"kvmap-check: {args.path}: unreadable: {e}", file=sys.stderr)
-        return 2
+            print(f"kvmap-check: {args.path}: {'not checked' if busy else 'unreadable'}: {e}",
+                  file=sys.stderr)
+        return EXIT_UNCHECKED
     if bar:
         bar.finish()
     if args.json:
@@ -1277,7 +1493,13 @@ def main(argv=None):
         if sal is not None:
             doc["salvage"] = {k: v for k, v in dataclasses.asdict(sal).items() if k != "report"}
         print(json.dumps(doc))
-        return 0 if rep.ok else 1
+        return EXIT_CHANGED if rep.changed else EXIT_OK if rep.ok else EXIT_DAMAGE
+    if rep.changed:                    # no verdict: nothing about damage
+        if sal is not None:
+            for note in sal.notes:
+                print(f"salvage: {note}")
+        print(CHANGED_MESSAGE)
+        return EXIT_CHANGED
     s = rep.summary
     for note in rep.meta_notes:
         print(f"note: {note}")
@@ -1298,7 +1520,7 @@ def main(argv=None):
         print(f"  pages: {types}")
         print(f"  free {s['free_pages']}, pending {s['pending_pages']}, "
               f"leaf fill {s['fill_factor'] * 100:.1f}%")
-        return 0
+        return EXIT_OK
     for p in rep.problems:
         where = "-" if p.page is None else str(p.page)
         print(f"page {where}: {p.kind}: {p.message}")
@@ -1306,7 +1528,7 @@ def main(argv=None):
     if rep.total_problems > shown:
         print(f"... and {rep.total_problems - shown} more")
     print(f"{rep.total_problems} problem(s) found")
-    return 1
+    return EXIT_DAMAGE
 
 
 if __name__ == "__main__":

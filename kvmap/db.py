@@ -11,15 +11,16 @@ touched), which pages a transaction may reuse (``space.FreeSpace``), and
 the writer lock.  The C core does the I/O.
 """
 
+import errno
 import os
 import threading
-import weakref
 from collections.abc import MutableMapping
 
-from ._lib import MISSING, error_for, ffi, lib, runs_array
-from .errors import CorruptionError, LockedError, ReadOnlyError
+from ._lib import MISSING, error_for, ffi, fork_generation, lib, runs_array
+from .errors import (ClosedError, CorruptionError, DiskFullError, LockedError, MapFullError,
+                     ReadOnlyError, os_error)
 from .space import FreeSpace
-from .txn import Snapshot, Transaction, _Closing, _Reads, scan
+from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
 
 BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
@@ -32,7 +33,8 @@ ADVISE_MIN_RUN = 16
 
 
 def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", growth="reserve",
-         writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20, max_readers=126):
+         writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20, max_readers=126,
+         verify_checksums=None):
     """Open (or create) the database file at ``path``.
 
     :param readonly: no writes; the file is opened O_RDONLY.
@@ -49,18 +51,34 @@ def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", g
         (the map is read-only otherwise, so stray writes fault).
     :param sync: True: a commit that returned survives power loss.  False:
         skip fdatasync; a commit survives a killed process, not a power loss.
+    :param map_size: bytes of address space reserved for ``growth="reserve"``
+        (not memory, not disk); the file cannot grow past it.
+    :param cache_size: bytes of page cache of the ``pread`` backend.
     :param max_readers: snapshot slots (each live snapshot or iterator takes one).
+    :param verify_checksums: check the checksum of every page a read visits
+        (a damaged page raises CorruptionError naming it).  None: the
+        backend's default -- on for ``pread`` (checked once, when a page
+        enters the cache), off for ``mmap`` (it would check a page at every
+        visit; README gives the measured cost).  Pages a write copies are
+        always checked.
     """
     return Database(os.fspath(path), readonly=readonly, create=create, page_size=page_size,
                     backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
-                    cache_size=cache_size, max_readers=max_readers)
+                    cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums)
 
 
 class Database(_Closing, _Reads, MutableMapping):
-    """An open kvmap database (see :func:`open`)."""
+    """An open kvmap database (see :func:`open`).
+
+    Threads may share it; ``close()`` from any thread makes every operation
+    in flight elsewhere either complete or raise ClosedError.  After
+    ``fork()`` it belongs to the parent: in the child every use raises
+    InheritedHandleError, and closing it there (or the child's exit) leaves
+    the parent's lock, mapping and file alone.  It cannot be copied or
+    pickled."""
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
-                 map_size, cache_size, max_readers):
+                 map_size, cache_size, max_readers, verify_checksums=None):
         self._h = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
@@ -77,20 +95,25 @@ class Database(_Closing, _Reads, MutableMapping):
         self.writemap = bool(writemap) and backend == "mmap" and not readonly
         self.readonly = readonly
         self.sync = bool(sync)
+        self.verify_checksums = backend == "pread" if verify_checksums is None else bool(verify_checksums)
         opt = ffi.new("kvm_options *")
         opt.page_size = page_size or 0
         opt.backend = BACKENDS[backend]
         opt.growth = GROWTH[growth]
         opt.flags = ((lib.KVM_OPEN_READONLY if readonly else 0) | (lib.KVM_OPEN_CREATE if create else 0)
-                     | (lib.KVM_OPEN_WRITEMAP if self.writemap else 0))
+                     | (lib.KVM_OPEN_WRITEMAP if self.writemap else 0)
+                     | (lib.KVM_OPEN_VERIFY if self.verify_checksums else 0))
         opt.map_size = map_size
         opt.max_readers = max_readers
         opt.cache_bytes = cache_size
         if not create and not os.path.exists(path):
-            raise FileNotFoundError(2, "No such file or directory", path)
-        self._wlock = threading.Lock()
-        self._writer = None
-        self._live = weakref.WeakValueDictionary()   # id -> open snapshot or transaction
+            raise os_error(errno.ENOENT, "opening the database file (create=False)", path)
+        self._path = path
+        self._fork_gen = fork_generation[0]
+        self._wlock = threading.Lock()        # held by the write transaction for its life
+        self._space_lock = threading.RLock()  # free space and writer changes, from any thread
+        self._writer = None                   # thread id of the write transaction's owner
+        self._writer_txn = None
         try:
             self._open_env(opt)
         except CorruptionError:
@@ -110,8 +133,8 @@ class Database(_Closing, _Reads, MutableMapping):
         self._nosync = False
         rc = lib.kvm_env_open_released(os.fsencode(self.path), opt, out)
         if rc:
-            raise error_for(rc)
-        env = out[0]
+            raise error_for(rc, self.path)
+        env = ffi.gc(out[0], lib.kvm_env_release)
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(env, st)
         self._nosync = bool(st.meta_nosync)
@@ -128,7 +151,7 @@ class Database(_Closing, _Reads, MutableMapping):
             def read_page(pgno, ptype):
                 rc = lib.kvm_env_read_page(env, pgno, ptype, page)
                 if rc:
-                    raise error_for(rc)
+                    raise error_for(rc, self.path)
                 return ffi.buffer(page)[:]
 
             self._space.load(read_page, st.free_index, st.free_pending, st.free_count,
@@ -145,18 +168,25 @@ class Database(_Closing, _Reads, MutableMapping):
         return self._max_key
 
     def close(self):
-        """Close the database: aborts an open write transaction, closes every
-        snapshot and iterator (later use raises ClosedError).  Idempotent."""
-        if self._h is None:
+        """Close the database (idempotent).  Waits for the C calls other
+        threads have in flight; afterwards every use of it, of its snapshots,
+        iterators and of an open write transaction raises ClosedError (the
+        transaction is aborted: nothing of it was written)."""
+        h = self._h
+        if h is None:
             return
-        for obj in list(self._live.values()):
-            obj._invalidate()
-        lib.kvm_env_close_released(self._h)
         self._h = None
+        lib.kvm_env_close_released(h)
+
+    def _forked(self):
+        return self._fork_gen != fork_generation[0]
 
     def __repr__(self):
-        state = "closed" if self._h is None else f"{len(self)} entries"
-        return f"<kvmap.Database {self.path!r} {self.backend} {state}>"
+        h = self._h
+        n = -1 if h is None else lib.kvm_env_entries(h)
+        mode = "read-only" if self.readonly else "read-write"
+        state = f"{n} entries" if n >= 0 else "closed"
+        return f"<kvmap.Database {self.path!r} {self.backend} {mode} {state}>"
 
     # --------------------------------------------------------------- reads
 
@@ -164,7 +194,7 @@ class Database(_Closing, _Reads, MutableMapping):
     _closed_msg = "database is closed"
 
     def _count(self):
-        return lib.kvm_env_entries(self._handle())
+        return _checked(lib.kvm_env_entries(self._handle()), self.path)
 
     def _scan(self, mode, key, stop, flags, keys_only):
         return scan(Snapshot(self), mode, key, stop, flags, keys_only, own_snapshot=True)
@@ -216,101 +246,132 @@ class Database(_Closing, _Reads, MutableMapping):
     # ------------------------------------------------ transaction plumbing
 
     def _begin_write(self, txn, timeout):
-        self._handle()
+        env = self._handle()
+        rc = lib.kvm_env_usable(env)   # closed, or inherited across fork: before any wait
+        if rc:
+            raise error_for(rc, self.path)
         if self.readonly:
-            raise ReadOnlyError("database is open read-only")
+            raise ReadOnlyError(f"{self.path}: database is open read-only")
         if self._writer == threading.get_ident():
             raise LockedError("this thread already holds the open write transaction: write through it")
         if not self._wlock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockedError(f"timed out after {timeout} s waiting for the write lock")
         try:
-            env = self._handle()
-            txnid = lib.kvm_env_txnid(env) + 1
-            runs = self._space.release(min(lib.kvm_env_oldest_reader(env), txnid - 2))
-            runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
-            if runs and self.backend == "mmap":
-                lib.kvm_env_advise_free(env, runs_array(runs), len(runs))
-            out = ffi.new("kvm_txn **")
-            rc = lib.kvm_txn_begin(env, 1, out)
-            if rc:
-                raise error_for(rc)
-            self._space.begin()
-            txn._h = out[0]
-            self._writer = threading.get_ident()
-            self._live[id(txn)] = txn
+            with self._space_lock:
+                env = self._handle()
+                txnid = _checked(lib.kvm_env_txnid(env), self.path) + 1
+                runs = self._space.release(min(lib.kvm_env_oldest_reader(env), txnid - 2))
+                runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
+                if runs and self.backend == "mmap":
+                    lib.kvm_env_advise_free(env, runs_array(runs), len(runs))
+                out = ffi.new("kvm_txn **")
+                rc = lib.kvm_txn_begin(env, 1, out)
+                if rc:
+                    raise error_for(rc, self.path)
+                self._space.begin()
+                txn._h = ffi.gc(out[0], lib.kvm_txn_release)
+                self._writer = threading.get_ident()
+                self._writer_txn = txn
         except BaseException:
             self._wlock.release()
             raise
 
     def _end_write(self, txn):
+        """``txn`` is over (caller holds _space_lock): let the next writer in."""
         txn._h = None
         self._writer = None
-        self._live.pop(id(txn), None)
+        self._writer_txn = None
         self._wlock.release()
 
+    def _own(self, txn):
+        """``txn``'s C handle, or ClosedError if it is no longer the open write
+        transaction (another thread ended it); caller holds _space_lock."""
+        if self._writer_txn is not txn or txn._h is None:
+            raise ClosedError(f"{self.path}: transaction is finished")
+        return txn._h
+
     def _abort(self, txn):
-        lib.kvm_txn_abort(txn._h)
-        self._space.rollback()
-        self._end_write(txn)
+        if self._forked():
+            txn._h = None   # the parent's: its locks and free space are not the child's to touch
+            return
+        with self._space_lock:
+            if self._writer_txn is not txn:
+                return      # ended meanwhile by another thread
+            lib.kvm_txn_abort(txn._h)
+            self._space.rollback()
+            self._end_write(txn)
 
     def _ensure_pages(self, pages):
         """Grow the file to hold ``pages`` pages: geometric steps, and the
-        exact size if a step does not fit on the disk."""
+        exact size if a step does not fit on the disk or in the mapping."""
         have = self._file_pages
         if pages <= have:
             return
         step = min(max(have * self.page_size // 2, GROW_MIN), GROW_MAX) // self.page_size
         target = max(pages, have + step)
-        rc = lib.kvm_env_grow_released(self._h, target)
-        if rc == lib.KVM_DISKFULL and target > pages:
+        rc = lib.kvm_env_grow_released(self._handle(), target)
+        if rc in (lib.KVM_DISKFULL, lib.KVM_MAPFULL) and target > pages:
             target = pages
-            rc = lib.kvm_env_grow_released(self._h, target)
+            rc = lib.kvm_env_grow_released(self._handle(), target)
         if rc:
-            raise error_for(rc)
+            raise error_for(rc, self.path)
         self._file_pages = target
 
     def _refill(self, txn, need):
-        """Give the transaction's page pool at least ``need`` pages."""
+        """Give the transaction's page pool at least ``need`` pages: a chunk
+        of 64 when the file has room for it, else exactly ``need``."""
         try:
-            runs = self._space.take(max(need, 64))
-            self._ensure_pages(self._space.hwm)
-            rc = lib.kvm_txn_pool_add(txn._h, runs_array(runs), len(runs))
-            if rc:
-                raise error_for(rc)
+            with self._space_lock:
+                h = self._own(txn)
+                space = self._space
+                runs = space.take(max(need, 64))
+                try:
+                    self._ensure_pages(space.hwm)
+                except (DiskFullError, MapFullError):
+                    if need >= 64:
+                        raise
+                    space.undo_take()
+                    runs = space.take(need)
+                    self._ensure_pages(space.hwm)
+                rc = lib.kvm_txn_pool_add(h, runs_array(runs), len(runs))
+                if rc:
+                    raise error_for(rc, self.path)
         except BaseException:
             txn.abort()
             raise
 
     def _commit(self, txn):
-        h = txn._h
         space = self._space
-        if not lib.kvm_txn_dirty(h):   # nothing changed: nothing to write
-            self._abort(txn)
-            return
-        try:
-            p = ffi.new("uint64_t **")
-            n = lib.kvm_txn_freed(h, p)
-            freed = ffi.unpack(p[0], n) if n else []
-            n = lib.kvm_txn_pool(h, p)
-            leftovers = ffi.unpack(p[0], n) if n else []
+        with self._space_lock:
+            h = self._own(txn)
+            try:
+                if not _checked(lib.kvm_txn_dirty(h), self.path):   # nothing changed: nothing to write
+                    self._abort(txn)
+                    return
+                p = ffi.new("uint64_t **")
+                n = _checked(lib.kvm_txn_freed(h, p), self.path)
+                freed = ffi.unpack(p[0], n) if n else []
+                n = _checked(lib.kvm_txn_pool(h, p), self.path)
+                leftovers = ffi.unpack(p[0], n) if n else []
 
-            def write_page(pgno, ptype, nkeys, nxt, body):
-                rc = lib.kvm_txn_write_page(h, pgno, ptype, nkeys, nxt, body, len(body))
+                def write_page(pgno, ptype, nkeys, nxt, body):
+                    rc = lib.kvm_txn_write_page(h, pgno, ptype, nkeys, nxt, body, len(body))
+                    if rc:
+                        raise error_for(rc, self.path)
+
+                meta = space.prepare_commit(_checked(lib.kvm_txn_id(h), self.path), freed, leftovers,
+                                            self._ensure_pages, write_page)
+                # Only a syncing commit waits on the disk long enough to be worth
+                # letting other threads run (and waiting to get the GIL back).
+                commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
+                rc = commit(h, ffi.new("uint64_t[6]", meta), self.sync)
                 if rc:
-                    raise error_for(rc)
-
-            meta = space.prepare_commit(lib.kvm_txn_id(h), freed, leftovers, self._ensure_pages, write_page)
-            # Only a syncing commit waits on the disk long enough to be worth
-            # letting other threads run (and waiting to get the GIL back).
-            commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
-            rc = commit(h, ffi.new("uint64_t[6]", meta), self.sync)
-            if rc:
-                raise error_for(rc)
-        except BaseException:
-            self._abort(txn)
-            raise
-        space.commit_done()
-        self._end_write(txn)
+                    raise error_for(rc, self.path)
+            except BaseException:
+                self._abort(txn)
+                raise
+            space.commit_done()
+            self._end_write(txn)
 
     # --------------------------------------------------------------- stats
 
@@ -320,7 +381,9 @@ class Database(_Closing, _Reads, MutableMapping):
         ``syscalls`` counts the calls the C core made, process-wide (all open
         databases together)."""
         st = ffi.new("kvm_stat *")
-        lib.kvm_env_stat(self._handle(), st)
+        rc = lib.kvm_env_stat(self._handle(), st)
+        if rc:
+            raise error_for(rc, self.path)
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
@@ -328,6 +391,7 @@ class Database(_Closing, _Reads, MutableMapping):
             "free_pages": st.free_count if self.readonly else self._space.free_count,
             "pending_pages": st.pending_count if self.readonly else self._space.pending_count,
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self.sync,
+            "verify_checksums": self.verify_checksums,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),
             "syscalls": {"pread": st.n_pread, "pwrite": st.n_pwrite, "fdatasync": st.n_fdatasync,

@@ -1,10 +1,26 @@
-"""The exceptions kvmap raises, and the mapping from C error codes to them.
+"""The exceptions kvmap raises.
 
 Python's own exceptions are used where users expect them: ``KeyError`` for a
 missing key, ``TypeError`` for a key or value that is not bytes-like or str,
 ``ValueError`` for an empty or oversize key or a bad option.  Everything else
 is a subclass of :class:`Error`.
+
+An error that comes from an operating-system ``errno`` is also the matching
+builtin ``OSError`` subclass, with ``errno``, ``strerror`` and ``filename``
+set: a missing file is both a :class:`IOFailure` and a ``FileNotFoundError``
+(the class :class:`kvmap.errors.FileNotFoundError`), a full disk both a
+:class:`DiskFullError` and an ``OSError`` with ``errno.ENOSPC``.
+
+>>> import errno
+>>> e = os_error(errno.ENOENT, "opening the database file", "/no/such/db.kv")
+>>> isinstance(e, Error), isinstance(e, builtins.FileNotFoundError), e.filename
+(True, True, '/no/such/db.kv')
+>>> print(e)
+[Errno 2] opening the database file: No such file or directory: '/no/such/db.kv'
 """
+
+import builtins
+import os
 
 
 class Error(Exception):
@@ -21,12 +37,35 @@ class CorruptionError(Error):
     type, a reference out of range.  ``kvmap-check`` says more."""
 
 
-class DiskFullError(Error):
+class _OSFailure(Error, OSError):
+    """An error with an errno: ``OSError``'s attributes, and a message that
+    says what kvmap was doing.  ``errno`` is None when the limit was kvmap's
+    own (a full address-space reservation)."""
+
+    def __init__(self, errnum, message, filename=None):
+        if errnum:
+            super().__init__(errnum, os.strerror(errnum), filename)
+        else:
+            super().__init__(message)
+            self.filename = filename
+        self.message = message
+
+    def __str__(self):
+        where = "" if self.filename is None else f": {self.filename!r}"
+        if self.errno is None:
+            return f"{self.message}{where}"
+        return f"[Errno {self.errno}] {self.message}: {self.strerror}{where}"
+
+    def __reduce__(self):
+        return type(self), (self.errno, self.message, self.filename)
+
+
+class DiskFullError(_OSFailure):
     """The file could not grow or be written: ENOSPC, EFBIG or EDQUOT.  The
     transaction was aborted; committed data and the handle are intact."""
 
 
-class MapFullError(Error):
+class MapFullError(_OSFailure):
     """The mapping could not grow (address space reservation exhausted, or
     mmap/mremap failed with ENOMEM).  The transaction was aborted; the old
     mapping stays valid."""
@@ -44,7 +83,15 @@ class ReadOnlyError(Error):
 
 class ClosedError(Error):
     """Use of a closed database, or of a finished transaction, snapshot or
-    iterator."""
+    iterator (also from another thread that was using it when it closed)."""
+
+
+class InheritedHandleError(Error):
+    """Use, in a child process, of a handle (or of its snapshots,
+    transactions and iterators) that the parent opened before ``fork()``.
+    It belongs to the parent: open the database again in the child.
+    Closing it in the child, or the child's exit, never touches the
+    parent's lock, mapping or file."""
 
 
 class ReadersFullError(Error):
@@ -57,5 +104,29 @@ class FailedError(Error):
     writes.  Reopen the database."""
 
 
-class IOFailure(Error, OSError):
-    """Any other operating-system error; ``errno`` says which."""
+class IOFailure(_OSFailure):
+    """Any other operating-system error; ``errno`` says which.  For an errno
+    that Python gives a builtin subclass of ``OSError``, the error is an
+    instance of the class below of the same name, which is both."""
+
+
+def _both(builtin):
+    cls = type(builtin.__name__, (IOFailure, builtin), {
+        "__doc__": f"IOFailure and the builtin {builtin.__name__}.", "__module__": __name__})
+    globals()[builtin.__name__] = cls
+    return cls
+
+
+_BY_BUILTIN = {b: _both(b) for b in (
+    builtins.FileNotFoundError, builtins.FileExistsError, builtins.PermissionError,
+    builtins.IsADirectoryError, builtins.NotADirectoryError, builtins.InterruptedError,
+    builtins.BlockingIOError, builtins.TimeoutError)}
+
+
+def os_error(errnum, message, filename=None, cls=IOFailure):
+    """The exception for an errno: ``cls`` (IOFailure, DiskFullError or
+    MapFullError), as the builtin ``OSError`` subclass of that errno where
+    there is one."""
+    if cls is IOFailure and errnum:
+        cls = _BY_BUILTIN.get(type(OSError(errnum, "")), IOFailure)
+    return cls(errnum, message, filename)

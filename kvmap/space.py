@@ -189,18 +189,27 @@ class FreeSpace:
     def rollback(self):
         """Undo every change since begin()."""
         for entry in reversed(self._journal or []):
-            kind = entry[0]
-            if kind == "take":
-                _, runs, old_hwm = entry
-                self._add([r for r in runs if r[0] < old_hwm])
-                self.hwm = old_hwm
-            elif kind == "give":
-                self._remove(entry[1])
-            elif kind == "trim":
-                s, n = entry[1]
-                self.hwm = s + n
-                self._add([entry[1]])
+            self._undo(entry)
         self._journal = None
+
+    def undo_take(self):
+        """Undo the last take() (its pages did not fit in the file)."""
+        entry = self._journal.pop()
+        assert entry[0] == "take", entry
+        self._undo(entry)
+
+    def _undo(self, entry):
+        kind = entry[0]
+        if kind == "take":
+            _, runs, old_hwm = entry
+            self._add([r for r in runs if r[0] < old_hwm])
+            self.hwm = old_hwm
+        elif kind == "give":
+            self._remove(entry[1])
+        elif kind == "trim":
+            s, n = entry[1]
+            self.hwm = s + n
+            self._add([entry[1]])
 
     def release(self, upto):
         """Make pages freed by commits ``<= upto`` reusable; returns their runs

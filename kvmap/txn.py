@@ -8,13 +8,19 @@ Iteration goes through a C cursor that copies a batch of records per call.
 In a snapshot the batch is large (the view cannot change); in a write
 transaction it is one record, so changes made while iterating are seen (the C
 cursor re-seeks after a change).
+
+Threads, close and fork: a snapshot or transaction may be closed (or its
+database closed) by another thread while one uses it; that use then raises
+ClosedError (the C object stays allocated until its last Python reference
+goes, see ``_lib``).  In a child process after ``fork()`` every use raises
+InheritedHandleError.  None of these objects can be copied or pickled.
 """
 
 import struct
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 
 from . import _lib
-from ._lib import MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
+from ._lib import LARGE_VALUE, MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
 from .errors import ClosedError
 
 _REC = struct.Struct("<II")
@@ -59,41 +65,31 @@ def _prefix_args(prefix, reverse):
     return mode, succ, p, lib.KVM_FETCH_STOP_PREFIX | lib.KVM_FETCH_REVERSE
 
 
-class _Cursor:
-    """A C cursor owned by an open snapshot or transaction; closed with it."""
-
-    __slots__ = ("ptr", "owner")
-
-    def __init__(self, owner):
-        out = ffi.new("kvm_cursor **")
-        rc = lib.kvm_cursor_open(owner._handle(), out)
-        if rc:
-            raise error_for(rc)
-        self.ptr = out[0]
-        self.owner = owner
-        owner._cursors.add(self)
-
-    def close(self):
-        if self.ptr is not None:
-            lib.kvm_cursor_close(self.ptr)
-            self.ptr = None
-            self.owner._cursors.discard(self)
+def _open_cursor(owner):
+    """A C cursor on ``owner``'s transaction; it holds a reference to it, and
+    is freed by the one generator that uses it (or by the collector)."""
+    out = ffi.new("kvm_cursor **")
+    rc = lib.kvm_cursor_open(owner._handle(), out)
+    if rc:
+        raise error_for(rc, owner._path)
+    return ffi.gc(out[0], lib.kvm_cursor_close)
 
 
 def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
     """Iterate records of ``owner`` (an open Snapshot or Transaction); with
     ``own_snapshot`` the iterator closes the snapshot when it ends."""
+    path = owner._path
     try:
-        cur = _Cursor(owner)
+        cur = _open_cursor(owner)
     except BaseException:
         if own_snapshot:
             owner.close()
         raise
     try:
-        rc = lib.kvm_cursor_seek(cur.ptr, key if key is not None else ffi.NULL,
+        rc = lib.kvm_cursor_seek(cur, key if key is not None else ffi.NULL,
                                  len(key) if key is not None else 0, mode)
         if rc:
-            raise error_for(rc)
+            raise error_for(rc, path)
         if keys_only:
             flags |= lib.KVM_FETCH_KEYS_ONLY
         stop_arg = stop if stop is not None else ffi.NULL
@@ -101,18 +97,31 @@ def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
         batch = owner._batch
         unpack = _REC.unpack_from
         while True:
-            if cur.ptr is None:
-                raise ClosedError("iterator's snapshot or transaction is closed")
             tl = buffers
-            n = lib.kvm_cursor_fetch(cur.ptr, tl.buf, tl.cap, batch, flags, stop_arg, stop_len)
+            n = lib.kvm_cursor_fetch(cur, tl.buf, tl.cap, batch, flags, stop_arg, stop_len)
             if n <= 0:
                 if n == 0:
                     return
                 if n == lib.KVM_BUFSMALL:
-                    tl.ensure(lib.kvm_cursor_need(cur.ptr))
+                    tl.ensure(lib.kvm_cursor_need(cur))
                     continue
-                raise error_for(n)
-            data = ffi.buffer(tl.buf, n)[:]
+                raise error_for(n, path)
+            if n >= LARGE_VALUE:
+                # One large record: unpack it from the buffer without a copy
+                # of the whole batch, and give the buffer back.
+                kl, vl = unpack(ffi.buffer(tl.buf, 8))
+                k = ffi.unpack(tl.buf + 8, kl)
+                v = None if keys_only else ffi.unpack(tl.buf + 8 + kl, vl)
+                if n > 8 + kl + vl:   # more records behind it: take them the usual way
+                    data = ffi.buffer(tl.buf + 8 + kl + vl, n - 8 - kl - vl)[:]
+                else:
+                    data = b""
+                tl.trim()
+                yield k if keys_only else (k, v)
+                del k, v
+                n = len(data)
+            else:
+                data = ffi.buffer(tl.buf, n)[:]
             off = 0
             while off < n:
                 kl, vl = unpack(data, off)
@@ -125,7 +134,7 @@ def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
                     yield k, data[off:off + vl]
                     off += vl
     finally:
-        cur.close()
+        ffi.release(cur)
         if own_snapshot:
             owner.close()
 
@@ -145,8 +154,8 @@ class _Reads:
     """The read API: mapping access, ordered iteration, ranges, batches.
 
     A subclass sets ``_h`` (its C handle, None once closed), ``_getfn`` (the C
-    lookup taking that handle), ``_max_key`` and ``_closed_msg``, and
-    implements ``_count()`` and ``_scan(...)``.
+    lookup taking that handle), ``_max_key``, ``_path`` and ``_closed_msg``,
+    and implements ``_count()`` and ``_scan(...)``.
     """
 
     __slots__ = ()
@@ -169,8 +178,8 @@ class _Reads:
         if n == NOTFOUND:
             return MISSING
         if n < 0:
-            raise error_for(n)
-        return _lib.read_value(self._getfn, h, key)     # larger than the buffer
+            raise error_for(n, self._path)
+        return _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
 
     def __getitem__(self, key):
         """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
@@ -246,16 +255,22 @@ class _Reads:
         ks = [k if type(k) is bytes and 0 < len(k) <= mk else as_key(k, mk) for k in keys]
         if not ks:
             return []
-        return self._with_handle(lambda h: _get_many(h, ks, default))
+        return self._with_handle(lambda h: _get_many(h, ks, default, self._path))
 
     def _with_handle(self, fn):
         return fn(self._handle())
 
 
-def _get_many(handle, ks, default):
+def _get_many(handle, ks, default, path):
+    with ffi.from_buffer(b"".join(ks)) as packed:
+        out = _get_many_packed(handle, packed, ks, default, path)
+    buffers.trim()
+    return out
+
+
+def _get_many_packed(handle, packed, ks, default, path):
     n = len(ks)
     klen_list = [len(k) for k in ks]
-    packed = ffi.from_buffer(b"".join(ks))
     klens = ffi.new("uint32_t[]", klen_list)
     lens = ffi.new("int64_t[]", n)
     done = ffi.new("size_t *")
@@ -268,7 +283,7 @@ def _get_many(handle, ks, default):
             tl.ensure(lens[i])
             continue
         if rc:
-            raise error_for(rc)
+            raise error_for(rc, path)
         k = done[0]
         got = ffi.unpack(lens + i, k)
         data = ffi.buffer(tl.buf, sum(ln for ln in got if ln > 0))[:]
@@ -284,7 +299,26 @@ def _get_many(handle, ks, default):
     return out
 
 
-class _Closing:
+class _Handle:
+    """What every object that stands for an open C handle shares: it cannot
+    be copied (two owners would close one handle twice) or pickled (a
+    handle means nothing in another process)."""
+
+    __slots__ = ()
+
+    def __copy__(self):
+        raise TypeError(f"cannot copy a kvmap.{type(self).__name__}: it is a handle to an open "
+                        f"database; open the path again for a second handle")
+
+    def __deepcopy__(self, memo):
+        self.__copy__()
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"cannot pickle a kvmap.{type(self).__name__}: it is a handle to an open "
+                        f"database; send the path and open it in the other process")
+
+
+class _Closing(_Handle):
     """``with`` support for handles that close: the block's end (or garbage
     collection) calls close()."""
 
@@ -311,7 +345,7 @@ class Snapshot(_Closing, _Reads, Mapping):
     close().
     """
 
-    __slots__ = ("_db", "_h", "_max_key", "_cursors", "__weakref__")
+    __slots__ = ("_db", "_h", "_max_key", "_path", "__weakref__")
     _batch = 256
     _getfn = lib.kvm_get
     _closed_msg = "snapshot is closed"
@@ -320,16 +354,15 @@ class Snapshot(_Closing, _Reads, Mapping):
         self._db = db
         self._h = None
         self._max_key = db._max_key
-        self._cursors = set()
+        self._path = db.path
         out = ffi.new("kvm_txn **")
         rc = lib.kvm_txn_begin(db._handle(), 0, out)
         if rc:
-            raise error_for(rc)
-        self._h = out[0]
-        db._live[id(self)] = self
+            raise error_for(rc, self._path)
+        self._h = ffi.gc(out[0], lib.kvm_txn_release)
 
     def _count(self):
-        return lib.kvm_txn_entries(self._handle())
+        return _checked(lib.kvm_txn_entries(self._handle()), self._path)
 
     def _scan(self, mode, key, stop, flags, keys_only):
         self._handle()
@@ -338,28 +371,40 @@ class Snapshot(_Closing, _Reads, Mapping):
     @property
     def txnid(self):
         """The id of the commit this snapshot shows."""
-        return lib.kvm_txn_id(self._handle())
+        return _checked(lib.kvm_txn_id(self._handle()), self._path)
 
     def close(self):
-        """Release the snapshot (idempotent)."""
-        for c in list(self._cursors):
-            c.close()
-        if self._h is not None:
-            lib.kvm_txn_abort(self._h)
+        """Release the snapshot (idempotent; its iterators then raise
+        ClosedError)."""
+        h = self._h
+        if h is not None:
             self._h = None
-            self._db._live.pop(id(self), None)
+            lib.kvm_txn_abort(h)
 
-    _invalidate = close
+    def __repr__(self):
+        h = self._h
+        t = -1 if h is None else lib.kvm_txn_id(h)
+        state = f"txnid {t}" if t >= 0 else "closed"
+        return f"<kvmap.Snapshot {self._path!r} {state}>"
 
 
-class Transaction(_Reads, MutableMapping):
+def _checked(n, path):
+    """``n`` from a C call that returns a count or id, or its error raised."""
+    if n < 0:
+        raise error_for(n, path)
+    return n
+
+
+class Transaction(_Handle, _Reads, MutableMapping):
     """The write transaction (one at a time per database).
 
     As a context manager it commits on normal exit and aborts on an
-    exception.  Reads see the transaction's own changes.
+    exception.  Reads see the transaction's own changes.  Another thread may
+    commit or abort it (or close the database): whichever ends it first
+    wins, and every later use raises ClosedError.
     """
 
-    __slots__ = ("_db", "_h", "_max_key", "_cursors", "__weakref__")
+    __slots__ = ("_db", "_h", "_max_key", "_path", "__weakref__")
     _batch = 1
     _getfn = lib.kvm_get
     _closed_msg = "transaction is finished"
@@ -368,11 +413,11 @@ class Transaction(_Reads, MutableMapping):
         self._db = db
         self._h = None
         self._max_key = db._max_key
-        self._cursors = set()
+        self._path = db.path
         db._begin_write(self, timeout)
 
     def _count(self):
-        return lib.kvm_txn_entries(self._handle())
+        return _checked(lib.kvm_txn_entries(self._handle()), self._path)
 
     def _scan(self, mode, key, stop, flags, keys_only):
         self._handle()
@@ -381,14 +426,18 @@ class Transaction(_Reads, MutableMapping):
     def _retry(self, rc, fn, *args):
         """Finish a write call that did not return 0: refill the page pool
         and call again, or raise (aborting if the change may be half made)."""
-        if rc == lib.KVM_NEED_PAGES:
-            self._db._refill(self, lib.kvm_txn_pages_needed(self._h))
-            rc = fn(self._h, *args)
+        h = self._h
+        if rc == lib.KVM_NEED_PAGES and h is not None:
+            self._db._refill(self, lib.kvm_txn_pages_needed(h))
+            rc = fn(h, *args)
         if rc < 0 and rc != lib.KVM_NOTFOUND:
-            err = error_for(rc)
-            if rc != lib.KVM_INVALID:   # anything else may have left a half-made change
-                self.abort()
-            raise err
+            exc = error_for(rc, self._path)
+            try:
+                if rc != lib.KVM_INVALID:   # anything else may have left a half-made change
+                    self.abort()
+                raise exc
+            finally:
+                del exc   # no cycle through this frame
         return rc
 
     def put(self, key, value):
@@ -399,12 +448,18 @@ class Transaction(_Reads, MutableMapping):
         if type(key) is not bytes or not 0 < len(key) <= self._max_key:
             key = as_key(key, self._max_key)
         if type(value) is bytes:
-            vlen = len(value)
-        else:
-            value, vlen = as_value(value)
-        rc = _put(h, key, len(key), value, vlen)
-        if rc:
-            self._retry(rc, _put, key, len(key), value, vlen)
+            rc = _put(h, key, len(key), value, len(value))
+            if rc:
+                self._retry(rc, _put, key, len(key), value, len(value))
+            return
+        value, vlen = as_value(value)
+        try:
+            rc = _put(h, key, len(key), value, vlen)
+            if rc:
+                self._retry(rc, _put, key, len(key), value, vlen)
+        finally:
+            if type(value) is not bytes:
+                ffi.release(value)
 
     __setitem__ = put
 
@@ -436,25 +491,17 @@ class Transaction(_Reads, MutableMapping):
     @property
     def txnid(self):
         """The id this transaction's commit will have."""
-        return lib.kvm_txn_id(self._handle())
+        return _checked(lib.kvm_txn_id(self._handle()), self._path)
 
     def commit(self):
         """Make the changes durable (per the database's ``sync``) and visible."""
         self._handle()
-        self._close_cursors()
         self._db._commit(self)
 
     def abort(self):
         """Discard the changes (idempotent)."""
         if self._h is not None:
-            self._close_cursors()
             self._db._abort(self)
-
-    _invalidate = abort
-
-    def _close_cursors(self):
-        for c in list(self._cursors):
-            c.close()
 
     def __enter__(self):
         return self
@@ -472,3 +519,9 @@ class Transaction(_Reads, MutableMapping):
             self.abort()
         except Exception:
             pass
+
+    def __repr__(self):
+        h = self._h
+        t = -1 if h is None else lib.kvm_txn_id(h)
+        state = f"txnid {t}" if t >= 0 else "finished"
+        return f"<kvmap.Transaction {self._path!r} {state}>"

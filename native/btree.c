@@ -53,6 +53,9 @@ typedef struct lcell {
 #define SCR_CELL 3   /* the cell being inserted */
 #define SCR_PACK 4   /* compaction */
 
+#define DROP_VALUE (8u << 20)   /* values at least this large: drop their pages once read */
+#define DROP_RUN   1024         /* pages per madvise at most */
+
 static inline uint8_t *scratch(kvm_txn *t, int i) { return t->scratch + (size_t)i * t->env->psize; }
 static inline unsigned nkeys(const uint8_t *p) { return rd16(p + PH_NKEYS); }
 static inline unsigned cptr(const uint8_t *p, unsigned i) { return rd16(p + PH_SIZE + 2 * i); }
@@ -272,8 +275,16 @@ static int64_t value_copy(kvm_txn *t, const lcell *c, uint8_t *out, size_t cap)
     uint32_t pay = ov_payload(e);
     uint64_t left = c->vlen, pages = (left + pay - 1) / pay;
     pgno_t pg = c->ov;
+    /* A large value's pages leave the process once copied, in runs, so that
+    ** reading it costs about one copy of memory, not two (pg_drop). */
+    int drop = c->vlen >= DROP_VALUE;
+    pgno_t run = pg, run_end = pg;
     for (uint64_t i = 0; i < pages; i++) {
         const uint8_t *p;
+        if (drop && (pg != run_end || run_end - run >= DROP_RUN)) {
+            pg_drop(t, run, run_end - run);
+            run = run_end = pg;
+        }
         int rc = pg_read(t, pg, &p);
         if (rc)
             return rc;
@@ -283,8 +294,11 @@ static int64_t value_copy(kvm_txn *t, const lcell *c, uint8_t *out, size_t cap)
         memcpy(out, p + PH_SIZE, n);
         out += n;
         left -= n;
+        run_end = pg + 1;
         pg = rd64(p + PH_NEXT);
     }
+    if (drop)
+        pg_drop(t, run, run_end - run);
     if (pg != 0)
         return kvm_err(KVM_CORRUPT, "overflow chain longer than its value");
     return c->vlen;
@@ -297,11 +311,17 @@ static int overflow_free(kvm_txn *t, const lcell *c)
     pgno_t pg = c->ov;
     for (uint64_t i = 0; i < pages; i++) {
         const uint8_t *p;
-        int rc = pg_read(t, pg, &p);
+        int own;
+        int rc = pg_read_own(t, pg, &p, &own);
         if (rc)
             return rc;
         if (p[PH_TYPE] != PT_OVERFLOW || rd64(p + PH_PGNO) != pg || rd64(p + PH_TXNID) > t->txnid)
             return kvm_err(KVM_CORRUPT, "page %llu: not an overflow page of this value", (unsigned long long)pg);
+        /* A damaged next pointer would free a page in use: trust it only
+        ** on a committed page whose checksum holds (a verifying pg_read
+        ** checked already; this transaction's own pages have none yet). */
+        if (!own && !t->env->verify && (rc = pg_verify(t, p, pg)))
+            return rc;
         pgno_t next = rd64(p + PH_NEXT);
         if ((rc = pg_free(t, pg)))
             return rc;
@@ -372,7 +392,7 @@ static unsigned node_used(const kvm_env *e, const uint8_t *p)
 
 static void node_compact(kvm_txn *t, uint8_t *p)
 {
-    cellref *refs = t->refs;
+    cellref *refs = t->cells;
     unsigned n = gather(t, p, SCR_PACK, refs);
     node_rebuild(t->env, p, refs, n);
 }
@@ -497,7 +517,7 @@ static int split(kvm_txn *t, pgno_t pg, unsigned idx, const uint8_t *cell, unsig
     const kvm_env *e = t->env;
     uint8_t *p = owned(t, pg);
     int type = p[PH_TYPE];
-    cellref *refs = t->refs;
+    cellref *refs = t->cells;
     unsigned n = gather(t, p, SCR_A, refs);
     memmove(refs + idx + 1, refs + idx, (n - idx) * sizeof *refs);
     refs[idx].data = cell;
@@ -613,7 +633,7 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
         pgno_t lpg = j > i ? ph->pg[level] : sib.pg[level];
         pgno_t rpg = j > i ? sib.pg[level] : ph->pg[level];
         uint8_t *L = owned(t, lpg), *R = owned(t, rpg);
-        cellref *refs = t->refs;
+        cellref *refs = t->cells;
         unsigned ln = gather(t, L, SCR_A, refs);
         unsigned rn = gather(t, R, SCR_B, refs + ln);
         const uint8_t *sep;
@@ -710,11 +730,15 @@ static int64_t get_op(kvm_txn *t, const char *key, size_t klen, char *out, size_
 }
 
 /* The public calls that read or write mapped memory run under the SIGBUS
-** guard (guard.h); the *_op functions are their bodies. */
+** guard (guard.h); the *_op functions are their bodies.  kvm_env_get runs
+** on a snapshot of the newest state taken for this call only. */
 int64_t kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap)
 {
-    int64_t r;
+    int64_t r = txn_enter(t);
+    if (r)
+        return r;
     GUARDED(t->env, t, r, get_op(t, key, klen, out, cap));
+    txn_leave(t);
     return r;
 }
 
@@ -722,11 +746,14 @@ int64_t kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t 
 {
     kvm_txn r = {.env = e, .slot = -1};
     int rc = key_check(&r, klen);
-    if (rc || (rc = snapshot_acquire(e, &r)))
+    if (rc || (rc = env_enter(e)))
         return rc;
-    int64_t v;
-    GUARDED(e, NULL, v, get_op(&r, key, klen, out, cap));
-    snapshot_release(e, &r);
+    int64_t v = snapshot_acquire(e, &r);
+    if (!v) {
+        GUARDED(e, NULL, v, get_op(&r, key, klen, out, cap));
+        snapshot_release(e, &r);
+    }
+    env_leave(e);
     return v;
 }
 
@@ -853,40 +880,53 @@ out:
     return rc;
 }
 
+/* The public calls that read or write mapped memory: lifetime check
+** (txn_enter), then the body under the SIGBUS guard. */
+#define GUARDED_TXN_CALL(t, type, body)   \
+    do {                                  \
+        type r_ = txn_enter(t);           \
+        if (r_)                           \
+            return r_;                    \
+        GUARDED((t)->env, t, r_, body);   \
+        txn_leave(t);                     \
+        return r_;                        \
+    } while (0)
+
 int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
                  char *out, size_t cap, int64_t *lens, size_t *done)
 {
-    int r;
     *done = 0;
-    GUARDED(t->env, t, r, get_many_op(t, keys, klens, n, out, cap, lens, done));
-    return r;
+    GUARDED_TXN_CALL(t, int, get_many_op(t, keys, klens, n, out, cap, lens, done));
 }
 
 int kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen)
 {
-    int r;
-    GUARDED(t->env, t, r, put_op(t, key, klen, val, vlen));
-    return r;
+    GUARDED_TXN_CALL(t, int, put_op(t, key, klen, val, vlen));
 }
 
 int kvm_del(kvm_txn *t, const char *key, size_t klen)
 {
-    int r;
-    GUARDED(t->env, t, r, del_op(t, key, klen));
-    return r;
+    GUARDED_TXN_CALL(t, int, del_op(t, key, klen));
 }
 
 /* --------------------------------------------------------------- cursors */
 
+/* A cursor holds a reference to its transaction (kvm_txn_release). */
 int kvm_cursor_open(kvm_txn *t, kvm_cursor **out)
 {
+    int rc = txn_enter(t);
+    if (rc)
+        return rc;
     kvm_cursor *c = calloc(1, sizeof *c);
     if (!c || (t->write && !(c->key = malloc(t->env->max_key)))) {
         free(c);
+        txn_leave(t);
         return kvm_err(KVM_NOMEM, "allocating a cursor");
     }
+    __atomic_add_fetch(&t->refs, 1, __ATOMIC_ACQ_REL);
     c->t = t;
     *out = c;
+    txn_leave(t);
     return 0;
 }
 
@@ -894,6 +934,7 @@ void kvm_cursor_close(kvm_cursor *c)
 {
     if (!c)
         return;
+    kvm_txn_release(c->t);
     free(c->key);
     free(c);
 }
@@ -1102,15 +1143,11 @@ static int64_t cursor_fetch_op(kvm_cursor *c, char *buf_, size_t cap, uint32_t m
 
 int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
 {
-    int r;
-    GUARDED(c->t->env, c->t, r, cursor_seek_op(c, key, klen, mode));
-    return r;
+    GUARDED_TXN_CALL(c->t, int, cursor_seek_op(c, key, klen, mode));
 }
 
 int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
                          const char *stop, size_t stoplen)
 {
-    int64_t r;
-    GUARDED(c->t->env, c->t, r, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen));
-    return r;
+    GUARDED_TXN_CALL(c->t, int64_t, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen));
 }

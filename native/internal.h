@@ -39,6 +39,13 @@ typedef struct kvm_cache {
 #define PGNO_NONE UINT64_MAX
 
 struct kvm_env {
+    /* lifetime (kvmap.h): references, calls in flight, closing, fork */
+    int32_t     refs;            /* the Python handle + one per live transaction */
+    uint32_t    inflight;        /* public calls running now (env_enter) */
+    int         closing;         /* set once by kvm_env_close: refuse new calls */
+    int         closed;          /* the file and mapping are released */
+    uint64_t    fork_gen;        /* kvm_fork_gen at open: a child sees a newer one */
+    int         verify;          /* KVM_OPEN_VERIFY: check every page a read visits */
     int         fd;
     int         readonly, writemap, backend, growth;
     uint32_t    psize;
@@ -60,7 +67,7 @@ struct kvm_env {
     uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */
     uint8_t    *scratch;         /* the writer's scratch pages (see kvm_txn) */
-    void       *refs;
+    void       *cells;
 };
 
 typedef struct dirty_ent {
@@ -71,8 +78,13 @@ typedef struct dirty_ent {
 
 typedef struct pgvec { pgno_t *v; size_t n, cap; } pgvec;
 
+#define VCACHE 16               /* pages a read transaction has verified, by hash */
+
 struct kvm_txn {
     kvm_env  *env;
+    int32_t   refs;              /* the Python object + one per open cursor */
+    int       done;              /* committed or aborted: calls return KVM_CLOSED */
+    int       busy;              /* a commit is running (it may release the GIL) */
     int       write;
     int       slot;              /* reader slot, -1 for none */
     uint64_t  txnid;             /* snapshot txnid (read) or new txnid (write) */
@@ -88,7 +100,8 @@ struct kvm_txn {
     pgvec      pool, freed;
     uint64_t   need;             /* pages a KVM_NEED_PAGES call wanted */
     uint8_t   *scratch;          /* 5 scratch pages: copies A, B, separator, cell, compaction */
-    void      *refs;             /* cell references for splits and merges */
+    void      *cells;            /* cell references for splits and merges */
+    pgno_t     verified[VCACHE]; /* env->verify: committed pages already checked */
 };
 
 struct kvm_cursor {
@@ -108,6 +121,15 @@ struct kvm_cursor {
 int  kvm_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int  kvm_err_sys(int code, int errnum, const char *what);
 
+/* lifetime (pager.c): every public call brackets its body with these; enter
+** returns KVM_CLOSED or KVM_FORKED (with the message set) when the call
+** must not run. */
+extern uint64_t kvm_fork_gen;
+int  env_enter(kvm_env *e);
+void env_leave(kvm_env *e);
+int  txn_enter(kvm_txn *t);
+#define txn_leave(t) env_leave((t)->env)
+
 /* page access for the B+tree (pager.c) */
 int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);
 int  pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own);  /* own: page of this txn */
@@ -115,6 +137,8 @@ int  pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg);
 int  pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pg);
 int  pg_free(kvm_txn *t, pgno_t pg);
 int  pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type);
+int  pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg);   /* checksum, KVM_CORRUPT naming pg */
+void pg_drop(kvm_txn *t, pgno_t pg, uint64_t n);          /* madvise(DONTNEED) a run of the mapping */
 void op_enter(kvm_env *e);
 void op_leave(kvm_env *e);
 extern __thread int kvm_op_depth;    /* op_enter()s not yet left (guard.c) */

@@ -8,6 +8,16 @@
 **
 ** Every function that can fail returns a negative KVM_* code; the text of the
 ** last error of the calling thread is kvm_errmsg(), its errno kvm_errno().
+**
+** Lifetime (handles shared between threads, closed at any moment, inherited
+** across fork): the structures are reference counted and freed only by the
+** *_release calls (Python's garbage collector makes them), never by close or
+** abort.  kvm_env_close waits for the calls in flight, then releases the
+** file and the mapping; kvm_txn_abort ends a transaction.  Every later call
+** on the environment, or on a transaction or cursor of it, returns
+** KVM_CLOSED.  In a child process after fork() every call returns
+** KVM_FORKED, and closing the child's copy leaves the parent's lock, mapping
+** and file alone.
 ** The text between the cdef markers is parsed by cffi (native/build_kvmap.py).
 */
 #ifndef KVMAP_H
@@ -35,6 +45,9 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_NEED_PAGES   -12
 #define KVM_BUFSMALL     -13
 #define KVM_LOCKED       -14
+#define KVM_CLOSED       -15   /* the database is closed, or the snapshot/transaction ended */
+#define KVM_FORKED       -16   /* a handle inherited across fork(): it belongs to the parent */
+#define KVM_NOTREGULAR   -17   /* open: a directory, device or FIFO, not a regular file */
 
 #define KVM_BACKEND_MMAP   0
 #define KVM_BACKEND_PREAD  1
@@ -46,6 +59,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_CREATE    2
 #define KVM_OPEN_WRITEMAP  4
 #define KVM_OPEN_OLDER     8   /* pass over a newer sync=False meta (its free list is damaged) */
+#define KVM_OPEN_VERIFY   16   /* verify the checksum of every page a read visits */
 
 /* cursor seek modes */
 #define KVM_SEEK_FIRST     0
@@ -85,10 +99,12 @@ int         kvm_errno(void);
 
 int      kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out);
 void     kvm_env_close(kvm_env *e);
-void     kvm_env_stat(kvm_env *e, kvm_stat *st);
+void     kvm_env_release(kvm_env *e);
+int      kvm_env_usable(kvm_env *e);
+int      kvm_env_stat(kvm_env *e, kvm_stat *st);
 uint32_t kvm_env_max_key(kvm_env *e);
 int64_t  kvm_env_entries(kvm_env *e);
-uint64_t kvm_env_txnid(kvm_env *e);
+int64_t  kvm_env_txnid(kvm_env *e);
 int      kvm_env_grow(kvm_env *e, uint64_t pages);
 uint64_t kvm_env_oldest_reader(kvm_env *e);
 int      kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out);
@@ -96,17 +112,18 @@ int      kvm_env_advise_free(kvm_env *e, const uint64_t *runs, size_t nruns);
 int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
 
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
-void     kvm_txn_abort(kvm_txn *t);
+int      kvm_txn_abort(kvm_txn *t);   /* 1: it ended the transaction, 0: already ended */
+void     kvm_txn_release(kvm_txn *t);
 int      kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync);
 int      kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns);
-size_t   kvm_txn_dirty(kvm_txn *t);
+int64_t  kvm_txn_dirty(kvm_txn *t);
 uint64_t kvm_txn_pages_needed(kvm_txn *t);
-size_t   kvm_txn_freed(kvm_txn *t, const uint64_t **out);
-size_t   kvm_txn_pool(kvm_txn *t, const uint64_t **out);
+int64_t  kvm_txn_freed(kvm_txn *t, const uint64_t **out);
+int64_t  kvm_txn_pool(kvm_txn *t, const uint64_t **out);
 int      kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys,
                             uint64_t next, const char *body, size_t len);
 int64_t  kvm_txn_entries(kvm_txn *t);
-uint64_t kvm_txn_id(kvm_txn *t);
+int64_t  kvm_txn_id(kvm_txn *t);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
 int      kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
@@ -173,5 +190,10 @@ uint64_t kvm_fault_calls(int call);
 uint64_t kvm_fault_failures(int call);
 void     kvm_set_sync_hook(kvm_sync_hook hook);
 /* cdef-end */
+
+/* kvm_txn_commit in two steps, for a caller that releases the GIL between
+** them (pyglue.h): claim, then commit. */
+int      kvm_txn_claim(kvm_txn *t);
+int      kvm_txn_commit_claimed(kvm_txn *t, const uint64_t *meta, int sync);
 
 #endif

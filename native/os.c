@@ -93,20 +93,27 @@ void kvm_set_sync_hook(kvm_sync_hook hook) { __atomic_store_n(&sync_hook, hook, 
 static int os_open(const char *path, int flags, int mode)
 {
     FAULT(KVM_SYS_OPEN, -1);
-    return open(path, flags | O_CLOEXEC, mode);
+    /* O_NONBLOCK so that opening a FIFO read-only cannot hang (the caller
+    ** then refuses anything but a regular file); cleared at once. */
+    int fd = open(path, flags | O_CLOEXEC | O_NONBLOCK, mode);
+    if (fd >= 0)
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    return fd;
 }
 static int os_close(int fd)
 {
     FAULT(KVM_SYS_CLOSE, -1);
     return close(fd);
 }
-static int os_fstat_size(int fd, uint64_t *size)
+static int os_fstat(int fd, uint64_t *size, uint32_t *mode)
 {
     FAULT(KVM_SYS_FSTAT, -1);
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -1;
     *size = (uint64_t)st.st_size;
+    if (mode)
+        *mode = (uint32_t)st.st_mode;
     return 0;
 }
 static int os_flock(int fd, int op)
@@ -195,7 +202,7 @@ static int os_madvise(void *a, size_t l, int adv)
 }
 
 kvm_os kvm_sys = {
-    os_open, os_close, os_fstat_size, os_flock, os_pread, os_pwrite,
+    os_open, os_close, os_fstat, os_flock, os_pread, os_pwrite,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise,
 };

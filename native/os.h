@@ -12,9 +12,9 @@
 #include <sys/types.h>
 
 typedef struct kvm_os {
-    int     (*open)(const char *path, int flags, int mode);
+    int     (*open)(const char *path, int flags, int mode);    /* O_CLOEXEC; never blocks on a FIFO */
     int     (*close)(int fd);
-    int     (*fstat_size)(int fd, uint64_t *size);
+    int     (*fstat)(int fd, uint64_t *size, uint32_t *mode);   /* mode may be NULL */
     int     (*flock)(int fd, int op);
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);

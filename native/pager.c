@@ -24,7 +24,14 @@
 **     growth truncates back and leaves the mapping as it was.
 **  5. The B+tree reaches pages only through pg_read/pg_write/pg_new/pg_free.
 **     Page numbers are checked against the transaction's limit before any
-**     access, so a damaged file yields KVM_CORRUPT, not a fault.
+**     access, so a damaged file yields KVM_CORRUPT, not a fault.  pg_write
+**     verifies the checksum of every committed page it copies, so a write
+**     never gives a damaged page a fresh checksum.
+**  6. Lifetime: env and transactions are reference counted and freed only
+**     by kvm_*_release; close and abort only mark them.  Every public call
+**     brackets its body with env_enter/txn_enter (counted in flight, refused
+**     once closing, done or forked), and kvm_env_close waits for the calls
+**     in flight before it unmaps, so no call ever runs on a freed mapping.
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -34,6 +41,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -65,6 +74,59 @@ int kvm_err_sys(int code, int errnum, const char *what)
 static int space_code(int errnum)
 {
     return (errnum == ENOSPC || errnum == EFBIG || errnum == EDQUOT) ? KVM_DISKFULL : KVM_IO;
+}
+
+/* --------------------------------------------------------------- lifetime */
+
+/* Incremented in the child after every fork(): a handle opened before the
+** fork carries an older generation, and refuses every call in the child. */
+uint64_t kvm_fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_child(void) { __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST); }
+static void fork_watch(void) { pthread_atfork(NULL, NULL, fork_child); }
+
+static int env_forked(const kvm_env *e)
+{
+    return e->fork_gen != __atomic_load_n(&kvm_fork_gen, __ATOMIC_RELAXED);
+}
+
+/* Dekker with kvm_env_close: count this call in flight, then look at
+** closing (both seq_cst), so a close either sees the call and waits for it,
+** or the call sees the close and does not run. */
+int env_enter(kvm_env *e)
+{
+    if (env_forked(e))
+        return kvm_err(KVM_FORKED, "%s: this handle was opened by the parent process before fork(); "
+                                   "open the database again in the child", e->path);
+    __atomic_add_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&e->closing, __ATOMIC_SEQ_CST)) {
+        __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
+        return kvm_err(KVM_CLOSED, "database is closed");
+    }
+    return 0;
+}
+
+void env_leave(kvm_env *e) { __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST); }
+
+int txn_enter(kvm_txn *t)
+{
+    int rc = env_enter(t->env);
+    if (rc)
+        return rc;
+    if (__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+        env_leave(t->env);
+        return kvm_err(KVM_CLOSED, t->write ? "transaction is finished" : "snapshot is closed");
+    }
+    return 0;
+}
+
+int kvm_env_usable(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (!rc)
+        env_leave(e);
+    return rc;
 }
 
 /* -------------------------------------------------------------- meta pages */
@@ -318,8 +380,9 @@ static int map_extend(kvm_env *e, uint64_t len)
         if (len > e->reserved)
             return kvm_err(KVM_MAPFULL,
                            "the database needs %llu bytes but only %llu bytes of address space "
-                           "are reserved: reopen with a larger map_size",
-                           (unsigned long long)len, (unsigned long long)e->reserved);
+                           "are reserved (%llu more pages fit): reopen with a larger map_size",
+                           (unsigned long long)len, (unsigned long long)e->reserved,
+                           (unsigned long long)((e->reserved - e->map_len) / e->psize));
         uint8_t *at = e->base + e->map_len;
         void *p = kvm_sys.mmap(at, len - e->map_len, map_prot(e), MAP_SHARED | MAP_FIXED,
                                e->fd, (off_t)e->map_len);
@@ -373,7 +436,7 @@ static int file_intact(kvm_env *e)
     /* Read our size before the file's: a growth in another thread between
     ** the two then only makes the file look larger. */
     uint64_t need = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE), size;
-    if (kvm_sys.fstat_size(e->fd, &size) != 0)
+    if (kvm_sys.fstat(e->fd, &size, NULL) != 0)
         return kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
     if (size < need)
         return kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
@@ -381,7 +444,7 @@ static int file_intact(kvm_env *e)
     return 0;
 }
 
-int kvm_env_grow(kvm_env *e, uint64_t pages)
+static int env_grow(kvm_env *e, uint64_t pages)
 {
     if (e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
@@ -411,10 +474,23 @@ int kvm_env_grow(kvm_env *e, uint64_t pages)
     return 0;
 }
 
+int kvm_env_grow(kvm_env *e, uint64_t pages)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    rc = env_grow(e, pages);
+    env_leave(e);
+    return rc;
+}
+
 int kvm_env_advise_free(kvm_env *e, const uint64_t *runs, size_t nruns)
 {
     if (e->backend != KVM_BACKEND_MMAP)
         return 0;
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
     op_enter(e);
     for (size_t i = 0; i < nruns; i++) {
         uint64_t start = runs[2 * i], count = runs[2 * i + 1];
@@ -423,6 +499,7 @@ int kvm_env_advise_free(kvm_env *e, const uint64_t *runs, size_t nruns)
         kvm_sys.madvise(e->base + start * e->psize, count * e->psize, MADV_DONTNEED);
     }
     op_leave(e);
+    env_leave(e);
     return 0;
 }
 
@@ -514,6 +591,9 @@ static int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out)
         return kvm_err_sys(KVM_IO, errno, "reading a page");
     if ((size_t)n < e->psize)
         return kvm_err(KVM_CORRUPT, "page %llu lies past the end of the file", (unsigned long long)pg);
+    if (e->verify && rd32(dst + PH_CHECKSUM) != kvm_crc32c(0, dst + 4, e->psize - 4))
+        return kvm_err(KVM_CORRUPT, "page %llu: checksum mismatch (the page is damaged; run kvmap-check)",
+                       (unsigned long long)pg);
     uint32_t b = cache_bucket(c, pg);
     c->pgno[s] = pg;
     c->next[s] = c->bucket[b];
@@ -627,10 +707,43 @@ int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
         }
     }
     if (e->backend == KVM_BACKEND_PREAD)
-        return cache_get(e, pg, out);
+        return cache_get(e, pg, out);   /* verified when read into the cache */
     if ((pg + 1) * e->psize > e->map_len)
         return kvm_err(KVM_CORRUPT, "page %llu lies past the end of the file", (unsigned long long)pg);
     *out = e->base + pg * e->psize;
+    if (e->verify) {
+        /* A committed page cannot change while this transaction can see it,
+        ** so one check per page and transaction is enough: a cursor visits
+        ** its leaf once per record and its branches once per leaf. */
+        pgno_t *slot = &t->verified[(pg * 0x9E3779B97F4A7C15ull) >> 60];
+        if (*slot != pg) {
+            int rc = pg_verify(t, *out, pg);
+            if (rc)
+                return rc;
+            *slot = pg;
+        }
+    }
+    return 0;
+}
+
+/* Drop the mapped pages [pg, pg+n) from this process (mmap backend; a
+** no-op for pread and for the pages of the write transaction's own
+** buffers).  Only the process's view goes: the file and the page cache
+** keep the data, and the next access faults it back in. */
+void pg_drop(kvm_txn *t, pgno_t pg, uint64_t n)
+{
+    kvm_env *e = t->env;
+    if (e->backend != KVM_BACKEND_MMAP || !n || pg < 2 || (pg + n) * e->psize > e->map_len)
+        return;
+    kvm_sys.madvise(e->base + pg * e->psize, n * e->psize, MADV_DONTNEED);
+}
+
+int pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg)
+{
+    uint32_t ps = t->env->psize;
+    if (rd32(p + PH_CHECKSUM) != kvm_crc32c(0, p + 4, ps - 4))
+        return kvm_err(KVM_CORRUPT, "page %llu: checksum mismatch (the page is damaged; run kvmap-check)",
+                       (unsigned long long)pg);
     return 0;
 }
 
@@ -681,6 +794,10 @@ int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
     int rc = pg_read(t, pg, &src);
     if (rc)
         return rc;
+    /* Copying a damaged page would give it a fresh checksum: verify first
+    ** (a verifying handle's pg_read did already). */
+    if (!t->env->verify && (rc = pg_verify(t, src, pg)))
+        return rc;
     uint8_t *dst;
     pgno_t np;
     if ((rc = pg_new(t, src[PH_TYPE], &dst, &np)))
@@ -730,26 +847,41 @@ int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
 
 /* ------------------------------------------------------------ transactions */
 
-static void txn_free(kvm_txn *t)
+/* End a transaction: its reader slot and pages go, the struct stays for
+** the references that still point at it (kvm_txn_release frees it). */
+static int txn_end(kvm_txn *t)
 {
+    if (t->done)
+        return 0;
+    snapshot_release(t->env, t);
     if (t->dirty)
         for (size_t i = 0; i < t->dcap; i++)
             free(t->dirty[i].buf);
     free(t->dirty);
     free(t->pool.v);
     free(t->freed.v);
-    free(t);
+    t->dirty = NULL;
+    t->dcap = t->ndirty = 0;
+    memset(&t->pool, 0, sizeof t->pool);
+    memset(&t->freed, 0, sizeof t->freed);
+    __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
-int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
+static int txn_begin(kvm_env *e, int write, kvm_txn **out)
 {
     int rc = file_intact(e);
     if (rc)
         return rc;
+    if (write && e->readonly)
+        return kvm_err(KVM_READONLY, "database is open read-only");
+    if (write && e->failed)
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
     kvm_txn *t = calloc(1, sizeof *t);
     if (!t)
         return kvm_err(KVM_NOMEM, "allocating a transaction");
     t->env = e;
+    t->refs = 1;
     t->slot = -1;
     if (!write) {
         rc = snapshot_acquire(e, t);
@@ -757,51 +889,79 @@ int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
             free(t);
             return rc;
         }
-        *out = t;
-        return 0;
+    } else {
+        kvm_state s;
+        state_load(e, &s);
+        t->write = 1;
+        t->txnid = s.txnid + 1;
+        t->root = s.root;
+        t->depth = s.depth;
+        t->entries = s.entries;
+        t->limit = s.hwm;
+        t->dcap = 256;
+        t->dirty = calloc(t->dcap, sizeof *t->dirty);
+        if (!e->scratch) {   /* one writer at a time: the scratch space is the environment's */
+            e->scratch = malloc((size_t)e->psize * 5);
+            e->cells = malloc((size_t)e->psize * 2 * sizeof(void *));
+        }
+        t->scratch = e->scratch;
+        t->cells = e->cells;
+        if (!t->dirty || !t->scratch || !t->cells) {
+            txn_end(t);
+            free(t);
+            return kvm_err(KVM_NOMEM, "allocating a write transaction");
+        }
     }
-    if (e->readonly) {
-        free(t);
-        return kvm_err(KVM_READONLY, "database is open read-only");
-    }
-    if (e->failed) {
-        free(t);
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
-    }
-    kvm_state s;
-    state_load(e, &s);
-    t->write = 1;
-    t->txnid = s.txnid + 1;
-    t->root = s.root;
-    t->depth = s.depth;
-    t->entries = s.entries;
-    t->limit = s.hwm;
-    t->dcap = 256;
-    t->dirty = calloc(t->dcap, sizeof *t->dirty);
-    if (!e->scratch) {   /* one writer at a time: the scratch space is the environment's */
-        e->scratch = malloc((size_t)e->psize * 5);
-        e->refs = malloc((size_t)e->psize * 2 * sizeof(void *));
-    }
-    t->scratch = e->scratch;
-    t->refs = e->refs;
-    if (!t->dirty || !t->scratch || !t->refs) {
-        txn_free(t);
-        return kvm_err(KVM_NOMEM, "allocating a write transaction");
-    }
+    __atomic_add_fetch(&e->refs, 1, __ATOMIC_ACQ_REL);
     *out = t;
     return 0;
 }
 
-void kvm_txn_abort(kvm_txn *t)
+int kvm_txn_begin(kvm_env *e, int write, kvm_txn **out)
 {
-    if (!t)
-        return;
-    snapshot_release(t->env, t);
-    txn_free(t);
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    rc = txn_begin(e, write, out);
+    env_leave(e);
+    return rc;
 }
 
+int kvm_txn_abort(kvm_txn *t)
+{
+    if (!t)
+        return 0;
+    /* A commit running in another thread (without the GIL) finishes first
+    ** (in a child after fork() that thread does not exist). */
+    while (__atomic_load_n(&t->busy, __ATOMIC_ACQUIRE) && !env_forked(t->env))
+        sched_yield();
+    return txn_end(t);
+}
+
+void kvm_txn_release(kvm_txn *t)
+{
+    if (!t || __atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    kvm_env *e = t->env;
+    kvm_txn_abort(t);
+    free(t);
+    kvm_env_release(e);
+}
+
+/* The body of a public call on a transaction: run `expr` between
+** txn_enter and txn_leave, or return what txn_enter refused with. */
+#define TXN_CALL(t, type, expr)        \
+    do {                               \
+        int rc_ = txn_enter(t);        \
+        if (rc_)                       \
+            return rc_;                \
+        type r_ = (expr);              \
+        txn_leave(t);                  \
+        return r_;                     \
+    } while (0)
+
 /* runs: pairs (start, count), lowest first; popped lowest first. */
-int kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
+static int pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
 {
     kvm_env *e = t->env;
     for (size_t r = nruns; r-- > 0;) {
@@ -820,30 +980,33 @@ int kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
     return 0;
 }
 
-size_t kvm_txn_dirty(kvm_txn *t)
+int kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
+{
+    TXN_CALL(t, int, pool_add(t, runs, nruns));
+}
+
+static int64_t txn_dirty(kvm_txn *t)
 {
     size_t n = 0;
     for (size_t i = 0; i < t->dcap; i++)
         n += t->dirty[i].pgno && t->dirty[i].live;
-    return n + t->freed.n;
+    return (int64_t)(n + t->freed.n);
 }
+
+int64_t kvm_txn_dirty(kvm_txn *t) { TXN_CALL(t, int64_t, txn_dirty(t)); }
 
 uint64_t kvm_txn_pages_needed(kvm_txn *t) { return t->need; }
 
-size_t kvm_txn_freed(kvm_txn *t, const uint64_t **out)
+static int64_t pages_out(const pgvec *v, const uint64_t **out)
 {
-    *out = t->freed.v;
-    return t->freed.n;
+    *out = v->v;
+    return (int64_t)v->n;
 }
 
-size_t kvm_txn_pool(kvm_txn *t, const uint64_t **out)
-{
-    *out = t->pool.v;
-    return t->pool.n;
-}
-
-int64_t kvm_txn_entries(kvm_txn *t) { return (int64_t)t->entries; }
-uint64_t kvm_txn_id(kvm_txn *t) { return t->txnid; }
+int64_t kvm_txn_freed(kvm_txn *t, const uint64_t **out) { TXN_CALL(t, int64_t, pages_out(&t->freed, out)); }
+int64_t kvm_txn_pool(kvm_txn *t, const uint64_t **out) { TXN_CALL(t, int64_t, pages_out(&t->pool, out)); }
+int64_t kvm_txn_entries(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->entries); }
+int64_t kvm_txn_id(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->txnid); }
 
 static int write_page_op(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint64_t next,
                          const char *body, size_t len)
@@ -867,8 +1030,11 @@ static int write_page_op(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, ui
 int kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys, uint64_t next,
                        const char *body, size_t len)
 {
-    int rc;
+    int rc = txn_enter(t);
+    if (rc)
+        return rc;
     GUARDED(t->env, t, rc, write_page_op(t, pgno, type, nkeys, next, body, len));   /* writemap */
+    txn_leave(t);
     return rc;
 }
 
@@ -908,7 +1074,7 @@ static int checksum_pages(kvm_txn *t, dirty_ent **order, size_t n)
 }
 
 /* meta[]: hwm, free_index, free_pending, free_count, pending_count, pending_floor */
-int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
+static int txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
 {
     kvm_env *e = t->env;
     if (!t->write)
@@ -975,29 +1141,88 @@ int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
         return rc;
     e->meta_slot = (int)(s.txnid & 1);
     state_publish(e, &s);
-    txn_free(t);
+    txn_end(t);
     return 0;
+}
+
+/* A commit may run without the GIL (pyglue.h): claim the transaction while
+** the caller still holds it, so an abort from another thread waits for the
+** commit instead of freeing its pages under it. */
+int kvm_txn_claim(kvm_txn *t)
+{
+    int rc = txn_enter(t);
+    if (rc)
+        return rc;
+    if (__atomic_exchange_n(&t->busy, 1, __ATOMIC_ACQ_REL)) {
+        txn_leave(t);
+        return kvm_err(KVM_INVALID, "the transaction is being committed by another thread");
+    }
+    return 0;
+}
+
+int kvm_txn_commit_claimed(kvm_txn *t, const uint64_t *meta, int sync)
+{
+    int rc = txn_commit(t, meta, sync);
+    __atomic_store_n(&t->busy, 0, __ATOMIC_RELEASE);
+    txn_leave(t);
+    return rc;
+}
+
+int kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync)
+{
+    int rc = kvm_txn_claim(t);
+    return rc ? rc : kvm_txn_commit_claimed(t, meta, sync);
 }
 
 /* -------------------------------------------------------------- open/close */
 
-static int init_file(kvm_env *e, uint32_t ps)
+/* The two meta pages a new database starts with (caller frees), or NULL. */
+static uint8_t *creation_image(uint32_t ps)
 {
     uint8_t *buf = calloc(2, ps);
     if (!buf)
-        return kvm_err(KVM_NOMEM, "allocating meta pages");
+        return NULL;
     kvm_state s = {0};
     s.hwm = 2;
     meta_encode(buf, ps, &s);
     s.txnid = 1;
     meta_encode(buf + ps, ps, &s);
-    ssize_t w = kvm_sys.pwrite(e->fd, buf, 2 * ps, 0);
-    int en = errno;
+    return buf;
+}
+
+/* Write the creation image.  Space first (posix_fallocate), so a full disk
+** is DiskFullError before anything is written; a failure leaves what
+** creation_leftover() accepts, which the next writable open initialises. */
+static int init_file(kvm_env *e, uint32_t ps)
+{
+    uint8_t *buf = creation_image(ps);
+    if (!buf)
+        return kvm_err(KVM_NOMEM, "allocating meta pages");
+    int rc = kvm_sys.posix_fallocate(e->fd, 0, 2 * (off_t)ps);
+    if (rc) {
+        free(buf);
+        if (e->file_size == 0)
+            kvm_sys.ftruncate(e->fd, 0);   /* ext4 keeps what it got */
+        return kvm_err_sys(space_code(rc), rc, "allocating the new database file");
+    }
+    for (size_t done = 0; done < 2ull * ps && !rc;) {
+        ssize_t w = kvm_sys.pwrite(e->fd, buf + done, 2ull * ps - done, (off_t)done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            rc = kvm_err_sys(w < 0 ? space_code(errno) : KVM_IO, w < 0 ? errno : EIO,
+                             "initialising the database file");
+        else
+            done += (size_t)w;
+    }
     free(buf);
-    if (w != (ssize_t)(2 * ps))
-        return kvm_err_sys(w < 0 ? space_code(en) : KVM_IO, w < 0 ? en : EIO, "initialising the database file");
+    if (rc)
+        return rc;
     if (kvm_sys.fdatasync(e->fd) != 0 || kvm_sys.fsync_dir(e->path) != 0)
-        return kvm_err_sys(KVM_IO, errno, "syncing the new database file");
+        return kvm_err_sys(space_code(errno), errno, "syncing the new database file");
+    kvm_state s = {0};
+    s.hwm = 2;
+    s.txnid = 1;
     e->psize = ps;
     e->file_size = 2ull * ps;
     e->st = s;
@@ -1005,21 +1230,38 @@ static int init_file(kvm_env *e, uint32_t ps)
     return 0;
 }
 
-/* 1 when the file is exactly the two meta pages of page size ps and all
-** zeros: what a crash leaves when it interrupts init_file (the size reached
-** the disk, the metas did not).  Such a file holds nothing, so open
-** initialises it as it does an empty one.  0 otherwise; <0 on a read error. */
-static int creation_interrupted(kvm_env *e, uint32_t ps)
+/* 1 when the file holds nothing but what an interrupted init_file leaves:
+** at most its two pages, every byte either the creation image's or zero
+** (any prefix, any subset of sectors written).  The page size is the one
+** asked for (4096 by default), or the one a surviving meta header names.
+** Such a file has no committed data in it.  0 otherwise; <0 on a read error. */
+static int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp)
 {
-    if (e->file_size != 2ull * ps)
+    uint32_t ps = want ? want : KVM_MIN_PAGE;
+    uint8_t head[M_PAGESIZE + 4];
+    ssize_t n = kvm_sys.pread(e->fd, head, sizeof head, 0);
+    if (n < 0)
+        return kvm_err_sys(KVM_IO, errno, "reading the meta pages");
+    if (n == (ssize_t)sizeof head && memcmp(head + M_MAGIC, KVM_MAGIC, 8) == 0) {
+        uint32_t hp = rd32(head + M_PAGESIZE);
+        if (hp >= KVM_MIN_PAGE && hp <= KVM_MAX_PAGE && !(hp & (hp - 1))) {
+            if (want && want != hp)
+                return 0;
+            ps = hp;
+        }
+    }
+    if (e->file_size > 2ull * ps)
         return 0;
-    uint8_t *buf = malloc(2ull * ps);
-    if (!buf)
-        return kvm_err(KVM_NOMEM, "allocating meta pages");
-    ssize_t n = kvm_sys.pread(e->fd, buf, 2ull * ps, 0);
-    int rc = n < 0 ? kvm_err_sys(KVM_IO, errno, "reading the meta pages") : n == (ssize_t)(2 * ps);
-    for (size_t i = 0; rc == 1 && i < 2ull * ps; i++)
-        rc = buf[i] == 0;
+    *psp = ps;
+    uint8_t *img = creation_image(ps), *buf = malloc(2ull * ps);
+    int rc = 1;
+    if (!img || !buf)
+        rc = kvm_err(KVM_NOMEM, "allocating meta pages");
+    else if ((n = kvm_sys.pread(e->fd, buf, e->file_size, 0)) != (ssize_t)e->file_size)
+        rc = n < 0 ? kvm_err_sys(KVM_IO, errno, "reading the meta pages") : 0;
+    for (uint64_t i = 0; rc == 1 && i < e->file_size; i++)
+        rc = buf[i] == 0 || buf[i] == img[i];
+    free(img);
     free(buf);
     return rc;
 }
@@ -1153,27 +1395,51 @@ static int load_meta(kvm_env *e, uint32_t want_ps, int older)
     return last;
 }
 
+/* Release the file and the mapping once no call is in flight.  In a child
+** after fork() the lock, mapping and file are the parent's: only the
+** child's own copies go (its descriptor and mapping), never the flock, and
+** nothing waits for calls that were in flight in the parent's threads. */
 void kvm_env_close(kvm_env *e)
 {
-    if (!e)
+    if (!e || __atomic_exchange_n(&e->closing, 1, __ATOMIC_SEQ_CST))
         return;
+    int forked = env_forked(e);
+    while (!forked && __atomic_load_n(&e->inflight, __ATOMIC_SEQ_CST))
+        sched_yield();
     if (e->base)
         kvm_sys.munmap(e->base, e->reserved);
+    e->base = NULL;
     if (e->fd >= 0) {
         /* A mapping that failed to unmap (here, or the old one of a remap)
         ** keeps the open file, and so its flock, alive: drop the lock
         ** explicitly or the file stays locked until the process exits. */
-        kvm_sys.flock(e->fd, LOCK_UN);
+        if (!forked)
+            kvm_sys.flock(e->fd, LOCK_UN);
         kvm_sys.close(e->fd);
     }
+    e->fd = -1;
     cache_free(&e->cache);
-    pthread_rwlock_destroy(&e->map_lock);
-    pthread_mutex_destroy(&e->cache_lock);
+    e->closed = 1;
+}
+
+static void env_free(kvm_env *e)
+{
+    kvm_env_close(e);
+    if (!env_forked(e)) {   /* a parent's thread may hold them in the child's copy */
+        pthread_rwlock_destroy(&e->map_lock);
+        pthread_mutex_destroy(&e->cache_lock);
+    }
     free(e->readers);
     free(e->scratch);
-    free(e->refs);
+    free(e->cells);
     free(e->path);
     free(e);
+}
+
+void kvm_env_release(kvm_env *e)
+{
+    if (e && __atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        env_free(e);
 }
 
 int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
@@ -1188,6 +1454,10 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     kvm_env *e = calloc(1, sizeof *e);
     if (!e)
         return kvm_err(KVM_NOMEM, "allocating the environment");
+    pthread_once(&fork_once, fork_watch);
+    e->refs = 1;
+    e->fork_gen = __atomic_load_n(&kvm_fork_gen, __ATOMIC_RELAXED);
+    e->verify = (opt->flags & KVM_OPEN_VERIFY) != 0;
     e->fd = -1;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
@@ -1211,7 +1481,22 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     int oflags = e->readonly ? O_RDONLY : O_RDWR | ((opt->flags & KVM_OPEN_CREATE) ? O_CREAT : 0);
     e->fd = kvm_sys.open(path, oflags, 0644);
     if (e->fd < 0) {
-        rc = kvm_err_sys(KVM_IO, errno, path);
+        rc = kvm_err_sys(KVM_IO, errno, "opening the database file");
+        goto fail;
+    }
+    uint32_t mode;
+    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
+        goto fail;
+    }
+    if (S_ISDIR(mode)) {
+        rc = kvm_err_sys(KVM_IO, EISDIR, "opening the database file");
+        goto fail;
+    }
+    if (!S_ISREG(mode)) {
+        rc = kvm_err(KVM_NOTREGULAR, "%s is a %s, not a regular file: a kvmap database is a regular file",
+                     path, S_ISCHR(mode) ? "character device" : S_ISBLK(mode) ? "block device"
+                                          : S_ISFIFO(mode) ? "FIFO" : S_ISSOCK(mode) ? "socket" : "special file");
         goto fail;
     }
     /* Until the lock file and shared reader table of multi-process support
@@ -1225,8 +1510,9 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
                  : kvm_err_sys(KVM_IO, errno, "locking the database file");
         goto fail;
     }
-    if (kvm_sys.fstat_size(e->fd, &e->file_size) != 0) {
-        rc = kvm_err_sys(KVM_IO, errno, path);
+    /* the size again, under the lock: a writer may have grown the file */
+    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
         goto fail;
     }
     int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
@@ -1235,11 +1521,19 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
             rc = kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", path);
             goto fail;
         }
-        rc = init_file(e, want ? want : 4096);
-    } else if (may_init && (rc = creation_interrupted(e, want ? want : 4096)) != 0) {
-        rc = rc < 0 ? rc : init_file(e, want ? want : 4096);
-    } else {
-        rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0);
+        rc = init_file(e, want ? want : KVM_MIN_PAGE);
+    } else if ((rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0)) != 0 &&
+               (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
+        /* A file that only an interrupted creation wrote holds nothing. */
+        uint32_t ps = 0;
+        int left = creation_leftover(e, want, &ps);
+        if (left < 0)
+            rc = left;
+        else if (left && may_init)
+            rc = init_file(e, ps);
+        else if (left)
+            rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
+                                     "to initialise it", path);
     }
     if (rc)
         goto fail;
@@ -1255,12 +1549,15 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     *out = e;
     return 0;
 fail:
-    kvm_env_close(e);
+    env_free(e);
     return rc;
 }
 
-void kvm_env_stat(kvm_env *e, kvm_stat *st)
+int kvm_env_stat(kvm_env *e, kvm_stat *st)
 {
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
     kvm_state s;
     state_load(e, &s);
     memset(st, 0, sizeof *st);
@@ -1293,23 +1590,34 @@ void kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->n_mremap = kvm_sys_counts.mremap;
     st->n_munmap = kvm_sys_counts.munmap;
     st->n_madvise = kvm_sys_counts.madvise;
+    env_leave(e);
+    return 0;
 }
 
 uint32_t kvm_env_max_key(kvm_env *e) { return e->max_key; }
 int64_t kvm_env_entries(kvm_env *e)
 {
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
     kvm_state s;
     state_load(e, &s);
+    env_leave(e);
     return (int64_t)s.entries;
 }
-uint64_t kvm_env_txnid(kvm_env *e)
+
+int64_t kvm_env_txnid(kvm_env *e)
 {
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
     kvm_state s;
     state_load(e, &s);
-    return s.txnid;
+    env_leave(e);
+    return (int64_t)s.txnid;
 }
 
-int kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
+static int read_page(kvm_env *e, uint64_t pgno, int type, char *out)
 {
     uint8_t *p = (uint8_t *)out;
     kvm_state s;
@@ -1326,4 +1634,14 @@ int kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
     if (p[PH_TYPE] != type || rd64(p + PH_PGNO) != pgno)
         return kvm_err(KVM_CORRUPT, "page %llu: not the expected free-list page", (unsigned long long)pgno);
     return 0;
+}
+
+int kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    rc = read_page(e, pgno, type, out);
+    env_leave(e);
+    return rc;
 }

@@ -45,8 +45,10 @@ int kvm_env_grow_released(kvm_env *e, uint64_t pages)
 
 int kvm_txn_commit_released(kvm_txn *t, const uint64_t *meta, int sync)
 {
-    int rc;
-    KVM_RELEASED(rc = kvm_txn_commit(t, meta, sync));
+    int rc = kvm_txn_claim(t);   /* before other threads can run */
+    if (rc)
+        return rc;
+    KVM_RELEASED(rc = kvm_txn_commit_claimed(t, meta, sync));
     return rc;
 }
 

@@ -267,10 +267,17 @@ def test_truncated_below_meta(tmp_path, size):
     p = tmp_path / "db"
     build_history_db(p)
     os.truncate(p, size)
-    res = try_open(p)
-    assert_raised(res)
     res = try_open(p, readonly=True)
     assert_raised(res)
+    res = try_open(p, states=[{}])
+    if size <= 16:
+        # ENGINE BEHAVIOUR CHOSEN (issue 9, defect 6): the first 16 bytes of
+        # every meta 0 (magic, version, page size) are also a prefix of what
+        # creating a file writes; a file that short holds no data either
+        # way, and a writable open initialises it as an interrupted creation.
+        assert res["RESULT"][0] == "OPENED" and res["STATE"] == ["0"], res["out"]
+    else:
+        assert_raised(res)
 
 
 # ---------------------------------------------------------------------------
@@ -546,7 +553,7 @@ for kh, hv in ARGS["expected"].items():
         v = db.get(bytes.fromhex(kh))
     except kvmap.CorruptionError as e:
         errors += 1
-        messages.add(str(e).split(":")[1].strip()[:20])
+        messages.add(str(e).rsplit(": ", 1)[-1][:20])   # "<path>: page N: <what>"
         continue
     wrong += v is None or hashlib.sha256(v).hexdigest() != hv
 db.close()

@@ -141,6 +141,37 @@ def verify(path, workload, acked, *, open_kw=None, allow_next=True):
         f"missing {missing}, extra {extra}, changed {changed}")
 
 
+_CREATION_IMAGES = {}
+
+
+def creation_leftover(data, page_size=4096):
+    """True when ``data`` (a file's bytes) is what an interrupted creation
+    can leave (FORMAT.md §8): at most two pages, every byte either the one
+    creating a file writes there or zero; the page size is the one a
+    surviving meta header names, else ``page_size``.  Such a file holds no
+    data, kvmap.check finds no database in it, and a writable open
+    initialises it."""
+    import struct
+    import tempfile
+
+    import kvmap
+    ps = page_size
+    if len(data) >= 16 and data[:8] == b"\x89KVM\r\n\x1a\n":
+        hp = struct.unpack_from("<I", data, 12)[0]
+        if 4096 <= hp <= 65536 and not hp & (hp - 1):
+            ps = hp
+    if len(data) > 2 * ps:
+        return False
+    if ps not in _CREATION_IMAGES:
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "new.kv")
+            kvmap.open(p, page_size=ps).close()
+            with open(p, "rb") as f:
+                _CREATION_IMAGES[ps] = f.read()
+    img = _CREATION_IMAGES[ps]
+    return all(b == 0 or b == i for b, i in zip(data, img))
+
+
 def scratch_path(directory, name="db.kv"):
     """``directory/name`` with any leftover file removed."""
     p = os.path.join(directory, name)

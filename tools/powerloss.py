@@ -649,14 +649,15 @@ def verify_image(img, path, cfg, states):
             return classify(info, img.span) + " | read-only: " + ro, None
         if img.expect == "empty-or-error":
             # nothing was acknowledged: an empty database (a file of length
-            # zero, or of two zero pages, is initialised by the engine; the
-            # checker finds no database in it) or a clear error at open
+            # zero, or any leftover of creation, is initialised by the
+            # engine; the checker finds no database in it) or a clear error
             info = probe(path, cfg, states)
             out = "create-" + classify(info, (0, 0))
             if info["error"] and info["error"].startswith("open-error"):
                 return out, None
             if info["error"] is None and 0 in (info["states"] or ()) and (
-                    info["check"] == "ok" or (info["check"] == "unreadable" and not any(img.data))):
+                    info["check"] == "ok" or (info["check"] == "unreadable" and crashkit.creation_leftover(
+                        img.data, cfg.get("page_size", 4096)))):
                 return out, None
             return out, "a creation image gave " + out
         try:
