@@ -42,12 +42,6 @@ fork_generation = [0]
 os.register_at_fork(after_in_child=lambda: fork_generation.__setitem__(0, fork_generation[0] + 1))
 
 
-def runs_array(runs):
-    """A ``uint64_t[]`` of page runs ``[(start, count), ...]`` flattened, as
-    the C calls that take runs want it."""
-    return ffi.new("uint64_t[]", [x for run in runs for x in run])
-
-
 def error_for(rc, path=None):
     """The exception for C return code ``rc``, with the C side's message, for
     the database at ``path``: an errno error is also the builtin OSError

@@ -5,10 +5,12 @@ Single operations run in their own transaction; ``db.transaction()`` groups
 writes (one writer at a time, others wait), ``db.snapshot()`` gives a stable
 read view.  Reads never wait for the writer and never block it.
 
-Policy lives here: when the file grows (geometric steps of half the file,
-between 1 MiB and 1 GiB, by ``posix_fallocate`` before any new page is
-touched), which pages a transaction may reuse (``space.FreeSpace``), and
-the writer lock.  The C core does the I/O.
+The options, the writer lock (one write transaction at a time per handle;
+others wait) and error translation live here.  Everything a transaction
+does per operation and per commit is C: the B+tree, the free space (which
+pages a transaction may reuse), the growth of the file (geometric steps of
+half the file, between ``GROW_MIN`` and ``GROW_MAX``, by ``posix_fallocate``
+before any new page is touched) and the commit.
 """
 
 import errno
@@ -16,20 +18,14 @@ import os
 import threading
 from collections.abc import MutableMapping
 
-from ._lib import MISSING, error_for, ffi, fork_generation, lib, runs_array
-from .errors import (ClosedError, CorruptionError, DiskFullError, LockedError, MapFullError,
-                     ReadOnlyError, os_error)
-from .space import FreeSpace
+from ._lib import MISSING, error_for, ffi, fork_generation, lib
+from .errors import ClosedError, LockedError, ReadOnlyError, os_error
 from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
 
 BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
-GROW_MIN = 1 << 20
-GROW_MAX = 1 << 30
-# Released runs at least this long are madvise(DONTNEED)'d: they leave the
-# process's resident set.  Shorter runs are left alone; churn reuses them at
-# once and a madvise per page costs more than it saves.
-ADVISE_MIN_RUN = 16
+GROW_MIN = 1 << 20      # bytes the file grows by at least (read at open)
+GROW_MAX = 1 << 30      # and at most
 
 
 def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", growth="reserve",
@@ -106,59 +102,24 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.map_size = map_size
         opt.max_readers = max_readers
         opt.cache_bytes = cache_size
+        opt.grow_min = GROW_MIN
+        opt.grow_max = GROW_MAX
         if not create and not os.path.exists(path):
             raise os_error(errno.ENOENT, "opening the database file (create=False)", path)
         self._path = path
         self._fork_gen = fork_generation[0]
-        self._wlock = threading.Lock()        # held by the write transaction for its life
-        self._space_lock = threading.RLock()  # free space and writer changes, from any thread
-        self._writer = None                   # thread id of the write transaction's owner
-        self._writer_txn = None
-        try:
-            self._open_env(opt)
-        except CorruptionError:
-            # A power loss after sync=False commits can leave the newest
-            # meta's tree whole but its free list not: the state before that
-            # commit is intact, so open it, as open does when the tree's edge
-            # paths are damaged (FORMAT.md §2).
-            if readonly or not self._nosync:
-                raise
-            opt.flags |= lib.KVM_OPEN_OLDER
-            self._open_env(opt)
-
-    def _open_env(self, opt):
-        """Open the C environment and, for a writable handle, load the free
-        list; on failure nothing stays open."""
+        self._wlock = threading.Lock()   # held by the write transaction for its life
+        self._writer = None              # thread id of the write transaction's owner
         out = ffi.new("kvm_env **")
-        self._nosync = False
-        rc = lib.kvm_env_open_released(os.fsencode(self.path), opt, out)
+        rc = lib.kvm_env_open_released(os.fsencode(path), opt, out)
         if rc:
-            raise error_for(rc, self.path)
+            raise error_for(rc, path)
         env = ffi.gc(out[0], lib.kvm_env_release)
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(env, st)
-        self._nosync = bool(st.meta_nosync)
         self.page_size = st.page_size
-        self._h = env
         self._max_key = lib.kvm_env_max_key(env)
-        self._space = FreeSpace(self.page_size, st.hwm)
-        self._file_pages = st.file_size // self.page_size
-        if self.readonly:
-            return
-        try:
-            page = ffi.new("char[]", self.page_size)
-
-            def read_page(pgno, ptype):
-                rc = lib.kvm_env_read_page(env, pgno, ptype, page)
-                if rc:
-                    raise error_for(rc, self.path)
-                return ffi.buffer(page)[:]
-
-            self._space.load(read_page, st.free_index, st.free_pending, st.free_count,
-                             st.pending_count, st.pending_floor)
-        except BaseException:
-            self.close()
-            raise
+        self._h = env
 
     # ----------------------------------------------------------- lifecycle
 
@@ -257,121 +218,51 @@ class Database(_Closing, _Reads, MutableMapping):
         if not self._wlock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockedError(f"timed out after {timeout} s waiting for the write lock")
         try:
-            with self._space_lock:
-                env = self._handle()
-                txnid = _checked(lib.kvm_env_txnid(env), self.path) + 1
-                runs = self._space.release(min(lib.kvm_env_oldest_reader(env), txnid - 2))
-                runs = [r for r in runs if r[1] >= ADVISE_MIN_RUN]
-                if runs and self.backend == "mmap":
-                    lib.kvm_env_advise_free(env, runs_array(runs), len(runs))
-                out = ffi.new("kvm_txn **")
-                rc = lib.kvm_txn_begin(env, 1, out)
-                if rc:
-                    raise error_for(rc, self.path)
-                self._space.begin()
-                txn._h = ffi.gc(out[0], lib.kvm_txn_release)
-                self._writer = threading.get_ident()
-                self._writer_txn = txn
+            out = ffi.new("kvm_txn **")
+            rc = lib.kvm_txn_begin(self._handle(), 1, out)
+            if rc:
+                raise error_for(rc, self.path)
         except BaseException:
             self._wlock.release()
             raise
+        txn._h = ffi.gc(out[0], lib.kvm_txn_release)
+        self._writer = threading.get_ident()
 
     def _end_write(self, txn):
-        """``txn`` is over (caller holds _space_lock): let the next writer in."""
+        """``txn`` ended in C (committed, or aborted by this call's caller):
+        let the next writer in."""
         txn._h = None
         self._writer = None
-        self._writer_txn = None
         self._wlock.release()
 
-    def _own(self, txn):
-        """``txn``'s C handle, or ClosedError if it is no longer the open write
-        transaction (another thread ended it); caller holds _space_lock."""
-        if self._writer_txn is not txn or txn._h is None:
-            raise ClosedError(f"{self.path}: transaction is finished")
-        return txn._h
-
     def _abort(self, txn):
+        h = txn._h
+        if h is None:
+            return
         if self._forked():
-            txn._h = None   # the parent's: its locks and free space are not the child's to touch
+            txn._h = None   # the parent's: its write lock is not the child's to release
             return
-        with self._space_lock:
-            if self._writer_txn is not txn:
-                return      # ended meanwhile by another thread
-            lib.kvm_txn_abort(txn._h)
-            self._space.rollback()
+        # kvm_txn_abort says whether this call ended it: of two threads
+        # aborting (or a commit and an abort), one lets the next writer in.
+        if lib.kvm_txn_abort(h):
             self._end_write(txn)
-
-    def _ensure_pages(self, pages):
-        """Grow the file to hold ``pages`` pages: geometric steps, and the
-        exact size if a step does not fit on the disk or in the mapping."""
-        have = self._file_pages
-        if pages <= have:
-            return
-        step = min(max(have * self.page_size // 2, GROW_MIN), GROW_MAX) // self.page_size
-        target = max(pages, have + step)
-        rc = lib.kvm_env_grow_released(self._handle(), target)
-        if rc in (lib.KVM_DISKFULL, lib.KVM_MAPFULL) and target > pages:
-            target = pages
-            rc = lib.kvm_env_grow_released(self._handle(), target)
-        if rc:
-            raise error_for(rc, self.path)
-        self._file_pages = target
-
-    def _refill(self, txn, need):
-        """Give the transaction's page pool at least ``need`` pages: a chunk
-        of 64 when the file has room for it, else exactly ``need``."""
-        try:
-            with self._space_lock:
-                h = self._own(txn)
-                space = self._space
-                runs = space.take(max(need, 64))
-                try:
-                    self._ensure_pages(space.hwm)
-                except (DiskFullError, MapFullError):
-                    if need >= 64:
-                        raise
-                    space.undo_take()
-                    runs = space.take(need)
-                    self._ensure_pages(space.hwm)
-                rc = lib.kvm_txn_pool_add(h, runs_array(runs), len(runs))
-                if rc:
-                    raise error_for(rc, self.path)
-        except BaseException:
-            txn.abort()
-            raise
 
     def _commit(self, txn):
-        space = self._space
-        with self._space_lock:
-            h = self._own(txn)
+        h = txn._h
+        if h is None:
+            raise ClosedError(f"{self.path}: transaction is finished")
+        # Only a syncing commit waits on the disk long enough to be worth
+        # letting other threads run (and waiting to get the GIL back).
+        commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
+        rc = commit(h, self.sync)
+        if rc:
+            exc = error_for(rc, self.path)
             try:
-                if not _checked(lib.kvm_txn_dirty(h), self.path):   # nothing changed: nothing to write
-                    self._abort(txn)
-                    return
-                p = ffi.new("uint64_t **")
-                n = _checked(lib.kvm_txn_freed(h, p), self.path)
-                freed = ffi.unpack(p[0], n) if n else []
-                n = _checked(lib.kvm_txn_pool(h, p), self.path)
-                leftovers = ffi.unpack(p[0], n) if n else []
-
-                def write_page(pgno, ptype, nkeys, nxt, body):
-                    rc = lib.kvm_txn_write_page(h, pgno, ptype, nkeys, nxt, body, len(body))
-                    if rc:
-                        raise error_for(rc, self.path)
-
-                meta = space.prepare_commit(_checked(lib.kvm_txn_id(h), self.path), freed, leftovers,
-                                            self._ensure_pages, write_page)
-                # Only a syncing commit waits on the disk long enough to be worth
-                # letting other threads run (and waiting to get the GIL back).
-                commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
-                rc = commit(h, ffi.new("uint64_t[6]", meta), self.sync)
-                if rc:
-                    raise error_for(rc, self.path)
-            except BaseException:
                 self._abort(txn)
-                raise
-            space.commit_done()
-            self._end_write(txn)
+                raise exc
+            finally:
+                del exc
+        self._end_write(txn)
 
     # --------------------------------------------------------------- stats
 
@@ -388,8 +279,7 @@ class Database(_Closing, _Reads, MutableMapping):
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
             "file_size": st.file_size,
-            "free_pages": st.free_count if self.readonly else self._space.free_count,
-            "pending_pages": st.pending_count if self.readonly else self._space.pending_count,
+            "free_pages": st.free_count, "pending_pages": st.pending_count,
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self.sync,
             "verify_checksums": self.verify_checksums,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,
@@ -403,8 +293,8 @@ class Database(_Closing, _Reads, MutableMapping):
         """Assert internal invariants (for tests): the free space is
         consistent, and the tree holds as many keys, in strictly increasing
         order, as its entry count says."""
-        if not self.readonly:
-            self._space._check()
+        rc = lib.kvm_env_check(self._handle())
+        assert rc == 0, error_for(rc, self.path)
         with self.snapshot() as snap:
             prev = None
             n = 0

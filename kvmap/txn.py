@@ -423,22 +423,17 @@ class Transaction(_Handle, _Reads, MutableMapping):
         self._handle()
         return scan(self, mode, key, stop, flags, keys_only)
 
-    def _retry(self, rc, fn, *args):
-        """Finish a write call that did not return 0: refill the page pool
-        and call again, or raise (aborting if the change may be half made)."""
-        h = self._h
-        if rc == lib.KVM_NEED_PAGES and h is not None:
-            self._db._refill(self, lib.kvm_txn_pages_needed(h))
-            rc = fn(h, *args)
-        if rc < 0 and rc != lib.KVM_NOTFOUND:
-            exc = error_for(rc, self._path)
-            try:
-                if rc != lib.KVM_INVALID:   # anything else may have left a half-made change
-                    self.abort()
-                raise exc
-            finally:
-                del exc   # no cycle through this frame
-        return rc
+    def _fail(self, rc):
+        """Raise for a write call that returned ``rc`` < 0, aborting the
+        transaction unless the call changed nothing (a bad argument): any
+        other failure may have left a half-made change."""
+        exc = error_for(rc, self._path)
+        try:
+            if rc != lib.KVM_INVALID:
+                self.abort()
+            raise exc
+        finally:
+            del exc   # no cycle through this frame
 
     def put(self, key, value):
         """Insert or overwrite.  O(log n)."""
@@ -450,13 +445,13 @@ class Transaction(_Handle, _Reads, MutableMapping):
         if type(value) is bytes:
             rc = _put(h, key, len(key), value, len(value))
             if rc:
-                self._retry(rc, _put, key, len(key), value, len(value))
+                self._fail(rc)
             return
         value, vlen = as_value(value)
         try:
             rc = _put(h, key, len(key), value, vlen)
             if rc:
-                self._retry(rc, _put, key, len(key), value, vlen)
+                self._fail(rc)
         finally:
             if type(value) is not bytes:
                 ffi.release(value)
@@ -468,8 +463,10 @@ class Transaction(_Handle, _Reads, MutableMapping):
         h = self._handle()
         k = as_key(key, self._max_key)
         rc = lib.kvm_del(h, k, len(k))
-        if rc and self._retry(rc, lib.kvm_del, k, len(k)) == lib.KVM_NOTFOUND:
+        if rc == lib.KVM_NOTFOUND:
             raise KeyError(key)
+        if rc:
+            self._fail(rc)
 
     __delitem__ = delete
 

@@ -17,10 +17,9 @@
 **     check each cell they touch; a page copied for modification is checked
 **     cell by cell (bounds and key order) once, after which this transaction
 **     owns its contents.  Damage is reported as KVM_CORRUPT, never a fault.
-**  5. One C call per operation.  An operation first checks that the page
-**     pool holds enough pages for its worst case (KVM_NEED_PAGES otherwise,
-**     before anything changes), so running out of pages never leaves a
-**     half-done change.
+**  5. One C call per operation.  An operation first fills the page pool
+**     with its worst case of pages (txn_pool_ensure, before anything
+**     changes), so running out of pages never leaves a half-done change.
 */
 #include "internal.h"
 #include <stdlib.h>
@@ -688,15 +687,13 @@ static int key_check(kvm_txn *t, size_t klen)
     return 0;
 }
 
+/* A write may go ahead: the pool holds its worst case of pages (taken and
+** the file grown now, before anything changes and before the map lock). */
 static int write_check(kvm_txn *t, uint64_t need)
 {
     if (!t->write)
         return kvm_err(KVM_READONLY, "transaction is read-only");
-    if (t->pool.n < need) {
-        t->need = need;
-        return kvm_err(KVM_NEED_PAGES, "page pool needs %llu pages", (unsigned long long)need);
-    }
-    return 0;
+    return txn_pool_ensure(t, need);
 }
 
 static int64_t get_locked(kvm_txn *t, const uint8_t *key, size_t klen, uint8_t *out, size_t cap)

@@ -1,6 +1,6 @@
 /*
 ** freemap.c -- a growable bitmap of reusable pages: the mechanism under the
-** free-space policy of kvmap/space.py (which pages, when, is decided there).
+** free-space rules of space.c (which pages, when, is decided there).
 **
 ** Bit p of word p/64 is set iff page p is reusable.  The on-disk free-list
 ** bitmap pages hold the same bits in the same order, so encoding a range is

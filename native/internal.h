@@ -1,8 +1,19 @@
 /*
-** internal.h -- structures shared by the pager (pager.c: file, mapping,
-** page cache, dirty pages, commit, readers) and the B+tree (btree.c).
-** The B+tree sees pages only through pg_read/pg_write/pg_new/pg_free, so it
-** cannot tell the mmap backend from the pread backend.
+** internal.h -- what the files of the C core share.  The pager, the layer
+** under the B+tree, is one concept per file:
+**
+**   env.c       errors; lifetime (close, release, fork); open; stat, check
+**   meta.c      the meta pages, the choice of meta at open, creation
+**   readers.c   the seqlock-published committed state, the reader table
+**   map.c       the mapping and its growth; the growth policy
+**   cache.c     the page cache of the pread backend
+**   page.c      a transaction's pages: read, copy-on-write, new, free, verify
+**   txn.c       transactions: begin, end, page pool, commit
+**   space.c     free-space rules; freelist.c their pages on disk (space.h)
+**
+** btree.c (the B+tree) sees pages only through pg_read/pg_write/pg_new/
+** pg_free, so it cannot tell the mmap backend from the pread backend;
+** guard.c turns a SIGBUS into an error; os.c is the system-call table.
 */
 #ifndef KVM_INTERNAL_H
 #define KVM_INTERNAL_H
@@ -11,6 +22,7 @@
 #include "kvmap.h"
 #include "os.h"
 #include "guard.h"
+#include "space.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -68,6 +80,8 @@ struct kvm_env {
     int         failed;          /* a sync failed: refuse writes until reopen */
     uint8_t    *scratch;         /* the writer's scratch pages (see kvm_txn) */
     void       *cells;
+    kvm_space  *space;           /* writable handles: the free space (space.h) */
+    uint64_t    grow_min, grow_max;
 };
 
 typedef struct dirty_ent {
@@ -94,11 +108,11 @@ struct kvm_txn {
     uint64_t  limit;             /* pages below this number exist */
     uint64_t  mod;               /* bumped by every change (cursors re-seek) */
     int       broken;            /* a write txn hit a SIGBUS mid-change: abort only */
+    int       committed;         /* its free space was adopted: an end rolls nothing back */
     /* write transactions only */
     dirty_ent *dirty;
     size_t     ndirty, dcap;     /* dirty: open-addressing table of dcap slots */
     pgvec      pool, freed;
-    uint64_t   need;             /* pages a KVM_NEED_PAGES call wanted */
     uint8_t   *scratch;          /* 5 scratch pages: copies A, B, separator, cell, compaction */
     void      *cells;            /* cell references for splits and merges */
     pgno_t     verified[VCACHE]; /* env->verify: committed pages already checked */
@@ -117,11 +131,40 @@ struct kvm_cursor {
     size_t    need;
 };
 
-/* errors (pager.c) */
+
+/* across the files of the pager (env, meta, readers, map, cache, page, txn) */
+/* env.c */
+int space_code(int errnum);
+int env_forked(const kvm_env *e);
+/* meta.c */
+void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s);
+int init_file(kvm_env *e, uint32_t ps);
+int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
+int load_meta(kvm_env *e, uint32_t want_ps, int older);
+/* readers.c */
+void state_load(kvm_env *e, kvm_state *out);
+void state_publish(kvm_env *e, const kvm_state *s);
+uint64_t env_oldest_reader(kvm_env *e);   /* the oldest snapshot's txnid; UINT64_MAX: none */
+/* map.c */
+int map_open(kvm_env *e, uint64_t map_size);
+int file_intact(kvm_env *e);
+void advise_free(kvm_env *e, const u64vec *runs);
+/* cache.c */
+int cache_init(kvm_cache *c, uint64_t pages, uint32_t psize);
+void cache_free(kvm_cache *c);
+int32_t cache_find(kvm_cache *c, pgno_t pg);
+int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out);
+/* page.c */
+int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out);
+int pgvec_push(pgvec *v, pgno_t pg);
+uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d);
+
+/* errors (env.c) */
+int  file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what);
 int  kvm_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int  kvm_err_sys(int code, int errnum, const char *what);
 
-/* lifetime (pager.c): every public call brackets its body with these; enter
+/* lifetime (env.c): every public call brackets its body with these; enter
 ** returns KVM_CLOSED or KVM_FORKED (with the message set) when the call
 ** must not run. */
 extern uint64_t kvm_fork_gen;
@@ -130,7 +173,14 @@ void env_leave(kvm_env *e);
 int  txn_enter(kvm_txn *t);
 #define txn_leave(t) env_leave((t)->env)
 
-/* page access for the B+tree (pager.c) */
+/* file, free space and pool for the commit and the B+tree (page.c, map.c, txn.c) */
+int  env_read_page(kvm_env *e, uint64_t pgno, int type, char *out);   /* pread, verified */
+int  env_ensure_pages(kvm_env *e, uint64_t pages);                    /* grow by the policy */
+int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, unsigned nkeys, uint64_t next,
+                  const void *body, size_t len);
+int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
+
+/* page access for the B+tree (page.c) */
 int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);
 int  pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own);  /* own: page of this txn */
 int  pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg);

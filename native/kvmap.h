@@ -1,10 +1,11 @@
 /*
 ** kvmap.h -- the C core's public interface: what Python calls through cffi.
 **
-** The core has no policy in it.  Python decides which pages may be reused
-** (it fills each write transaction's page pool and takes back the pages the
-** transaction freed), when the file grows, and what the free-list pages say.
-** The core does the page I/O, the copy-on-write B+tree and the commit.
+** The core holds everything a transaction does per operation and per
+** commit: page I/O, the copy-on-write B+tree, the free space (which pages a
+** writer may use, space.c; their pages in the file, freelist.c), the growth
+** of the file and the commit.  Python calls begin, operations, commit or
+** abort, and holds the API, options and error translation.
 **
 ** Every function that can fail returns a negative KVM_* code; the text of the
 ** last error of the calling thread is kvm_errmsg(), its errno kvm_errno().
@@ -82,6 +83,8 @@ typedef struct kvm_options {
     uint64_t map_size;      /* address space reserved (growth reserve) */
     uint64_t cache_bytes;   /* page cache size (backend pread) */
     uint32_t max_readers;
+    uint64_t grow_min;      /* the file grows by half its size, at least grow_min */
+    uint64_t grow_max;      /* and at most grow_max bytes (0: 1 MiB and 1 GiB) */
 } kvm_options;
 
 typedef struct kvm_stat {
@@ -105,23 +108,15 @@ int      kvm_env_stat(kvm_env *e, kvm_stat *st);
 uint32_t kvm_env_max_key(kvm_env *e);
 int64_t  kvm_env_entries(kvm_env *e);
 int64_t  kvm_env_txnid(kvm_env *e);
-int      kvm_env_grow(kvm_env *e, uint64_t pages);
-uint64_t kvm_env_oldest_reader(kvm_env *e);
-int      kvm_env_read_page(kvm_env *e, uint64_t pgno, int type, char *out);
-int      kvm_env_advise_free(kvm_env *e, const uint64_t *runs, size_t nruns);
 int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
+int      kvm_env_check(kvm_env *e);   /* the free space's invariants (tests) */
 
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
 int      kvm_txn_abort(kvm_txn *t);   /* 1: it ended the transaction, 0: already ended */
 void     kvm_txn_release(kvm_txn *t);
-int      kvm_txn_commit(kvm_txn *t, const uint64_t *meta, int sync);
-int      kvm_txn_pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns);
-int64_t  kvm_txn_dirty(kvm_txn *t);
-uint64_t kvm_txn_pages_needed(kvm_txn *t);
-int64_t  kvm_txn_freed(kvm_txn *t, const uint64_t **out);
-int64_t  kvm_txn_pool(kvm_txn *t, const uint64_t **out);
-int      kvm_txn_write_page(kvm_txn *t, uint64_t pgno, int type, uint32_t nkeys,
-                            uint64_t next, const char *body, size_t len);
+/* Commit: the free-list pages, every dirty page, the meta (FORMAT.md §7).
+** On success the transaction is ended; on failure it is left for an abort. */
+int      kvm_txn_commit(kvm_txn *t, int sync);
 int64_t  kvm_txn_entries(kvm_txn *t);
 int64_t  kvm_txn_id(kvm_txn *t);
 
@@ -143,20 +138,6 @@ size_t   kvm_cursor_need(kvm_cursor *c);
 ** one value, or the checksum of bytes [4, page_size) of count whole pages. */
 uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len);
 void     kvm_page_checksums(const char *pages, size_t page_size, size_t count, uint32_t *out);
-
-/* The free-page bitmap under kvmap/space.py (freemap.c); runs are pairs
-** (start, count). */
-typedef struct kvm_freemap kvm_freemap;
-kvm_freemap *kvm_fm_new(void);
-void     kvm_fm_free(kvm_freemap *fm);
-uint64_t kvm_fm_count(kvm_freemap *fm);
-int      kvm_fm_add(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
-int      kvm_fm_remove(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
-size_t   kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap);
-uint64_t kvm_fm_tail(kvm_freemap *fm, uint64_t end);
-void     kvm_fm_encode(kvm_freemap *fm, uint64_t first, uint64_t nbits, char *out);
-int64_t  kvm_fm_decode(kvm_freemap *fm, uint64_t first, uint64_t nbits, const char *in, uint64_t limit);
-size_t   kvm_fm_runs(kvm_freemap *fm, uint64_t lo, uint64_t hi, uint64_t *runs, size_t cap);
 
 /* Fault injection, for tests (os.c).  Every system call of the core goes
 ** through one table; kvm_fault_set(call, nth, err, persistent) makes the
@@ -194,6 +175,6 @@ void     kvm_set_sync_hook(kvm_sync_hook hook);
 /* kvm_txn_commit in two steps, for a caller that releases the GIL between
 ** them (pyglue.h): claim, then commit. */
 int      kvm_txn_claim(kvm_txn *t);
-int      kvm_txn_commit_claimed(kvm_txn *t, const uint64_t *meta, int sync);
+int      kvm_txn_commit_claimed(kvm_txn *t, int sync);
 
 #endif

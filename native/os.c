@@ -127,11 +127,11 @@ static ssize_t os_pread(int fd, void *b, size_t n, off_t o)
     COUNT(pread);
     return pread(fd, b, n, o);
 }
-static ssize_t os_pwrite(int fd, const void *b, size_t n, off_t o)
+static ssize_t os_pwritev(int fd, const struct iovec *iov, int n, off_t o)
 {
     FAULT(KVM_SYS_PWRITE, -1);
     COUNT(pwrite);
-    return pwrite(fd, b, n, o);
+    return pwritev(fd, iov, n, o);
 }
 static int os_fdatasync(int fd)
 {
@@ -202,7 +202,7 @@ static int os_madvise(void *a, size_t l, int adv)
 }
 
 kvm_os kvm_sys = {
-    os_open, os_close, os_fstat, os_flock, os_pread, os_pwrite,
+    os_open, os_close, os_fstat, os_flock, os_pread, os_pwritev,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise,
 };

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 typedef struct kvm_os {
     int     (*open)(const char *path, int flags, int mode);    /* O_CLOEXEC; never blocks on a FIFO */
@@ -17,7 +18,7 @@ typedef struct kvm_os {
     int     (*fstat)(int fd, uint64_t *size, uint32_t *mode);   /* mode may be NULL */
     int     (*flock)(int fd, int op);
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
-    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    ssize_t (*pwritev)(int fd, const struct iovec *iov, int n, off_t off);   /* KVM_SYS_PWRITE */
     int     (*fdatasync)(int fd);
     int     (*fsync_dir)(const char *path);
     int     (*posix_fallocate)(int fd, off_t off, off_t len);   /* returns errno */

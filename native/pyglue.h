@@ -9,7 +9,7 @@
 ** switch interval (5 ms), so a writer's commit made of many small calls
 ** crawls while readers iterate (the GIL "convoy").  So the wrappers keep the
 ** GIL, and the calls that wait on the disk release it themselves: open,
-** close, grow (posix_fallocate) and a syncing commit (fdatasync).
+** close and a syncing commit (fdatasync).
 ** Like Python's own mmap objects, a read that faults a page in from disk
 ** holds the GIL meanwhile.
 */
@@ -18,8 +18,7 @@
 /* cdef-begin */
 int  kvm_env_open_released(const char *path, const kvm_options *opt, kvm_env **out);
 void kvm_env_close_released(kvm_env *e);
-int  kvm_env_grow_released(kvm_env *e, uint64_t pages);
-int  kvm_txn_commit_released(kvm_txn *t, const uint64_t *meta, int sync);
+int  kvm_txn_commit_released(kvm_txn *t, int sync);
 /* cdef-end */
 
 #define KVM_RELEASED(call) \
@@ -36,19 +35,12 @@ int kvm_env_open_released(const char *path, const kvm_options *opt, kvm_env **ou
 
 void kvm_env_close_released(kvm_env *e) { KVM_RELEASED(kvm_env_close(e)); }
 
-int kvm_env_grow_released(kvm_env *e, uint64_t pages)
-{
-    int rc;
-    KVM_RELEASED(rc = kvm_env_grow(e, pages));
-    return rc;
-}
-
-int kvm_txn_commit_released(kvm_txn *t, const uint64_t *meta, int sync)
+int kvm_txn_commit_released(kvm_txn *t, int sync)
 {
     int rc = kvm_txn_claim(t);   /* before other threads can run */
     if (rc)
         return rc;
-    KVM_RELEASED(rc = kvm_txn_commit_claimed(t, meta, sync));
+    KVM_RELEASED(rc = kvm_txn_commit_claimed(t, sync));
     return rc;
 }
 

@@ -570,7 +570,7 @@ def test_open_error_loop(tmp_path, cfg):
 
 
 # ---------------------------------------------------------------------------
-# regressions: what the loops above found (fixed in native/pager.c)
+# regressions: what the loops above found (fixed in the pager: native/env.c, native/txn.c)
 #
 # A munmap that failed (remap growth: the old mapping; close: the whole
 # mapping) leaked a shared mapping, which holds the open file description and

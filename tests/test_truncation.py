@@ -4,7 +4,7 @@ flock is advisory, so nothing stops another process from truncating the file.
 Through a MAP_SHARED mapping the pages past the new end raise SIGBUS on access;
 the engine must turn that into a kvmap.Error, never die of it (guard.c), and
 must refuse new snapshots and transactions, and growth, on a file shorter than
-the database (pager.c file_intact).  Each case runs in a child process so that
+the database (map.c file_intact).  Each case runs in a child process so that
 a SIGBUS that escapes fails the test instead of killing pytest.
 """
 

@@ -1,0 +1,420 @@
+/*
+** env.c -- the environment: errors, lifetime (close, release, fork), open,
+** and the calls on the whole database (stat, entries, check).
+**
+** Design and invariants
+**  1. The env is reference counted (the Python handle, one per live
+**     transaction) and freed only by kvm_env_release.  kvm_env_close only
+**     marks it closing, waits until no call is in flight, then releases the
+**     file, the mapping and the cache.  Every public call brackets its body
+**     with env_enter/txn_enter: counted in flight, then refused once closing
+**     (a Dekker handshake with close, both sides sequentially consistent).
+**  2. A child after fork() sees a newer kvm_fork_gen: every call on an env
+**     opened before refuses (KVM_FORKED); closing it in the child releases
+**     only the child's descriptor and mapping, never the parent's flock.
+**  3. Open: a regular file only; one writable handle (flock LOCK_EX) or any
+**     number of read-only ones (LOCK_SH) per file; an empty file or a
+**     leftover of an interrupted creation is initialised (meta.c); a
+**     writable handle loads its free space (space.c, freelist.c).
+*/
+#define _GNU_SOURCE
+#include "internal.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sched.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ errors */
+
+static __thread char err_text[320];
+static __thread int  err_errno;
+
+const char *kvm_errmsg(void) { return err_text; }
+int kvm_errno(void) { return err_errno; }
+
+int kvm_err(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_text, sizeof err_text, fmt, ap);
+    va_end(ap);
+    err_errno = 0;
+    return code;
+}
+
+int kvm_err_sys(int code, int errnum, const char *what)
+{
+    snprintf(err_text, sizeof err_text, "%s: %s", what, strerror(errnum));
+    err_errno = errnum;
+    return code;
+}
+
+int space_code(int errnum)
+{
+    return (errnum == ENOSPC || errnum == EFBIG || errnum == EDQUOT) ? KVM_DISKFULL : KVM_IO;
+}
+
+/* Write n buffers at off, all of them: a short write goes on where it
+** stopped, EINTR is retried.  A failure is DiskFullError for no space,
+** IOFailure otherwise, with `what` in the message. */
+int file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what)
+{
+    while (n > 0) {
+        ssize_t w = kvm_sys.pwritev(e->fd, iov, n, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return kvm_err_sys(w < 0 ? space_code(errno) : KVM_IO, w < 0 ? errno : EIO, what);
+        off += w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- lifetime */
+
+/* Incremented in the child after every fork(): a handle opened before the
+** fork carries an older generation, and refuses every call in the child. */
+uint64_t kvm_fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_child(void) { __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST); }
+static void fork_watch(void) { pthread_atfork(NULL, NULL, fork_child); }
+
+int env_forked(const kvm_env *e)
+{
+    return e->fork_gen != __atomic_load_n(&kvm_fork_gen, __ATOMIC_RELAXED);
+}
+
+/* Dekker with kvm_env_close: count this call in flight, then look at
+** closing (both seq_cst), so a close either sees the call and waits for it,
+** or the call sees the close and does not run. */
+int env_enter(kvm_env *e)
+{
+    if (env_forked(e))
+        return kvm_err(KVM_FORKED, "%s: this handle was opened by the parent process before fork(); "
+                                   "open the database again in the child", e->path);
+    __atomic_add_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&e->closing, __ATOMIC_SEQ_CST)) {
+        __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
+        return kvm_err(KVM_CLOSED, "database is closed");
+    }
+    return 0;
+}
+
+void env_leave(kvm_env *e) { __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST); }
+
+int txn_enter(kvm_txn *t)
+{
+    int rc = env_enter(t->env);
+    if (rc)
+        return rc;
+    if (__atomic_load_n(&t->done, __ATOMIC_ACQUIRE)) {
+        env_leave(t->env);
+        return kvm_err(KVM_CLOSED, t->write ? "transaction is finished" : "snapshot is closed");
+    }
+    return 0;
+}
+
+int kvm_env_usable(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (!rc)
+        env_leave(e);
+    return rc;
+}
+
+/* The free space of a writable handle, from the free list of the meta in
+** use.  A power loss after sync=False commits can leave the newest meta's
+** tree whole but its free list not: the state before that commit is intact,
+** so use the older meta, as open does when the tree's edge paths are damaged
+** (FORMAT.md §2, step 5). */
+static int space_open(kvm_env *e, uint32_t want, int older)
+{
+    for (;;) {
+        int rc = space_new(&e->space, e->psize, e->st.hwm);
+        if (!rc && !(rc = freelist_load(e, e->space, &e->st)))
+            return 0;
+        space_free(e->space);
+        e->space = NULL;
+        if (rc != KVM_CORRUPT || older || !(e->st.flags & M_FLAGS_NOSYNC))
+            return rc;
+        older = 1;
+        if ((rc = load_meta(e, want, 1)))
+            return rc;
+        if (e->st.hwm * e->psize > e->file_size)
+            return kvm_err(KVM_CORRUPT, "%s: the older meta does not fit the file", e->path);
+    }
+}
+
+/* Release the file and the mapping once no call is in flight.  In a child
+** after fork() the lock, mapping and file are the parent's: only the
+** child's own copies go (its descriptor and mapping), never the flock, and
+** nothing waits for calls that were in flight in the parent's threads. */
+void kvm_env_close(kvm_env *e)
+{
+    if (!e || __atomic_exchange_n(&e->closing, 1, __ATOMIC_SEQ_CST))
+        return;
+    int forked = env_forked(e);
+    while (!forked && __atomic_load_n(&e->inflight, __ATOMIC_SEQ_CST))
+        sched_yield();
+    if (e->base)
+        kvm_sys.munmap(e->base, e->reserved);
+    e->base = NULL;
+    if (e->fd >= 0) {
+        /* A mapping that failed to unmap (here, or the old one of a remap)
+        ** keeps the open file, and so its flock, alive: drop the lock
+        ** explicitly or the file stays locked until the process exits. */
+        if (!forked)
+            kvm_sys.flock(e->fd, LOCK_UN);
+        kvm_sys.close(e->fd);
+    }
+    e->fd = -1;
+    cache_free(&e->cache);
+    e->closed = 1;
+}
+
+static void env_free(kvm_env *e)
+{
+    kvm_env_close(e);
+    if (!env_forked(e)) {   /* a parent's thread may hold them in the child's copy */
+        pthread_rwlock_destroy(&e->map_lock);
+        pthread_mutex_destroy(&e->cache_lock);
+    }
+    free(e->readers);
+    free(e->scratch);
+    free(e->cells);
+    space_free(e->space);
+    free(e->path);
+    free(e);
+}
+
+void kvm_env_release(kvm_env *e)
+{
+    if (e && __atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        env_free(e);
+}
+
+int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
+{
+    uint32_t want = opt->page_size;
+    if (want && (want < KVM_MIN_PAGE || want > KVM_MAX_PAGE || (want & (want - 1))))
+        return kvm_err(KVM_INVALID, "page size must be a power of two from 4096 to 65536");
+    if (opt->backend != KVM_BACKEND_MMAP && opt->backend != KVM_BACKEND_PREAD)
+        return kvm_err(KVM_INVALID, "unknown backend");
+    if (opt->growth < KVM_GROW_RESERVE || opt->growth > KVM_GROW_REMAP)
+        return kvm_err(KVM_INVALID, "unknown growth strategy");
+    kvm_env *e = calloc(1, sizeof *e);
+    if (!e)
+        return kvm_err(KVM_NOMEM, "allocating the environment");
+    pthread_once(&fork_once, fork_watch);
+    e->refs = 1;
+    e->fork_gen = __atomic_load_n(&kvm_fork_gen, __ATOMIC_RELAXED);
+    e->verify = (opt->flags & KVM_OPEN_VERIFY) != 0;
+    e->grow_min = opt->grow_min ? opt->grow_min : 1ull << 20;
+    e->grow_max = opt->grow_max ? opt->grow_max : 1ull << 30;
+    e->fd = -1;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&e->map_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&e->cache_lock, NULL);
+    e->readonly = (opt->flags & KVM_OPEN_READONLY) != 0;
+    e->backend = opt->backend;
+    e->growth = opt->growth;
+    e->writemap = opt->backend == KVM_BACKEND_MMAP && !e->readonly && (opt->flags & KVM_OPEN_WRITEMAP);
+    e->nreaders = opt->max_readers ? opt->max_readers : 126;
+    e->readers = malloc(sizeof(uint64_t) * e->nreaders);
+    e->path = strdup(path);
+    int rc = 0;
+    if (!e->readers || !e->path) {
+        rc = kvm_err(KVM_NOMEM, "allocating the environment");
+        goto fail;
+    }
+    memset(e->readers, 0xff, sizeof(uint64_t) * e->nreaders);
+    int oflags = e->readonly ? O_RDONLY : O_RDWR | ((opt->flags & KVM_OPEN_CREATE) ? O_CREAT : 0);
+    e->fd = kvm_sys.open(path, oflags, 0644);
+    if (e->fd < 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "opening the database file");
+        goto fail;
+    }
+    uint32_t mode;
+    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
+        goto fail;
+    }
+    if (S_ISDIR(mode)) {
+        rc = kvm_err_sys(KVM_IO, EISDIR, "opening the database file");
+        goto fail;
+    }
+    if (!S_ISREG(mode)) {
+        rc = kvm_err(KVM_NOTREGULAR, "%s is a %s, not a regular file: a kvmap database is a regular file",
+                     path, S_ISCHR(mode) ? "character device" : S_ISBLK(mode) ? "block device"
+                                          : S_ISFIFO(mode) ? "FIFO" : S_ISSOCK(mode) ? "socket" : "special file");
+        goto fail;
+    }
+    /* Until the lock file and shared reader table of multi-process support
+    ** exist: one writable handle, or any number of read-only ones, per file
+    ** (in this or any process).  A writer would otherwise reuse pages that
+    ** another handle's readers still reach. */
+    if (kvm_sys.flock(e->fd, (e->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        rc = errno == EWOULDBLOCK
+                 ? kvm_err(KVM_LOCKED, e->readonly ? "%s is open for writing by another handle"
+                                                   : "%s is already open in another handle", path)
+                 : kvm_err_sys(KVM_IO, errno, "locking the database file");
+        goto fail;
+    }
+    /* the size again, under the lock: a writer may have grown the file */
+    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
+        goto fail;
+    }
+    int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
+    if (e->file_size == 0) {
+        if (!may_init) {
+            rc = kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", path);
+            goto fail;
+        }
+        rc = init_file(e, want ? want : KVM_MIN_PAGE);
+    } else if ((rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0)) != 0 &&
+               (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
+        /* A file that only an interrupted creation wrote holds nothing. */
+        uint32_t ps = 0;
+        int left = creation_leftover(e, want, &ps);
+        if (left < 0)
+            rc = left;
+        else if (left && may_init)
+            rc = init_file(e, ps);
+        else if (left)
+            rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
+                                     "to initialise it", path);
+    }
+    if (rc)
+        goto fail;
+    e->file_size = e->file_size / e->psize * e->psize;
+    e->max_cell = (e->psize - PH_SIZE) / 4;
+    e->max_key = e->max_cell - 16;
+    if (e->backend == KVM_BACKEND_MMAP && !(rc = guard_install()))
+        rc = map_open(e, opt->map_size);
+    else
+        rc = cache_init(&e->cache, opt->cache_bytes / e->psize, e->psize);
+    if (!rc && !e->readonly)
+        rc = space_open(e, want, (opt->flags & KVM_OPEN_OLDER) != 0);
+    if (rc)
+        goto fail;
+    *out = e;
+    return 0;
+fail:
+    env_free(e);
+    return rc;
+}
+
+int kvm_env_stat(kvm_env *e, kvm_stat *st)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    kvm_state s;
+    state_load(e, &s);
+    memset(st, 0, sizeof *st);
+    st->txnid = s.txnid;
+    st->root = s.root;
+    st->entries = s.entries;
+    st->hwm = s.hwm;
+    st->free_index = s.free_index;
+    st->free_pending = s.free_pending;
+    st->free_count = e->space ? space_free_count(e->space) : s.free_count;
+    st->pending_count = e->space ? e->space->pending_count : s.pending_count;
+    st->pending_floor = s.pending_floor;
+    st->depth = s.depth;
+    st->page_size = e->psize;
+    st->meta_slot = e->meta_slot;
+    st->meta_fallback = e->meta_fallback;
+    st->meta_nosync = (s.flags & M_FLAGS_NOSYNC) != 0;
+    st->failed = e->failed;
+    st->file_size = e->file_size;
+    st->map_base = (uint64_t)(uintptr_t)e->base;
+    st->map_length = e->map_len;
+    st->map_reserved = e->reserved;
+    st->cache_hits = e->cache.hits;
+    st->cache_misses = e->cache.misses;
+    st->n_pread = kvm_sys_counts.pread;
+    st->n_pwrite = kvm_sys_counts.pwrite;
+    st->n_fdatasync = kvm_sys_counts.fdatasync;
+    st->n_fallocate = kvm_sys_counts.fallocate;
+    st->n_mmap = kvm_sys_counts.mmap;
+    st->n_mremap = kvm_sys_counts.mremap;
+    st->n_munmap = kvm_sys_counts.munmap;
+    st->n_madvise = kvm_sys_counts.madvise;
+    env_leave(e);
+    return 0;
+}
+
+uint32_t kvm_env_max_key(kvm_env *e) { return e->max_key; }
+int64_t kvm_env_entries(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    kvm_state s;
+    state_load(e, &s);
+    env_leave(e);
+    return (int64_t)s.entries;
+}
+
+int64_t kvm_env_txnid(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    kvm_state s;
+    state_load(e, &s);
+    env_leave(e);
+    return (int64_t)s.txnid;
+}
+
+/* Read a free-list page with pread: number in range, checksum, type and
+** header page number verified. */
+int env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
+{
+    uint8_t *p = (uint8_t *)out;
+    kvm_state s;
+    state_load(e, &s);
+    if (pgno < 2 || pgno >= s.hwm)
+        return kvm_err(KVM_CORRUPT, "page number %llu out of range", (unsigned long long)pgno);
+    ssize_t n = kvm_sys.pread(e->fd, p, e->psize, (off_t)(pgno * e->psize));
+    if (n < 0)
+        return kvm_err_sys(KVM_IO, errno, "reading a page");
+    if (n != (ssize_t)e->psize)
+        return kvm_err(KVM_CORRUPT, "page %llu lies past the end of the file", (unsigned long long)pgno);
+    if (rd32(p + PH_CHECKSUM) != kvm_crc32c(0, p + 4, e->psize - 4))
+        return kvm_err(KVM_CORRUPT, "page %llu: checksum mismatch", (unsigned long long)pgno);
+    if (p[PH_TYPE] != type || rd64(p + PH_PGNO) != pgno)
+        return kvm_err(KVM_CORRUPT, "page %llu: not the expected free-list page", (unsigned long long)pgno);
+    return 0;
+}
+
+int kvm_env_check(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    rc = e->space ? space_check(e->space) : 0;
+    env_leave(e);
+    return rc;
+}

@@ -1,0 +1,228 @@
+/*
+** map.c -- the mapping of the mmap backend, and the growth of the file.
+**
+** Design and invariants
+**  1. The mapping covers exactly the file (MAP_SHARED, PROT_READ unless
+**     writemap).  Growth "reserve" maps new file pieces into a PROT_NONE
+**     reservation right after the mapped part (the base never moves);
+**     "mremap" and "remap" replace the mapping under the map lock's write
+**     side, while every call holds its read side (op_enter) for the call
+**     only, never for a transaction.
+**  2. The file grows with posix_fallocate before any new page is touched,
+**     so a full disk is an error, never a SIGBUS; a failed growth truncates
+**     back and leaves the mapping as it was.  The policy (env_ensure_pages):
+**     steps of half the file between grow_min and grow_max, or exactly what
+**     is needed when a step does not fit on the disk or in the mapping.
+**  3. A file cut short from outside is found at every transaction begin and
+**     growth (file_intact), before a fault could be.
+*/
+#define _GNU_SOURCE
+#include "internal.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sched.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- mapping */
+
+void op_enter(kvm_env *e)
+{
+    kvm_op_depth++;
+    if (e->backend == KVM_BACKEND_PREAD)
+        pthread_mutex_lock(&e->cache_lock);
+    else if (e->map_moves)
+        pthread_rwlock_rdlock(&e->map_lock);
+}
+
+void op_leave(kvm_env *e)
+{
+    kvm_op_depth--;
+    if (e->backend == KVM_BACKEND_PREAD)
+        pthread_mutex_unlock(&e->cache_lock);
+    else if (e->map_moves)
+        pthread_rwlock_unlock(&e->map_lock);
+}
+
+static int map_prot(kvm_env *e) { return PROT_READ | (e->writemap ? PROT_WRITE : 0); }
+
+int map_open(kvm_env *e, uint64_t map_size)
+{
+    uint64_t len = e->file_size;
+    if (e->growth == KVM_GROW_RESERVE) {
+        uint64_t res = map_size > len ? map_size : len;
+        res = (res + e->psize - 1) / e->psize * e->psize;
+        void *r;
+        for (;;) {
+            r = kvm_sys.mmap(NULL, res, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (r != MAP_FAILED)
+                break;
+            if (res / 2 < len)
+                return kvm_err_sys(KVM_MAPFULL, errno, "reserving address space for the mapping");
+            res = (res / 2 + e->psize - 1) / e->psize * e->psize;  /* RLIMIT_AS: settle for less */
+        }
+        void *p = kvm_sys.mmap(r, len, map_prot(e), MAP_SHARED | MAP_FIXED, e->fd, 0);
+        if (p == MAP_FAILED) {
+            int en = errno;
+            kvm_sys.munmap(r, res);
+            return kvm_err_sys(KVM_MAPFULL, en, "mapping the database file");
+        }
+        e->base = p;
+        e->reserved = res;
+    } else {
+        void *p = kvm_sys.mmap(NULL, len, map_prot(e), MAP_SHARED, e->fd, 0);
+        if (p == MAP_FAILED)
+            return kvm_err_sys(KVM_MAPFULL, errno, "mapping the database file");
+        e->base = p;
+        e->reserved = len;
+        e->map_moves = 1;
+    }
+    e->map_len = len;
+    /* Without MADV_RANDOM ext4 builds large folios: a 4 KiB msync can write
+    ** 1 MiB and a first write into a hole reads around 8 MiB. */
+    kvm_sys.madvise(e->base, len, MADV_RANDOM);
+    return 0;
+}
+
+static int map_extend(kvm_env *e, uint64_t len)
+{
+    if (e->growth == KVM_GROW_RESERVE) {
+        if (len > e->reserved)
+            return kvm_err(KVM_MAPFULL,
+                           "the database needs %llu bytes but only %llu bytes of address space "
+                           "are reserved (%llu more pages fit): reopen with a larger map_size",
+                           (unsigned long long)len, (unsigned long long)e->reserved,
+                           (unsigned long long)((e->reserved - e->map_len) / e->psize));
+        uint8_t *at = e->base + e->map_len;
+        void *p = kvm_sys.mmap(at, len - e->map_len, map_prot(e), MAP_SHARED | MAP_FIXED,
+                               e->fd, (off_t)e->map_len);
+        if (p == MAP_FAILED) {
+            int en = errno;
+            /* A failed MAP_FIXED may have dropped that part of the reservation:
+            ** take it back, or stop growing into it. */
+            void *r = kvm_sys.mmap(at, e->reserved - e->map_len, PROT_NONE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+            if (r == MAP_FAILED && errno != EEXIST)
+                e->reserved = e->map_len;
+            else if (r != MAP_FAILED && r != at) {
+                kvm_sys.munmap(r, e->reserved - e->map_len);
+                e->reserved = e->map_len;
+            }
+            return kvm_err_sys(KVM_MAPFULL, en, "mapping the grown part of the file");
+        }
+        kvm_sys.madvise(at, len - e->map_len, MADV_RANDOM);
+        e->map_len = len;
+        return 0;
+    }
+    pthread_rwlock_wrlock(&e->map_lock);
+    void *p;
+    if (e->growth == KVM_GROW_MREMAP)
+        p = kvm_sys.mremap(e->base, e->map_len, len, MREMAP_MAYMOVE);
+    else
+        p = kvm_sys.mmap(NULL, len, map_prot(e), MAP_SHARED, e->fd, 0);
+    if (p == MAP_FAILED) {
+        int en = errno;
+        pthread_rwlock_unlock(&e->map_lock);
+        return kvm_err_sys(KVM_MAPFULL, en, e->growth == KVM_GROW_MREMAP ? "mremap" : "mmap");
+    }
+    if (e->growth == KVM_GROW_REMAP) {
+        kvm_sys.munmap(e->base, e->map_len);
+        kvm_sys.madvise(p, len, MADV_RANDOM);
+    } else {
+        kvm_sys.madvise((uint8_t *)p + e->map_len, len - e->map_len, MADV_RANDOM);
+    }
+    e->base = p;
+    e->map_len = len;
+    e->reserved = len;
+    pthread_rwlock_unlock(&e->map_lock);
+    return 0;
+}
+
+/* A file cut short under us (by another process: flock is advisory) would
+** fault in the mapping or be silently extended with holes by the next
+** write: say so before a transaction starts and before the file grows. */
+int file_intact(kvm_env *e)
+{
+    /* Read our size before the file's: a growth in another thread between
+    ** the two then only makes the file look larger. */
+    uint64_t need = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE), size;
+    if (kvm_sys.fstat(e->fd, &size, NULL) != 0)
+        return kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
+    if (size < need)
+        return kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
+                       "needs %llu", e->path, (unsigned long long)size, (unsigned long long)need);
+    return 0;
+}
+
+static int env_grow(kvm_env *e, uint64_t pages)
+{
+    if (e->readonly)
+        return kvm_err(KVM_READONLY, "database is open read-only");
+    if (e->failed)
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+    if (pages > UINT64_MAX / e->psize / 2)
+        return kvm_err(KVM_DISKFULL, "database size limit reached");
+    uint64_t len = pages * e->psize;
+    if (len <= e->file_size)
+        return 0;
+    int rc = file_intact(e);
+    if (rc)
+        return rc;
+    rc = kvm_sys.posix_fallocate(e->fd, (off_t)e->file_size, (off_t)(len - e->file_size));
+    if (rc != 0) {
+        kvm_sys.ftruncate(e->fd, (off_t)e->file_size);   /* ext4 keeps what it got */
+        return kvm_err_sys(space_code(rc), rc, "growing the database file");
+    }
+    if (e->backend == KVM_BACKEND_MMAP) {
+        rc = map_extend(e, len);
+        if (rc) {
+            kvm_sys.ftruncate(e->fd, (off_t)e->file_size);
+            return rc;
+        }
+    }
+    __atomic_store_n(&e->file_size, len, __ATOMIC_RELEASE);   /* file_intact reads it unlocked */
+    return 0;
+}
+
+/* Grow the file to hold `pages` pages: a geometric step (half the file,
+** between grow_min and grow_max), or exactly `pages` when the step does not
+** fit on the disk or in the mapping. */
+int env_ensure_pages(kvm_env *e, uint64_t pages)
+{
+    uint64_t have = e->file_size / e->psize;
+    if (pages <= have)
+        return 0;
+    uint64_t step = have * e->psize / 2;
+    step = step < e->grow_min ? e->grow_min : step > e->grow_max ? e->grow_max : step;
+    uint64_t target = have + step / e->psize;
+    if (target < pages)
+        target = pages;
+    int rc = env_grow(e, target);
+    if ((rc == KVM_DISKFULL || rc == KVM_MAPFULL) && target > pages)
+        rc = env_grow(e, pages);
+    return rc;
+}
+
+/* Released runs at least this long leave the process's resident set
+** (MADV_DONTNEED; no disk space is freed).  Shorter runs are left alone:
+** churn reuses them at once and a madvise per page costs more than it saves. */
+#define ADVISE_MIN_RUN 16
+
+void advise_free(kvm_env *e, const u64vec *runs)
+{
+    if (e->backend != KVM_BACKEND_MMAP)
+        return;
+    op_enter(e);
+    for (size_t i = 0; i < runs->n; i += 2) {
+        uint64_t start = runs->v[i], count = runs->v[i + 1];
+        if (count < ADVISE_MIN_RUN || start < 2 || (start + count) * e->psize > e->map_len)
+            continue;
+        kvm_sys.madvise(e->base + start * e->psize, count * e->psize, MADV_DONTNEED);
+    }
+    op_leave(e);
+}

@@ -1,0 +1,268 @@
+/*
+** page.c -- the pages of a transaction, as the B+tree sees them.
+**
+** Design and invariants
+**  1. The B+tree reaches pages only through pg_read, pg_write, pg_new and
+**     pg_free.  A page number is checked against the transaction's limit
+**     before any access, so a damaged reference gives KVM_CORRUPT.
+**  2. Copy-on-write: pg_write copies a committed page to a page of the pool
+**     (after verifying its checksum: a damaged page is never given a fresh
+**     one) and frees the old number; pages born in this transaction are
+**     changed in place, and freed straight back to the pool.
+**  3. The dirty table is open addressing over its entries; with writemap a
+**     dirty page lives in the mapping itself, else in its own buffer.
+*/
+#define _GNU_SOURCE
+#include "internal.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sched.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ dirty pages */
+
+/* The dirty table is open addressing over the entries themselves (one
+** cache miss per lookup); pgno 0 (a meta page, never dirty) marks a free
+** slot.  The hash keeps neighbouring page numbers in neighbouring slots:
+** pages are handed out in runs, so a descent finds its pages close by. */
+static inline size_t dhash(pgno_t pg, size_t cap) { return (size_t)(pg ^ (pg >> 17)) & (cap - 1); }
+
+static dirty_ent *dirty_find(kvm_txn *t, pgno_t pg)
+{
+    for (size_t h = dhash(pg, t->dcap);; h = (h + 1) & (t->dcap - 1)) {
+        dirty_ent *d = &t->dirty[h];
+        if (d->pgno == pg)
+            return d;
+        if (d->pgno == 0)
+            return NULL;
+    }
+}
+
+static int dirty_resize(kvm_txn *t, size_t cap)
+{
+    dirty_ent *n = calloc(cap, sizeof *n);
+    if (!n)
+        return kvm_err(KVM_NOMEM, "allocating the dirty page table");
+    for (size_t i = 0; i < t->dcap; i++) {
+        if (!t->dirty[i].pgno)
+            continue;
+        size_t k = dhash(t->dirty[i].pgno, cap);
+        while (n[k].pgno)
+            k = (k + 1) & (cap - 1);
+        n[k] = t->dirty[i];
+    }
+    free(t->dirty);
+    t->dirty = n;
+    t->dcap = cap;
+    return 0;
+}
+
+/* Entry pointers stay valid until the next dirty_add. */
+static int dirty_add(kvm_txn *t, pgno_t pg, dirty_ent **out)
+{
+    if ((t->ndirty + 1) * 2 > t->dcap) {
+        int rc = dirty_resize(t, t->dcap * 2);
+        if (rc)
+            return rc;
+    }
+    uint8_t *buf = NULL;
+    if (!t->env->writemap && posix_memalign((void **)&buf, 64, t->env->psize))
+        return kvm_err(KVM_NOMEM, "allocating a dirty page");
+    size_t k = dhash(pg, t->dcap);
+    while (t->dirty[k].pgno)
+        k = (k + 1) & (t->dcap - 1);
+    dirty_ent *d = &t->dirty[k];
+    d->pgno = pg;
+    d->live = 1;
+    d->buf = buf;
+    t->ndirty++;
+    *out = d;
+    return 0;
+}
+
+uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d)
+{
+    return d->buf ? d->buf : t->env->base + d->pgno * t->env->psize;
+}
+
+int pgvec_push(pgvec *v, pgno_t pg)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        pgno_t *p = realloc(v->v, cap * sizeof *p);
+        if (!p)
+            return kvm_err(KVM_NOMEM, "allocating a page list");
+        v->v = p;
+        v->cap = cap;
+    }
+    v->v[v->n++] = pg;
+    return 0;
+}
+
+/* ------------------------------------------------------ pages for the tree */
+
+int pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out)
+{
+    int own;
+    return pg_read_own(t, pg, out, &own);
+}
+
+int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
+{
+    kvm_env *e = t->env;
+    *own = 0;
+    if (pg < 2 || pg >= t->limit)
+        return kvm_err(KVM_CORRUPT, "page number %llu out of range (database has %llu pages)",
+                       (unsigned long long)pg, (unsigned long long)t->limit);
+    if (t->write) {
+        dirty_ent *d = dirty_find(t, pg);
+        if (d && d->live) {
+            *out = dirty_ptr(t, d);
+            *own = 1;
+            return 0;
+        }
+    }
+    if (e->backend == KVM_BACKEND_PREAD)
+        return cache_get(e, pg, out);   /* verified when read into the cache */
+    if ((pg + 1) * e->psize > e->map_len)
+        return kvm_err(KVM_CORRUPT, "page %llu lies past the end of the file", (unsigned long long)pg);
+    *out = e->base + pg * e->psize;
+    if (e->verify) {
+        /* A committed page cannot change while this transaction can see it,
+        ** so one check per page and transaction is enough: a cursor visits
+        ** its leaf once per record and its branches once per leaf. */
+        pgno_t *slot = &t->verified[(pg * 0x9E3779B97F4A7C15ull) >> 60];
+        if (*slot != pg) {
+            int rc = pg_verify(t, *out, pg);
+            if (rc)
+                return rc;
+            *slot = pg;
+        }
+    }
+    return 0;
+}
+
+/* Drop the mapped pages [pg, pg+n) from this process (mmap backend; a
+** no-op for pread and for the pages of the write transaction's own
+** buffers).  Only the process's view goes: the file and the page cache
+** keep the data, and the next access faults it back in. */
+void pg_drop(kvm_txn *t, pgno_t pg, uint64_t n)
+{
+    kvm_env *e = t->env;
+    if (e->backend != KVM_BACKEND_MMAP || !n || pg < 2 || (pg + n) * e->psize > e->map_len)
+        return;
+    kvm_sys.madvise(e->base + pg * e->psize, n * e->psize, MADV_DONTNEED);
+}
+
+int pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg)
+{
+    uint32_t ps = t->env->psize;
+    if (rd32(p + PH_CHECKSUM) != kvm_crc32c(0, p + 4, ps - 4))
+        return kvm_err(KVM_CORRUPT, "page %llu: checksum mismatch (the page is damaged; run kvmap-check)",
+                       (unsigned long long)pg);
+    return 0;
+}
+
+/* A zeroed page of this transaction at pg, with its header's type, txnid
+** and page number set. */
+int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
+{
+    dirty_ent *d = dirty_find(t, pg);
+    if (d)
+        d->live = 1;
+    else {
+        int rc = dirty_add(t, pg, &d);
+        if (rc)
+            return rc;
+    }
+    uint8_t *p = dirty_ptr(t, d);
+    memset(p, 0, t->env->psize);
+    p[PH_TYPE] = (uint8_t)type;
+    wr64(p + PH_TXNID, t->txnid);
+    wr64(p + PH_PGNO, pg);
+    *out = p;
+    return 0;
+}
+
+int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
+{
+    if (t->pool.n == 0)
+        return kvm_err(KVM_NEED_PAGES, "page pool exhausted");
+    pgno_t pg = t->pool.v[--t->pool.n];
+    int rc = dirty_page(t, pg, type, out);
+    if (rc)
+        return rc;
+    if (type == PT_BRANCH || type == PT_LEAF)
+        wr32(*out + PH_UPPER, t->env->psize);
+    *pgp = pg;
+    return 0;
+}
+
+int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
+{
+    dirty_ent *d = dirty_find(t, pg);
+    if (d && d->live) {
+        *out = dirty_ptr(t, d);
+        *newpg = pg;
+        return 0;
+    }
+    const uint8_t *src;
+    int rc = pg_read(t, pg, &src);
+    if (rc)
+        return rc;
+    /* Copying a damaged page would give it a fresh checksum: verify first
+    ** (a verifying handle's pg_read did already). */
+    if (!t->env->verify && (rc = pg_verify(t, src, pg)))
+        return rc;
+    uint8_t *dst;
+    pgno_t np;
+    if ((rc = pg_new(t, src[PH_TYPE], &dst, &np)))
+        return rc;
+    memcpy(dst, src, t->env->psize);
+    wr64(dst + PH_TXNID, t->txnid);
+    wr64(dst + PH_PGNO, np);
+    if ((rc = pg_free(t, pg)))
+        return rc;
+    *out = dst;
+    *newpg = np;
+    return 0;
+}
+
+int pg_free(kvm_txn *t, pgno_t pg)
+{
+    dirty_ent *d = dirty_find(t, pg);
+    if (d && d->live) {
+        d->live = 0;   /* born in this transaction: reuse it right away */
+        return pgvec_push(&t->pool, pg);
+    }
+    return pgvec_push(&t->freed, pg);
+}
+
+int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
+{
+    uint32_t ps = t->env->psize;
+    unsigned n = rd16(p + PH_NKEYS);
+    uint32_t upper = rd32(p + PH_UPPER);
+    if (p[PH_TYPE] != type)
+        return kvm_err(KVM_CORRUPT, "page %llu: type %u where a %s page belongs",
+                       (unsigned long long)pg, p[PH_TYPE], type == PT_LEAF ? "leaf" : "branch");
+    if (rd64(p + PH_PGNO) != pg)
+        return kvm_err(KVM_CORRUPT, "page %llu: header says it is page %llu",
+                       (unsigned long long)pg, (unsigned long long)rd64(p + PH_PGNO));
+    /* Every page of a snapshot's tree was written by its commit or an
+    ** earlier one: a later txnid is a page reused after a meta that a
+    ** crash (without sync) left behind. */
+    if (rd64(p + PH_TXNID) > t->txnid)
+        return kvm_err(KVM_CORRUPT, "page %llu: written by transaction %llu, after this snapshot's %llu",
+                       (unsigned long long)pg, (unsigned long long)rd64(p + PH_TXNID),
+                       (unsigned long long)t->txnid);
+    if (PH_SIZE + 2u * n > upper || upper > ps || (type == PT_BRANCH && n == 0))
+        return kvm_err(KVM_CORRUPT, "page %llu: bad cell count or content offset", (unsigned long long)pg);
+    return 0;
+}

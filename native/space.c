@@ -1,0 +1,391 @@
+/*
+** space.c -- the free-space rules of a writable handle (design: space.h).
+**
+** Reusable pages live in freemap.c's bitmap: the lowest are handed out first
+** (low pages fill before the file grows) and a free tail lowers hwm.
+** Pending pages are kept per freeing commit, oldest first, and released
+** oldest first.  Every change inside a write transaction is journaled and
+** undone exactly by space_rollback; release is permanent.
+*/
+#include "internal.h"
+#include "space.h"
+#include <stdlib.h>
+
+/* ------------------------------------------------------------ u64 arrays */
+
+int u64_push(u64vec *a, uint64_t x)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 16;
+        uint64_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v)
+            return kvm_err(KVM_NOMEM, "allocating a page list");
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+    return 0;
+}
+
+int run_push(u64vec *runs, uint64_t start, uint64_t count)
+{
+    if (runs->n >= 2 && runs->v[runs->n - 2] + runs->v[runs->n - 1] == start) {
+        runs->v[runs->n - 1] += count;
+        return 0;
+    }
+    int rc = u64_push(runs, start);
+    return rc ? rc : u64_push(runs, count);
+}
+
+void u64_free(u64vec *a)
+{
+    free(a->v);
+    a->v = NULL;
+    a->n = a->cap = 0;
+}
+
+static uint64_t runs_total(const u64vec *runs)
+{
+    uint64_t n = 0;
+    for (size_t i = 1; i < runs->n; i += 2)
+        n += runs->v[i];
+    return n;
+}
+
+/* ---------------------------------------------------------- the space */
+
+int space_new(kvm_space **out, uint32_t psize, uint64_t hwm)
+{
+    kvm_space *sp = calloc(1, sizeof *sp);
+    if (!sp || !(sp->fm = kvm_fm_new())) {
+        free(sp);
+        return kvm_err(KVM_NOMEM, "allocating the free space");
+    }
+    sp->psize = psize;
+    sp->bits_per_page = (uint64_t)(psize - PH_SIZE) * 8;
+    sp->hwm = hwm;
+    *out = sp;
+    return 0;
+}
+
+static void journal_clear(kvm_space *sp)
+{
+    for (size_t i = 0; i < sp->njournal; i++)
+        u64_free(&sp->journal[i].runs);
+    sp->njournal = 0;
+}
+
+void space_free(kvm_space *sp)
+{
+    if (!sp)
+        return;
+    kvm_fm_free(sp->fm);
+    for (size_t i = 0; i < sp->npending; i++)
+        u64_free(&sp->pending[i].runs);
+    free(sp->pending);
+    for (size_t i = 0; i < sp->nrecords; i++)
+        u64_free(&sp->records[i].pages);
+    free(sp->records);
+    for (size_t i = 0; i < sp->npindex; i++)
+        u64_free(&sp->pindex[i].entries);
+    free(sp->pindex);
+    u64_free(&sp->bitmap_pages);
+    u64_free(&sp->index_pages);
+    u64_free(&sp->stale);
+    free(sp->dirty);
+    journal_clear(sp);
+    free(sp->journal);
+    freelist_staged_clear(&sp->staged);
+    free(sp);
+}
+
+uint64_t space_free_count(const kvm_space *sp) { return kvm_fm_count(sp->fm); }
+
+/* Note the bitmap ranges that runs touch: their bitmap pages are rewritten
+** by the next commit. */
+int space_mark(kvm_space *sp, const uint64_t *runs, size_t nruns)
+{
+    uint64_t b = sp->bits_per_page;
+    for (size_t i = 0; i < nruns; i++) {
+        uint64_t s = runs[2 * i], n = runs[2 * i + 1];
+        if (!n)
+            continue;
+        uint64_t last = (s + n - 1) / b;
+        if (last >= sp->dirty_cap) {
+            size_t cap = sp->dirty_cap ? sp->dirty_cap : 16;
+            while (cap <= last)
+                cap *= 2;
+            uint8_t *d = realloc(sp->dirty, cap);
+            if (!d)
+                return kvm_err(KVM_NOMEM, "allocating the free-space ranges");
+            memset(d + sp->dirty_cap, 0, cap - sp->dirty_cap);
+            sp->dirty = d;
+            sp->dirty_cap = cap;
+        }
+        for (uint64_t r = s / b; r <= last; r++)
+            sp->dirty[r] = 1;
+    }
+    return 0;
+}
+
+int space_add(kvm_space *sp, const uint64_t *runs, size_t nruns)
+{
+    for (size_t i = 0; i < nruns; i++)
+        if (runs[2 * i] + runs[2 * i + 1] > sp->hwm)
+            return kvm_err(KVM_CORRUPT, "free pages [%llu, %llu) outside the database",
+                           (unsigned long long)runs[2 * i],
+                           (unsigned long long)(runs[2 * i] + runs[2 * i + 1]));
+    int rc = kvm_fm_add(sp->fm, runs, nruns);
+    return rc ? rc : space_mark(sp, runs, nruns);
+}
+
+static int space_remove(kvm_space *sp, const uint64_t *runs, size_t nruns)
+{
+    int rc = kvm_fm_remove(sp->fm, runs, nruns);
+    return rc ? rc : space_mark(sp, runs, nruns);
+}
+
+/* ------------------------------------------------------------- release */
+
+/* Make the pages freed by commits <= upto reusable; append their runs to
+** *released (when given, for madvise).  Permanent: not journaled. */
+int space_release(kvm_space *sp, uint64_t upto, u64vec *released)
+{
+    size_t k = 0;
+    int rc = 0;
+    for (; k < sp->npending && sp->pending[k].txnid <= upto && !rc; k++) {
+        pending_set *p = &sp->pending[k];
+        rc = space_add(sp, p->runs.v, p->runs.n / 2);
+        if (rc)
+            break;
+        sp->pending_count -= runs_total(&p->runs);
+        for (size_t i = 0; released && i < p->runs.n && !rc; i += 2)
+            rc = run_push(released, p->runs.v[i], p->runs.v[i + 1]);
+        u64_free(&p->runs);
+    }
+    if (k) {
+        memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
+        sp->npending -= k;
+    }
+    if (rc)
+        return rc;
+    size_t r = 0;
+    for (; r < sp->nrecords && sp->records[r].txnid <= upto; r++) {
+        record_set *rs = &sp->records[r];
+        for (size_t i = 0; i < rs->pages.n && !rc; i++)
+            rc = u64_push(&sp->stale, rs->pages.v[i]);
+        if (rs->txnid > sp->floor)
+            sp->floor = rs->txnid;
+        u64_free(&rs->pages);
+    }
+    if (r) {
+        memmove(sp->records, sp->records + r, (sp->nrecords - r) * sizeof *sp->records);
+        sp->nrecords -= r;
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------- transaction */
+
+void space_begin(kvm_space *sp) { journal_clear(sp); }
+
+static int journal_add(kvm_space *sp, int kind, u64vec *runs, uint64_t old_hwm)
+{
+    if (sp->njournal == sp->journal_cap) {
+        size_t cap = sp->journal_cap ? sp->journal_cap * 2 : 16;
+        journal_ent *j = realloc(sp->journal, cap * sizeof *j);
+        if (!j)
+            return kvm_err(KVM_NOMEM, "allocating the free-space journal");
+        sp->journal = j;
+        sp->journal_cap = cap;
+    }
+    journal_ent *j = &sp->journal[sp->njournal++];
+    j->kind = kind;
+    j->runs = *runs;            /* the journal owns the runs now */
+    j->old_hwm = old_hwm;
+    memset(runs, 0, sizeof *runs);
+    return 0;
+}
+
+/* Take n pages, lowest reusable first, then from the tail (raising hwm: the
+** caller grows the file before touching them).  Appends the runs to *out. */
+int space_take(kvm_space *sp, uint64_t n, u64vec *out)
+{
+    u64vec runs = {0};
+    uint64_t buf[256];
+    int rc = 0;
+    while (n && !rc) {
+        size_t k = kvm_fm_take(sp->fm, n, buf, 128);
+        if (!k)
+            break;
+        for (size_t i = 0; i < k && !rc; i++) {
+            n -= buf[2 * i + 1];
+            rc = run_push(&runs, buf[2 * i], buf[2 * i + 1]);
+        }
+    }
+    uint64_t old_hwm = sp->hwm;
+    if (!rc && n) {   /* a run of its own, never merged: undo tells the two apart by old_hwm */
+        if (!(rc = u64_push(&runs, sp->hwm)) && !(rc = u64_push(&runs, n)))
+            sp->hwm += n;
+    }
+    if (!rc)
+        rc = space_mark(sp, runs.v, runs.n / 2);
+    for (size_t i = 0; !rc && i < runs.n; i += 2)
+        rc = run_push(out, runs.v[i], runs.v[i + 1]);
+    if (rc) {   /* give back what the map handed out */
+        for (size_t i = 0; i < runs.n; i += 2)
+            if (runs.v[i] < old_hwm)
+                kvm_fm_add(sp->fm, runs.v + i, 1);
+        sp->hwm = old_hwm;
+        u64_free(&runs);
+        return rc;
+    }
+    return journal_add(sp, J_TAKE, &runs, old_hwm);
+}
+
+/* Make pages (taken in this transaction, never written by a commit)
+** reusable again. */
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int space_give(kvm_space *sp, const uint64_t *pages, size_t n)
+{
+    if (!n)
+        return 0;
+    uint64_t *s = malloc(n * sizeof *s);
+    if (!s)
+        return kvm_err(KVM_NOMEM, "allocating a page list");
+    memcpy(s, pages, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_u64);
+    u64vec runs = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = run_push(&runs, s[i], 1);
+    free(s);
+    if (!rc)
+        rc = space_add(sp, runs.v, runs.n / 2);
+    if (rc) {
+        u64_free(&runs);
+        return rc;
+    }
+    return journal_add(sp, J_GIVE, &runs, sp->hwm);
+}
+
+/* Lower hwm over a free tail. */
+int space_trim_tail(kvm_space *sp)
+{
+    uint64_t n = kvm_fm_tail(sp->fm, sp->hwm);
+    if (!n)
+        return 0;
+    u64vec runs = {0};
+    int rc = run_push(&runs, sp->hwm - n, n);
+    if (!rc)
+        rc = space_remove(sp, runs.v, 1);
+    if (rc) {
+        u64_free(&runs);
+        return rc;
+    }
+    uint64_t old = sp->hwm;
+    sp->hwm -= n;
+    return journal_add(sp, J_TRIM, &runs, old);
+}
+
+/* Undo one journal entry.  Undoing only restores pages this transaction
+** changed, so it cannot fail but for memory (marking ranges), which leaves
+** the ranges marked: a superset, harmless. */
+static void undo(kvm_space *sp, journal_ent *j)
+{
+    switch (j->kind) {
+    case J_TAKE:
+        for (size_t i = 0; i < j->runs.n; i += 2)
+            if (j->runs.v[i] < j->old_hwm)
+                kvm_fm_add(sp->fm, j->runs.v + i, 1);
+        sp->hwm = j->old_hwm;
+        break;
+    case J_GIVE:
+        kvm_fm_remove(sp->fm, j->runs.v, j->runs.n / 2);
+        break;
+    case J_TRIM:
+        sp->hwm = j->old_hwm;
+        kvm_fm_add(sp->fm, j->runs.v, j->runs.n / 2);
+        break;
+    }
+    space_mark(sp, j->runs.v, j->runs.n / 2);
+    u64_free(&j->runs);
+}
+
+void space_rollback(kvm_space *sp)
+{
+    while (sp->njournal)
+        undo(sp, &sp->journal[--sp->njournal]);
+    freelist_staged_clear(&sp->staged);
+}
+
+/* Undo the last take (its pages did not fit in the file). */
+int space_undo_take(kvm_space *sp)
+{
+    if (!sp->njournal || sp->journal[sp->njournal - 1].kind != J_TAKE)
+        return kvm_err(KVM_INVALID, "no take to undo");
+    undo(sp, &sp->journal[--sp->njournal]);
+    return 0;
+}
+
+/* --------------------------------------------------------------- check */
+
+/* The invariants of the in-memory free space (for tests): counts agree,
+** every run lies in [2, hwm), no pending page is also reusable or pending
+** twice. */
+int space_check(kvm_space *sp)
+{
+    uint64_t buf[512], total = 0, lo = 0;
+    for (;;) {
+        size_t k = kvm_fm_runs(sp->fm, lo, UINT64_MAX >> 2, buf, 256);
+        if (!k)
+            break;
+        for (size_t i = 0; i < k; i++) {
+            if (buf[2 * i] < 2 || buf[2 * i] + buf[2 * i + 1] > sp->hwm)
+                return kvm_err(KVM_CORRUPT, "reusable run [%llu, +%llu) outside [2, %llu)",
+                               (unsigned long long)buf[2 * i], (unsigned long long)buf[2 * i + 1],
+                               (unsigned long long)sp->hwm);
+            total += buf[2 * i + 1];
+        }
+        lo = buf[2 * (k - 1)] + buf[2 * (k - 1) + 1];
+    }
+    if (total != kvm_fm_count(sp->fm))
+        return kvm_err(KVM_CORRUPT, "reusable count %llu, bitmap holds %llu",
+                       (unsigned long long)kvm_fm_count(sp->fm), (unsigned long long)total);
+    kvm_freemap *seen = kvm_fm_new();
+    if (!seen)
+        return kvm_err(KVM_NOMEM, "allocating a check map");
+    uint64_t pend = 0;
+    int rc = 0;
+    for (size_t i = 0; i < sp->npending && !rc; i++) {
+        if (i && sp->pending[i].txnid <= sp->pending[i - 1].txnid)
+            rc = kvm_err(KVM_CORRUPT, "pending sets out of order");
+        const u64vec *r = &sp->pending[i].runs;
+        for (size_t j = 0; j < r->n && !rc; j += 2) {
+            uint64_t s = r->v[j], n = r->v[j + 1];
+            pend += n;
+            if (s < 2 || s + n > sp->hwm)
+                rc = kvm_err(KVM_CORRUPT, "pending run [%llu, +%llu) outside the database",
+                             (unsigned long long)s, (unsigned long long)n);
+            else if (kvm_fm_add(seen, r->v + j, 1))
+                rc = kvm_err(KVM_CORRUPT, "page %llu pending twice", (unsigned long long)s);
+            else
+                for (uint64_t p = s; p < s + n && !rc; p++) {
+                    uint64_t one[2] = {p, 1};
+                    if (kvm_fm_runs(sp->fm, p, p + 1, one, 1))
+                        rc = kvm_err(KVM_CORRUPT, "page %llu is both pending and reusable",
+                                     (unsigned long long)p);
+                }
+        }
+    }
+    kvm_fm_free(seen);
+    if (!rc && pend != sp->pending_count)
+        rc = kvm_err(KVM_CORRUPT, "pending count %llu, the sets hold %llu",
+                     (unsigned long long)sp->pending_count, (unsigned long long)pend);
+    return rc;
+}
