@@ -366,26 +366,29 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
 }
 
 uint32_t kvm_env_max_key(kvm_env *e) { return e->max_key; }
-int64_t kvm_env_entries(kvm_env *e)
+/* The newest committed state, for the calls that report one of its fields. */
+static int state_now(kvm_env *e, kvm_state *s)
 {
     int rc = env_enter(e);
-    if (rc)
-        return rc;
+    if (!rc) {
+        state_load(e, s);
+        env_leave(e);
+    }
+    return rc;
+}
+
+int64_t kvm_env_entries(kvm_env *e)
+{
     kvm_state s;
-    state_load(e, &s);
-    env_leave(e);
-    return (int64_t)s.entries;
+    int rc = state_now(e, &s);
+    return rc ? rc : (int64_t)s.entries;
 }
 
 int64_t kvm_env_txnid(kvm_env *e)
 {
-    int rc = env_enter(e);
-    if (rc)
-        return rc;
     kvm_state s;
-    state_load(e, &s);
-    env_leave(e);
-    return (int64_t)s.txnid;
+    int rc = state_now(e, &s);
+    return rc ? rc : (int64_t)s.txnid;
 }
 
 /* Read a free-list page with pread: number in range, checksum, type and

@@ -80,20 +80,8 @@ static int cmp_records(const void *a, const void *b)
 ** freed pages: the two arrays are parallel). */
 static int sets_reserve(kvm_space *sp)
 {
-    if (sp->npending < sp->pending_cap && sp->nrecords < sp->records_cap)
-        return 0;
-    size_t cap = sp->pending_cap > sp->records_cap ? sp->pending_cap : sp->records_cap;
-    cap = cap ? cap * 2 : 16;
-    pending_set *p = realloc(sp->pending, cap * sizeof *p);
-    if (p)
-        sp->pending = p;
-    record_set *r = realloc(sp->records, cap * sizeof *r);
-    if (r)
-        sp->records = r;
-    if (!p || !r)
-        return kvm_err(KVM_NOMEM, "allocating the pending sets");
-    sp->pending_cap = sp->records_cap = cap;
-    return 0;
+    int rc = vec_reserve((void **)&sp->pending, &sp->pending_cap, sp->npending, sizeof *sp->pending);
+    return rc ? rc : vec_reserve((void **)&sp->records, &sp->records_cap, sp->nrecords, sizeof *sp->records);
 }
 
 /* The pending set (and record set) of txnid, appended if new: the chain is
@@ -229,29 +217,6 @@ out:
 }
 
 /* --------------------------------------------------------------- commit */
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Sorted, coalesced runs of a list of pages. */
-static int runs_of(const uint64_t *pages, size_t n, u64vec *runs)
-{
-    if (!n)
-        return 0;
-    uint64_t *s = malloc(n * sizeof *s);
-    if (!s)
-        return kvm_err(KVM_NOMEM, "allocating a page list");
-    memcpy(s, pages, n * sizeof *s);
-    qsort(s, n, sizeof *s, cmp_u64);
-    int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = run_push(runs, s[i], 1);
-    free(s);
-    return rc;
-}
 
 /* The plan of one commit's free-list pages, for a given set of pages taken. */
 typedef struct plan {

@@ -90,7 +90,7 @@ typedef struct dirty_ent {
     int      live;               /* 0: freed again in this transaction */
 } dirty_ent;
 
-typedef struct pgvec { pgno_t *v; size_t n, cap; } pgvec;
+typedef u64vec pgvec;            /* page numbers (space.h) */
 
 #define VCACHE 16               /* pages a read transaction has verified, by hash */
 
@@ -156,7 +156,6 @@ int32_t cache_find(kvm_cache *c, pgno_t pg);
 int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out);
 /* page.c */
 int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out);
-int pgvec_push(pgvec *v, pgno_t pg);
 uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d);
 
 /* errors (env.c) */

@@ -91,20 +91,6 @@ uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d)
     return d->buf ? d->buf : t->env->base + d->pgno * t->env->psize;
 }
 
-int pgvec_push(pgvec *v, pgno_t pg)
-{
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 256;
-        pgno_t *p = realloc(v->v, cap * sizeof *p);
-        if (!p)
-            return kvm_err(KVM_NOMEM, "allocating a page list");
-        v->v = p;
-        v->cap = cap;
-    }
-    v->v[v->n++] = pg;
-    return 0;
-}
-
 /* ------------------------------------------------------ pages for the tree */
 
 int pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out)
@@ -239,9 +225,9 @@ int pg_free(kvm_txn *t, pgno_t pg)
     dirty_ent *d = dirty_find(t, pg);
     if (d && d->live) {
         d->live = 0;   /* born in this transaction: reuse it right away */
-        return pgvec_push(&t->pool, pg);
+        return u64_push(&t->pool, pg);
     }
-    return pgvec_push(&t->freed, pg);
+    return u64_push(&t->freed, pg);
 }
 
 int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)

@@ -13,18 +13,26 @@
 
 /* ------------------------------------------------------------ u64 arrays */
 
+/* Room for n + 1 elements of `size` bytes in *v (capacity *cap, doubled). */
+int vec_reserve(void **v, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 16;
+    void *p = realloc(*v, c * size);
+    if (!p)
+        return kvm_err(KVM_NOMEM, "allocating a list");
+    *v = p;
+    *cap = c;
+    return 0;
+}
+
 int u64_push(u64vec *a, uint64_t x)
 {
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 16;
-        uint64_t *v = realloc(a->v, cap * sizeof *v);
-        if (!v)
-            return kvm_err(KVM_NOMEM, "allocating a page list");
-        a->v = v;
-        a->cap = cap;
-    }
-    a->v[a->n++] = x;
-    return 0;
+    int rc = vec_reserve((void **)&a->v, &a->cap, a->n, sizeof *a->v);
+    if (!rc)
+        a->v[a->n++] = x;
+    return rc;
 }
 
 int run_push(u64vec *runs, uint64_t start, uint64_t count)
@@ -191,14 +199,9 @@ void space_begin(kvm_space *sp) { journal_clear(sp); }
 
 static int journal_add(kvm_space *sp, int kind, u64vec *runs, uint64_t old_hwm)
 {
-    if (sp->njournal == sp->journal_cap) {
-        size_t cap = sp->journal_cap ? sp->journal_cap * 2 : 16;
-        journal_ent *j = realloc(sp->journal, cap * sizeof *j);
-        if (!j)
-            return kvm_err(KVM_NOMEM, "allocating the free-space journal");
-        sp->journal = j;
-        sp->journal_cap = cap;
-    }
+    int rc = vec_reserve((void **)&sp->journal, &sp->journal_cap, sp->njournal, sizeof *sp->journal);
+    if (rc)
+        return rc;
     journal_ent *j = &sp->journal[sp->njournal++];
     j->kind = kind;
     j->runs = *runs;            /* the journal owns the runs now */
@@ -243,15 +246,14 @@ int space_take(kvm_space *sp, uint64_t n, u64vec *out)
     return journal_add(sp, J_TAKE, &runs, old_hwm);
 }
 
-/* Make pages (taken in this transaction, never written by a commit)
-** reusable again. */
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
-int space_give(kvm_space *sp, const uint64_t *pages, size_t n)
+/* Append the sorted, coalesced runs of a list of page numbers to *runs. */
+int runs_of(const uint64_t *pages, size_t n, u64vec *runs)
 {
     if (!n)
         return 0;
@@ -260,11 +262,21 @@ int space_give(kvm_space *sp, const uint64_t *pages, size_t n)
         return kvm_err(KVM_NOMEM, "allocating a page list");
     memcpy(s, pages, n * sizeof *s);
     qsort(s, n, sizeof *s, cmp_u64);
-    u64vec runs = {0};
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++)
-        rc = run_push(&runs, s[i], 1);
+        rc = run_push(runs, s[i], 1);
     free(s);
+    return rc;
+}
+
+/* Make pages (taken in this transaction, never written by a commit)
+** reusable again. */
+int space_give(kvm_space *sp, const uint64_t *pages, size_t n)
+{
+    if (!n)
+        return 0;
+    u64vec runs = {0};
+    int rc = runs_of(pages, n, &runs);
     if (!rc)
         rc = space_add(sp, runs.v, runs.n / 2);
     if (rc) {

@@ -41,7 +41,9 @@ size_t   kvm_fm_runs(kvm_freemap *fm, uint64_t lo, uint64_t hi, uint64_t *runs, 
 /* A growable array of u64 (page numbers, or pairs: runs (start, count),
 ** index entries (page, txnid)). */
 typedef struct u64vec { uint64_t *v; size_t n, cap; } u64vec;
+int  vec_reserve(void **v, size_t *cap, size_t n, size_t size);
 int  u64_push(u64vec *a, uint64_t x);
+int  runs_of(const uint64_t *pages, size_t n, u64vec *runs);     /* sorted, coalesced */
 int  run_push(u64vec *runs, uint64_t start, uint64_t count);   /* merges with the last run */
 void u64_free(u64vec *a);
 

@@ -170,7 +170,7 @@ static int pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
             return kvm_err(KVM_INVALID, "pool pages [%llu, %llu) are not in the file",
                            (unsigned long long)start, (unsigned long long)(start + count));
         for (uint64_t i = count; i-- > 0;) {
-            int rc = pgvec_push(&t->pool, start + i);
+            int rc = u64_push(&t->pool, start + i);
             if (rc)
                 return rc;
         }
