@@ -30,4 +30,8 @@ if ls "$out"/report.* > /dev/null 2>&1; then
     echo "sanitizer reported an error"
     exit 1
 fi
+if [ "$status" -ne 0 ]; then
+    # A sanitizer that aborts the process loses pytest's buffered output.
+    echo "pytest exited with $status; if nothing above says why, rerun with -x -v -s to see the test it died in"
+fi
 exit $status
