@@ -68,10 +68,12 @@ class _Buffers(threading.local):
     read."""
 
     SIZE = 1 << 16
+    FMT_SIZE = 8192      # the struct format of a cursor batch (kvm_cursor_fetch)
 
     def __init__(self):
         self.cap = self.SIZE
         self.buf = ffi.new("char[]", self.cap)
+        self.fmt = ffi.new("char[]", self.FMT_SIZE)
 
     def ensure(self, n):
         if n > self.cap:

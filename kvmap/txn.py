@@ -16,14 +16,14 @@ goes, see ``_lib``).  In a child process after ``fork()`` every use raises
 InheritedHandleError.  None of these objects can be copied or pickled.
 """
 
-import struct
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
+from itertools import chain
+from struct import unpack_from
 
 from . import _lib
 from ._lib import LARGE_VALUE, MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
 from .errors import ClosedError
 
-_REC = struct.Struct("<II")
 _put = lib.kvm_put
 unpack = ffi.unpack
 NOTFOUND = lib.KVM_NOTFOUND
@@ -76,8 +76,37 @@ def _open_cursor(owner):
 
 
 def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
-    """Iterate records of ``owner`` (an open Snapshot or Transaction); with
-    ``own_snapshot`` the iterator closes the snapshot when it ends."""
+    """Iterate records of ``owner`` (an open Snapshot or Transaction): keys,
+    or (key, value) pairs; with ``own_snapshot`` the iterator closes the
+    snapshot when it ends.
+
+    Each C call fills a batch and the struct format that splits it; one
+    ``struct.unpack_from`` makes every key and value of the batch, and
+    ``chain`` hands them out without a Python frame per item.  The batch
+    generator runs only when the previous batch is used up, so a write
+    transaction (one record per batch) sees changes made while iterating."""
+    batches = _batches(owner, mode, key, stop, flags | (lib.KVM_FETCH_KEYS_ONLY if keys_only else 0),
+                       own_snapshot)
+    return _Iterator.from_iterable(batches if keys_only else map(_pairs, batches))
+
+
+class _Iterator(chain):
+    """A scan's iterator: ``chain``'s speed (no Python frame per item), but
+    no copy or pickle: it stands for an open cursor and snapshot."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot copy or pickle a kvmap iterator: it reads an open snapshot; "
+                        "iterate again (or send the path and open it in the other process)")
+
+
+def _pairs(fields):
+    return zip(fields[0::2], fields[1::2])
+
+
+def _batches(owner, mode, key, stop, flags, own_snapshot):
+    """The batches of a scan: tuples of keys, or of key, value, key, ..."""
     path = owner._path
     try:
         cur = _open_cursor(owner)
@@ -90,49 +119,25 @@ def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
                                  len(key) if key is not None else 0, mode)
         if rc:
             raise error_for(rc, path)
-        if keys_only:
-            flags |= lib.KVM_FETCH_KEYS_ONLY
         stop_arg = stop if stop is not None else ffi.NULL
         stop_len = len(stop) if stop is not None else 0
         batch = owner._batch
-        unpack = _REC.unpack_from
+        fmtlen = ffi.new("size_t *")
         while True:
             tl = buffers
-            n = lib.kvm_cursor_fetch(cur, tl.buf, tl.cap, batch, flags, stop_arg, stop_len)
-            if n <= 0:
-                if n == 0:
-                    return
+            n = lib.kvm_cursor_fetch(cur, tl.buf, tl.cap, batch, flags, stop_arg, stop_len,
+                                     tl.fmt, tl.FMT_SIZE, fmtlen)
+            if n < 0:
                 if n == lib.KVM_BUFSMALL:
                     tl.ensure(lib.kvm_cursor_need(cur))
                     continue
                 raise error_for(n, path)
+            if not fmtlen[0]:
+                return
+            fields = unpack_from(unpack(tl.fmt, fmtlen[0]), ffi.buffer(tl.buf, n))
             if n >= LARGE_VALUE:
-                # One large record: unpack it from the buffer without a copy
-                # of the whole batch, and give the buffer back.
-                kl, vl = unpack(ffi.buffer(tl.buf, 8))
-                k = ffi.unpack(tl.buf + 8, kl)
-                v = None if keys_only else ffi.unpack(tl.buf + 8 + kl, vl)
-                if n > 8 + kl + vl:   # more records behind it: take them the usual way
-                    data = ffi.buffer(tl.buf + 8 + kl + vl, n - 8 - kl - vl)[:]
-                else:
-                    data = b""
-                tl.trim()
-                yield k if keys_only else (k, v)
-                del k, v
-                n = len(data)
-            else:
-                data = ffi.buffer(tl.buf, n)[:]
-            off = 0
-            while off < n:
-                kl, vl = unpack(data, off)
-                off += 8
-                k = data[off:off + kl]
-                off += kl
-                if keys_only:
-                    yield k
-                else:
-                    yield k, data[off:off + vl]
-                    off += vl
+                tl.trim()    # a large record: the thread's buffer does not keep its size
+            yield fields
     finally:
         ffi.release(cur)
         if own_snapshot:

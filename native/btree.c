@@ -1065,18 +1065,36 @@ static int cursor_seek_op(kvm_cursor *c, const char *key, size_t klen, int mode)
     return rc;
 }
 
+/* Append "<n>s" to the struct format at fmt + *flen (cap bytes); 0 if full. */
+static int fmt_field(char *fmt, size_t cap, size_t *flen, uint64_t n)
+{
+    char digits[24];
+    int k = 0;
+    do {
+        digits[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    if (*flen + (size_t)k + 1 > cap)
+        return 0;
+    while (k)
+        fmt[(*flen)++] = digits[--k];
+    fmt[(*flen)++] = 's';
+    return 1;
+}
+
 static int64_t cursor_fetch_op(kvm_cursor *c, char *buf_, size_t cap, uint32_t max_n, int flags,
-                               const char *stop_, size_t stoplen)
+                               const char *stop_, size_t stoplen, char *fmt, size_t fmtcap, size_t *fmtlen)
 {
     kvm_txn *t = c->t;
     uint8_t *buf = (uint8_t *)buf_;
     const uint8_t *stop = (const uint8_t *)stop_;
-    int rev = flags & KVM_FETCH_REVERSE, dir = rev ? -1 : 1;
+    int rev = flags & KVM_FETCH_REVERSE, dir = rev ? -1 : 1, keys_only = flags & KVM_FETCH_KEYS_ONLY;
+    *fmtlen = 0;
     if (c->state == 0)
         return kvm_err(KVM_INVALID, "cursor is not positioned");
     op_enter(t->env);
     int rc = 0;
-    size_t used = 0;
+    size_t used = 0, flen = 0;
     uint32_t count = 0;
     /* After a change, continue after the last key returned (so keys inserted
     ** behind it are seen), or from the key the cursor was positioned at. */
@@ -1084,57 +1102,73 @@ static int64_t cursor_fetch_op(kvm_cursor *c, char *buf_, size_t cap, uint32_t m
         rc = cur_seek(c, c->key, c->klen, c->key_emitted ? (rev ? KVM_SEEK_LT : KVM_SEEK_GT)
                                                          : (rev ? KVM_SEEK_LE : KVM_SEEK_GE));
     while (!rc && count < max_n && c->state == 1) {
+        /* One leaf at a time: it is checked once, then its cells are copied
+        ** in a loop of their own. */
         int d = c->depth - 1;
         const uint8_t *p;
-        lcell lc;
-        if ((rc = pg_read(t, c->pg[d], &p)) || (rc = pg_check_node(t, p, c->pg[d], PT_LEAF)) ||
-            (rc = leaf_cell(t, p, c->pg[d], (unsigned)c->idx[d], &lc)))
+        pgno_t pg = c->pg[d];
+        if ((rc = pg_read(t, pg, &p)) || (rc = pg_check_node(t, p, pg, PT_LEAF)))
             break;
-        if (stop) {
-            int past;
-            if (flags & KVM_FETCH_STOP_PREFIX)
-                past = lc.klen < stoplen || memcmp(lc.key, stop, stoplen) != 0;
-            else {
-                int cmp = keycmp(lc.key, lc.klen, stop, stoplen) * dir;
-                past = cmp > 0 || (cmp == 0 && !(flags & KVM_FETCH_STOP_INCL));
+        int n = (int)nkeys(p), stopped = 0;
+        while (count < max_n && c->idx[d] >= 0 && c->idx[d] < n) {
+            lcell lc;
+            if ((rc = leaf_cell(t, p, pg, (unsigned)c->idx[d], &lc)))
+                break;
+            if (stop) {
+                int past;
+                if (flags & KVM_FETCH_STOP_PREFIX)
+                    past = lc.klen < stoplen || memcmp(lc.key, stop, stoplen) != 0;
+                else {
+                    int cmp = keycmp(lc.key, lc.klen, stop, stoplen) * dir;
+                    past = cmp > 0 || (cmp == 0 && !(flags & KVM_FETCH_STOP_INCL));
+                }
+                if (past) {
+                    c->state = 2;
+                    stopped = 1;
+                    break;
+                }
             }
-            if (past) {
-                c->state = 2;
+            uint64_t vlen = keys_only ? 0 : lc.vlen;
+            size_t fmark = flen;
+            if (used + lc.klen + vlen > cap || !fmt_field(fmt, fmtcap, &flen, lc.klen) ||
+                (!keys_only && !fmt_field(fmt, fmtcap, &flen, vlen))) {
+                flen = fmark;
+                if (count == 0) {
+                    c->need = lc.klen + vlen;
+                    rc = kvm_err(KVM_BUFSMALL, "record of %llu bytes", (unsigned long long)(lc.klen + vlen));
+                }
+                stopped = 1;
                 break;
             }
-        }
-        uint64_t vlen = (flags & KVM_FETCH_KEYS_ONLY) ? 0 : lc.vlen;
-        uint64_t rec = 8 + lc.klen + vlen;
-        if (used + rec > cap) {
-            if (count == 0) {
-                c->need = rec;
-                rc = kvm_err(KVM_BUFSMALL, "record of %llu bytes", (unsigned long long)rec);
+            memcpy(buf + used, lc.key, lc.klen);
+            if (vlen) {
+                int64_t v = value_copy(t, &lc, buf + used + lc.klen, vlen);
+                if (v < 0) {
+                    rc = (int)v;
+                    break;
+                }
+                /* An overflow chain read through the pread cache can evict
+                ** the leaf: take the pointer again (the page is the same). */
+                if (!lc.inl && (rc = pg_read(t, pg, &p)))
+                    break;
             }
-            break;
-        }
-        wr32(buf + used, lc.klen);
-        wr32(buf + used + 4, (uint32_t)vlen);
-        memcpy(buf + used + 8, lc.key, lc.klen);
-        if (vlen) {
-            int64_t v = value_copy(t, &lc, buf + used + 8 + lc.klen, vlen);
-            if (v < 0) {
-                rc = (int)v;
-                break;
+            used += lc.klen + vlen;
+            count++;
+            if (t->write) {
+                memcpy(c->key, lc.key, lc.klen);
+                c->klen = lc.klen;
             }
+            c->idx[d] += dir;
+            c->key_emitted = 1;
+            c->mod = t->mod;
         }
-        used += rec;
-        count++;
-        if (t->write) {
-            memcpy(c->key, lc.key, lc.klen);
-            c->klen = lc.klen;
-        }
-        c->idx[d] += dir;
-        if ((rc = cur_fix(c, dir)))
+        if (rc || stopped)
             break;
-        c->key_emitted = 1;
-        c->mod = t->mod;
+        if ((rc = cur_fix(c, dir)))   /* off this leaf: on to the next (or the end) */
+            break;
     }
     op_leave(t->env);
+    *fmtlen = flen;
     return rc ? rc : (int64_t)used;
 }
 
@@ -1144,7 +1178,8 @@ int kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode)
 }
 
 int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
-                         const char *stop, size_t stoplen)
+                         const char *stop, size_t stoplen, char *fmt, size_t fmtcap, size_t *fmtlen)
 {
-    GUARDED_TXN_CALL(c->t, int64_t, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen));
+    GUARDED_TXN_CALL(c->t, int64_t, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen,
+                                                    fmt, fmtcap, fmtlen));
 }

@@ -129,10 +129,14 @@ int      kvm_del(kvm_txn *t, const char *key, size_t klen);
 int      kvm_cursor_open(kvm_txn *t, kvm_cursor **out);
 void     kvm_cursor_close(kvm_cursor *c);
 int      kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode);
-/* Copies up to max_n records [u32 klen][u32 vlen][key][value] into buf and
-** returns the bytes used (0 at the end of the range). */
+/* Copies up to max_n records into buf, each its key then its value (only
+** the key with KVM_FETCH_KEYS_ONLY), and into fmt the struct format that
+** splits them ("16s100s16s100s..."; *fmtlen bytes, at most fmtcap: a batch
+** ends where either buffer is full).  Returns the bytes used in buf, 0 at
+** the end of the range; KVM_BUFSMALL (kvm_cursor_need) when the next record
+** alone does not fit. */
 int64_t  kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
-                          const char *stop, size_t stoplen);
+                          const char *stop, size_t stoplen, char *fmt, size_t fmtcap, size_t *fmtlen);
 size_t   kvm_cursor_need(kvm_cursor *c);
 /* CRC-32C as the file format uses it (crc32c.c), for the integrity checker:
 ** one value, or the checksum of bytes [4, page_size) of count whole pages. */

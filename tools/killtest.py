@@ -240,6 +240,13 @@ def reopen_child(fd, lane, plan):
     os.kill(os.getpid(), signal.SIGKILL)   # the armed call came after the open
 
 
+def creation_left(lane):
+    """The lane's file is a leftover of an interrupted creation (FORMAT.md §8)."""
+    with open(lane.path, "rb") as f:
+        head = f.read(2 * 65536 + 1)
+    return crashkit.creation_leftover(head, lane.cfg.get("page_size", 4096))
+
+
 def verifier_child(fd, lane, acked):
     lib.kvm_fault_clear()
     note = "-"
@@ -247,14 +254,11 @@ def verifier_child(fd, lane, acked):
         # killed while creating the file: open must (re)initialise it
         note = "nofile" if not os.path.exists(lane.path) else "emptyfile"
         kvmap.open(lane.path, sync=lane.sync, **lane.cfg).close()
-    else:
-        with open(lane.path, "rb") as f:
-            head = f.read(2 * 65536 + 1)
-        if crashkit.creation_leftover(head, lane.cfg.get("page_size", 4096)):
-            # killed after creation allocated or partly wrote the file: it holds
-            # no data yet (the checker finds no database), and open initialises it
-            note = "leftover"
-            kvmap.open(lane.path, sync=lane.sync, **lane.cfg).close()
+    elif creation_left(lane):
+        # killed after creation allocated or partly wrote the file: it holds
+        # no data yet (the checker finds no database), and open initialises it
+        note = "leftover"
+        kvmap.open(lane.path, sync=lane.sync, **lane.cfg).close()
     try:
         n = crashkit.verify(lane.path, lane.workload, acked,
                             open_kw=dict(lane.cfg, sync=lane.sync))
@@ -477,7 +481,8 @@ class Harness:
         self.count_kill(lane, moment, plan)
 
         reopen = None
-        if lane.rng.random() < 0.2 and os.path.exists(lane.path) and os.path.getsize(lane.path) > 0:
+        if (lane.rng.random() < 0.2 and os.path.exists(lane.path) and os.path.getsize(lane.path) > 0
+                and not creation_left(lane)):
             # the crashed file must be sound before the reopen is killed too
             msgs_c, status_c, _, _ = run_child(check_child, (lane,))
             bad = [payload(m) for m in msgs_c if m[0] != "C"]
