@@ -82,7 +82,7 @@ SYS = {name[8:].lower(): getattr(lib, name) for name in dir(lib)
        if name.startswith("KVM_SYS_") and name != "KVM_SYS_NCALLS"}
 GROWTH_CALLS = {"reserve": ("fallocate", "mmap"), "mremap": ("fallocate", "mremap"),
                 "remap": ("fallocate", "mmap", "munmap"), None: ("fallocate",)}
-CREATE_CALLS = ("open", "flock", "fstat", "pwrite", "fdatasync", "fsync_dir")
+CREATE_CALLS = ("open", "flock", "fstat", "fallocate", "pwrite", "fdatasync", "fsync_dir")
 HANG_SECONDS = 120          # a child silent this long is killed and reported
 YOUNG = 150                 # growth kills are drawn only below this txn count
 DEFAULT_RATE = {"pwrite": 25.0, "fdatasync": 2.0, "pread": 2.3, "madvise": 0.03}
