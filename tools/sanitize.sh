@@ -11,7 +11,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 mkdir -p "$out/kvmap"
 cp kvmap/*.py "$out/kvmap/"
-cp -r tests tools "$out/"
+cp -r tests tools native "$out/"
 [ -f pyproject.toml ] && cp pyproject.toml "$out/"
 KVM_CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 KVM_LDFLAGS="-fsanitize=address,undefined" \
