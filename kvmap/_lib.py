@@ -71,23 +71,23 @@ class _Buffers(threading.local):
     FMT_SIZE = 8192      # the struct format of a cursor batch (kvm_cursor_fetch)
 
     def __init__(self):
-        self.cap = self.SIZE
-        self.buf = ffi.new("char[]", self.cap)
         self.fmt = ffi.new("char[]", self.FMT_SIZE)
+        self._resize(self.SIZE)
+
+    def _resize(self, cap):
+        self.buf = self.bc = None    # the old buffer goes before the new one comes
+        self.buf = ffi.new("char[]", cap)
+        self.cap = cap
+        self.bc = (self.buf, cap)    # one attribute read for the get path
 
     def ensure(self, n):
         if n > self.cap:
-            cap = max(n, 2 * self.cap)
-            self.buf = None          # the old buffer goes before the new one comes
-            self.buf = ffi.new("char[]", cap)
-            self.cap = cap
+            self._resize(max(n, 2 * self.cap))
         return self.buf
 
     def trim(self):
         if self.cap > LARGE_VALUE:
-            self.buf = None
-            self.buf = ffi.new("char[]", self.SIZE)
-            self.cap = self.SIZE
+            self._resize(self.SIZE)
 
 
 # Values at least this large are copied by C straight into the bytes object

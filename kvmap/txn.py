@@ -171,42 +171,37 @@ class _Reads:
             raise ClosedError(self._closed_msg)
         return h
 
-    def _lookup(self, key):
-        """Value of an already converted key, or MISSING."""
+    def get(self, key, default=None):
+        """Value of ``key``, or ``default``.  O(log n), one C call: the value
+        is copied into the thread's buffer and unpacked from it."""
         h = self._h
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = as_key(key, self._max_key)
         if h is None:
             raise ClosedError(self._closed_msg)
-        tl = buffers
-        n = self._getfn(h, key, len(key), tl.buf, tl.cap)
-        if 0 <= n <= tl.cap:
-            return unpack(tl.buf, n)
+        buf, cap = buffers.bc
+        n = self._getfn(h, key, len(key), buf, cap)
+        if 0 <= n <= cap:
+            return unpack(buf, n)
         if n == NOTFOUND:
-            return MISSING
+            return default
         if n < 0:
             raise error_for(n, self._path)
-        return _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
+        v = _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
+        return default if v is MISSING else v
 
     def __getitem__(self, key):
         """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
-        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
-            key = as_key(key, self._max_key)
-        v = self._lookup(key)
+        v = self.get(key, MISSING)
         if v is MISSING:
             raise KeyError(key)
         return v
-
-    def get(self, key, default=None):
-        """Value of ``key``, or ``default``.  O(log n)."""
-        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
-            key = as_key(key, self._max_key)
-        v = self._lookup(key)
-        return default if v is MISSING else v
 
     def __contains__(self, key):
         k = as_bytes(key, "key")
         if not 0 < len(k) <= self._max_key:
             return False
-        return self._lookup(k) is not MISSING
+        return self.get(k, MISSING) is not MISSING
 
     def __len__(self):
         """Number of entries.  O(1)."""
