@@ -169,6 +169,9 @@ class CheckReport:
     total_problems: int = 0
     meta_used: Optional[int] = None
     meta_notes: List[str] = field(default_factory=list)
+    # Routine facts of a sound file (which meta is used, and why); the CLI
+    # prints them with --verbose.  meta_notes are what a crash or damage left.
+    details: List[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     # The file changed while it was read (a writer committed; only possible
     # with force=True, or with a writer that ignores the lock): no verdict.
@@ -231,6 +234,7 @@ class _Checker:
         self.problems = []
         self.total = 0
         self.notes = []
+        self.details = []
 
     def add(self, kind, page, message):
         self.total += 1
@@ -367,10 +371,10 @@ class _Checker:
             self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}) does not fit the "
                               f"file; using the older meta {chosen} (txnid {metas[chosen]['txnid']})")
         else:
-            self.notes.append(f"using meta {chosen}: the newer (txnid {metas[chosen]['txnid']} > "
-                              f"{metas[other]['txnid']})")
+            self.details.append(f"using meta {chosen}: the newer (txnid {metas[chosen]['txnid']} > "
+                                f"{metas[other]['txnid']})")
         if metas[chosen]["flags"] & M_FLAGS_NOSYNC:
-            self.notes.append(f"meta {chosen} was written by a commit made with sync=False")
+            self.details.append(f"meta {chosen} was written by a commit made with sync=False")
         self.metas = metas
         self.newest = newest
         self.meta_used = chosen
@@ -842,7 +846,7 @@ def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
     if progress:
         progress(1, 1)
     rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
-                      meta_used=c.meta_used, meta_notes=c.notes, summary=summary)
+                      meta_used=c.meta_used, meta_notes=c.notes, details=c.details, summary=summary)
     # A writable open passes over a sync=False meta whose free list it cannot
     # load (FORMAT.md §2, step 5), whatever else is damaged: then check the
     # older meta, as the engine will use it (if that one is sound).
@@ -1434,6 +1438,8 @@ def main(argv=None):
                "when the writer is idle")
     ap.add_argument("path")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="also print routine facts of a sound file (which meta page is used)")
     ap.add_argument("--quick", action="store_true",
                     help="skip page checksums and overflow payloads")
     ap.add_argument("--max-errors", type=int, default=100, metavar="N",
@@ -1501,7 +1507,7 @@ def main(argv=None):
         print(CHANGED_MESSAGE)
         return EXIT_CHANGED
     s = rep.summary
-    for note in rep.meta_notes:
+    for note in rep.meta_notes + (rep.details if args.verbose else []):
         print(f"note: {note}")
     if sal is not None:
         print(f"salvage: {sal.recovered} entries recovered into {sal.out}, {sal.lost} lost "

@@ -798,6 +798,9 @@ def test_cli_output(base, copy, capsys):
     assert _cli(base[0]) == 0
     out = capsys.readouterr().out
     assert "ok" in out.splitlines()
+    assert "note:" not in out          # a sound file: which meta is used only with --verbose
+    assert _cli(base[0], "--verbose") == 0
+    assert "note: using meta" in capsys.readouterr().out
     assert _cli(base[0], "--json") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is True and doc["summary"]["entries"] == base[1]["entries"]
