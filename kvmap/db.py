@@ -28,13 +28,35 @@ GROW_MIN = 1 << 20      # bytes the file grows by at least (read at open)
 GROW_MAX = 1 << 30      # and at most
 
 
-def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", growth="reserve",
-         writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20, max_readers=126,
-         verify_checksums=None):
+# dbm's flags: (readonly, create, new)
+FLAGS = {"r": (True, False, False), "w": (False, False, False), "c": (False, True, False),
+         "n": (False, True, True)}
+
+
+def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=None, backend="mmap",
+         growth="reserve", writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20,
+         max_readers=126, verify_checksums=None):
     """Open (or create) the database file at ``path``.
 
-    :param readonly: no writes; the file is opened O_RDONLY.
-    :param create: create the file if it does not exist.
+    ``kvmap.open(path, flag, mode)`` takes ``dbm.open``'s arguments, so kvmap
+    stands in for dbm (and under ``shelve.Shelf``):
+
+    >>> import kvmap, shelve, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "shelf.kv")
+    >>> with shelve.Shelf(kvmap.open(path, "c")) as shelf:
+    ...     shelf["point"] = {"x": 1, "y": 2}
+    >>> with shelve.Shelf(kvmap.open(path, "r")) as shelf:
+    ...     shelf["point"]
+    {'x': 1, 'y': 2}
+
+    :param flag: ``"r"`` read-only; ``"w"`` read-write, the file must exist;
+        ``"c"`` read-write, created if missing (the default); ``"n"`` a new,
+        empty database: an existing file is truncated, once the lock shows no
+        other handle has it open.
+    :param mode: permissions of a file created, under the umask.
+    :param readonly: no writes; the file is opened O_RDONLY (the default
+        follows ``flag``; given with a flag, they must agree).
+    :param create: create the file if it does not exist (likewise).
     :param page_size: bytes per page for a new file (power of two, 4096 to
         65536; default 4096).  For an existing file, None accepts its page
         size and any other value must match it (else FormatError).
@@ -58,9 +80,20 @@ def open(path, *, readonly=False, create=True, page_size=None, backend="mmap", g
         visit; README gives the measured cost).  Pages a write copies are
         always checked.
     """
+    if flag is not None and flag not in FLAGS:
+        raise ValueError(f"flag must be one of 'r', 'w', 'c', 'n', not {flag!r}")
+    flag_readonly, flag_create, new = FLAGS[flag or "c"]
+    for name, given, implied in (("readonly", readonly, flag_readonly), ("create", create, flag_create)):
+        if flag is not None and given is not None and bool(given) != implied:
+            raise ValueError(f"flag {flag!r} and {name}={given!r} disagree")
+    readonly = flag_readonly if readonly is None else bool(readonly)
+    create = flag_create if create is None else bool(create)
+    if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
     return Database(os.fspath(path), readonly=readonly, create=create, page_size=page_size,
                     backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
-                    cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums)
+                    cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums,
+                    new=new, mode=mode)
 
 
 class Database(_Closing, _Reads, MutableMapping):
@@ -74,7 +107,7 @@ class Database(_Closing, _Reads, MutableMapping):
     pickled."""
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
-                 map_size, cache_size, max_readers, verify_checksums=None):
+                 map_size, cache_size, max_readers, verify_checksums=None, new=False, mode=0o666):
         self._h = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
@@ -90,7 +123,7 @@ class Database(_Closing, _Reads, MutableMapping):
         self.growth = growth if backend == "mmap" else None
         self.writemap = bool(writemap) and backend == "mmap" and not readonly
         self.readonly = readonly
-        self.sync = bool(sync)
+        self._sync = bool(sync)
         self.verify_checksums = backend == "pread" if verify_checksums is None else bool(verify_checksums)
         opt = ffi.new("kvm_options *")
         opt.page_size = page_size or 0
@@ -98,7 +131,9 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.growth = GROWTH[growth]
         opt.flags = ((lib.KVM_OPEN_READONLY if readonly else 0) | (lib.KVM_OPEN_CREATE if create else 0)
                      | (lib.KVM_OPEN_WRITEMAP if self.writemap else 0)
-                     | (lib.KVM_OPEN_VERIFY if self.verify_checksums else 0))
+                     | (lib.KVM_OPEN_VERIFY if self.verify_checksums else 0)
+                     | (lib.KVM_OPEN_NEW if new else 0))
+        opt.mode = mode
         opt.map_size = map_size
         opt.max_readers = max_readers
         opt.cache_bytes = cache_size
@@ -253,8 +288,8 @@ class Database(_Closing, _Reads, MutableMapping):
             raise ClosedError(f"{self.path}: transaction is finished")
         # Only a syncing commit waits on the disk long enough to be worth
         # letting other threads run (and waiting to get the GIL back).
-        commit = lib.kvm_txn_commit_released if self.sync else lib.kvm_txn_commit
-        rc = commit(h, self.sync)
+        commit = lib.kvm_txn_commit_released if self._sync else lib.kvm_txn_commit
+        rc = commit(h, self._sync)
         if rc:
             exc = error_for(rc, self.path)
             try:
@@ -263,6 +298,17 @@ class Database(_Closing, _Reads, MutableMapping):
             finally:
                 del exc
         self._end_write(txn)
+
+    def sync(self):
+        """Make every commit so far durable now (``fdatasync``), as dbm's and
+        shelve's ``sync()``.  With ``sync=True`` they already are; with
+        ``sync=False`` a power loss right after this returns keeps them, and
+        commits made later are under ``sync=False``'s promise again (README
+        "Durability").  A failed sync raises IOFailure and, as in a commit,
+        the handle then refuses writes until reopened.  A no-op read-only."""
+        rc = lib.kvm_env_sync_released(self._handle())
+        if rc:
+            raise error_for(rc, self.path)
 
     # --------------------------------------------------------------- stats
 
@@ -280,7 +326,7 @@ class Database(_Closing, _Reads, MutableMapping):
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
             "file_size": st.file_size,
             "free_pages": st.free_count, "pending_pages": st.pending_count,
-            "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self.sync,
+            "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self._sync,
             "verify_checksums": self.verify_checksums,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),

@@ -248,7 +248,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     }
     memset(e->readers, 0xff, sizeof(uint64_t) * e->nreaders);
     int oflags = e->readonly ? O_RDONLY : O_RDWR | ((opt->flags & KVM_OPEN_CREATE) ? O_CREAT : 0);
-    e->fd = kvm_sys.open(path, oflags, 0644);
+    e->fd = kvm_sys.open(path, oflags, (int)(opt->mode & 07777));
     if (e->fd < 0) {
         rc = kvm_err_sys(KVM_IO, errno, "opening the database file");
         goto fail;
@@ -283,6 +283,15 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
         rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
         goto fail;
+    }
+    /* dbm's flag "n": whatever was there goes, but only once the lock says
+    ** no other handle has the file open. */
+    if ((opt->flags & KVM_OPEN_NEW) && !e->readonly && e->file_size) {
+        if (kvm_sys.ftruncate(e->fd, 0) != 0) {
+            rc = kvm_err_sys(KVM_IO, errno, "truncating the file for a new database");
+            goto fail;
+        }
+        e->file_size = 0;
     }
     int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
     if (e->file_size == 0) {
@@ -410,6 +419,25 @@ int env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
     if (p[PH_TYPE] != type || rd64(p + PH_PGNO) != pgno)
         return kvm_err(KVM_CORRUPT, "page %llu: not the expected free-list page", (unsigned long long)pgno);
     return 0;
+}
+
+/* Make every commit so far durable (the file's fdatasync; with sync=True
+** they are already).  A failed sync fails the handle, as in a commit: the
+** kernel may have dropped the pages it could not write, so it is never
+** retried. */
+int kvm_env_sync(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    if (e->failed)
+        rc = kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+    else if (!e->readonly && kvm_sys.fdatasync(e->fd) != 0) {
+        e->failed = 1;
+        rc = kvm_err_sys(KVM_IO, errno, "syncing the database file (the handle refuses writes until reopened)");
+    }
+    env_leave(e);
+    return rc;
 }
 
 int kvm_env_check(kvm_env *e)

@@ -61,6 +61,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_WRITEMAP  4
 #define KVM_OPEN_OLDER     8   /* pass over a newer sync=False meta (its free list is damaged) */
 #define KVM_OPEN_VERIFY   16   /* verify the checksum of every page a read visits */
+#define KVM_OPEN_NEW      32   /* an empty new database: truncate the file, once locked */
 
 /* cursor seek modes */
 #define KVM_SEEK_FIRST     0
@@ -85,6 +86,7 @@ typedef struct kvm_options {
     uint32_t max_readers;
     uint64_t grow_min;      /* the file grows by half its size, at least grow_min */
     uint64_t grow_max;      /* and at most grow_max bytes (0: 1 MiB and 1 GiB) */
+    uint32_t mode;          /* permissions of a file created (under the umask) */
 } kvm_options;
 
 typedef struct kvm_stat {
@@ -110,6 +112,7 @@ int64_t  kvm_env_entries(kvm_env *e);
 int64_t  kvm_env_txnid(kvm_env *e);
 int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
 int      kvm_env_check(kvm_env *e);   /* the free space's invariants (tests) */
+int      kvm_env_sync(kvm_env *e);    /* fdatasync: every commit so far on the disk */
 
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
 int      kvm_txn_abort(kvm_txn *t);   /* 1: it ended the transaction, 0: already ended */
