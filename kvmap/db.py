@@ -214,6 +214,24 @@ class Database(_Closing, _Reads, MutableMapping):
         with Transaction(self) as txn:
             txn.put(key, value)
 
+    def put(self, key, value, overwrite=True):
+        """Insert, or overwrite unless ``overwrite`` is false, in one
+        transaction; returns whether it wrote."""
+        with Transaction(self) as txn:
+            return txn.put(key, value, overwrite)
+
+    def setdefault(self, key, default=None):
+        """``db[key]`` if present, else store ``default`` and return it: one
+        transaction, so no other writer comes in between."""
+        with Transaction(self) as txn:
+            return txn.setdefault(key, default)
+
+    def popitem(self):
+        """Remove and return the first (key, value) in key order, in one
+        transaction; KeyError if the database is empty."""
+        with Transaction(self) as txn:
+            return txn.popitem()
+
     def __delitem__(self, key):
         with Transaction(self) as txn:
             txn.delete(key)

@@ -435,18 +435,21 @@ class Transaction(_Handle, _Reads, MutableMapping):
         finally:
             del exc   # no cycle through this frame
 
-    def put(self, key, value):
-        """Insert or overwrite.  O(log n)."""
+    def put(self, key, value, overwrite=True):
+        """Insert, or overwrite unless ``overwrite`` is false; returns whether
+        it wrote (py-lmdb's ``put(overwrite=False)``).  O(log n)."""
         h = self._h
         if h is None:
             raise ClosedError(self._closed_msg)
         if type(key) is not bytes or not 0 < len(key) <= self._max_key:
             key = as_key(key, self._max_key)
+        if not overwrite and self.get(key, MISSING) is not MISSING:
+            return False
         if type(value) is bytes:
             rc = _put(h, key, len(key), value, len(value))
             if rc:
                 self._fail(rc)
-            return
+            return True
         value, vlen = as_value(value)
         try:
             rc = _put(h, key, len(key), value, vlen)
@@ -455,8 +458,10 @@ class Transaction(_Handle, _Reads, MutableMapping):
         finally:
             if type(value) is not bytes:
                 ffi.release(value)
+        return True
 
-    __setitem__ = put
+    def __setitem__(self, key, value):
+        self.put(key, value)
 
     def delete(self, key):
         """Remove ``key``; KeyError if absent.  O(log n)."""

@@ -761,3 +761,37 @@ def test_handles_after_close_do_not_crash(tmp_path, cfg):
     assert res["db_iter"] == "ClosedError", out
     assert res["snap_len"] == "ClosedError", out
     assert res["snap_close"] in ("ok", "ClosedError"), out
+
+
+# ---------------------------------------------------------------------------
+# put(overwrite=False), setdefault, popitem: one transaction each
+
+
+def test_put_without_overwrite(tmp_path, cfg):
+    with open_db(tmp_path / "db", cfg) as db:
+        assert db.put(b"k", b"1") is True
+        assert db.put(b"k", b"2", overwrite=False) is False
+        assert db[b"k"] == b"1"
+        assert db.put(b"k", b"3") is True and db[b"k"] == b"3"
+        with db.transaction() as t:
+            assert t.put(b"n", b"x", overwrite=False) is True
+            assert t.put(b"n", b"y", overwrite=False) is False
+            assert t[b"n"] == b"x"
+
+
+def test_setdefault_and_popitem_are_one_transaction(tmp_path):
+    with kvmap.open(str(tmp_path / "db")) as db:
+        def commits(fn):
+            before = db.stats()["txnid"]
+            result = fn()
+            return result, db.stats()["txnid"] - before
+        assert commits(lambda: db.setdefault(b"a", b"1")) == (b"1", 1)
+        assert commits(lambda: db.setdefault(b"a", b"2")) == (b"1", 0)   # present: nothing written
+        db[b"b"] = b"2"
+        assert commits(db.popitem) == ((b"a", b"1"), 1)                  # the first key in order
+        assert commits(db.popitem) == ((b"b", b"2"), 1)
+        with pytest.raises(KeyError):
+            db.popitem()
+        with pytest.raises(TypeError):
+            db.setdefault(b"c")                                          # None is no value
+        assert b"c" not in db
