@@ -75,18 +75,25 @@ class _Buffers(threading.local):
         self._resize(self.SIZE)
 
     def _resize(self, cap):
-        self.buf = self.bc = None    # the old buffer goes before the new one comes
-        self.buf = ffi.new("char[]", cap)
-        self.cap = cap
-        self.bc = (self.buf, cap)    # one attribute read for the get path
+        self.bc = None               # the old buffer goes before the new one comes
+        self.bc = (ffi.new("char[]", cap), cap)   # buffer and size: one attribute read
+
+    @property
+    def buf(self):
+        return self.bc[0]
+
+    @property
+    def cap(self):
+        return self.bc[1]
 
     def ensure(self, n):
-        if n > self.cap:
-            self._resize(max(n, 2 * self.cap))
-        return self.buf
+        """``(buffer, size)`` with room for ``n`` bytes."""
+        if n > self.bc[1]:
+            self._resize(max(n, 2 * self.bc[1]))
+        return self.bc
 
     def trim(self):
-        if self.cap > LARGE_VALUE:
+        if self.bc[1] > LARGE_VALUE:
             self._resize(self.SIZE)
 
 
@@ -159,10 +166,10 @@ def read_value(fn, handle, key, n, path):
             if got == n:
                 return out
         else:
-            tl = buffers
-            got = fn(handle, key, len(key), tl.ensure(n), tl.cap)
-            if 0 <= got <= tl.cap:
-                return ffi.unpack(tl.buf, got)
+            buf, cap = buffers.ensure(n)
+            got = fn(handle, key, len(key), buf, cap)
+            if 0 <= got <= cap:
+                return ffi.unpack(buf, got)
         if got == lib.KVM_NOTFOUND:
             return MISSING
         if got < 0:

@@ -141,7 +141,6 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.grow_max = GROW_MAX
         if not create and not os.path.exists(path):
             raise os_error(errno.ENOENT, "opening the database file (create=False)", path)
-        self._path = path
         self._fork_gen = fork_generation[0]
         self._wlock = threading.Lock()   # held by the write transaction for its life
         self._writer = None              # thread id of the write transaction's owner
@@ -173,6 +172,10 @@ class Database(_Closing, _Reads, MutableMapping):
             return
         self._h = None
         lib.kvm_env_close_released(h)
+
+    @property
+    def _path(self):   # what _Reads and its errors name, as Snapshot's and Transaction's
+        return self.path
 
     def _forked(self):
         return self._fork_gen != fork_generation[0]

@@ -125,7 +125,8 @@ def _batches(owner, mode, key, stop, flags, own_snapshot):
         fmtlen = ffi.new("size_t *")
         while True:
             tl = buffers
-            n = lib.kvm_cursor_fetch(cur, tl.buf, tl.cap, batch, flags, stop_arg, stop_len,
+            buf, cap = tl.bc
+            n = lib.kvm_cursor_fetch(cur, buf, cap, batch, flags, stop_arg, stop_len,
                                      tl.fmt, tl.FMT_SIZE, fmtlen)
             if n < 0:
                 if n == lib.KVM_BUFSMALL:
@@ -134,7 +135,7 @@ def _batches(owner, mode, key, stop, flags, own_snapshot):
                 raise error_for(n, path)
             if not fmtlen[0]:
                 return
-            fields = unpack_from(unpack(tl.fmt, fmtlen[0]), ffi.buffer(tl.buf, n))
+            fields = unpack_from(unpack(tl.fmt, fmtlen[0]), ffi.buffer(buf, n))
             if n >= LARGE_VALUE:
                 tl.trim()    # a large record: the thread's buffer does not keep its size
             yield fields
@@ -277,16 +278,16 @@ def _get_many_packed(handle, packed, ks, default, path):
     out = []
     i = off = 0
     while i < n:
-        tl = buffers
-        rc = lib.kvm_get_many(handle, packed + off, klens + i, n - i, tl.buf, tl.cap, lens + i, done)
+        buf, cap = buffers.bc
+        rc = lib.kvm_get_many(handle, packed + off, klens + i, n - i, buf, cap, lens + i, done)
         if rc == lib.KVM_BUFSMALL:
-            tl.ensure(lens[i])
+            buffers.ensure(lens[i])
             continue
         if rc:
             raise error_for(rc, path)
         k = done[0]
         got = ffi.unpack(lens + i, k)
-        data = ffi.buffer(tl.buf, sum(ln for ln in got if ln > 0))[:]
+        data = ffi.buffer(buf, sum(ln for ln in got if ln > 0))[:]
         pos = 0
         for ln in got:
             if ln < 0:

@@ -253,6 +253,19 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = kvm_err_sys(KVM_IO, errno, "opening the database file");
         goto fail;
     }
+    /* Until the lock file and shared reader table of multi-process support
+    ** exist: one writable handle, or any number of read-only ones, per file
+    ** (in this or any process).  A writer would otherwise reuse pages that
+    ** another handle's readers still reach. */
+    if (kvm_sys.flock(e->fd, (e->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        rc = errno == EWOULDBLOCK
+                 ? kvm_err(KVM_LOCKED, e->readonly ? "%s is open for writing by another handle"
+                                                   : "%s is already open in another handle", path)
+                 : kvm_err_sys(KVM_IO, errno, "locking the database file");
+        goto fail;
+    }
+    /* Size and kind under the lock (a writer may have grown the file): a
+    ** directory, device or FIFO is refused. */
     uint32_t mode;
     if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
         rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
@@ -266,22 +279,6 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = kvm_err(KVM_NOTREGULAR, "%s is a %s, not a regular file: a kvmap database is a regular file",
                      path, S_ISCHR(mode) ? "character device" : S_ISBLK(mode) ? "block device"
                                           : S_ISFIFO(mode) ? "FIFO" : S_ISSOCK(mode) ? "socket" : "special file");
-        goto fail;
-    }
-    /* Until the lock file and shared reader table of multi-process support
-    ** exist: one writable handle, or any number of read-only ones, per file
-    ** (in this or any process).  A writer would otherwise reuse pages that
-    ** another handle's readers still reach. */
-    if (kvm_sys.flock(e->fd, (e->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
-        rc = errno == EWOULDBLOCK
-                 ? kvm_err(KVM_LOCKED, e->readonly ? "%s is open for writing by another handle"
-                                                   : "%s is already open in another handle", path)
-                 : kvm_err_sys(KVM_IO, errno, "locking the database file");
-        goto fail;
-    }
-    /* the size again, under the lock: a writer may have grown the file */
-    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
-        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
         goto fail;
     }
     /* dbm's flag "n": whatever was there goes, but only once the lock says
@@ -300,7 +297,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
             goto fail;
         }
         rc = init_file(e, want ? want : KVM_MIN_PAGE);
-    } else if ((rc = load_meta(e, want, (opt->flags & KVM_OPEN_OLDER) != 0)) != 0 &&
+    } else if ((rc = load_meta(e, want, 0)) != 0 &&
                (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
         /* A file that only an interrupted creation wrote holds nothing. */
         uint32_t ps = 0;
@@ -323,7 +320,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     else
         rc = cache_init(&e->cache, opt->cache_bytes / e->psize, e->psize);
     if (!rc && !e->readonly)
-        rc = space_open(e, want, (opt->flags & KVM_OPEN_OLDER) != 0);
+        rc = space_open(e, want, 0);
     if (rc)
         goto fail;
     *out = e;

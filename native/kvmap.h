@@ -59,7 +59,6 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_READONLY  1
 #define KVM_OPEN_CREATE    2
 #define KVM_OPEN_WRITEMAP  4
-#define KVM_OPEN_OLDER     8   /* pass over a newer sync=False meta (its free list is damaged) */
 #define KVM_OPEN_VERIFY   16   /* verify the checksum of every page a read visits */
 #define KVM_OPEN_NEW      32   /* an empty new database: truncate the file, once locked */
 

@@ -300,9 +300,9 @@ int load_meta(kvm_env *e, uint32_t want_ps, int older)
         if (rc[i])
             continue;
         if (k == 0 && older && !rc[order[1]] && (s[i].flags & M_FLAGS_NOSYNC)) {
-            /* KVM_OPEN_OLDER: the caller found more of this sync=False
+            /* older: the caller (space_open) found more of this sync=False
             ** commit missing (its free list) and wants the state before it. */
-            last = kvm_err(KVM_CORRUPT, "%s: meta %d passed over (KVM_OPEN_OLDER)", e->path, i);
+            last = kvm_err(KVM_CORRUPT, "%s: meta %d passed over (its free list is damaged)", e->path, i);
             continue;
         }
         if (s[i].hwm * psize > e->file_size)
