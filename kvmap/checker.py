@@ -1,12 +1,15 @@
-"""kvmap-check: an integrity checker for kvmap files (format v1, docs/FORMAT.md).
+"""kvmap-check: an integrity checker for kvmap files (format v2, docs/FORMAT.md;
+native/format.h).
 
 It never trusts the file: it reads it with ``os.pread`` only (never through the
 engine's mapping or open path; of the C core it uses only the checksum
 function), every loop is
 bounded by page counts, chain lengths or the tree depth, and its memory is
 bounded by one byte per page of the file (an owner code per page), not by
-what the file says (salvage adds two bytes per page, and the first and last
-key and a (txnid, page) pair of each candidate orphan leaf).
+what the file says (the meta choice adds the runs that the records of the
+commits not known durable list freed; salvage adds two bytes per page, and
+the first and last key and a (txnid, page) pair of each candidate orphan
+leaf).
 
 Library (``kvmap.check`` and ``kvmap.salvage`` are this module's)::
 
@@ -35,12 +38,21 @@ the report says ``changed`` (``ok`` False, no problems listed; exit 3)
 instead of giving a verdict on a mix of commits.  If they are equal, no
 commit completed during the check and the report stands.
 
-Full mode verifies both metas, the checksum of every page it reaches, the
-tree (types, headers, cell bounds, key order within pages and against every
-ancestor separator, uniform leaf depth), overflow chains, the free list, the
-counts in the meta, and that every page below the high-water mark has exactly
-one owner.  ``quick`` does the same without verifying page checksums and reads
-only the 32-byte header of overflow pages (never their payload).
+It checks the meta the engine's open would use, chosen as the engine
+chooses it: the newest valid meta if its commits not known durable verify
+against their records, its tree's edge paths verify and the file is long
+enough for it, else the durable commit that meta names (what a crash leaves
+of commits not yet durable -- pages unwritten, or the file's growth lost: a
+note, not a problem).  Full mode verifies both metas, the checksum
+of every page it reaches, the tree (types, headers, cell bounds, key order
+within pages and against every ancestor separator, uniform leaf depth),
+overflow chains, the free space (bitmap index, bitmaps, the commit records
+after the floor), the counts in the meta, and that every page below the
+high-water mark has exactly one owner.  ``quick`` does the same without
+verifying page checksums and reads only the 32-byte header of overflow pages
+(never their payload).  A version 1 file is reported as such (the engine
+does not open it; ``--salvage`` copies it into a new file), and only its
+tree is checked.
 
 ``salvage(path, out)`` / ``--salvage OUT`` copies the newest committed state,
 as far as it can be read intact (from leaves and overflow pages whose
@@ -48,6 +60,8 @@ checksums match), into a new database at OUT, written with the engine; the
 source is only read.  Case by case:
 
 * newest meta damaged (torn, zeroed, bad fields): the older meta's tree;
+* a version 1 file: its newest meta's tree (its free list is not read, so
+  only orphan leaves of its newest commit are proven current);
 * newest meta intact but its hwm past the end of the file (truncated): still
   the newest meta's tree (the check itself reports on the older meta when
   that one fits); pages past the end count as missing;
@@ -56,7 +70,7 @@ source is only read.  Case by case:
   is skipped and its key range recorded; intact leaves the walk does not
   reach are then taken only when provably current (see the salvage section
   below), so OUT never holds an older value or a deleted key;
-* orphan leaves that cannot be proven current (the newest free list is lost
+* orphan leaves that cannot be proven current (the newest free space is lost
   or damaged too) are counted (``unverified``) and, with ``unverified=OUT2``
   / ``--unverified OUT2``, written to a second new database.
 """
@@ -88,7 +102,7 @@ EXIT_CHANGED = 3     # --force and the file changed during the check: no verdict
 CHANGED_MESSAGE = "file changed during check: no verdict; re-run when the writer is idle"
 
 MAGIC = b"\x89KVM\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
 MIN_PAGE, MAX_PAGE = 4096, 65536
 MAX_DEPTH = 32
 META_SIZE = 128
@@ -96,30 +110,36 @@ HDR = 32
 M_FLAGS_NOSYNC = 1
 
 PT_BRANCH, PT_LEAF, PT_OVERFLOW = 1, 2, 3
-PT_FREE_INDEX, PT_FREE_BITMAP, PT_PENDING, PT_PENDING_INDEX = 4, 5, 6, 7
+PT_FREE_INDEX, PT_FREE_BITMAP, PT_RECORD = 4, 5, 8
+PF_CONTINUED = 1                 # page header flags: a record page after the first
 TYPE_NAMES = {PT_BRANCH: "branch", PT_LEAF: "leaf", PT_OVERFLOW: "overflow",
-              PT_FREE_INDEX: "free-index", PT_FREE_BITMAP: "free-bitmap",
-              PT_PENDING: "pending-record", PT_PENDING_INDEX: "pending-index"}
+              PT_FREE_INDEX: "free-index", PT_FREE_BITMAP: "free-bitmap", PT_RECORD: "record"}
+
+# a commit record's stream (the payload of its pages, FORMAT.md §6): the fixed
+# fields, then the written entries, the freed runs and the bitmap overrides
+R_FLAGS_PAGES_DURABLE = 1
+R_WRITTEN_SIZE, R_RUN_SIZE = 12, 16
+RECORD_SPARE_MAX = 64            # pages past its entries a record may end with
+_record_head = struct.Struct("<QIIIIII").unpack_from   # prev, n_written, n_freed, n_released, n_override, flags, 0
+_written = struct.Struct("<QI").unpack_from          # page, checksum
+_run_pair = struct.Struct("<QQ").unpack_from         # start, count; range, bitmap page
 
 # owner codes, one byte per page
 O_NONE, O_META, O_BRANCH, O_LEAF, O_OVERFLOW = 0, 1, 2, 3, 4
-O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX = 5, 6, 7, 8
-O_FREE, O_PENDING = 9, 10
+O_FREE_INDEX, O_FREE_BITMAP, O_RECORD, O_FREE, O_PENDING = 5, 6, 7, 8, 9
 OWNER_NAMES = {O_META: "meta", O_BRANCH: "branch", O_LEAF: "leaf", O_OVERFLOW: "overflow",
-               O_FREE_INDEX: "free-index", O_FREE_BITMAP: "free-bitmap",
-               O_PENDING_REC: "pending-record", O_PENDING_INDEX: "pending-index",
+               O_FREE_INDEX: "free-index", O_FREE_BITMAP: "free-bitmap", O_RECORD: "record",
                O_FREE: "free", O_PENDING: "pending"}
-_CHECKED = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC,
-            O_PENDING_INDEX)
-_REACHABLE = (O_BRANCH, O_LEAF, O_OVERFLOW, O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC,
-              O_PENDING_INDEX, O_META)
+_FREE_SPACE_PAGES = (O_FREE_INDEX, O_FREE_BITMAP, O_RECORD)
+_CHECKED = (O_BRANCH, O_LEAF, O_OVERFLOW) + _FREE_SPACE_PAGES
+_REACHABLE = _CHECKED + (O_META,)
 
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _u64 = struct.Struct("<Q").unpack_from
 _klen_vlen = struct.Struct("<HI").unpack_from   # a leaf cell's header
 _hdr = struct.Struct("<IBBHQQQ").unpack_from      # crc type flags nkeys txnid pgno next/upper
-_meta = struct.Struct("<8sIIQQIIQQQQQQQ").unpack_from
+_meta = struct.Struct("<8sIIQQIIQQQQQQQQ").unpack_from
 
 
 # ---------------------------------------------------------------- CRC-32C
@@ -190,17 +210,20 @@ class CheckReport:
 # ---------------------------------------------------------------- meta
 
 def _decode_meta(buf, offset=None):
-    """(meta dict, None) or (None, reason) following FORMAT.md §2."""
+    """(meta dict, None) or (None, reason) following FORMAT.md §2 (meta.c,
+    meta_decode).  A version 1 meta whose checksum and tree fields hold is
+    decoded too, with only those fields (its tree pages and page header are
+    version 2's, so salvage can copy its tree): ``version`` tells."""
     if len(buf) < META_SIZE:
         return None, "short file (no room for a meta page)"
-    (magic, version, ps, txnid, root, depth, flags, entries, hwm, free_index, free_pending,
-     free_count, pending_count, pending_floor) = _meta(buf, 0)
+    (magic, version, ps, txnid, root, depth, flags, entries, hwm, free_index, record,
+     free_count, pending_count, floor, durable) = _meta(buf, 0)
     if magic != MAGIC:
         return None, "not a kvmap meta (bad magic)"
     stored = _u32(buf, 124)[0]
     if crc32c(memoryview(buf)[:124]) != stored:
         return None, "checksum mismatch"
-    if version != VERSION:
+    if version not in (1, VERSION):
         return None, f"unsupported version {version}"
     if ps < MIN_PAGE or ps > MAX_PAGE or ps & (ps - 1):
         return None, f"bad page size {ps}"
@@ -210,23 +233,150 @@ def _decode_meta(buf, offset=None):
         return None, f"bad high-water mark {hwm}"
     if (root == 0) != (depth == 0) or depth > MAX_DEPTH or (root == 0 and entries != 0):
         return None, f"inconsistent root {root} / depth {depth} / entries {entries}"
-    for name, v in (("root", root), ("free_index", free_index), ("free_pending", free_pending)):
+    if root != 0 and not 2 <= root < hwm:
+        return None, f"root {root} out of range [2, {hwm})"
+    tree = dict(version=version, page_size=ps, txnid=txnid, root=root, depth=depth, flags=flags,
+                entries=entries, hwm=hwm)
+    if version != VERSION:
+        return tree, None
+    for name, v in (("free_index", free_index), ("record", record)):
         if v != 0 and not 2 <= v < hwm:
             return None, f"{name} {v} out of range [2, {hwm})"
     if free_count + pending_count > hwm:
         return None, f"free_count {free_count} + pending_count {pending_count} > hwm {hwm}"
-    return dict(page_size=ps, txnid=txnid, root=root, depth=depth, flags=flags, entries=entries,
-                hwm=hwm, free_index=free_index, free_pending=free_pending,
-                free_count=free_count, pending_count=pending_count,
-                pending_floor=pending_floor), None
+    # every commit has a record; released commits and durable ones precede it
+    if (txnid >= 2) != (record != 0):
+        return None, f"record {record} for txnid {txnid} (every commit after the first has one)"
+    if not floor <= durable <= txnid or (txnid >= 2 and floor >= txnid):
+        return None, f"floor {floor} / durable {durable} / txnid {txnid} out of order"
+    return dict(tree, free_index=free_index, record=record, free_count=free_count,
+                pending_count=pending_count, floor=floor, durable=durable), None
+
+
+def _recency(m):
+    """Sort key of a valid meta: newer commit, then the one known durable."""
+    return m["txnid"], m.get("durable", 0)
+
+
+# ---------------------------------------------------------------- commit records
+
+class _RecordFault(Exception):
+    """A commit record that cannot be read on: ``page`` where it fails, and
+    ``message`` (None when the page reader has reported the page already)."""
+
+    def __init__(self, page, message=None):
+        super().__init__(message)
+        self.page = page
+        self.message = message
+
+
+def _record_items(read, first, txn, ps, hwm):
+    """Yield the entries of the record of commit ``txn`` that starts at page
+    ``first`` (FORMAT.md §6; freelist.c, record_read): ("head", prev,
+    n_written, n_freed, n_override, flags, n_released), then ("written",
+    page, checksum) entries, ("freed", start, count) runs, ("released",
+    start, count) runs and ("override", range, bitmap page) pairs, in stream
+    order.  ``read(page, k)`` gives the vetted
+    bytes of the record's k-th page or raises :class:`_RecordFault`; every
+    page must carry the commit's txnid and flags 0 on the first page, 1 on
+    the others, and the chain is bounded by the length its counts give (plus
+    at most RECORD_SPARE_MAX pages that hold no entries).  Raises
+    :class:`_RecordFault` where the chain is not such a record.  Only one
+    page of the stream is held at a time."""
+    pay = ps - HDR
+    fixed = _record_head.__self__.size
+    need, npages = fixed, 1
+    sections = []          # [kind, entries left, entry size, unpack]
+    carry = b""            # the start of an entry that runs on into the next page
+    page, last, k = first, first, 0
+    while page:
+        if k >= npages + RECORD_SPARE_MAX:
+            raise _RecordFault(page, f"the record of commit {txn} is longer than its entries")
+        buf = read(page, k)
+        _, _, flags, _, htxn, _, nxt = _hdr(buf, 0)
+        if htxn != txn or flags != (PF_CONTINUED if k else 0):
+            raise _RecordFault(page, f"page {page}: not {'a later' if k else 'the first'} page of "
+                               f"the record of commit {txn} (txnid {htxn}, flags {flags})")
+        start = 0
+        if k == 0:
+            prev, nwritten, nfreed, nreleased, noverride, rflags, _ = _record_head(buf, HDR)
+            need = fixed + R_WRITTEN_SIZE * nwritten + R_RUN_SIZE * (nfreed + nreleased + noverride)
+            npages = -(-need // pay)
+            if npages > hwm:
+                raise _RecordFault(page, f"page {page}: record counts out of range")
+            yield "head", prev, nwritten, nfreed, noverride, rflags, nreleased
+            sections = [["written", nwritten, R_WRITTEN_SIZE, _written],
+                        ["freed", nfreed, R_RUN_SIZE, _run_pair],
+                        ["released", nreleased, R_RUN_SIZE, _run_pair],
+                        ["override", noverride, R_RUN_SIZE, _run_pair]]
+            start = fixed
+        lo = k * pay
+        if lo + start < need:
+            data = carry + bytes(buf[HDR + start:HDR + min(pay, need - lo)])
+            off = 0
+            for sec in sections:
+                kind, _, size, unpack = sec
+                while sec[1] and off + size <= len(data):
+                    yield (kind,) + unpack(data, off)
+                    off += size
+                    sec[1] -= 1
+                if sec[1]:
+                    break
+            carry = data[off:]
+        last, page, k = page, nxt, k + 1
+    if k < npages:
+        raise _RecordFault(last, f"the record of commit {txn} is cut short ({k} of its "
+                                 f"{npages} pages)")
+
+
+class _Runs:
+    """A set of pages kept as disjoint runs: the pages that later commits
+    freed, or released early."""
+
+    def __init__(self):
+        self.starts, self.ends = [], []
+
+    def add(self, start, count, limit):
+        """Add [start, start + count), merging with the runs already in (a
+        page written, freed, reused and freed again is freed by two
+        commits); False (nothing added) if the run is empty or not inside
+        [2, limit)."""
+        end = start + count
+        if count < 1 or start < 2 or end > limit:
+            return False
+        i = bisect.bisect_left(self.ends, start)          # the first run ending at or after start
+        j = bisect.bisect_right(self.starts, end)         # the runs starting at or before end
+        if i < j:
+            start, end = min(start, self.starts[i]), max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+        return True
+
+    def outside(self, start, count):
+        """The sub-runs of [start, start + count) not in the set."""
+        out, end = [], start + count
+        i = bisect.bisect_right(self.ends, start)
+        while start < end:
+            if i < len(self.starts) and self.starts[i] <= start:
+                start = self.ends[i]
+                i += 1
+                continue
+            stop = min(end, self.starts[i]) if i < len(self.starts) else end
+            out.append((start, stop - start))
+            start = stop
+        return out
+
+    def __contains__(self, page):
+        i = bisect.bisect_right(self.starts, page)
+        return bool(i) and page < self.ends[i - 1]
 
 
 # ---------------------------------------------------------------- checker
 
 class _Checker:
-    def __init__(self, fd, file_size, quick, max_errors, progress, lost_free_list=None):
+    def __init__(self, fd, path, file_size, quick, max_errors, progress):
         self.fd = fd
-        self.lost_free_list = lost_free_list   # pass over the newest meta: its free list is lost
+        self.path = path
         self.file_size = file_size
         self.quick = quick
         self.max_errors = max_errors
@@ -261,7 +411,7 @@ class _Checker:
         return None
 
     def _edge_fault(self, m):
-        """What the engine's open-time verification (FORMAT.md §2, step 3)
+        """What the engine's open-time verification (meta.c, verify_path)
         finds wrong with meta ``m``'s leftmost and rightmost root-to-leaf
         paths, or None."""
         ps, hwm = m["page_size"], m["hwm"]
@@ -288,6 +438,63 @@ class _Checker:
                         return f"page {page}: cell out of bounds"
                     page = _u64(buf, off + 2)[0]
         return None
+
+    def _commits_fault(self, m):
+        """What the engine's open-time verification (FORMAT.md §2; freelist.c,
+        records_verify) finds wrong with the commits of meta ``m`` not known
+        durable -- those after ``m["durable"]`` -- or None: every page their
+        records list as written must hold the checksum listed (stored and
+        computed) and its own page number, unless a later one of those
+        commits freed it (it may have been reused since)."""
+        fd, ps, hwm = self.fd, m["page_size"], m["hwm"]
+
+        def read(page, k):
+            if not 2 <= page < hwm:
+                raise _RecordFault(page, f"page number {page} out of range")
+            buf = os.pread(fd, ps, page * ps)
+            if len(buf) < ps:
+                raise _RecordFault(page, f"page {page} lies past the end of the file")
+            if _u32(buf, 0)[0] != crc32c(memoryview(buf)[4:]):
+                raise _RecordFault(page, f"page {page}: checksum mismatch")
+            if buf[4] != PT_RECORD or _u64(buf, 16)[0] != page:
+                raise _RecordFault(page, f"page {page}: not the record page expected")
+            return buf
+
+        later = _Runs()
+        page, stop = m["record"], max(m["durable"], 1)
+        for txn in range(m["txnid"], stop, -1):    # bounded: a page carries one txnid
+            if not page:
+                return f"commit {txn} has no record"
+            try:
+                for item in _record_items(read, page, txn, ps, hwm):
+                    if item[0] == "head":
+                        prev = item[1]
+                    elif item[0] == "written":
+                        w, crc = item[1], item[2]
+                        if w in later:
+                            continue
+                        buf = os.pread(fd, ps, w * ps) if 2 <= w < hwm else b""
+                        if (len(buf) < ps or _u32(buf, 0)[0] != crc or _u64(buf, 16)[0] != w
+                                or crc32c(memoryview(buf)[4:]) != crc):
+                            return f"page {w}, written by commit {txn}, does not hold what it wrote"
+                    elif item[0] == "freed" and not later.add(item[1], item[2], self.file_size // ps):
+                        return (f"the record of commit {txn} lists a bad freed run "
+                                f"({item[1]}, {item[2]})")
+            except _RecordFault as f:
+                return f.message
+            if not prev and txn - 1 > stop:
+                return f"the record of commit {txn} does not lead to its predecessor's"
+            page = prev
+        return None
+
+    def _unusable(self, m):
+        """Why the engine's open would not use meta ``m`` (meta.c,
+        meta_usable): the file is too short for it, its commits not known
+        durable do not verify, or its edge paths do not; None if it would."""
+        need = m["hwm"] * m["page_size"]
+        if need > self.file_size:
+            return f"the file has {self.file_size} bytes of the {need} it needs"
+        return self._commits_fault(m) or self._edge_fault(m)
 
     def read_metas(self):
         fd, size = self.fd, self.file_size
@@ -323,62 +530,90 @@ class _Checker:
         valid = [i for i in (0, 1) if metas[i] is not None]
         if not valid:
             raise CheckUnreadable(f"no valid meta page: meta 0: {why0}; meta 1: {why1}")
-        valid.sort(key=lambda i: metas[i]["txnid"], reverse=True)
-        crash = {}
-        for i in (0, 1):
-            if metas[i] is None:
-                crash[i] = self._crash_left(i, whys[i], metas[valid[0]])
-                if not crash[i]:
-                    self.add("meta-damaged", i, f"meta {i} is damaged ({whys[i]})")
-        newest = valid[0]
-        ps = metas[newest]["page_size"]
-        chosen = None
+        version = max(metas[i]["version"] for i in valid)
         for i in valid:
-            if metas[i]["hwm"] * ps <= size:
-                chosen = i
-                break
-        nm = metas[newest]
-        if nm["hwm"] * ps > size:
+            if metas[i]["version"] != version:
+                metas[i], whys[i] = None, f"a version {metas[i]['version']} meta"
+        if version != VERSION:
+            self.add("version", None, f"{self.path} is a kvmap version {version} file; this kvmap "
+                     f"reads version {VERSION}: copy its data into a new file with "
+                     f"`kvmap-check --salvage {self.path} NEW` (only its tree is checked)")
+        # the newest: the larger txnid, then the larger durable (the meta a
+        # close sealed durable holds the same commit as the other); else meta 0
+        newest = 1 if metas[0] is None or (metas[1] is not None and _recency(metas[1])
+                                           > _recency(metas[0])) else 0
+        other = 1 - newest
+        nm, om = metas[newest], metas[other]
+        crash = None
+        if om is None:
+            crash = self._crash_left(other, whys[other], nm)
+            if not crash:
+                self.add("meta-damaged", other, f"meta {other} is damaged ({whys[other]})")
+        ps = nm["page_size"]
+
+        def fits(m):
+            return m["hwm"] * ps <= size
+        # The engine's choice (FORMAT.md §2; meta.c, load_meta): the newest
+        # meta if it is usable; else, when the commits after the durable one
+        # it names do not verify (a file too short for them included: their
+        # growth may not have reached the disk either), that durable
+        # commit's meta; else nothing.
+        fallback = False
+        if version == VERSION:
+            fault = self._unusable(nm)
+            ofault = None
+            if (fault and nm["durable"] < nm["txnid"] and om is not None
+                    and om["txnid"] == nm["durable"]):
+                ofault = self._unusable(om)
+                fallback = ofault is None
+            if fault and not fallback and (fits(nm) or ofault):
+                self.add("meta-unusable", newest, f"the engine refuses to open the file: meta "
+                         f"{newest} (txnid {nm['txnid']}): {fault}" + (
+                             f"; meta {other} (txnid {om['txnid']}), the durable commit it falls "
+                             f"back to: {ofault}" if ofault else ""))
+        if not fits(nm) and not fallback:
             first_missing = size // ps
             self.add("truncated", first_missing,
                      f"file is {size} bytes, shorter than hwm {nm['hwm']} x page size {ps} of "
                      f"meta {newest} (txnid {nm['txnid']}); pages from {first_missing} are missing")
-        if chosen is None:
-            chosen = newest
+        chosen = other if fallback or (not fits(nm) and om is not None and fits(om)) else newest
+        cm = metas[chosen]
+        if not fits(cm):
             self.notes.append(f"no meta fits the file size; checking meta {chosen} anyway")
-        other = 1 - chosen
-        lost = None
-        if (chosen == newest and metas[other] is not None and metas[newest]["flags"] & M_FLAGS_NOSYNC
-                and metas[other]["hwm"] * ps <= size):
-            # The engine's fallback (FORMAT.md §2, step 4): a sync=False
-            # commit whose tree a power loss left incomplete is passed over.
-            lost = self._edge_fault(metas[newest])
-            if not lost and self.lost_free_list:
-                lost = f"its free list is damaged: {self.lost_free_list}"
-            if lost and not self._edge_fault(metas[other]):
-                chosen, other = other, newest
-            else:
-                lost = None
-        if lost:
-            self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}), a commit made with "
-                              f"sync=False, was lost by a crash ({lost}); using the older meta "
-                              f"{chosen} (txnid {metas[chosen]['txnid']}), as the engine does")
-        elif metas[other] is None:
-            self.notes.append(f"meta {other} " + (crash[other] if crash[other] else
-                                                   f"is damaged ({whys[other]})")
+        if fallback:
+            sync = ", a commit made with sync=False" if nm["flags"] & M_FLAGS_NOSYNC else ""
+            self.notes.append(
+                f"meta {newest} (txnid {nm['txnid']}{sync}) names commit {nm['durable']} as "
+                f"durable, and the commits after it were lost by a crash before they were "
+                f"durable ({fault}), or damaged; using meta {chosen} (txnid {cm['txnid']}), as "
+                f"the engine does")
+        elif om is None:
+            self.notes.append(f"meta {other} " + (crash if crash else f"is damaged ({whys[other]})")
                               + f"; using meta {chosen}")
         elif chosen != newest:
-            self.notes.append(f"meta {newest} (txnid {metas[newest]['txnid']}) does not fit the "
-                              f"file; using the older meta {chosen} (txnid {metas[chosen]['txnid']})")
+            self.notes.append(f"meta {newest} (txnid {nm['txnid']}) does not fit the file; "
+                              f"checking the older meta {chosen} (txnid {cm['txnid']})")
+        elif nm["txnid"] != om["txnid"]:
+            self.details.append(f"using meta {chosen}: the newer (txnid {nm['txnid']} > "
+                                f"{om['txnid']})")
+        elif nm.get("durable") != om.get("durable"):
+            self.details.append(f"using meta {chosen}: both metas hold commit {nm['txnid']}; it "
+                                f"names the newer durable one ({nm['durable']} > {om['durable']})")
         else:
-            self.details.append(f"using meta {chosen}: the newer (txnid {metas[chosen]['txnid']} > "
-                                f"{metas[other]['txnid']})")
-        if metas[chosen]["flags"] & M_FLAGS_NOSYNC:
-            self.details.append(f"meta {chosen} was written by a commit made with sync=False")
+            self.details.append(f"using meta {chosen}: both metas hold commit {nm['txnid']}")
+        if cm.get("durable", cm["txnid"]) < cm["txnid"]:
+            first = cm["durable"] + 1
+            self.details.append(
+                f"meta {chosen}: commit {first} was not known durable when it was written; its "
+                f"pages verify against its record" if first == cm["txnid"] else
+                f"meta {chosen}: commits {first} to {cm['txnid']} were not known durable when it "
+                f"was written; their pages verify against their records")
+        if cm["flags"] & M_FLAGS_NOSYNC:
+            self.details.append(f"meta {chosen}: no flush followed its commit (sync=False)")
         self.metas = metas
         self.newest = newest
         self.meta_used = chosen
-        self.meta = metas[chosen]
+        self.meta = cm
         return self.meta
 
     # ------------------------------------------------------------ pages
@@ -391,7 +626,7 @@ class _Checker:
         self.npages = min(self.hwm, self.file_pages)       # pages we can account for
         self.owner = bytearray(self.npages)
         self.bad = bytearray(self.npages)                  # 1: checksum mismatch (full mode)
-        self.freed = bytearray(self.npages)                # 1: the free list lists it (free/pending)
+        self.freed = bytearray(self.npages)                # 1: listed free or pending
         for i in range(min(2, self.npages)):
             self.owner[i] = O_META
         self.usable = ps - HDR
@@ -400,7 +635,7 @@ class _Checker:
 
     def checksum_pass(self):
         """Full mode, after the walks: verify the checksum of every page the
-        tree and the free list reach (free and pending pages hold whatever
+        tree and the free space reach (free and pending pages hold whatever
         they held; they are not checked), reading the file in large
         sequential chunks."""
         ps, n, owner = self.ps, self.npages, self.owner
@@ -656,10 +891,20 @@ class _Checker:
                 return
             p = nxt
 
-    # ------------------------------------------------------------ free list
+    # ------------------------------------------------------------ free space
 
     def walk_free(self):
+        """The free space of the meta (FORMAT.md §6; freelist.c,
+        freelist_load): the bitmap-index chain, the records of the commits
+        after the floor (the newest one's overrides replace index entries),
+        then the bitmaps; the free and pending pages they list are claimed.
+        A version 1 file's free list is not read (its format is gone):
+        nothing is known free there."""
         m = self.meta
+        self.free_bits = self.pending_pages = None
+        self.free_complete = False
+        if m["version"] != VERSION:
+            return
         hwm = self.hwm
         B = self.usable * 8
         nranges = -(-hwm // B)
@@ -667,12 +912,21 @@ class _Checker:
         self.pending_pages = 0
         start = self.total
         try:
-            self._walk_free(m, hwm, B, nranges)
+            bitmaps = self._free_index(m, hwm, nranges)
+            self._records(m, bitmaps, nranges)
+            self._bitmaps(hwm, B, bitmaps[:nranges])
+            if self.free_bits != m["free_count"]:
+                self.add("free-count", self.meta_used, f"bitmaps mark {self.free_bits} pages "
+                         f"free; meta {self.meta_used} free_count says {m['free_count']}")
+            if self.pending_pages != m["pending_count"]:
+                self.add("pending-count", self.meta_used, f"live records list "
+                         f"{self.pending_pages} pages freed; meta {self.meta_used} "
+                         f"pending_count says {m['pending_count']}")
         finally:
             self.free_complete = self.total == start
 
-    def _walk_free(self, m, hwm, B, nranges):
-        # bitmap-index chain
+    def _free_index(self, m, hwm, nranges):
+        """The bitmap page of each range, from the bitmap-index chain."""
         bitmaps = []
         p, hops, what = m["free_index"], 0, "meta free_index"
         per = self.usable // 8
@@ -696,10 +950,96 @@ class _Checker:
         if m["free_index"] and not broken and len(bitmaps) != nranges:
             self.add("free-list", m["free_index"], f"bitmap index holds {len(bitmaps)} entries; "
                      f"hwm {hwm} needs {nranges}")
-        for r, bm in enumerate(bitmaps[:nranges]):
+        return bitmaps
+
+    def _records(self, m, bitmaps, nranges):
+        """Walk the live records, newest first: those of the commits after
+        the floor (older ones are void: never read), reached through their
+        ``prev`` pointers from the meta's.  Their pages are claimed, so are
+        the pages they list freed (pending), except those a newer record
+        lists as released early; the newest record's overrides replace
+        entries of ``bitmaps``."""
+        stop = max(m["floor"], 1)
+        page = m["record"]
+        marked = 0
+        released = _Runs()      # pages the records read so far released early
+        for txn in range(m["txnid"], stop, -1):     # bounded: each record claims a page
+            first, prev, last_range = page, 0, None
+            try:
+                for item in _record_items(self._record_reader(txn), first, txn, self.ps,
+                                          self.hwm):
+                    kind, a, b = item[:3]
+                    if kind == "head":
+                        prev, flags = a, item[5]
+                        if flags & ~R_FLAGS_PAGES_DURABLE or (flags and b):
+                            self.add("free-list", first, f"record page {first}: flags {flags} "
+                                     f"and {b} written pages (the only flag, pages made durable "
+                                     f"before the meta, lists none)")
+                    elif kind == "freed":
+                        # a run may reach past hwm where a newer record released
+                        # its pages early (a later commit may have trimmed them)
+                        if b < 1 or a < 2 or a + b > self.file_pages:
+                            marked = self._pending_run(first, a, b, marked)   # reports it
+                        else:
+                            for s_, c_ in released.outside(a, b):
+                                marked = self._pending_run(first, s_, c_, marked)
+                    elif kind == "released" and not released.add(a, b, self.file_pages):
+                        self.add("free-list", first, f"record page {first}: released run "
+                                 f"({a}, {b}) is empty or outside [2, {self.file_pages}) "
+                                 f"(the file's pages)")
+                    elif kind == "override" and txn == m["txnid"]:
+                        if a >= nranges or (last_range is not None and a <= last_range):
+                            self.add("free-list", first, f"record page {first}: bitmap override "
+                                     f"of range {a} out of order or out of range (hwm "
+                                     f"{self.hwm} has {nranges} ranges)")
+                        elif a < len(bitmaps):
+                            bitmaps[a] = b
+                        last_range = a
+            except _RecordFault as f:
+                if f.message:
+                    self.add("free-list", f.page, f.message)
+                return
+            if not prev and txn - 1 > stop:
+                self.add("free-list", first, f"record page {first}: the record of commit {txn} "
+                         f"does not lead to its predecessor's (prev 0), which is live (floor "
+                         f"{m['floor']})")
+                return
+            page = prev
+
+    def _record_reader(self, txn):
+        """``read`` for :func:`_record_items` in the walk: claims and vets
+        each page of the record of commit ``txn`` (ref_ok, claim and
+        read_page report what is wrong)."""
+        def read(page, k):
+            what = f"page {k} of the record of commit {txn}"
+            if not self.ref_ok(page, what) or not self.claim(page, O_RECORD, what):
+                raise _RecordFault(page)
+            buf = self.read_page(page, (PT_RECORD,), what)
+            if buf is None:
+                raise _RecordFault(page)
+            return buf
+        return read
+
+    def _pending_run(self, record, start, count, marked):
+        """Claim the run (start, count) that a live record lists freed."""
+        if count < 1 or start < 2 or start + count > self.hwm:
+            self.add("free-list", record, f"record page {record}: freed run ({start}, {count}) "
+                     f"is empty or outside [2, {self.hwm})")
+            return marked
+        self.pending_pages += count
+        for pg in range(start, min(start + count, self.npages)):
+            marked += 1
+            if marked > self.npages:                      # garbage: stop marking
+                return marked
+            self.claim(pg, O_PENDING, f"listed freed in record page {record}")
+        return marked
+
+    def _bitmaps(self, hwm, B, bitmaps):
+        """Read the bitmap page of each range and claim the free pages."""
+        for r, bm in enumerate(bitmaps):
             if bm == 0:
                 continue
-            what = f"bitmap-index entry {r}"
+            what = f"the bitmap of range {r}"
             if not self.ref_ok(bm, what) or not self.claim(bm, O_FREE_BITMAP, what):
                 continue
             buf = self.read_page(bm, (PT_FREE_BITMAP,), what)
@@ -723,68 +1063,6 @@ class _Checker:
                         self.free_bits += 1
                         if pg < self.npages:
                             self.claim(pg, O_FREE, f"set in bitmap page {bm}")
-        if self.free_bits != m["free_count"]:
-            self.add("free-count", self.meta_used, f"bitmaps mark {self.free_bits} pages free; "
-                     f"meta {self.meta_used} free_count says {m['free_count']}")
-        # pending-index chain
-        floor = m["pending_floor"]
-        p, hops, what = m["free_pending"], 0, "meta free_pending"
-        per = self.usable // 16
-        marked = 0
-        while p and hops <= self.npages:
-            hops += 1
-            if not self.ref_ok(p, what) or not self.claim(p, O_PENDING_INDEX, what):
-                break
-            buf = self.read_page(p, (PT_PENDING_INDEX,), what)
-            if buf is None:
-                break
-            nk = _u16(buf, 6)[0]
-            if nk > per:
-                self.add("free-list", p, f"pending-index page {p}: {nk} entries > {per}")
-                break
-            for i in range(nk):
-                rec, txn = _u64(buf, HDR + 16 * i)[0], _u64(buf, HDR + 16 * i + 8)[0]
-                if txn <= floor:
-                    continue                               # void: never follow
-                marked = self.pending_record(rec, txn, f"pending-index page {p} entry {i}", marked)
-            p, what = _u64(buf, 24)[0], f"pending-index page {p} next"
-        if self.pending_pages != m["pending_count"]:
-            self.add("pending-count", self.meta_used, f"live pending records list "
-                     f"{self.pending_pages} pages; meta {self.meta_used} pending_count says "
-                     f"{m['pending_count']}")
-
-    def pending_record(self, rec, txn, what, marked):
-        if not self.ref_ok(rec, what) or not self.claim(rec, O_PENDING_REC, what):
-            return marked
-        buf = self.read_page(rec, (PT_PENDING,), what)
-        if buf is None:
-            return marked
-        hdr_txn = _u64(buf, 8)[0]
-        if hdr_txn != txn:
-            self.add("free-list", rec, f"pending-record page {rec}: header txnid {hdr_txn}, "
-                     f"but {what} says {txn}")
-        nk = _u16(buf, 6)[0]
-        if nk > self.usable // 16:
-            self.add("free-list", rec, f"pending-record page {rec}: {nk} records > "
-                     f"{self.usable // 16}")
-            return marked
-        # FORMAT.md says "sorted by start", but the engine writes the runs of
-        # the tree pages it freed, then (separately sorted) the runs of the
-        # free-list pages it replaced; so order is not checked, only overlap
-        # (through the page owners).
-        for i in range(nk):
-            start, count = _u64(buf, HDR + 16 * i)[0], _u64(buf, HDR + 16 * i + 8)[0]
-            if count < 1 or start < 2 or start + count > self.hwm:
-                self.add("free-list", rec, f"pending-record page {rec} record {i}: "
-                         f"({start}, {count}) is empty or outside [2, {self.hwm})")
-                continue
-            self.pending_pages += count
-            for pg in range(start, min(start + count, self.npages)):
-                marked += 1
-                if marked > self.npages:                  # garbage: stop marking
-                    return marked
-                self.claim(pg, O_PENDING, f"listed pending in record page {rec}")
-        return marked
 
     # ------------------------------------------------------------ ownership
 
@@ -823,13 +1101,10 @@ def _note(agg, kind, msg):
         agg[kind] = [msg, 1]
 
 
-_FREE_LIST_PAGES = (O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX)
-
-
-def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
+def _run(fd, path, quick, max_errors, progress):
     try:
         size = os.fstat(fd).st_size
-        c = _Checker(fd, size, quick, max(0, int(max_errors)), progress, lost_free_list)
+        c = _Checker(fd, path, size, quick, max(0, int(max_errors)), progress)
         c.read_metas()
         c.setup()
         c.walk_tree()
@@ -839,7 +1114,8 @@ def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
         c.walk_free()
         if not quick:
             c.checksum_pass()
-        c.ownership()
+        if c.meta["version"] == VERSION:       # (a version 1 file's free pages are unknown)
+            c.ownership()
         summary = c.summary()
     except OSError as e:
         raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
@@ -847,16 +1123,6 @@ def _run(fd, path, quick, max_errors, progress, lost_free_list=None):
         progress(1, 1)
     rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
                       meta_used=c.meta_used, meta_notes=c.notes, details=c.details, summary=summary)
-    # A writable open passes over a sync=False meta whose free list it cannot
-    # load (FORMAT.md §2, step 5), whatever else is damaged: then check the
-    # older meta, as the engine will use it (if that one is sound).
-    damaged = [p for p in c.problems if p.kind == "free-list" or (
-        p.page is not None and p.page < c.npages and c.owner[p.page] in _FREE_LIST_PAGES)]
-    if (lost_free_list is None and damaged and c.meta_used == c.newest
-            and c.meta["flags"] & M_FLAGS_NOSYNC):
-        older, oc = _run(fd, path, quick, max_errors, progress, damaged[0].message)
-        if older.ok and older.meta_used != c.meta_used:
-            return older, oc
     return rep, c
 
 
@@ -883,12 +1149,15 @@ def _open(path):
 # pages that neither meta reaches -- free pages, or pages past the hwm --
 # whose contents the check does not judge) and the report stands.  A writer
 # cannot change pages and put the metas back to identical bytes: every
-# commit writes the next txnid (its predecessor's + 1, never reused) into
-# one meta's first 128 bytes, so after any completed commit at least one
-# meta differs from every earlier version of itself.  A meta write caught
-# half done by the first read is caught again by the second (its final bytes
-# differ from the torn ones).  Growth (or a truncation by anyone) changes
-# the size, which is compared too.
+# commit writes the next txnid (its predecessor's + 1) into one meta's first
+# 128 bytes (a close that seals the newest commit durable rewrites the other
+# meta with a larger durable field), and a txnid is used again only in place
+# of a commit that open passed over (lost by a crash), so after any
+# completed commit at least one meta differs from every earlier version of
+# itself -- short of a commit that repeats a lost one's meta byte for byte.
+# A meta write caught half done by the first read is caught again by the
+# second (its final bytes differ from the torn ones).  Growth (or a
+# truncation by anyone) changes the size, which is compared too.
 
 _META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be
 
@@ -1010,7 +1279,8 @@ def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = N
 # leaf that the walk does not reach (an "orphan") is taken only when it is
 # provably the current content of such a range:
 #
-# * its page is not listed free or pending by the newest free list, and its
+# * its page is not listed free or pending by the newest free space (when
+#   that was read whole: a damaged one may list a current leaf), and its
 #   header txnid is not above the newest meta's;
 # * all its keys lie in one missing range of a subtree rooted at a branch (a
 #   range whose missing page is itself the leaf is "dead": the leaf is lost);
@@ -1019,7 +1289,7 @@ def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = N
 #   rebalance), so the leaf covering a key at the newest commit is the newest
 #   version ever written for that key: an overlapping newer version proves
 #   this one old;
-# * and the newest free list was read whole (every page of it intact), so
+# * and the newest free space was read whole (every page of it intact), so
 #   every page freed since is known; or its txnid is the newest commit's.
 #
 # An orphan that passes all but the last test cannot be told apart from an
@@ -1046,11 +1316,11 @@ class SalvageResult:
 
 def _salvage_state(c):
     """The checker state salvage reads by: the check's own when it used the
-    newest valid meta; else the newest meta's free list, walked afresh."""
+    newest valid meta; else the newest meta's free space, walked afresh."""
     if c.meta_used == c.newest:
         s = c
     else:
-        s = _Checker(c.fd, c.file_size, True, 0, None)
+        s = _Checker(c.fd, c.path, c.file_size, True, 0, None)
         s.metas, s.newest, s.meta_used = c.metas, c.newest, c.newest
         s.meta = c.metas[c.newest]
         s.notes = []
@@ -1060,13 +1330,13 @@ def _salvage_state(c):
     return s
 
 
-_FREE_LIST_CODES = bytes(1 if i in (O_FREE_INDEX, O_FREE_BITMAP, O_PENDING_REC, O_PENDING_INDEX)
-                         else 0 for i in range(256))
+_FREE_SPACE_CODES = bytes(1 if i in _FREE_SPACE_PAGES else 0 for i in range(256))
 
 
 def _free_pages_intact(s):
-    """Do the checksums of all the free-list pages match?"""
-    want = s.owner.translate(_FREE_LIST_CODES)
+    """Do the checksums of all the free-space pages (index, bitmaps, live
+    records) match?"""
+    want = s.owner.translate(_FREE_SPACE_CODES)
     p = want.find(1, 2)
     while p != -1:
         buf = os.pread(s.fd, s.ps, p * s.ps)
@@ -1163,7 +1433,8 @@ def _salvage_orphans(s):
     s.missing.sort(key=lambda r: r[0])
     rlo = [r[0] for r in s.missing]
     rhi = [r[1] for r in s.missing]
-    # candidates: intact leaves at their own page, not taken, not free
+    # candidates: intact leaves at their own page, not taken, not free (as
+    # far as the free space can tell)
     cands = []
     chunk = max(4, (8 << 20) // ps)
     p = 2
@@ -1173,7 +1444,7 @@ def _salvage_orphans(s):
         mv = memoryview(buf)
         for i in range(min(cnt, len(buf) // ps)):
             pg, o = p + i, i * ps
-            if s.taken[pg] or s.freed[pg] or buf[o + 4] != PT_LEAF:
+            if s.taken[pg] or (s.freed[pg] and s.free_complete) or buf[o + 4] != PT_LEAF:
                 continue
             _, _, _, nkeys, txnid, pgno, _ = _hdr(buf, o)
             if (pgno == pg and nkeys and txnid <= T
@@ -1386,13 +1657,14 @@ def _salvage(fd, path, out, unverified, progress, batch):
     if recovered > in_tree:
         notes.append(f"{recovered - in_tree} entries come from {len(s.orphans)} intact leaf "
                      f"pages that the damaged tree no longer reaches (proven current: not "
-                     f"free, no newer version, the free list read whole)")
+                     f"free, no newer version, the free space read whole)")
     if unv_leaves:
         where = (f"written to {unverified}" if unverified is not None
                  else "not copied (see --unverified)")
         notes.append(f"{unv_pairs} entries in {len(unv_leaves)} intact leaf pages under the "
                      f"missing parts of the tree cannot be proven current (the newest free "
-                     f"list is incomplete): they may be older values or deleted keys; {where}")
+                     f"space is incomplete, or unread in a version 1 file): they may be older "
+                     f"values or deleted keys; {where}")
     return SalvageResult(report=rep, out=os.fspath(out), meta_used=s.meta_used,
                          recovered=recovered, lost=max(0, s.meta["entries"] - recovered),
                          damaged_leaves=sorted(s.damaged_leaves), lost_values=s.lost_values,

@@ -26,6 +26,8 @@ BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
 GROW_MIN = 1 << 20      # bytes the file grows by at least (read at open)
 GROW_MAX = 1 << 30      # and at most
+SYNC_BYTES = 64 << 20   # sync=False: flush after this many bytes (docs/ARCHITECTURE.md §2)
+SYNC_INTERVAL = None    # or at a commit this many seconds after the last flush (None: never)
 
 
 # dbm's flags: (readonly, create, new)
@@ -35,7 +37,7 @@ FLAGS = {"r": (True, False, False), "w": (False, False, False), "c": (False, Tru
 
 def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=None, backend="mmap",
          growth="reserve", writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20,
-         max_readers=126, verify_checksums=None):
+         max_readers=126, verify_checksums=None, sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL):
     """Open (or create) the database file at ``path``.
 
     ``kvmap.open(path, flag, mode)`` takes ``dbm.open``'s arguments, so kvmap
@@ -67,8 +69,18 @@ def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=N
         never moves), ``"mremap"`` or ``"remap"`` (munmap + mmap).
     :param writemap: write new pages through a writable map instead of pwrite
         (the map is read-only otherwise, so stray writes fault).
-    :param sync: True: a commit that returned survives power loss.  False:
-        skip fdatasync; a commit survives a killed process, not a power loss.
+    :param sync: True: a commit that returned survives power loss (one
+        ``fdatasync`` per commit).  False: commits do not wait for the disk;
+        they survive a killed process, and after a power loss the database
+        opens to a commit at or after the last flush (README "Durability").
+    :param sync_bytes: with ``sync=False``, flush once this many bytes were
+        written since the last flush (default 64 MiB).  It also bounds what
+        open verifies after a crash: a commit larger than this syncs its
+        pages before its meta.
+    :param sync_interval: with ``sync=False``, a commit made this many
+        seconds after the last flush flushes (default 1.0; None: never).
+        Commits are the only clock: an idle database flushes at the next
+        commit, ``sync()`` or ``close()``.
     :param map_size: bytes of address space reserved for ``growth="reserve"``
         (not memory, not disk); the file cannot grow past it.
     :param cache_size: bytes of page cache of the ``pread`` backend.
@@ -93,7 +105,7 @@ def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=N
     return Database(os.fspath(path), readonly=readonly, create=create, page_size=page_size,
                     backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
                     cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums,
-                    new=new, mode=mode)
+                    new=new, mode=mode, sync_bytes=sync_bytes, sync_interval=sync_interval)
 
 
 class Database(_Closing, _Reads, MutableMapping):
@@ -107,7 +119,8 @@ class Database(_Closing, _Reads, MutableMapping):
     pickled."""
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
-                 map_size, cache_size, max_readers, verify_checksums=None, new=False, mode=0o666):
+                 map_size, cache_size, max_readers, verify_checksums=None, new=False, mode=0o666,
+                 sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL):
         self._h = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
@@ -118,6 +131,10 @@ class Database(_Closing, _Reads, MutableMapping):
             raise ValueError("page_size must be a power of two from 4096 to 65536")
         if not 1 <= max_readers <= 1 << 20:
             raise ValueError("max_readers must be between 1 and 2**20")
+        if not isinstance(sync_bytes, int) or sync_bytes < 4096:
+            raise ValueError(f"sync_bytes must be an int of at least 4096, not {sync_bytes!r}")
+        if sync_interval is not None and not (isinstance(sync_interval, (int, float)) and 0 < sync_interval < 1e9):
+            raise ValueError(f"sync_interval must be a positive number of seconds or None, not {sync_interval!r}")
         self.path = path
         self.backend = backend
         self.growth = growth if backend == "mmap" else None
@@ -139,6 +156,8 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.cache_bytes = cache_size
         opt.grow_min = GROW_MIN
         opt.grow_max = GROW_MAX
+        opt.sync_bytes = sync_bytes
+        opt.sync_interval_ms = 0 if sync_interval is None else max(1, round(sync_interval * 1000))
         if not create and not os.path.exists(path):
             raise os_error(errno.ENOENT, "opening the database file (create=False)", path)
         self._fork_gen = fork_generation[0]
@@ -166,12 +185,17 @@ class Database(_Closing, _Reads, MutableMapping):
         """Close the database (idempotent).  Waits for the C calls other
         threads have in flight; afterwards every use of it, of its snapshots,
         iterators and of an open write transaction raises ClosedError (the
-        transaction is aborted: nothing of it was written)."""
+        transaction is aborted: nothing of it was written).  Commits made
+        with ``sync=False`` are flushed first; if that fails, the database is
+        closed all the same and IOFailure is raised."""
         h = self._h
         if h is None:
             return
+        rc = 0 if self.readonly or self._forked() else lib.kvm_env_sync_released(h)
         self._h = None
         lib.kvm_env_close_released(h)
+        if rc and rc not in (lib.KVM_CLOSED, lib.KVM_FAILED):
+            raise error_for(rc, self.path)
 
     @property
     def _path(self):   # what _Reads and its errors name, as Snapshot's and Transaction's
@@ -345,6 +369,7 @@ class Database(_Closing, _Reads, MutableMapping):
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
+            "durable_txnid": st.durable, "unsynced_bytes": st.unsynced_bytes,
             "file_size": st.file_size,
             "free_pages": st.free_count, "pending_pages": st.pending_count,
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self._sync,

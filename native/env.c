@@ -28,6 +28,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ errors */
@@ -53,6 +54,13 @@ int kvm_err_sys(int code, int errnum, const char *what)
     snprintf(err_text, sizeof err_text, "%s: %s", what, strerror(errnum));
     err_errno = errnum;
     return code;
+}
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 int space_code(int errnum)
@@ -138,27 +146,14 @@ int kvm_env_usable(kvm_env *e)
     return rc;
 }
 
-/* The free space of a writable handle, from the free list of the meta in
-** use.  A power loss after sync=False commits can leave the newest meta's
-** tree whole but its free list not: the state before that commit is intact,
-** so use the older meta, as open does when the tree's edge paths are damaged
-** (FORMAT.md §2, step 5). */
-static int space_open(kvm_env *e, uint32_t want, int older)
+/* The free space of a writable handle, from the meta in use (whose
+** commits open verified: damage here is damage, never a power loss). */
+static int space_open(kvm_env *e)
 {
-    for (;;) {
-        int rc = space_new(&e->space, e->psize, e->st.hwm);
-        if (!rc && !(rc = freelist_load(e, e->space, &e->st)))
-            return 0;
-        space_free(e->space);
-        e->space = NULL;
-        if (rc != KVM_CORRUPT || older || !(e->st.flags & M_FLAGS_NOSYNC))
-            return rc;
-        older = 1;
-        if ((rc = load_meta(e, want, 1)))
-            return rc;
-        if (e->st.hwm * e->psize > e->file_size)
-            return kvm_err(KVM_CORRUPT, "%s: the older meta does not fit the file", e->path);
-    }
+    int rc = space_new(&e->space, e->psize, e->st.hwm);
+    if (!rc)
+        rc = freelist_load(e, e->space, &e->st);
+    return rc;
 }
 
 /* Release the file and the mapping once no call is in flight.  In a child
@@ -172,6 +167,11 @@ void kvm_env_close(kvm_env *e)
     int forked = env_forked(e);
     while (!forked && __atomic_load_n(&e->inflight, __ATOMIC_SEQ_CST))
         sched_yield();
+    /* Commits made with sync=False become durable at close, and the newest
+    ** meta is sealed (txn.c, env_seal).  Python's close calls kvm_env_sync
+    ** first, to report a failure. */
+    if (!forked && e->space && e->fd >= 0 && !e->failed)
+        env_seal(e);
     if (e->base)
         kvm_sys.munmap(e->base, e->reserved);
     e->base = NULL;
@@ -194,6 +194,7 @@ static void env_free(kvm_env *e)
     if (!env_forked(e)) {   /* a parent's thread may hold them in the child's copy */
         pthread_rwlock_destroy(&e->map_lock);
         pthread_mutex_destroy(&e->cache_lock);
+        pthread_mutex_destroy(&e->durable_lock);
     }
     free(e->readers);
     free(e->scratch);
@@ -234,6 +235,10 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     pthread_rwlock_init(&e->map_lock, &ra);
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&e->cache_lock, NULL);
+    pthread_mutex_init(&e->durable_lock, NULL);
+    e->sync_bytes = opt->sync_bytes ? opt->sync_bytes : 64ull << 20;
+    e->sync_interval_ns = opt->sync_interval_ms * 1000000ull;
+    e->last_flush_ns = now_ns();   /* the file as opened counts as flushed */
     e->readonly = (opt->flags & KVM_OPEN_READONLY) != 0;
     e->backend = opt->backend;
     e->growth = opt->growth;
@@ -297,7 +302,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
             goto fail;
         }
         rc = init_file(e, want ? want : KVM_MIN_PAGE);
-    } else if ((rc = load_meta(e, want, 0)) != 0 &&
+    } else if ((rc = load_meta(e, want)) != 0 &&
                (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
         /* A file that only an interrupted creation wrote holds nothing. */
         uint32_t ps = 0;
@@ -319,8 +324,11 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = map_open(e, opt->map_size);
     else
         rc = cache_init(&e->cache, opt->cache_bytes / e->psize, e->psize);
-    if (!rc && !e->readonly)
-        rc = space_open(e, want, 0);
+    /* A writable handle makes the state it opened durable before it builds
+    ** on it (after a crash, the newest commits may be in the page cache
+    ** only), so its first commit may take the other meta slot. */
+    if (!rc && !e->readonly && !(rc = space_open(e)))
+        rc = env_flush(e);
     if (rc)
         goto fail;
     *out = e;
@@ -343,10 +351,12 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->entries = s.entries;
     st->hwm = s.hwm;
     st->free_index = s.free_index;
-    st->free_pending = s.free_pending;
+    st->record = s.record;
     st->free_count = e->space ? space_free_count(e->space) : s.free_count;
     st->pending_count = e->space ? e->space->pending_count : s.pending_count;
-    st->pending_floor = s.pending_floor;
+    st->floor = s.floor;
+    st->durable = __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE);
+    st->unsynced_bytes = e->unsynced_bytes;
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->meta_slot;
@@ -397,14 +407,12 @@ int64_t kvm_env_txnid(kvm_env *e)
     return rc ? rc : (int64_t)s.txnid;
 }
 
-/* Read a free-list page with pread: number in range, checksum, type and
+/* Read a free-space page below hwm with pread: number in range, checksum, type and
 ** header page number verified. */
-int env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
+int env_read_page(kvm_env *e, uint64_t pgno, uint64_t hwm, int type, char *out)
 {
     uint8_t *p = (uint8_t *)out;
-    kvm_state s;
-    state_load(e, &s);
-    if (pgno < 2 || pgno >= s.hwm)
+    if (pgno < 2 || pgno >= hwm)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range", (unsigned long long)pgno);
     ssize_t n = kvm_sys.pread(e->fd, p, e->psize, (off_t)(pgno * e->psize));
     if (n < 0)
@@ -418,21 +426,13 @@ int env_read_page(kvm_env *e, uint64_t pgno, int type, char *out)
     return 0;
 }
 
-/* Make every commit so far durable (the file's fdatasync; with sync=True
-** they are already).  A failed sync fails the handle, as in a commit: the
-** kernel may have dropped the pages it could not write, so it is never
-** retried. */
+/* Make every commit so far durable (txn.c, env_flush). */
 int kvm_env_sync(kvm_env *e)
 {
     int rc = env_enter(e);
     if (rc)
         return rc;
-    if (e->failed)
-        rc = kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
-    else if (!e->readonly && kvm_sys.fdatasync(e->fd) != 0) {
-        e->failed = 1;
-        rc = kvm_err_sys(KVM_IO, errno, "syncing the database file (the handle refuses writes until reopened)");
-    }
+    rc = env_flush(e);
     env_leave(e);
     return rc;
 }

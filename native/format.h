@@ -1,5 +1,5 @@
 /*
-** format.h -- the kvmap file format v1, byte by byte (docs/FORMAT.md has the
+** format.h -- the kvmap file format v2, byte by byte (docs/FORMAT.md has the
 ** full description; this is the summary the code works from).
 **
 ** A database is one file of fixed-size pages (a power of two, 4 KiB to
@@ -10,7 +10,7 @@
 **
 **   off  size  field
 **     0     8  magic  "\x89KVM\r\n\x1a\n"
-**     8     4  format version (1)
+**     8     4  format version (2)
 **    12     4  page size in bytes
 **    16     8  txnid of the commit that wrote this meta
 **    24     8  root page of the main tree (0: empty tree)
@@ -19,15 +19,19 @@
 **    40     8  number of entries in the main tree
 **    48     8  high-water mark: pages [0, hwm) are in use or listed free
 **    56     8  first free-bitmap index page (0: none)
-**    64     8  first pending index page (0: none)
+**    64     8  first page of this commit's record (0: no commit yet)
 **    72     8  number of free pages listed in the bitmaps
 **    80     8  number of pages listed as pending
-**    88     8  pending floor: pending records of commits <= floor are void
-**    96    28  reserved, zero
+**    88     8  floor: commits <= floor are released (their records void)
+**    96     8  durable: the newest commit whose pages were on disk when
+**              this meta was written; open verifies the pages that the
+**              records of commits (durable, txnid] list
+**   104    20  reserved, zero
 **   124     4  crc32c of bytes [0, 124)
 **
-** Transaction T writes meta page T % 2; open picks the valid meta with the
-** larger txnid.
+** A commit writes the meta slot that does not hold the newest durable
+** commit; open takes the newest valid meta whose records verify, else the
+** durable one that meta names.
 **
 ** Page header (all other pages):
 **
@@ -39,8 +43,8 @@
 **     8     8  txnid of the transaction that wrote the page
 **    16     8  the page's own number (detects misplaced pages)
 **    24     4  branch, leaf: offset of the cell content area ("upper")
-**    24     8  overflow, index pages: next page of the chain (0: end);
-**              free-bitmap pages: first page number the bitmap covers
+**    24     8  overflow, index, record pages: next page of the chain
+**              (0: end); free-bitmap pages: first page number covered
 **
 ** Branch and leaf pages are slotted: a u16 cell-offset array grows up from
 ** byte 32, cells grow down from the end of the page.  Cells are in key order.
@@ -53,12 +57,26 @@
 ** max_cell = (page_size - 32) / 4, so every page holds at least four cells.
 ** The largest key is max_cell - 16 (1000 bytes at 4 KiB pages).
 **
-** Free list: bitmap pages (bit j of the body: page first + j is free) found
-** through a chain of bitmap-index pages (u64 bitmap page per range, 0 for
-** none); pending record pages (u64 start, u64 count records of pages freed
-** by the commit in their header's txnid) found through a chain, newest
-** first, of pending-index pages (u64 record page, u64 txnid entries;
-** entries with txnid <= the meta's pending floor are void).
+** Free space: bitmap pages (bit j of the body: page first + j is free)
+** found through a chain of bitmap-index pages (u64 bitmap page per range,
+** 0 for none), overridden by the newest record's (range, page) pairs.
+** Commit records (one chain of pages per commit, flags 1 on every page
+** after the first) list the pages the commit wrote with their checksums,
+** the runs it freed (pending until released) and the bitmap overrides;
+** each points to the previous commit's record.
+**
+**   record (a byte stream over the chain: bytes [32, page_size) of each
+**   page; the entries follow the fixed fields, from byte 64 of the first):
+**   off  size  field (first page)
+**    32     8  first page of the previous commit's record (0: none)
+**    40     4  n_written: (u64 page, u32 checksum) entries
+**    44     4  n_freed: (u64 start, u64 count) runs freed by the commit
+**    48     4  n_released: (u64 start, u64 count) runs of older commits'
+**              pending pages this commit's writer made reusable early
+**    52     4  n_override: (u64 range, u64 bitmap page) pairs
+**    56     4  flags: bit 0 (R_FLAGS_PAGES_DURABLE) the commit's pages were
+**              synced before its meta; n_written is then 0
+**    60     4  zero
 */
 #ifndef KVM_FORMAT_H
 #define KVM_FORMAT_H
@@ -67,11 +85,11 @@
 #include <string.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "kvmap v1 reads the file with little-endian loads"
+#error "kvmap reads the file with little-endian loads"
 #endif
 
 #define KVM_MAGIC          "\x89KVM\r\n\x1a\n"
-#define KVM_VERSION        1u
+#define KVM_VERSION        2u
 #define KVM_MIN_PAGE       4096u
 #define KVM_MAX_PAGE       65536u
 #define KVM_MAX_DEPTH      32
@@ -87,10 +105,11 @@
 #define M_ENTRIES          40
 #define M_HWM              48
 #define M_FREE_INDEX       56
-#define M_FREE_PENDING     64
+#define M_RECORD           64
 #define M_FREE_COUNT       72
 #define M_PENDING_COUNT    80
-#define M_PENDING_FLOOR    88
+#define M_FLOOR            88
+#define M_DURABLE          96
 #define M_CHECKSUM         124
 #define META_SIZE          128
 
@@ -109,8 +128,20 @@
 #define PT_OVERFLOW        3
 #define PT_FREE_INDEX      4
 #define PT_FREE_BITMAP     5
-#define PT_FREE_PENDING    6
-#define PT_FREE_PENDING_INDEX 7
+#define PT_RECORD          8   /* (6 and 7 were version 1's pending lists) */
+
+#define PF_CONTINUED       1   /* page header flags: a record page after the first */
+
+#define R_PREV             32
+#define R_NWRITTEN         40
+#define R_NFREED           44
+#define R_NRELEASED        48
+#define R_NOVERRIDE        52
+#define R_FLAGS            56
+#define R_FLAGS_PAGES_DURABLE 1u
+#define R_BODY             64
+#define R_WRITTEN_SIZE     12  /* u64 page, u32 checksum */
+#define R_RUN_SIZE         16  /* u64 start, u64 count; u64 range, u64 page */
 
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */

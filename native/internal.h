@@ -33,7 +33,7 @@ typedef uint64_t pgno_t;
 ** sequence lock (env->seq odd while a commit updates it). */
 typedef struct kvm_state {
     uint64_t txnid, root, entries, hwm;
-    uint64_t free_index, free_pending, free_count, pending_count, pending_floor;
+    uint64_t free_index, record, free_count, pending_count, floor, durable;
     uint32_t depth, flags;
 } kvm_state;
 
@@ -70,11 +70,21 @@ struct kvm_env {
     int         map_moves;       /* mremap/remap: readers take map_lock */
     pthread_rwlock_t map_lock;
     pthread_mutex_t  cache_lock;
+    pthread_mutex_t  durable_lock;   /* the meta slot choice and durability (txn.c) */
     kvm_cache   cache;
     uint64_t    seq;             /* sequence lock over st */
     kvm_state   st;
-    int         meta_slot;
+    int         meta_slot;       /* the slot of the newest commit's meta */
     int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
+    /* durability (txn.c, FORMAT.md §7): the newest commit known on disk, its
+    ** meta slot (never overwritten until a newer commit is durable), and
+    ** what has been written since */
+    uint64_t    durable;
+    int         durable_slot;
+    uint64_t    unsynced_bytes;
+    uint64_t    sync_bytes;      /* flush once this much is unsynced */
+    uint64_t    sync_interval_ns;   /* flush at a commit this long after the last flush */
+    uint64_t    last_flush_ns;
     uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
     uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */
@@ -135,12 +145,13 @@ struct kvm_cursor {
 /* across the files of the pager (env, meta, readers, map, cache, page, txn) */
 /* env.c */
 int space_code(int errnum);
+uint64_t now_ns(void);          /* CLOCK_MONOTONIC */
 int env_forked(const kvm_env *e);
 /* meta.c */
 void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s);
 int init_file(kvm_env *e, uint32_t ps);
 int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
-int load_meta(kvm_env *e, uint32_t want_ps, int older);
+int load_meta(kvm_env *e, uint32_t want_ps);
 /* readers.c */
 void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);
@@ -157,6 +168,8 @@ int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out);
 /* page.c */
 int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out);
 uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d);
+/* freelist.c: the commit record, once the other pages have their checksums */
+int freelist_record(kvm_txn *t, kvm_space *sp, dirty_ent *const *order, size_t n);
 
 /* errors (env.c) */
 int  file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what);
@@ -173,11 +186,13 @@ int  txn_enter(kvm_txn *t);
 #define txn_leave(t) env_leave((t)->env)
 
 /* file, free space and pool for the commit and the B+tree (page.c, map.c, txn.c) */
-int  env_read_page(kvm_env *e, uint64_t pgno, int type, char *out);   /* pread, verified */
+int  env_read_page(kvm_env *e, uint64_t pgno, uint64_t hwm, int type, char *out);   /* pread, verified */
 int  env_ensure_pages(kvm_env *e, uint64_t pages);                    /* grow by the policy */
-int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, unsigned nkeys, uint64_t next,
-                  const void *body, size_t len);
+int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys, uint64_t next,
+                  const void *body, size_t len, uint8_t **out);
 int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
+int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
+int  env_seal(kvm_env *e);                         /* and the newest meta sealed durable (close) */
 
 /* page access for the B+tree (page.c) */
 int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);

@@ -3,10 +3,13 @@
 **
 ** Design and invariants (FORMAT.md §2 and §8)
 **  1. A meta is valid when its magic, checksum, version and fields hold.
-**     Open takes the newest valid meta whose file is long enough and whose
-**     leftmost and rightmost root-to-leaf paths verify (checksums, types,
-**     page numbers, the root written by the meta's own commit); it falls back
-**     to the older meta only when the newer one was a sync=False commit.
+**     Open takes the newest valid meta whose file is long enough, whose
+**     commits not known durable have all their pages as their records list
+**     them (freelist.c, records_verify), and whose leftmost and rightmost
+**     root-to-leaf paths verify (checksums, types, page numbers, the root
+**     written by the meta's own commit).  When that meta's commits do not
+**     verify, it falls back to the durable commit the meta names, which the
+**     other slot holds; any other failure is damage.
 **  2. A new file is allocated first (posix_fallocate: a full disk is an
 **     error before anything is written), then written and synced with its
 **     directory.  Whatever an interrupted creation leaves (at most two
@@ -41,14 +44,17 @@ void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s)
     wr64(m + M_ENTRIES, s->entries);
     wr64(m + M_HWM, s->hwm);
     wr64(m + M_FREE_INDEX, s->free_index);
-    wr64(m + M_FREE_PENDING, s->free_pending);
+    wr64(m + M_RECORD, s->record);
     wr64(m + M_FREE_COUNT, s->free_count);
     wr64(m + M_PENDING_COUNT, s->pending_count);
-    wr64(m + M_PENDING_FLOOR, s->pending_floor);
+    wr64(m + M_FLOOR, s->floor);
+    wr64(m + M_DURABLE, s->durable);
     wr32(m + M_CHECKSUM, kvm_crc32c(0, m, M_CHECKSUM));
 }
 
-/* 0: valid; KVM_FORMAT: not a kvmap meta; KVM_CORRUPT: damaged kvmap meta. */
+/* 0: valid; KVM_FORMAT: not a kvmap meta; KVM_VERSION_OLD: a version 1 meta;
+** KVM_CORRUPT: damaged kvmap meta. */
+#define KVM_VERSION_OLD 1
 static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const char **why)
 {
     if (memcmp(m + M_MAGIC, KVM_MAGIC, 8) != 0) {
@@ -60,8 +66,8 @@ static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const ch
         return KVM_CORRUPT;
     }
     if (rd32(m + M_VERSION) != KVM_VERSION) {
-        *why = "unsupported format version";
-        return KVM_FORMAT;
+        *why = rd32(m + M_VERSION) == 1 ? "1" : "unsupported format version";
+        return rd32(m + M_VERSION) == 1 ? KVM_VERSION_OLD : KVM_FORMAT;
     }
     uint32_t ps = rd32(m + M_PAGESIZE);
     s->txnid = rd64(m + M_TXNID);
@@ -71,10 +77,11 @@ static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const ch
     s->entries = rd64(m + M_ENTRIES);
     s->hwm = rd64(m + M_HWM);
     s->free_index = rd64(m + M_FREE_INDEX);
-    s->free_pending = rd64(m + M_FREE_PENDING);
+    s->record = rd64(m + M_RECORD);
     s->free_count = rd64(m + M_FREE_COUNT);
     s->pending_count = rd64(m + M_PENDING_COUNT);
-    s->pending_floor = rd64(m + M_PENDING_FLOOR);
+    s->floor = rd64(m + M_FLOOR);
+    s->durable = rd64(m + M_DURABLE);
     *why = "meta fields out of range";
     if (ps < KVM_MIN_PAGE || ps > KVM_MAX_PAGE || (ps & (ps - 1)))
         return KVM_CORRUPT;
@@ -86,9 +93,13 @@ static int meta_decode(const uint8_t *m, kvm_state *s, uint32_t *psize, const ch
         return KVM_CORRUPT;
     if ((s->root && (s->root < 2 || s->root >= s->hwm)) ||
         (s->free_index && (s->free_index < 2 || s->free_index >= s->hwm)) ||
-        (s->free_pending && (s->free_pending < 2 || s->free_pending >= s->hwm)))
+        (s->record && (s->record < 2 || s->record >= s->hwm)))
         return KVM_CORRUPT;
     if (s->free_count + s->pending_count > s->hwm)
+        return KVM_CORRUPT;
+    /* every commit has a record; released commits and durable ones precede it */
+    if ((s->txnid >= 2) != (s->record != 0) || s->durable > s->txnid || s->floor > s->durable ||
+        (s->txnid >= 2 && s->floor >= s->txnid))
         return KVM_CORRUPT;
     *psize = ps;
     return 0;
@@ -119,7 +130,7 @@ static uint8_t *creation_image(uint32_t ps)
     kvm_state s = {0};
     s.hwm = 2;
     meta_encode(buf, ps, &s);
-    s.txnid = 1;
+    s.txnid = s.durable = 1;
     meta_encode(buf + ps, ps, &s);
     return buf;
 }
@@ -148,11 +159,12 @@ int init_file(kvm_env *e, uint32_t ps)
         return kvm_err_sys(space_code(errno), errno, "syncing the new database file");
     kvm_state s = {0};
     s.hwm = 2;
-    s.txnid = 1;
+    s.txnid = s.durable = 1;
     e->psize = ps;
     e->file_size = 2ull * ps;
     e->st = s;
-    e->meta_slot = 1;
+    e->meta_slot = e->durable_slot = 1;
+    e->durable = 1;
     return 0;
 }
 
@@ -245,7 +257,21 @@ static int verify_path(kvm_env *e, const kvm_state *s, int rightmost)
     return rc;
 }
 
-int load_meta(kvm_env *e, uint32_t want_ps, int older)
+/* Whether meta state s can be used: its file is long enough, the pages of
+** its commits not known durable verify against their records, and its
+** tree's edge paths verify. */
+static int meta_usable(kvm_env *e, const kvm_state *s, int slot)
+{
+    if (s->hwm * e->psize > e->file_size)
+        return kvm_err(KVM_CORRUPT, "%s is truncated: meta %d needs %llu bytes, the file has %llu", e->path, slot,
+                       (unsigned long long)(s->hwm * e->psize), (unsigned long long)e->file_size);
+    int rc = records_verify(e, s);
+    if (!rc && !(rc = verify_path(e, s, 0)))
+        rc = verify_path(e, s, 1);
+    return rc;
+}
+
+int load_meta(kvm_env *e, uint32_t want_ps)
 {
     kvm_state s[2];
     uint32_t ps[2] = {0, 0};
@@ -272,7 +298,12 @@ int load_meta(kvm_env *e, uint32_t want_ps, int older)
             break;
     }
     if (rc[0] && rc[1]) {
-        if (rc[0] == KVM_FORMAT && rc[1] == KVM_FORMAT && strcmp(why[0], "unsupported format version") != 0)
+        for (int i = 0; i < 2; i++)
+            if (rc[i] == KVM_VERSION_OLD)
+                return kvm_err(KVM_FORMAT, "%s is a kvmap version %s file; this kvmap reads version %u: copy its "
+                                           "data into a new file with `kvmap-check --salvage %s NEW`",
+                               e->path, why[i], KVM_VERSION, e->path);
+        if (rc[0] == KVM_FORMAT && rc[1] == KVM_FORMAT)
             return kvm_err(KVM_FORMAT, "%s is not a kvmap database (%s)", e->path, why[0]);
         return kvm_err(rc[0] == KVM_FORMAT && rc[1] == KVM_FORMAT ? KVM_FORMAT : KVM_CORRUPT,
                        "%s: no valid meta page (meta 0: %s; meta 1: %s)", e->path, why[0], why[1]);
@@ -283,40 +314,30 @@ int load_meta(kvm_env *e, uint32_t want_ps, int older)
     if (want_ps && want_ps != psize)
         return kvm_err(KVM_FORMAT, "%s has %u-byte pages, not %u", e->path, psize, want_ps);
     e->psize = psize;
-    /* Newest valid meta first.  A meta whose checksum fails was torn by a
-    ** crash: its commit never completed and the older meta is the state.  A
-    ** valid meta whose file is too short or whose tree fails its checksums
-    ** is damage to committed data: an error, unless that commit was made
-    ** without sync (M_FLAGS_NOSYNC), where a power loss can leave exactly
-    ** that and the older meta's tree is intact. */
-    int order[2] = {0, 1};
-    if (!rc[1] && (rc[0] || s[1].txnid > s[0].txnid)) {
-        order[0] = 1;
-        order[1] = 0;
-    }
-    int last = KVM_CORRUPT;
-    for (int k = 0; k < 2; k++) {
-        int i = order[k];
-        if (rc[i])
-            continue;
-        if (k == 0 && older && !rc[order[1]] && (s[i].flags & M_FLAGS_NOSYNC)) {
-            /* older: the caller (space_open) found more of this sync=False
-            ** commit missing (its free list) and wants the state before it. */
-            last = kvm_err(KVM_CORRUPT, "%s: meta %d passed over (its free list is damaged)", e->path, i);
-            continue;
-        }
-        if (s[i].hwm * psize > e->file_size)
-            last = kvm_err(KVM_CORRUPT, "%s is truncated: meta %d needs %llu bytes, the file has %llu",
-                           e->path, i, (unsigned long long)(s[i].hwm * psize),
-                           (unsigned long long)e->file_size);
-        else if (!(last = verify_path(e, &s[i], 0)) && !(last = verify_path(e, &s[i], 1))) {
-            e->st = s[i];
-            e->meta_slot = i;
-            e->meta_fallback = k == 1 && rc[order[0]] == 0;   /* a valid newer meta was passed over */
-            return 0;
-        }
-        if (!(s[i].flags & M_FLAGS_NOSYNC))
+    /* The newest valid meta, if its commits verify (FORMAT.md §7).  A meta
+    ** whose checksum fails was torn by a crash: its commit never completed.
+    ** A valid meta whose commits do not verify is what a power loss leaves
+    ** of commits not yet durable: open falls back to the durable commit it
+    ** names, which its slot still holds.  Anything else is damage. */
+    int m = !rc[1] && (rc[0] || s[1].txnid > s[0].txnid ||
+                       (s[1].txnid == s[0].txnid && s[1].durable > s[0].durable)), o = 1 - m;
+    int last = meta_usable(e, &s[m], m);
+    int fallback = 0;
+    if (last == KVM_CORRUPT && s[m].durable < s[m].txnid && !rc[o] && s[o].txnid == s[m].durable) {
+        if ((last = meta_usable(e, &s[o], o)))
             return last;
+        fallback = 1;
     }
-    return last;
+    if (last)
+        return last;
+    int use = fallback ? o : m;
+    e->st = s[use];
+    e->meta_slot = use;
+    e->meta_fallback = fallback;
+    /* what is known durable: the chosen commit if its meta says so (or it is
+    ** the fallback), else the commit it names, in the other slot */
+    int known = fallback || s[use].durable >= s[use].txnid;
+    e->durable = known ? s[use].txnid : s[use].durable;
+    e->durable_slot = known ? use : o;
+    return 0;
 }

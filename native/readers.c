@@ -40,10 +40,11 @@ void state_load(kvm_env *e, kvm_state *out)
         out->entries = __atomic_load_n(&e->st.entries, __ATOMIC_RELAXED);
         out->hwm = __atomic_load_n(&e->st.hwm, __ATOMIC_RELAXED);
         out->free_index = __atomic_load_n(&e->st.free_index, __ATOMIC_RELAXED);
-        out->free_pending = __atomic_load_n(&e->st.free_pending, __ATOMIC_RELAXED);
+        out->record = __atomic_load_n(&e->st.record, __ATOMIC_RELAXED);
         out->free_count = __atomic_load_n(&e->st.free_count, __ATOMIC_RELAXED);
         out->pending_count = __atomic_load_n(&e->st.pending_count, __ATOMIC_RELAXED);
-        out->pending_floor = __atomic_load_n(&e->st.pending_floor, __ATOMIC_RELAXED);
+        out->floor = __atomic_load_n(&e->st.floor, __ATOMIC_RELAXED);
+        out->durable = __atomic_load_n(&e->st.durable, __ATOMIC_RELAXED);
         out->depth = __atomic_load_n(&e->st.depth, __ATOMIC_RELAXED);
         out->flags = __atomic_load_n(&e->st.flags, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -62,10 +63,11 @@ void state_publish(kvm_env *e, const kvm_state *s)
     __atomic_store_n(&e->st.entries, s->entries, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.hwm, s->hwm, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.free_index, s->free_index, __ATOMIC_RELAXED);
-    __atomic_store_n(&e->st.free_pending, s->free_pending, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->st.record, s->record, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.free_count, s->free_count, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.pending_count, s->pending_count, __ATOMIC_RELAXED);
-    __atomic_store_n(&e->st.pending_floor, s->pending_floor, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->st.floor, s->floor, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->st.durable, s->durable, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.depth, s->depth, __ATOMIC_RELAXED);
     __atomic_store_n(&e->st.flags, s->flags, __ATOMIC_RELAXED);
     __atomic_store_n(&e->seq, q + 2, __ATOMIC_RELEASE);

@@ -65,7 +65,9 @@ static uint64_t runs_total(const u64vec *runs)
 int space_new(kvm_space **out, uint32_t psize, uint64_t hwm)
 {
     kvm_space *sp = calloc(1, sizeof *sp);
-    if (!sp || !(sp->fm = kvm_fm_new())) {
+    if (!sp || !(sp->fm = kvm_fm_new()) || !(sp->fresh = kvm_fm_new())) {
+        if (sp)
+            kvm_fm_free(sp->fm);
         free(sp);
         return kvm_err(KVM_NOMEM, "allocating the free space");
     }
@@ -88,18 +90,20 @@ void space_free(kvm_space *sp)
     if (!sp)
         return;
     kvm_fm_free(sp->fm);
-    for (size_t i = 0; i < sp->npending; i++)
+    kvm_fm_free(sp->fresh);
+    for (size_t i = 0; i < sp->npending; i++) {
         u64_free(&sp->pending[i].runs);
+        u64_free(&sp->pending[i].fresh);
+    }
     free(sp->pending);
     for (size_t i = 0; i < sp->nrecords; i++)
         u64_free(&sp->records[i].pages);
     free(sp->records);
-    for (size_t i = 0; i < sp->npindex; i++)
-        u64_free(&sp->pindex[i].entries);
-    free(sp->pindex);
     u64_free(&sp->bitmap_pages);
     u64_free(&sp->index_pages);
+    u64_free(&sp->overrides);
     u64_free(&sp->stale);
+    u64_free(&sp->early);
     free(sp->dirty);
     journal_clear(sp);
     free(sp->journal);
@@ -155,30 +159,67 @@ static int space_remove(kvm_space *sp, const uint64_t *runs, size_t nruns)
 
 /* ------------------------------------------------------------- release */
 
-/* Make the pages freed by commits <= upto reusable; append their runs to
-** *released (when given, for madvise).  Permanent: not journaled. */
-int space_release(kvm_space *sp, uint64_t upto, u64vec *released)
+/* Forget which pages were written since the flush fresh_base once a newer
+** commit is durable: they are part of the state open may fall back to. */
+static void fresh_rebase(kvm_space *sp, uint64_t durable)
 {
+    if (sp->fresh_base == durable)
+        return;
+    kvm_freemap *fm = kvm_fm_new();
+    if (fm) {   /* else keep the old set: its pages stay fresh only where base matches */
+        kvm_fm_free(sp->fresh);
+        sp->fresh = fm;
+        sp->fresh_base = durable;
+    }
+}
+
+static int release_runs(kvm_space *sp, u64vec *runs, u64vec *released)
+{
+    int rc = space_add(sp, runs->v, runs->n / 2);
+    if (rc)
+        return rc;
+    sp->pending_count -= runs_total(runs);
+    for (size_t i = 0; released && i < runs->n && !rc; i += 2)
+        rc = run_push(released, runs->v[i], runs->v[i + 1]);
+    u64_free(runs);
+    return rc;
+}
+
+/* Make reusable the pages freed by commits F <= min(upto, durable) (upto:
+** the oldest snapshot), and, early, the fresh pages of commits F <= upto
+** whose classification is still current (no flush since: base == durable);
+** append their runs to *released (when given, for madvise).  The records
+** of the commits released are freed by the next commit: until its meta is
+** on disk, the metas there hold them as their pending lists.  Permanent:
+** not journaled (the early pages are listed by the next commit's record). */
+int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released)
+{
+    uint64_t all = upto < durable ? upto : durable;
+    fresh_rebase(sp, durable);
     size_t k = 0;
     int rc = 0;
-    for (; k < sp->npending && sp->pending[k].txnid <= upto && !rc; k++) {
+    for (; k < sp->npending && sp->pending[k].txnid <= all && !rc; k++) {
         pending_set *p = &sp->pending[k];
-        rc = space_add(sp, p->runs.v, p->runs.n / 2);
-        if (rc)
-            break;
-        sp->pending_count -= runs_total(&p->runs);
-        for (size_t i = 0; released && i < p->runs.n && !rc; i += 2)
-            rc = run_push(released, p->runs.v[i], p->runs.v[i + 1]);
-        u64_free(&p->runs);
+        if (!(rc = release_runs(sp, &p->runs, released)))
+            rc = release_runs(sp, &p->fresh, released);
     }
     if (k) {
         memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
         sp->npending -= k;
     }
+    for (size_t i = 0; i < sp->npending && sp->pending[i].txnid <= upto && !rc; i++) {
+        pending_set *p = &sp->pending[i];
+        if (!p->fresh.n || p->base != durable)
+            continue;
+        for (size_t j = 0; j < p->fresh.n && !rc; j += 2)
+            rc = run_push(&sp->early, p->fresh.v[j], p->fresh.v[j + 1]);
+        if (!rc)
+            rc = release_runs(sp, &p->fresh, released);
+    }
     if (rc)
         return rc;
     size_t r = 0;
-    for (; r < sp->nrecords && sp->records[r].txnid <= upto; r++) {
+    for (; r < sp->nrecords && sp->records[r].txnid <= all && !rc; r++) {
         record_set *rs = &sp->records[r];
         for (size_t i = 0; i < rs->pages.n && !rc; i++)
             rc = u64_push(&sp->stale, rs->pages.v[i]);
@@ -191,6 +232,39 @@ int space_release(kvm_space *sp, uint64_t upto, u64vec *released)
         sp->nrecords -= r;
     }
     return rc;
+}
+
+/* Pages [pages, n) were written by a commit after the flush `durable`:
+** note them fresh; *added counts those not noted before (what a flush will
+** have to write anew). */
+int space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added)
+{
+    fresh_rebase(sp, durable);
+    *added = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t run[2] = {pages[i], 1}, one[2];
+        if (kvm_fm_runs(sp->fresh, pages[i], pages[i] + 1, one, 1))
+            continue;
+        int rc = kvm_fm_add(sp->fresh, run, 1);
+        if (rc)
+            return rc;
+        ++*added;
+    }
+    return 0;
+}
+
+/* The pages that a flush would make reusable: those freed by the commits
+** F with durable < F <= upto and not released yet (*pending), and those
+** commits' record pages (*records). */
+void space_held(const kvm_space *sp, uint64_t durable, uint64_t upto, uint64_t *pending, uint64_t *records)
+{
+    *pending = *records = 0;
+    for (size_t i = sp->npending; i-- > 0 && sp->pending[i].txnid > durable;)
+        if (sp->pending[i].txnid <= upto)
+            *pending += runs_total(&sp->pending[i].runs) + runs_total(&sp->pending[i].fresh);
+    for (size_t i = sp->nrecords; i-- > 0 && sp->records[i].txnid > durable;)
+        if (sp->records[i].txnid <= upto)
+            *records += sp->records[i].pages.n;
 }
 
 /* ---------------------------------------------------------- transaction */
@@ -347,6 +421,26 @@ int space_undo_take(kvm_space *sp)
 
 /* --------------------------------------------------------------- check */
 
+/* Pending runs r lie in [2, hwm), are pending once (seen) and not reusable. */
+static int check_pending(kvm_space *sp, kvm_freemap *seen, const u64vec *r, uint64_t *pend)
+{
+    for (size_t j = 0; j < r->n; j += 2) {
+        uint64_t s = r->v[j], n = r->v[j + 1];
+        *pend += n;
+        if (s < 2 || s + n > sp->hwm)
+            return kvm_err(KVM_CORRUPT, "pending run [%llu, +%llu) outside the database", (unsigned long long)s,
+                           (unsigned long long)n);
+        if (kvm_fm_add(seen, r->v + j, 1))
+            return kvm_err(KVM_CORRUPT, "page %llu pending twice", (unsigned long long)s);
+        for (uint64_t p = s; p < s + n; p++) {
+            uint64_t one[2];
+            if (kvm_fm_runs(sp->fm, p, p + 1, one, 1))
+                return kvm_err(KVM_CORRUPT, "page %llu is both pending and reusable", (unsigned long long)p);
+        }
+    }
+    return 0;
+}
+
 /* The invariants of the in-memory free space (for tests): counts agree,
 ** every run lies in [2, hwm), no pending page is also reusable or pending
 ** twice. */
@@ -377,23 +471,10 @@ int space_check(kvm_space *sp)
     for (size_t i = 0; i < sp->npending && !rc; i++) {
         if (i && sp->pending[i].txnid <= sp->pending[i - 1].txnid)
             rc = kvm_err(KVM_CORRUPT, "pending sets out of order");
-        const u64vec *r = &sp->pending[i].runs;
-        for (size_t j = 0; j < r->n && !rc; j += 2) {
-            uint64_t s = r->v[j], n = r->v[j + 1];
-            pend += n;
-            if (s < 2 || s + n > sp->hwm)
-                rc = kvm_err(KVM_CORRUPT, "pending run [%llu, +%llu) outside the database",
-                             (unsigned long long)s, (unsigned long long)n);
-            else if (kvm_fm_add(seen, r->v + j, 1))
-                rc = kvm_err(KVM_CORRUPT, "page %llu pending twice", (unsigned long long)s);
-            else
-                for (uint64_t p = s; p < s + n && !rc; p++) {
-                    uint64_t one[2] = {p, 1};
-                    if (kvm_fm_runs(sp->fm, p, p + 1, one, 1))
-                        rc = kvm_err(KVM_CORRUPT, "page %llu is both pending and reusable",
-                                     (unsigned long long)p);
-                }
-        }
+        if (!rc)
+            rc = check_pending(sp, seen, &sp->pending[i].runs, &pend);
+        if (!rc)
+            rc = check_pending(sp, seen, &sp->pending[i].fresh, &pend);
     }
     kvm_fm_free(seen);
     if (!rc && pend != sp->pending_count)

@@ -6,10 +6,15 @@
 ** A page below the high-water mark (hwm) that the tree does not use is
 ** either *reusable* (no snapshot can reach it: it may be written now), in the
 ** bitmap of freemap.c, or *pending*: freed by commit F and still visible to a
-** snapshot older than F, or to the previous meta page, kept per freeing
-** commit.  Pages freed by F become reusable for write transaction W once
-** F <= W - 2 (the tree of the older meta stays intact for crash recovery)
-** and F <= the txnid of every live snapshot (space_release).
+** snapshot older than F, or to a meta that open may fall back to, kept per
+** freeing commit.  Pages freed by F become reusable for write transaction W
+** once F <= the newest commit known durable (the meta open falls back to,
+** and the commits open verifies, stay intact after a power loss) and
+** F <= the txnid of every live snapshot (space_release).  A page written
+** after the newest durable commit and freed since is part of no state open
+** may fall back to (open verifies the others' pages against their records):
+** it is reusable once no snapshot needs it, without waiting for a flush
+** (the commit that makes it so lists it as released early in its record).
 **
 ** Every change a write transaction makes is journaled (take, give, trim),
 ** so an abort or a failed commit puts the free pages back exactly
@@ -49,19 +54,15 @@ void u64_free(u64vec *a);
 
 typedef struct pending_set {   /* pages freed by one commit, not yet reusable */
     uint64_t txnid;
-    u64vec   runs;             /* pairs (start, count) */
+    u64vec   runs;             /* pairs (start, count): reusable once txnid is durable */
+    u64vec   fresh;            /* pages written since the flush `base`: reusable early */
+    uint64_t base;
 } pending_set;
 
-typedef struct record_set {    /* the pending-record pages one commit wrote */
+typedef struct record_set {    /* the record pages of one commit (FORMAT.md §6) */
     uint64_t txnid;
-    u64vec   pages;
+    u64vec   pages;            /* the first page first */
 } record_set;
-
-typedef struct pindex_page {   /* a page of the pending-index chain */
-    uint64_t pgno;
-    u64vec   entries;          /* pairs (record page, txnid) */
-    uint64_t maxtxnid;
-} pindex_page;
 
 typedef struct journal_ent {
     int      kind;             /* J_TAKE, J_GIVE, J_TRIM */
@@ -69,17 +70,33 @@ typedef struct journal_ent {
     uint64_t old_hwm;
 } journal_ent;
 
-/* The on-disk free list a commit prepares, adopted once the commit is done. */
+/* The free-space pages a commit prepares, adopted once the commit is done. */
 typedef struct freelist_staged {
-    u64vec      bitmaps, index;        /* bitmap page per range; the index chain */
-    u64vec      records;               /* this commit's pending-record pages */
-    pindex_page *pindex;               /* the new pending-index chain, newest first */
-    size_t      npindex;
-    size_t      nfresh;                /* pindex[0..nfresh) are new pages */
+    u64vec      bitmaps;               /* bitmap page per range, after this commit */
+    u64vec      index;                 /* the new bitmap-index chain; empty: the old one stays */
+    u64vec      overrides;             /* pairs (range, bitmap page) the record carries */
+    u64vec      records;               /* this commit's record pages */
     u64vec      freed_runs;            /* the pages this commit freed */
+    u64vec      freed_fresh;           /* those of them written since the last flush */
+    u64vec      freed_old;             /* and the others */
+    uint64_t    base;                  /* the flush freed_fresh is relative to */
+    u64vec      released;              /* runs the record lists as released early */
     uint64_t    freed_count, txnid;
+    uint64_t    nwritten;              /* pages the record lists */
+    uint32_t    flags;                 /* R_FLAGS_* of the record */
     int         valid;
 } freelist_staged;
+
+/* A commit record read back from the file (freelist.c). */
+typedef struct kvm_record {
+    uint64_t txnid, prev;
+    uint32_t nwritten, nfreed, nreleased, noverride, flags;
+    uint8_t *body;                     /* the entries: written, freed, released, overrides */
+    size_t   len;
+    u64vec   pages;                    /* the record's own pages */
+} kvm_record;
+
+#define RECORD_OVERRIDES_MAX 32        /* beyond: rewrite the bitmap index */
 
 typedef struct kvm_space {
     uint32_t     psize;
@@ -89,15 +106,18 @@ typedef struct kvm_space {
     pending_set *pending;              /* ascending txnid */
     size_t       npending, pending_cap;
     uint64_t     pending_count;
-    /* the on-disk free list as the last commit left it (freelist.c) */
+    /* the free space on disk as the last commit left it (freelist.c) */
     u64vec       bitmap_pages;         /* bitmap page per range, 0: none */
     u64vec       index_pages;          /* the bitmap-index chain */
-    record_set  *records;              /* ascending txnid */
+    u64vec       overrides;            /* pairs (range, page): bitmaps moved since the index */
+    record_set  *records;              /* every commit above floor, ascending txnid */
     size_t       nrecords, records_cap;
-    pindex_page *pindex;               /* newest first */
-    size_t       npindex;
-    uint64_t     floor;                /* pending records of commits <= floor are void */
+    uint64_t     last_record;          /* first page of the newest commit's record, 0: none */
+    uint64_t     floor;                /* commits <= floor are released */
     u64vec       stale;                /* record pages of released commits: freed next commit */
+    u64vec       early;                /* runs released early, for the next commit's record */
+    kvm_freemap *fresh;                /* pages written by commits after the flush fresh_base */
+    uint64_t     fresh_base;
     uint8_t     *dirty;                /* per bitmap range: changed since the last commit */
     size_t       dirty_cap;
     journal_ent *journal;
@@ -113,7 +133,9 @@ typedef struct kvm_space {
 int      space_new(kvm_space **out, uint32_t psize, uint64_t hwm);
 void     space_free(kvm_space *sp);
 uint64_t space_free_count(const kvm_space *sp);
-int      space_release(kvm_space *sp, uint64_t upto, u64vec *released);
+int      space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released);
+int      space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added);
+void     space_held(const kvm_space *sp, uint64_t durable, uint64_t upto, uint64_t *pending, uint64_t *records);
 void     space_begin(kvm_space *sp);
 int      space_take(kvm_space *sp, uint64_t n, u64vec *runs);
 int      space_undo_take(kvm_space *sp);
@@ -126,8 +148,11 @@ int      space_check(kvm_space *sp);
 
 /* freelist.c: the encoding (FORMAT.md §6) */
 int  freelist_load(struct kvm_env *e, kvm_space *sp, const struct kvm_state *s);
-int  freelist_prepare(struct kvm_txn *t, kvm_space *sp, struct kvm_state *s);
+int  freelist_prepare(struct kvm_txn *t, kvm_space *sp, struct kvm_state *s, size_t nwritten, int pages_durable);
 void freelist_adopt(kvm_space *sp);
 void freelist_staged_clear(freelist_staged *st);
+int  record_read(struct kvm_env *e, uint64_t pg, uint64_t txnid, uint64_t hwm, kvm_freemap *seen, kvm_record *r);
+void record_free(kvm_record *r);
+int  records_verify(struct kvm_env *e, const struct kvm_state *s);
 
 #endif

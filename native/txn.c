@@ -9,9 +9,17 @@
 **  2. A write transaction takes its pages from the free space (space.c)
 **     into its pool before each operation changes anything, growing the
 **     file first; an end without a commit rolls the free space back.
-**  3. The commit (FORMAT.md §7): free-list pages (freelist.c), checksums,
-**     every dirty page in page order, fdatasync, the meta at txnid % 2,
-**     fdatasync.  Nothing reachable from either meta is ever written.
+**  3. The commit (FORMAT.md §7): free-space pages (freelist.c), checksums,
+**     the commit record, every page in page order, the meta into the slot
+**     that does not hold the newest durable commit, then one fdatasync when
+**     the commit is to be durable (sync=True, or sync_bytes unsynced).  A
+**     commit larger than 4 * sync_bytes syncs its pages before its meta
+**     (and then the meta), so open never verifies more than sync_bytes plus
+**     one commit.  Nothing reachable from a meta that open may choose is
+**     ever written.  Close seals the newest commit (env_seal).
+**  4. Pages freed by commit F are reused only once F is durable and no
+**     snapshot is older than F (space.h), so after a power loss the newest
+**     durable meta and every commit open verifies are intact.
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -51,6 +59,20 @@ static int txn_end(kvm_txn *t)
     return 1;
 }
 
+/* Pages freed by commit F may be reused once no live snapshot can see them
+** (F <= every snapshot's txnid) and F is durable: after a power loss open
+** may fall back to the newest durable meta, and verifies the commits after
+** it (design note 4); pages written after that meta, sooner (space.h). */
+static int reclaim(kvm_env *e)
+{
+    u64vec released = {0};
+    int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE), &released);
+    if (!rc && released.n)
+        advise_free(e, &released);
+    u64_free(&released);
+    return rc;
+}
+
 static int txn_begin(kvm_env *e, int write, kvm_txn **out)
 {
     int rc = file_intact(e);
@@ -76,7 +98,7 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
         kvm_state s;
         state_load(e, &s);
         t->write = 1;
-        t->txnid = s.txnid + 1;
+        t->txnid = s.txnid < 1 ? 2 : s.txnid + 1;   /* commits are 2, 3, ...: 0 and 1 are creation's */
         t->root = s.root;
         t->depth = s.depth;
         t->entries = s.entries;
@@ -94,17 +116,7 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
             free(t);
             return kvm_err(KVM_NOMEM, "allocating a write transaction");
         }
-        /* Pages freed by commit F may be reused by this transaction once no
-        ** live snapshot can see them (F <= every snapshot's txnid) and the
-        ** older meta's tree is not theirs (F <= txnid - 2: until this
-        ** commit's meta is on disk, metas txnid-1 and txnid-2 must both
-        ** lead to intact trees). */
-        uint64_t upto = env_oldest_reader(e), older = t->txnid - 2;
-        u64vec released = {0};
-        rc = space_release(e->space, upto < older ? upto : older, &released);
-        if (!rc && released.n)
-            advise_free(e, &released);
-        u64_free(&released);
+        rc = reclaim(e);
         space_begin(e->space);
         if (rc) {
             txn_end(t);
@@ -192,7 +204,22 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
     kvm_space *sp = e->space;
     u64vec runs = {0};
     uint64_t want = need > 64 ? need : 64;
-    int rc = space_take(sp, want, &runs);
+    int rc = 0;
+    /* Rather than grow the file while the pages that the commits since the
+    ** last flush freed, and their records, are a quarter of the pages in
+    ** use or more, flush: they become reusable (sync=False keeps them until
+    ** then).  So a churning database's file stays within about 1.5 times
+    ** its data, and a flush comes once per such quarter. */
+    uint64_t free_now = space_free_count(sp);
+    if (free_now < want && sp->hwm + (want - free_now) > e->file_size / e->psize) {
+        uint64_t pending, records;
+        space_held(sp, __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE), env_oldest_reader(e), &pending, &records);
+        uint64_t in_use = sp->hwm - free_now - sp->pending_count - records;
+        if (pending + records >= in_use / 8 && (rc = env_flush(e)) == 0)
+            rc = reclaim(e);
+    }
+    if (!rc)
+        rc = space_take(sp, want, &runs);
     if (!rc && (rc = env_ensure_pages(e, sp->hwm)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need) {
         runs.n = 0;
         if (!(rc = space_undo_take(sp)) && !(rc = space_take(sp, need, &runs)))
@@ -207,9 +234,10 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
 int64_t kvm_txn_entries(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->entries); }
 int64_t kvm_txn_id(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->txnid); }
 
-/* A free-list page of the commit (freelist.c), as a dirty page. */
-int txn_put_page(kvm_txn *t, uint64_t pgno, int type, unsigned nkeys, uint64_t next,
-                 const void *body, size_t len)
+/* A free-space page of the commit (freelist.c), as a dirty page; *out (when
+** given) is the page. */
+int txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys, uint64_t next,
+                 const void *body, size_t len, uint8_t **out)
 {
     kvm_env *e = t->env;
     if (!t->write || pgno < 2 || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
@@ -219,11 +247,14 @@ int txn_put_page(kvm_txn *t, uint64_t pgno, int type, unsigned nkeys, uint64_t n
     int rc = dirty_page(t, pgno, type, &p);
     if (rc)
         return rc;
+    p[PH_FLAGS] = (uint8_t)flags;
     wr16(p + PH_NKEYS, (uint16_t)nkeys);
     wr64(p + PH_NEXT, next);
     memcpy(p + PH_SIZE, body, len);
     if (pgno >= t->limit)
         t->limit = pgno + 1;
+    if (out)
+        *out = p;
     return 0;
 }
 
@@ -261,13 +292,117 @@ static int write_pages(kvm_env *e, dirty_ent **order, size_t n)
     return 0;
 }
 
-static int checksum_pages(kvm_txn *t, dirty_ent **order, size_t n)
+static void checksum_pages(kvm_txn *t, dirty_ent **order, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint8_t *p = dirty_ptr(t, order[i]);
         wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, t->env->psize - 4));
     }
+}
+
+/* The live dirty pages, sorted by number (the caller frees *out); with
+** `skip` (the record's pages, not yet written) left out. */
+static int dirty_order(kvm_txn *t, const u64vec *skip, dirty_ent ***out, size_t *n)
+{
+    dirty_ent **order = malloc((t->ndirty + 1) * sizeof *order);
+    if (!order)
+        return kvm_err(KVM_NOMEM, "allocating the commit list");
+    size_t k = 0;
+    for (size_t i = 0; i < t->dcap; i++) {
+        dirty_ent *d = &t->dirty[i];
+        int skipped = 0;
+        for (size_t j = 0; skip && j < skip->n && !skipped; j++)
+            skipped = skip->v[j] == d->pgno;
+        if (d->pgno && d->live && !skipped)
+            order[k++] = d;
+    }
+    qsort(order, k, sizeof *order, cmp_dirty);
+    *out = order;
+    *n = k;
     return 0;
+}
+
+__attribute__((noinline)) static size_t live_pages(kvm_txn *t)   /* (inlined, GUARDED's setjmp would clobber it) */
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->dcap; i++)
+        n += t->dirty[i].pgno && t->dirty[i].live;
+    return n;
+}
+
+/* fdatasync, or fail the handle: the kernel may have dropped the pages it
+** could not write, so a failed sync is never retried. */
+static int flush(kvm_env *e, const char *what)
+{
+    if (kvm_sys.fdatasync(e->fd) == 0)
+        return 0;
+    e->failed = 1;
+    return kvm_err_sys(KVM_IO, errno, what);
+}
+
+/* Everything committed so far is on disk (a flush just returned): the
+** newest meta's slot now holds the durable commit.  Under durable_lock. */
+static void now_durable(kvm_env *e, uint64_t txnid, int slot)
+{
+    __atomic_store_n(&e->durable, txnid, __ATOMIC_RELEASE);
+    e->durable_slot = slot;
+    e->unsynced_bytes = 0;
+    e->last_flush_ns = now_ns();
+}
+
+/* Note the pages of a commit that is not durable as written since the last
+** flush (space.h); the number new to that set is what the next flush has to
+** write for it (rewriting a fresh page costs the flush nothing more).  On a
+** failure to note them, all n count and the pages stay unnoted: reused only
+** once durable, which is always safe. */
+static uint64_t fresh_pages(kvm_env *e, dirty_ent *const *order, size_t n)
+{
+    uint64_t *pages = malloc((n + 1) * sizeof *pages), added = n;
+    if (pages) {
+        for (size_t i = 0; i < n; i++)
+            pages[i] = order[i]->pgno;
+        if (space_written(e->space, e->durable, pages, n, &added))
+            added = n;
+        free(pages);
+    }
+    return added;
+}
+
+/* Write the meta of state s into slot; on a full disk nothing was written
+** and the handle stays usable. */
+static int write_meta(kvm_env *e, const kvm_state *s, int slot)
+{
+    uint8_t m[META_SIZE];
+    meta_encode(m, e->psize, s);
+    struct iovec iov = {m, META_SIZE};
+    ssize_t w = kvm_sys.pwritev(e->fd, &iov, 1, (off_t)slot * e->psize);
+    if (w < 0 && space_code(errno) == KVM_DISKFULL)
+        /* the commit did not happen: the older metas stand (DiskFullError's promise) */
+        return kvm_err_sys(KVM_DISKFULL, errno, "writing the meta page");
+    if (w != META_SIZE) {
+        /* EIO may report an earlier writeback failure; a short write left
+        ** part of a meta: trust nothing more of this handle. */
+        e->failed = 1;
+        return kvm_err_sys(KVM_IO, w < 0 ? errno : EIO, "writing the meta page (the handle refuses writes until reopened)");
+    }
+    return 0;
+}
+
+/* The checksums of the commit's pages, then its record (which lists them);
+** *order: every page to write, sorted (the caller frees it). */
+static int seal_pages(kvm_txn *t, uint64_t hwm, dirty_ent ***out, size_t *nout)
+{
+    dirty_ent **order;
+    size_t n;
+    int rc = dirty_order(t, &t->env->space->staged.records, &order, &n);
+    for (size_t i = 0; !rc && i < n; i++)
+        if (order[i]->pgno >= hwm)
+            rc = kvm_err(KVM_INVALID, "page %llu lies above the high-water mark %llu",
+                         (unsigned long long)order[i]->pgno, (unsigned long long)hwm);
+    if (!rc)
+        GUARDED(t->env, t, rc, (checksum_pages(t, order, n), freelist_record(t, t->env->space, order, n)));
+    free(order);
+    return rc ? rc : dirty_order(t, NULL, out, nout);
 }
 
 static int txn_changed(kvm_txn *t)
@@ -291,55 +426,49 @@ static int txn_commit(kvm_txn *t, int sync)
         txn_end(t);
         return 0;
     }
+    /* How durable (FORMAT.md §7): a sync=True commit, one that leaves
+    ** sync_bytes or more unsynced, or one due by sync_interval flushes once,
+    ** after its meta; a commit larger than 4 * sync_bytes syncs its pages
+    ** before its meta too, so open verifies at most sync_bytes plus one
+    ** commit; otherwise nothing waits for the disk. */
+    size_t ntree = live_pages(t);
+    uint64_t bytes = (ntree + 2) * (uint64_t)e->psize;
+    int pages_first = bytes > 4 * e->sync_bytes;
+    int flushing = sync || pages_first || e->unsynced_bytes + bytes >= e->sync_bytes ||
+                   (e->sync_interval_ns && now_ns() - e->last_flush_ns >= e->sync_interval_ns);
     kvm_state s = {.txnid = t->txnid, .root = t->root, .entries = t->entries, .depth = t->depth,
-                   .flags = sync ? 0 : M_FLAGS_NOSYNC};
+                   .flags = flushing ? 0 : M_FLAGS_NOSYNC};
     int rc;
-    GUARDED(e, t, rc, freelist_prepare(t, e->space, &s));   /* writemap: its pages are mapped */
+    GUARDED(e, t, rc, freelist_prepare(t, e->space, &s, ntree, pages_first));   /* writemap: pages are mapped */
     if (rc)
         return rc;
     if (s.hwm < 2 || s.hwm * e->psize > e->file_size)
         return kvm_err(KVM_INVALID, "commit with a high-water mark of %llu pages", (unsigned long long)s.hwm);
-
-    dirty_ent **order = malloc((t->ndirty + 1) * sizeof *order);
-    if (!order)
-        return kvm_err(KVM_NOMEM, "allocating the commit list");
-    size_t n = 0;
-    for (size_t i = 0; i < t->dcap; i++)
-        if (t->dirty[i].pgno && t->dirty[i].live) {
-            if (t->dirty[i].pgno >= s.hwm) {
-                free(order);
-                return kvm_err(KVM_INVALID, "page %llu lies above the high-water mark %llu",
-                               (unsigned long long)t->dirty[i].pgno, (unsigned long long)s.hwm);
-            }
-            order[n++] = &t->dirty[i];
-        }
-    qsort(order, n, sizeof *order, cmp_dirty);
-    GUARDED(e, t, rc, checksum_pages(t, order, n));   /* writemap: the pages are mapped */
-    if (!rc && !e->writemap)
+    dirty_ent **order;
+    size_t n;
+    if ((rc = seal_pages(t, s.hwm, &order, &n)))
+        return rc;
+    if (!e->writemap)
         rc = write_pages(e, order, n);
-    if (!rc && sync && kvm_sys.fdatasync(e->fd) != 0) {
-        e->failed = 1;  /* the kernel may have dropped the dirty pages: never retry */
-        rc = kvm_err_sys(KVM_IO, errno, "syncing pages (the handle refuses writes until reopened)");
-    }
+    if (!rc && pages_first)
+        rc = flush(e, "syncing pages (the handle refuses writes until reopened)");
     if (!rc) {
-        uint8_t m[META_SIZE];
-        meta_encode(m, e->psize, &s);
-        struct iovec iov = {m, META_SIZE};
-        ssize_t w = kvm_sys.pwritev(e->fd, &iov, 1, (off_t)((s.txnid & 1) * e->psize));
-        if (w < 0 && space_code(errno) == KVM_DISKFULL) {
-            /* Nothing was written: the commit did not happen, the older meta
-            ** stands and the handle stays usable (DiskFullError's promise). */
-            rc = kvm_err_sys(KVM_DISKFULL, errno, "writing the meta page");
-        } else if (w != META_SIZE) {
-            /* EIO may report an earlier writeback failure; a short write
-            ** left part of a meta: trust nothing more of this handle. */
-            e->failed = 1;
-            rc = kvm_err_sys(KVM_IO, w < 0 ? errno : EIO,
-                             "writing the meta page (the handle refuses writes until reopened)");
-        } else if (sync && kvm_sys.fdatasync(e->fd) != 0) {
-            e->failed = 1;
-            rc = kvm_err_sys(KVM_IO, errno, "syncing the meta page (the handle refuses writes until reopened)");
+        /* The slot of the newest durable commit stays as it is until a newer
+        ** commit is durable: it is what open falls back to. */
+        pthread_mutex_lock(&e->durable_lock);
+        int slot = 1 - e->durable_slot;
+        s.durable = pages_first ? s.txnid : e->durable;
+        rc = write_meta(e, &s, slot);
+        if (!rc && flushing)
+            rc = flush(e, "syncing the meta page (the handle refuses writes until reopened)");
+        if (!rc) {
+            if (flushing)
+                now_durable(e, s.txnid, slot);
+            else
+                e->unsynced_bytes += (uint64_t)(fresh_pages(e, order, n) + 1) * e->psize;
+            e->meta_slot = slot;
         }
+        pthread_mutex_unlock(&e->durable_lock);
     }
     if (!rc && e->backend == KVM_BACKEND_PREAD) {
         pthread_mutex_lock(&e->cache_lock);
@@ -353,13 +482,53 @@ static int txn_commit(kvm_txn *t, int sync)
     free(order);
     if (rc)
         return rc;
-    e->meta_slot = (int)(s.txnid & 1);
     state_publish(e, &s);
     freelist_adopt(e->space);
     space_begin(e->space);
     t->committed = 1;
     txn_end(t);
     return 0;
+}
+
+/* Make every commit so far durable (db.sync(), close): one fdatasync when
+** some commit is not yet.  A failed sync fails the handle, as in a commit.
+** With seal, see env_seal. */
+static int env_durable(kvm_env *e, int seal)
+{
+    if (e->readonly)
+        return 0;
+    if (e->failed)
+        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+    pthread_mutex_lock(&e->durable_lock);
+    kvm_state s;
+    state_load(e, &s);
+    int rc = 0;
+    if (s.txnid > e->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
+        now_durable(e, s.txnid, e->meta_slot);
+    if (!rc && seal && s.durable < s.txnid && s.txnid >= 2) {
+        int slot = 1 - e->meta_slot;
+        s.durable = s.txnid;
+        if (!(rc = write_meta(e, &s, slot)) && !(rc = flush(e, "syncing the meta page"))) {
+            state_publish(e, &s);
+            e->meta_slot = e->durable_slot = slot;
+        }
+    }
+    pthread_mutex_unlock(&e->durable_lock);
+    return rc;
+}
+
+int env_flush(kvm_env *e)
+{
+    return env_durable(e, 0);
+}
+
+/* At close: every commit durable, and then the newest commit's meta copied,
+** saying it is durable, into the other slot: open then takes it without
+** verifying it, so damage to its pages met later is an error at the read,
+** never taken for a power loss that rolls the commit back (FORMAT.md §7). */
+int env_seal(kvm_env *e)
+{
+    return env_durable(e, 1);
 }
 
 /* A commit may run without the GIL (pyglue.h): claim the transaction while

@@ -35,6 +35,7 @@ def _crc_table():
 
 
 _TBL = _crc_table()
+RECORD_FIXED = 32      # a record's fixed fields: prev, n_written, n_freed, n_released, n_override, flags, 0
 
 
 def crc(data):
@@ -57,7 +58,9 @@ def test_crc_reference():
 
 
 class _Layout:
-    """Pages of a kvmap file, found by walking from the newest valid meta."""
+    """Pages of a kvmap file, found by walking from the meta the engine
+    takes when both are sound (the larger txnid, then the larger durable:
+    a close seals the newest commit durable into the other slot)."""
 
     def __init__(self, path, meta=None):
         self.data = bytearray(open(path, "rb").read())
@@ -66,10 +69,11 @@ class _Layout:
             off = slot * 4096 if slot == 0 else struct.unpack_from("<I", self.data, 12)[0]
             m = self.data[off:off + 128]
             if m[:8] == b"\x89KVM\r\n\x1a\n" and crc(m[:124]) == struct.unpack_from("<I", m, 124)[0]:
-                metas.append((struct.unpack_from("<Q", m, 16)[0], slot, off))
+                txnid, durable = struct.unpack_from("<Q", m, 16)[0], struct.unpack_from("<Q", m, 96)[0]
+                metas.append(((txnid, durable, -slot), slot, off))
         if meta is not None:                    # walk the tree of this meta slot
             metas = [m for m in metas if m[1] == meta]
-        txnid, self.slot, self.meta_off = max(metas)
+        _, self.slot, self.meta_off = max(metas)
         self.other_slot = 1 - self.slot
         f = self.meta_fields()
         self.ps = f["ps"]
@@ -115,23 +119,84 @@ class _Layout:
                         value = bytes(b[off + 6 + klen:off + 6 + klen + vlen])
                     self.items[key] = value
         self.leaves_with_overflow = set()
-        self.bitmaps = []
+        # the free space: the bitmap index, the live records (newest first),
+        # the newest one's overrides replacing index entries (version 1's
+        # free list is another format: not read)
+        self.index_pages, self.records, index = [], [], []
+        self.stale_bitmaps = []     # index entries that the newest record overrides
+        if struct.unpack_from("<I", self.data, self.meta_off + 8)[0] == 1:
+            self.bitmaps = []
+            return
         idx = f["free_index"]
         while idx:
             b = self.page(idx)
             nk = struct.unpack_from("<H", b, 6)[0]
-            self.bitmaps += [x for x in struct.unpack_from(f"<{nk}Q", b, 32) if x]
+            index += struct.unpack_from(f"<{nk}Q", b, 32)
+            self.index_pages.append(idx)
             idx = struct.unpack_from("<Q", b, 24)[0]
+        pg = f["record"]
+        for txn in range(f["txnid"], max(f["floor"], 1), -1):
+            rec = self.record(pg)
+            assert rec["txnid"] == txn
+            self.records.append(rec)
+            pg = rec["prev"]
+        for r, bm in (self.records[0]["overrides"] if self.records else []):
+            self.stale_bitmaps.append(index[r])
+            index[r] = bm
+        self.bitmaps = [x for x in index if x]
 
     def meta_fields(self):
         m = self.data[self.meta_off:self.meta_off + 128]
-        (ps, txnid, root, depth, flags, entries, hwm, fi, fp, fc, pc, floor) = struct.unpack_from(
-            "<IQQIIQQQQQQQ", m, 12)
-        return dict(ps=ps, txnid=txnid, root=root, depth=depth, entries=entries, hwm=hwm,
-                    free_index=fi, free_pending=fp, free_count=fc, pending_count=pc)
+        (ps, txnid, root, depth, flags, entries, hwm, fi, rec, fc, pc, floor, durable) = \
+            struct.unpack_from("<IQQIIQQQQQQQQ", m, 12)
+        return dict(ps=ps, txnid=txnid, root=root, depth=depth, flags=flags, entries=entries,
+                    hwm=hwm, free_index=fi, record=rec, free_count=fc, pending_count=pc,
+                    floor=floor, durable=durable)
+
+    def record(self, pg):
+        """The commit record whose first page is ``pg``: its pages, header
+        txnid, prev, flags and entries (FORMAT.md §6)."""
+        pages, stream = [], b""
+        while pg:
+            b = self.page(pg)
+            assert b[4] == 8 and b[5] == (1 if pages else 0), (pg, b[4], b[5])
+            pages.append(pg)
+            stream += bytes(b[32:])
+            pg = struct.unpack_from("<Q", b, 24)[0]
+        prev, nw, nf, nr, no, flags, zero = struct.unpack_from("<QIIIIII", stream, 0)
+        assert zero == 0
+        off = RECORD_FIXED
+        written = [struct.unpack_from("<QI", stream, off + 12 * i) for i in range(nw)]
+        off += 12 * nw
+        freed = [struct.unpack_from("<QQ", stream, off + 16 * i) for i in range(nf)]
+        off += 16 * nf
+        released = [struct.unpack_from("<QQ", stream, off + 16 * i) for i in range(nr)]
+        off += 16 * nr
+        overrides = [struct.unpack_from("<QQ", stream, off + 16 * i) for i in range(no)]
+        return dict(txnid=struct.unpack_from("<Q", self.page(pages[0]), 8)[0], pages=pages,
+                    prev=prev, flags=flags, written=written, freed=freed, released=released,
+                    overrides=overrides)
 
     def page(self, pg):
         return self.data[pg * self.ps:(pg + 1) * self.ps]
+
+    def edge_pages(self):
+        """The pages of the leftmost and rightmost root-to-leaf paths: the
+        engine verifies them at open, and refuses the file if they are
+        damaged (the meta's commit is durable)."""
+        out = set()
+        for pick in (0, -1):
+            pg = self.meta_fields()["root"]
+            out.add(pg)
+            while pg in self.children:
+                pg = self.children[pg][pick]
+                out.add(pg)
+        return out
+
+    def inner_leaves(self):
+        """The leaves off the edge paths, in the walk's order."""
+        edges = self.edge_pages()
+        return [pg for pg in self.leaves if pg not in edges]
 
     def cell_off(self, pg, i):
         return pg * self.ps + struct.unpack_from("<H", self.data, pg * self.ps + 32 + 2 * i)[0]
@@ -173,9 +238,10 @@ def build(path, *, seed=1, page_size=4096, snapshot=True, nkeys=3000):
     """A few hundred pages: nkeys keys with 50-400 byte values, 20 values of
     9,000 bytes (overflow chains), committed in several transactions; with a
     snapshot open over the last commits so pending pages span several
-    commits.  Returns the engine's stats after close and reopen.  Commits
-    sync: damage to a sync=False commit's edge paths is a lost commit that
-    the engine and the checker pass over (FORMAT.md §2), not damage."""
+    commits.  Returns the engine's stats after close and reopen.  The close
+    seals the last commit durable (FORMAT.md §7): open verifies no commit's
+    pages and has nothing to fall back to, so any damage is damage (the
+    ``crashed`` image below is a file that a power loss left)."""
     r = random.Random(seed)
     db = kvmap.open(str(path), page_size=page_size)
     keys = [b"key-%06d" % i for i in range(nkeys)]
@@ -228,6 +294,38 @@ def original(base):
         return dict(db.items())
     finally:
         db.close()
+
+
+@pytest.fixture(scope="module")
+def crashed(base, tmp_path_factory):
+    """(path, items): the base database with one more commit (sync=True: 250
+    values of 9,000 bytes under new keys, which takes the pages the base
+    leaves free or pending and grows the file by over 120 pages), copied
+    while the writer still had it open -- what a power loss right after
+    that commit leaves.  Its meta names the base commit as durable (the
+    commit's flush came after its meta) and the other slot still holds the
+    base commit, so open falls back to it if the new commit's pages do not
+    verify; a close would have sealed the new commit durable.  Never open it
+    writable (a close writes a meta)."""
+    d = tmp_path_factory.mktemp("crashed")
+    work, image = d / "work.kv", d / "crashed.kv"
+    shutil.copyfile(base[0], work)
+    r = random.Random(11)
+    db = kvmap.open(str(work))
+    try:
+        with db.transaction() as t:
+            for i in range(250):
+                t[b"big-1%03d" % i] = r.randbytes(9000)
+        shutil.copyfile(work, image)
+    finally:
+        db.close()
+    L = _Layout(image)
+    f, older = L.meta_fields(), _Layout(image, meta=L.other_slot).meta_fields()
+    assert f["durable"] == older["txnid"] == f["txnid"] - 1 == older["durable"]
+    assert f["hwm"] - older["hwm"] > 120
+    with kvmap.open(str(image), readonly=True) as db:
+        assert not db.stats()["meta_fallback"]
+        return image, dict(db.items())
 
 
 def _keys_on_pages(layout, pages):
@@ -545,23 +643,42 @@ def test_truncated_mid_page(copy, tmp_path, original):
 
 
 @pytest.mark.parametrize("where", ["half", "tail"])
-def test_truncated_at_page_boundary(copy, tmp_path, original, where):
-    p = copy()
+def test_truncated_at_page_boundary(base, crashed, tmp_path, original, where):
+    """"half" cuts the (sealed) base file in two: damage.  "tail" cuts the
+    last 90 pages of the crashed image, whose newest commit is not durable:
+    what a power loss leaves when the file's growth for that commit did not
+    reach the disk.  The engine opens the durable commit its meta names,
+    whose pages all remain, and so does the check (a note, no problem)."""
+    p = tmp_path / "damaged.kv"
+    shutil.copyfile(base[0] if where == "half" else crashed[0], p)
+    if where == "tail":
+        original = crashed[1]
     L = _Layout(p)
     keep = L.hwm // 2 if where == "half" else L.hwm - 90
+    if where == "tail":
+        assert _Layout(p, meta=L.other_slot).hwm <= keep
     os.truncate(p, keep * L.ps)
     rep = check(p)
-    k = _kinds(rep)
-    assert ("truncated", keep) in k
     if where == "half":
+        k = _kinds(rep)
+        assert ("truncated", keep) in k
         assert any(x.kind == "out-of-range" and x.page >= keep for x in rep.problems)
+        assert _cli(p) == 1
     else:                                   # the older meta fits: the check reads it
+        assert rep.ok, rep.problems
         assert rep.meta_used == L.other_slot
-    assert _cli(p) == 1
+        assert any(f"meta {L.slot}" in n and "lost by a crash" in n and f"{keep * L.ps} bytes" in n
+                   and f"using meta {L.other_slot}" in n for n in rep.meta_notes), rep.meta_notes
+        with kvmap.open(str(p), readonly=True) as db:       # so does the engine
+            assert db.stats()["meta_fallback"] and db.stats()["meta_slot"] == L.other_slot
+            assert dict(db.items()) == _contents(base[0])
+        assert _cli(p) == 0
     lost = set(range(keep, L.hwm))
     if where == "tail":
-        # the last 90 pages hold leaves, overflow pages and the newest free
-        # list; the branches survive: exactly the entries on lost pages go
+        # salvage goes by the newest meta: the last 90 pages hold leaves,
+        # overflow pages and the newest free space; the branches survive:
+        # exactly the entries on lost pages go
+        assert not lost & {b for b, _ in L.branches}
         res = assert_salvaged(p, tmp_path, original, lost, L)
         assert res.meta_used == L.slot and res.unverified == 0
         return
@@ -662,21 +779,29 @@ def test_creation_interrupted(tmp_path):
 
 
 def test_nosync_commit_lost_follows_the_engine(tmp_path):
-    """A sync=False commit whose tree a power loss left incomplete: the
-    engine opens the older meta (FORMAT.md §2 step 4) and so does the
-    checker, noting the lost commit; the older state is sound."""
+    """A sync=False commit whose tree a power loss left incomplete: its meta
+    names the last flushed commit as durable, and the engine opens that
+    commit's meta (FORMAT.md §2, step 4) and so does the checker, noting the lost
+    commit; the durable state is sound."""
     p = str(tmp_path / "nosync.kv")
-    with kvmap.open(p, sync=False) as db:
+    image = str(tmp_path / "image.kv")
+    with kvmap.open(p, sync=False, sync_interval=None) as db:
         db.update({b"k%04d" % i: b"v" * 50 for i in range(2000)})
+        db.sync()                                      # durable from here
         db[b"k0000"] = b"changed"                      # rewrites the leftmost path and root
-    root = _Layout(p).meta_fields()["root"]
-    with open(p, "r+b") as f:                          # the root's write never landed
-        f.seek(root * 4096)
-        f.write(bytes(4096))
-    rep = check(p)
+        shutil.copyfile(p, image)                      # a power loss now (a close seals it)
+    L = _Layout(image)
+    f = L.meta_fields()
+    assert f["flags"] & 1 and f["durable"] == f["txnid"] - 1
+    assert _Layout(image, meta=L.other_slot).meta_fields()["txnid"] == f["durable"]
+    with open(image, "r+b") as fh:                     # the root's write never landed
+        fh.seek(f["root"] * 4096)
+        fh.write(bytes(4096))
+    rep = check(image)
     assert rep.ok, rep.problems
+    assert rep.meta_used == L.other_slot
     assert any("sync=False" in n and "lost by a crash" in n for n in rep.meta_notes), rep.meta_notes
-    with kvmap.open(p, readonly=True) as db:
+    with kvmap.open(image, readonly=True) as db:
         assert db.stats()["meta_fallback"] and db.stats()["meta_slot"] == rep.meta_used
         assert db[b"k0000"] == b"v" * 50
 
@@ -806,7 +931,7 @@ def test_cli_output(base, copy, capsys):
     assert doc["ok"] is True and doc["summary"]["entries"] == base[1]["entries"]
     p = copy()
     L = _Layout(p)
-    for leaf in L.leaves[:5]:
+    for leaf in L.inner_leaves()[:5]:          # (damage on an edge path is one problem more)
         L.data[leaf * L.ps + 200] ^= 1
     L.save(p)
     assert _cli(p, "--max-errors", "2") == 1
@@ -975,3 +1100,320 @@ def test_salvage_orphans_need_the_free_list(copy, tmp_path, original):
     got = _contents(tmp_path / "o.kv")
     assert all(original.get(k) == v for k, v in got.items())
     assert set(original) <= set(got) | set(_contents(tmp_path / "u.kv"))
+
+
+# ---------------------------------------------------------------------------
+# the free space of version 2: commit records and bitmap overrides
+
+
+def _engine_refuses_writable(path):
+    """A writable open loads the free space, and refuses damage there."""
+    with pytest.raises(kvmap.CorruptionError):
+        kvmap.open(str(path))
+
+
+@pytest.mark.parametrize("damage", ["bit-flip", "freed-run"])
+def test_record_page_damaged(copy, tmp_path, original, damage):
+    """The newest commit's record (in the sealed base: durable, so open does
+    not verify it; the free space is read through it): a flipped bit past its
+    entries is a bad checksum, a freed run out of range (checksum fixed)
+    leaves its pages unaccounted for."""
+    p = copy()
+    L = _Layout(p)
+    rec = L.records[0]
+    assert len(rec["pages"]) == 1 and rec["freed"]
+    pg = rec["pages"][0]
+    o = pg * L.ps
+    if damage == "bit-flip":
+        entries = RECORD_FIXED + 12 * len(rec["written"]) + 16 * (len(rec["freed"]) + len(rec["released"])
+                                                                 + len(rec["overrides"]))
+        assert 32 + entries < L.ps - 100
+        L.data[o + L.ps - 100] ^= 0x08                # past the entries, checksum not fixed
+        L.save(p)
+        rep = check(p)
+        assert [(x.kind, x.page) for x in rep.problems] == [("bad-checksum", pg)]
+        assert "(record)" in rep.problems[0].message
+        assert check(p, quick=True).ok
+    else:
+        start, count = rec["freed"][0]
+        off = o + 32 + RECORD_FIXED + 12 * len(rec["written"])   # the first freed run
+        assert struct.unpack_from("<QQ", L.data, off) == (start, count)
+        struct.pack_into("<Q", L.data, off + 8, L.hwm)
+        L.fix(pg)
+        L.save(p)
+        rep = check(p, max_errors=10 ** 6)
+        k = _kinds(rep)
+        assert ("free-list", pg) in k
+        assert {("leaked", x) for x in range(start, start + count)} <= k
+        assert {x.kind for x in rep.problems} == {"free-list", "leaked", "pending-count"}
+        assert k == _kinds(check(p, quick=True, max_errors=10 ** 6))
+    assert _cli(p) == 1
+    _engine_refuses_writable(p)
+    with kvmap.open(str(p), readonly=True) as db:      # reads do not need the free space
+        assert dict(db.items()) == original
+    assert_salvaged(p, tmp_path, original, set(), L)    # a record holds no entries
+
+
+@pytest.mark.parametrize("prev", ["zero", "older"])
+def test_record_chain_broken(copy, tmp_path, original, prev):
+    """The newest record's prev pointer (checksum fixed) no longer leads to
+    the record of the commit before: the live records behind it, and the
+    pages they list freed, are unaccounted for."""
+    p = copy()
+    L = _Layout(p)
+    assert len(L.records) >= 3
+    newest, lost = L.records[0], L.records[1:]
+    pg = newest["pages"][0]
+    target = 0 if prev == "zero" else L.records[2]["pages"][0]
+    struct.pack_into("<Q", L.data, pg * L.ps + 32, target)
+    L.fix(pg)
+    L.save(p)
+    rep = check(p, max_errors=10 ** 6)
+    k = _kinds(rep)
+    assert ("free-list", pg if prev == "zero" else target) in k
+    unreached = {x for r in lost for x in r["pages"]} - {target}
+    unreached |= {x for r in lost for s_, c in r["freed"] for x in range(s_, s_ + c)}
+    assert {x for kind, x in k if kind == "leaked"} == unreached
+    assert ("pending-count", L.slot) in k
+    assert {x.kind for x in rep.problems} == {"free-list", "leaked", "pending-count"}
+    assert _cli(p) == 1
+    _engine_refuses_writable(p)
+    assert_salvaged(p, tmp_path, original, set(), L)
+
+
+@pytest.mark.parametrize("damage", ["stale", "out-of-order"])
+def test_bitmap_override_damaged(copy, tmp_path, original, damage):
+    """The newest record's bitmap overrides (checksum fixed): "stale" points
+    range 0 back at the index's entry, a page the override replaced (freed
+    since, and never to be read as a bitmap); "out-of-order" repeats the
+    range."""
+    p = copy()
+    L = _Layout(p)
+    rec = L.records[0]
+    assert rec["overrides"] and rec["overrides"][0][0] == 0 and len(rec["overrides"]) == 1
+    pg = rec["pages"][0]
+    current, stale = rec["overrides"][0][1], L.stale_bitmaps[0]
+    assert current != stale
+    off = pg * L.ps + 32 + RECORD_FIXED + 12 * len(rec["written"]) + 16 * (len(rec["freed"]) + len(rec["released"]))
+    if damage == "stale":
+        struct.pack_into("<Q", L.data, off + 8, stale)
+    else:
+        struct.pack_into("<I", L.data, pg * L.ps + 52, 2)              # n_override
+        struct.pack_into("<QQ", L.data, off + 16, 0, current)
+    L.fix(pg)
+    L.save(p)
+    rep = check(p)
+    k = _kinds(rep)
+    if damage == "stale":
+        assert ("leaked", current) in k              # the real bitmap page is not reached
+        assert any(x.page == stale for x in rep.problems), rep.problems[:5]
+    else:
+        assert [(x.kind, x.page) for x in rep.problems] == [("free-list", pg)]
+        _engine_refuses_writable(p)
+    assert _cli(p) == 1
+    assert_salvaged(p, tmp_path, original, set(), L)
+
+
+@pytest.mark.parametrize("damage", ["written-page", "record-page"])
+def test_commit_not_verified_falls_back(crashed, base, tmp_path, damage):
+    """The crashed image's newest commit is not known durable: open verifies
+    the pages its record lists.  A damaged one (an overflow page off the
+    edge paths, or the record page itself) is what a power loss before the
+    commit's flush leaves: the engine opens the durable commit's meta, and
+    so does the checker (a note, no problem).  With that other meta damaged
+    too, the engine refuses the file, and the checker says so."""
+    p = tmp_path / "image.kv"
+    shutil.copyfile(crashed[0], p)
+    L = _Layout(p)
+    rec = L.records[0]
+    assert rec["txnid"] > L.meta_fields()["durable"] and rec["flags"] == 0
+    written = {w for w, _ in rec["written"]}
+    if damage == "written-page":
+        pg = L.key_chain[b"big-1100"][1]
+        assert pg in written and pg not in L.edge_pages()
+    else:
+        pg = rec["pages"][0]
+    L.data[pg * L.ps + 3000] ^= 0x40
+    L.save(p)
+    rep = check(p)
+    assert rep.ok, rep.problems
+    assert rep.meta_used == L.other_slot
+    assert any(f"meta {L.slot}" in n and "lost by a crash" in n and f"page {pg}" in n
+               and f"using meta {L.other_slot}" in n for n in rep.meta_notes), rep.meta_notes
+    assert _cli(p) == 0
+    base_items = _contents(base[0])
+    with kvmap.open(str(p), readonly=True) as db:          # the engine agrees
+        assert db.stats()["meta_fallback"] and db.stats()["meta_slot"] == L.other_slot
+        assert dict(db.items()) == base_items
+    # salvage takes the newest commit's tree, whose damaged page loses its value
+    assert_salvaged(p, tmp_path, crashed[1], {pg}, L)
+    off = L.other_slot * L.ps
+    L.data[off:off + 128] = bytes(128)
+    L.save(p)
+    rep = check(p)
+    assert ("meta-unusable", L.slot) in _kinds(rep)
+    assert ("meta-damaged", L.other_slot) in _kinds(rep)
+    msg = [x.message for x in rep.problems if x.kind == "meta-unusable"][0]
+    assert "refuses to open" in msg and f"page {pg}" in msg
+    assert _cli(p) == 1
+    with pytest.raises(kvmap.CorruptionError):
+        kvmap.open(str(p), readonly=True)
+
+
+def test_edge_path_damage_refused(copy):
+    """A damaged page on an edge path of a durable commit's tree: the engine
+    refuses the file (no commit to fall back to), and the checker says so,
+    in quick mode too."""
+    p = copy()
+    L = _Layout(p)
+    leaf = L.leaves[0]                          # the rightmost leaf
+    assert leaf in L.edge_pages()
+    L.data[leaf * L.ps + 200] ^= 1
+    L.save(p)
+    assert {("bad-checksum", leaf), ("meta-unusable", L.slot)} <= _kinds(check(p))
+    assert _kinds(check(p, quick=True)) == {("meta-unusable", L.slot)}
+    with pytest.raises(kvmap.CorruptionError):
+        kvmap.open(str(p), readonly=True)
+
+
+def test_pages_made_durable_before_the_meta(tmp_path):
+    """Commits much larger than sync_bytes sync their pages before their
+    meta: their records list no pages (flag 1), their metas say they are
+    durable; a file left so checks sound."""
+    p = str(tmp_path / "db.kv")
+    image = str(tmp_path / "image.kv")
+    r = random.Random(3)
+    with kvmap.open(p, sync=False, sync_bytes=4096) as db:
+        for i in range(20):
+            with db.transaction() as t:                # some 160 pages each
+                for _ in range(30):
+                    t[b"k%d" % r.randrange(500)] = r.randbytes(r.choice((30, 300, 20000)))
+                for _ in range(20):
+                    t[b"big%d" % r.randrange(100)] = r.randbytes(20000)
+        shutil.copyfile(p, image)
+        st = db.stats()
+    L = _Layout(image)
+    f = L.meta_fields()
+    assert f["durable"] == f["txnid"] and L.records
+    assert all(x["flags"] == 1 and x["written"] == [] for x in L.records)
+    for path in (image, p):
+        rep = check(path)
+        assert rep.ok, rep.problems
+        assert rep.summary["entries"] == st["entries"]
+
+
+def test_pages_released_early(tmp_path):
+    """With sync=False, a page written since the last flush and freed again
+    is reused at once (FORMAT.md §7): the commit that releases it lists it in
+    its record, and the older record that freed it no longer makes it
+    pending.  A file left so, copied while open or closed, checks sound and
+    opens with the same contents; the checker reads the released runs."""
+    p = str(tmp_path / "db.kv")
+    image = str(tmp_path / "image.kv")
+    r = random.Random(4)
+    model = {}
+    with kvmap.open(p, sync=False) as db:
+        for i in range(60):                            # a hot set: the same leaves again
+            with db.transaction() as t:
+                for _ in range(20):
+                    k, v = b"k%03d" % r.randrange(200), r.randbytes(r.choice((10, 100, 1500)))
+                    t[k] = model[k] = v
+        assert db.stats()["durable_txnid"] < db.stats()["txnid"]   # no flush since the first
+        shutil.copyfile(p, image)
+    L = _Layout(image)
+    assert any(x["released"] for x in L.records), "no record lists a page released early"
+    for path in (image, p):
+        rep = check(path)
+        assert rep.ok, rep.problems
+        with kvmap.open(path) as db:
+            assert dict(db.items()) == model
+            db._check()
+
+
+# ---------------------------------------------------------------------------
+# version 1 files
+
+
+def make_v1(src, dst):
+    """A version 1 file with src's tree: both metas rewritten in version 1's
+    layout (version 1 at 8; at 64 free_pending and at 88 pending_floor, 0:
+    no pending list; 96.. reserved, zero), every other page as it is (tree
+    pages and the page header are the same in both versions)."""
+    data = bytearray(open(src, "rb").read())
+    ps = struct.unpack_from("<I", data, 12)[0]
+    for off in (0, ps):
+        struct.pack_into("<I", data, off + 8, 1)
+        struct.pack_into("<Q", data, off + 64, 0)
+        struct.pack_into("<Q", data, off + 80, 0)          # pending_count
+        struct.pack_into("<Q", data, off + 88, 0)
+        data[off + 96:off + 124] = bytes(28)
+        struct.pack_into("<I", data, off + 124, crc(data[off:off + 124]))
+    with open(dst, "wb") as f:
+        f.write(data)
+
+
+def test_version_1_file(base, tmp_path, original, capsys):
+    """The engine does not open a version 1 file; the checker reports it as
+    one (checking its tree only), and salvage copies it into a new file."""
+    p = tmp_path / "v1.kv"
+    make_v1(base[0], p)
+    before = open(p, "rb").read()
+    rep = check(p)
+    assert not rep.ok
+    assert [(x.kind, x.page) for x in rep.problems] == [("version", None)]
+    msg = rep.problems[0].message
+    assert "version 1" in msg and "--salvage" in msg
+    assert rep.summary["entries"] == len(original) and rep.summary["free_pages"] is None
+    assert _cli(p) == 1
+    assert "version 1" in capsys.readouterr().out
+    for readonly in (True, False):
+        with pytest.raises(kvmap.FormatError, match="version 1") as e:
+            kvmap.open(str(p), readonly=readonly)
+        assert "--salvage" in str(e.value)
+    assert open(p, "rb").read() == before
+    res = assert_salvaged(p, tmp_path, original, set(), _Layout(p))
+    assert res.lost == 0 and res.recovered == len(original)
+    out = check(tmp_path / "salvaged.kv")
+    assert out.ok and out.summary["entries"] == len(original)
+    assert _cli(p, "--salvage", str(tmp_path / "cli.kv")) == 1
+    assert _contents(tmp_path / "cli.kv") == original
+
+
+def test_version_1_file_damaged(base, tmp_path, original):
+    """Damage in a version 1 file's tree is reported beside the version, and
+    salvage loses only the damaged leaf; with its root damaged too, its
+    orphan leaves cannot be proven current (its free list is not read)."""
+    p = tmp_path / "v1.kv"
+    make_v1(base[0], p)
+    L = _Layout(p)
+    leaf = L.inner_leaves()[3]
+    L.data[leaf * L.ps + 300] ^= 2
+    L.save(p)
+    assert _kinds(check(p)) == {("version", None), ("bad-checksum", leaf)}
+    assert_salvaged(p, tmp_path, original, {leaf}, L)
+    root = L.meta_fields()["root"]
+    L.data[root * L.ps + 4] = 3
+    L.save(p)
+    from kvmap.checker import salvage
+    res = salvage(p, tmp_path / "o.kv", unverified=tmp_path / "u.kv")
+    got, unproven = _contents(tmp_path / "o.kv"), _contents(tmp_path / "u.kv")
+    assert all(original.get(k) == v for k, v in got.items())
+    assert res.unverified > 0
+    on_lost = _keys_on_pages(L, {leaf})
+    assert not [k for k in original if k not in on_lost and k not in got and k not in unproven]
+
+
+def test_version_1_meta_beside_version_2(copy):
+    """A version 1 meta next to a valid version 2 one is damage to that
+    meta (no version 2 engine writes it); the engine uses the other."""
+    p = copy()
+    L = _Layout(p)
+    off = L.other_slot * L.ps
+    struct.pack_into("<I", L.data, off + 8, 1)
+    struct.pack_into("<I", L.data, off + 124, crc(L.data[off:off + 124]))
+    L.save(p)
+    rep = check(p)
+    assert [(x.kind, x.page) for x in rep.problems] == [("meta-damaged", L.other_slot)]
+    assert "version 1" in rep.problems[0].message and rep.meta_used == L.slot
+    with kvmap.open(str(p), readonly=True) as db:
+        assert db.stats()["meta_slot"] == L.slot

@@ -1,10 +1,13 @@
 """Fuzz kvmap.check and the engine: flip 1-8 random bytes, or truncate at a
 random offset, in copies of small valid databases, and check each copy (full
-and quick mode; every fifth case also salvages).  Every case must end with a
-report or CheckUnreadable (exit code 0/1/2), never another exception and never
-a hang.  Then the engine opens the same copy, read-only (iterating and
-reading everything) and writable (one commit): each step either works or
-raises a kvmap.Error subclass, never anything else and never a crash.
+and quick mode; every fifth case also salvages).  The bases include one left
+as a power loss leaves it (commits after the durable one, which open
+verifies against their records and may fall back from).  Every case must
+end with a report or CheckUnreadable (exit code 0/1/2), never another
+exception and never a hang.  Then the engine opens the same copy, read-only
+(iterating and reading everything) and writable (one commit): each step
+either works or raises a kvmap.Error subclass, never anything else and
+never a crash.
 
 The cases run in subprocesses (a batch of cases each, with a per-case alarm
 and a per-batch timeout), so a crash fails the test instead of pytest.
@@ -14,6 +17,7 @@ and a per-batch timeout), so a crash fails the test instead of pytest.
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -90,7 +94,7 @@ for case in range(args["first"], args["last"]):
         for _ in range(n):
             # half the flips in the metas and page headers, where they hurt most
             if r.random() < 0.5:
-                ps = 4096 * (1 + bi % 2)
+                ps = int.from_bytes(bases[bi][12:16], "little")
                 pg = r.randrange(len(data) // ps)
                 off = pg * ps + (r.randrange(128) if pg < 2 else r.randrange(40))
             else:
@@ -124,9 +128,15 @@ for case in range(args["first"], args["last"]):
 '''
 
 
-def _build(path, seed, page_size, nkeys, big):
+def _build(path, seed, page_size, nkeys, big, crashed=False):
+    """A database of nkeys small and ``big`` overflow values, with pending
+    pages from a snapshot.  ``crashed``: no commit is flushed after the
+    first ones, and the file is copied before the close (which would make
+    them durable): what a power loss leaves."""
     r = random.Random(seed)
-    db = kvmap.open(str(path), page_size=page_size, sync=False)
+    work = path.with_suffix(".work") if crashed else path
+    db = kvmap.open(str(work), page_size=page_size, sync=False,
+                    sync_interval=None if crashed else 1.0)
     keys = [b"f%05d" % i for i in range(nkeys)]
     r.shuffle(keys)
     for s in range(0, nkeys, 300):
@@ -145,16 +155,19 @@ def _build(path, seed, page_size, nkeys, big):
                 if k in t:
                     del t[k]
     snap.close()
+    if crashed:
+        shutil.copyfile(work, path)
     db.close()
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzzbase")
-    paths = [d / "a.kv", d / "b.kv", d / "c.kv"]
+    paths = [d / "a.kv", d / "b.kv", d / "c.kv", d / "d.kv"]
     _build(paths[0], 1, 4096, 1500, 8)
     _build(paths[1], 2, 8192, 2000, 6)
     _build(paths[2], 3, 4096, 600, 2)
+    _build(paths[3], 4, 4096, 1200, 4, crashed=True)
     from kvmap.checker import check
     for p in paths:
         rep = check(p)
@@ -163,6 +176,9 @@ def bases(tmp_path_factory):
         # so that the flips land in pages in use
         os.truncate(p, rep.summary["hwm"] * rep.summary["page_size"])
         assert check(p).ok
+    with kvmap.open(str(paths[3]), readonly=True) as db:      # commits that open verifies
+        st = db.stats()
+        assert st["durable_txnid"] < st["txnid"] - 3 and not st["meta_fallback"]
     return [str(p) for p in paths]
 
 

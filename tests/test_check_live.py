@@ -119,7 +119,7 @@ def base(tmp_path_factory):
     p = tmp_path_factory.mktemp("live") / "base.kv"
     r = random.Random(9)
     keys = [b"key-%06d" % i for i in range(NKEYS)]
-    with kvmap.open(str(p)) as db:         # sync=True: the check takes no sync=False fallback
+    with kvmap.open(str(p)) as db:         # closed: its last commit sealed durable, no fallback
         for s in range(0, NKEYS, 5000):
             with db.transaction() as t:
                 for k in keys[s:s + 5000]:

@@ -62,8 +62,11 @@ def offsets(fmt):
     ("PT_OVERFLOW", checker.PT_OVERFLOW),
     ("PT_FREE_INDEX", checker.PT_FREE_INDEX),
     ("PT_FREE_BITMAP", checker.PT_FREE_BITMAP),
-    ("PT_FREE_PENDING", checker.PT_PENDING),
-    ("PT_FREE_PENDING_INDEX", checker.PT_PENDING_INDEX),
+    ("PT_RECORD", checker.PT_RECORD),
+    ("PF_CONTINUED", checker.PF_CONTINUED),
+    ("R_FLAGS_PAGES_DURABLE", checker.R_FLAGS_PAGES_DURABLE),
+    ("R_WRITTEN_SIZE", checker.R_WRITTEN_SIZE),
+    ("R_RUN_SIZE", checker.R_RUN_SIZE),
     ("LEAF_HDR", struct.calcsize("<HI")),        # the checker's leaf cell header
     ("BRANCH_HDR", struct.calcsize("<HQ")),
 ])
@@ -73,14 +76,41 @@ def test_checker_constant(c_name, py_value):
 
 def test_checker_meta_layout():
     """The checker reads the meta with one struct: its fields sit where
-    format.h puts them."""
-    fmt = "<8sIIQQIIQQQQQQQ"
+    format.h puts them, and the reserved bytes follow them up to the
+    checksum."""
+    fmt = "<8sIIQQIIQQQQQQQQ"
     assert checker._meta.__self__.format == fmt
     names = ["M_MAGIC", "M_VERSION", "M_PAGESIZE", "M_TXNID", "M_ROOT", "M_DEPTH", "M_FLAGS",
-             "M_ENTRIES", "M_HWM", "M_FREE_INDEX", "M_FREE_PENDING", "M_FREE_COUNT",
-             "M_PENDING_COUNT", "M_PENDING_FLOOR"]
+             "M_ENTRIES", "M_HWM", "M_FREE_INDEX", "M_RECORD", "M_FREE_COUNT",
+             "M_PENDING_COUNT", "M_FLOOR", "M_DURABLE"]
     assert [C[n] for n in names] == offsets(fmt)
+    assert struct.calcsize(fmt) <= C["M_CHECKSUM"]
     assert C["M_CHECKSUM"] + 4 == C["META_SIZE"]
+    assert not [n for n in ("M_FREE_PENDING", "M_PENDING_FLOOR", "PT_FREE_PENDING",
+                            "PT_FREE_PENDING_INDEX") if n in C]      # version 1's, gone
+
+
+def test_checker_record_layout():
+    """The fixed fields of a commit record, which the checker reads with one
+    struct at the start of the record's stream (byte 32 of its first page),
+    sit where format.h puts them; the entries follow them."""
+    fmt = "<QIIIIII"
+    assert checker._record_head.__self__.format == fmt
+    names = ["R_PREV", "R_NWRITTEN", "R_NFREED", "R_NRELEASED", "R_NOVERRIDE", "R_FLAGS"]
+    assert [C[n] - C["PH_SIZE"] for n in names] == offsets(fmt)[:len(names)]
+    assert C["PH_SIZE"] + struct.calcsize(fmt) == C["R_BODY"]
+    assert checker._written.__self__.size == C["R_WRITTEN_SIZE"]      # u64 page, u32 checksum
+    assert checker._written.__self__.format == "<QI"
+    assert checker._run_pair.__self__.size == C["R_RUN_SIZE"]         # u64, u64
+    assert checker._run_pair.__self__.format == "<QQ"
+
+
+def test_record_spare_pages():
+    """How many pages past its entries a record may end with: freelist.c's
+    bound, which the checker applies too."""
+    with open(os.path.join(REPO_ROOT, "native", "freelist.c")) as f:
+        m = re.search(r"#define\s+RECORD_SPARE_MAX\s+(\d+)", f.read())
+    assert m and int(m.group(1)) == checker.RECORD_SPARE_MAX
 
 
 def test_checker_page_header_layout():

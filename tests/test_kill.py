@@ -1,7 +1,8 @@
 """Process kills (issue 5): ``tools/killtest.py`` SIGKILLs writer processes at
-random moments, at exact system calls inside commits and growth, with reader
-snapshots open and during reopen, and checks after every kill that no
-acknowledged commit was lost or torn and that the integrity check is clean.
+random moments, at exact system calls inside commits, growth and the flushes
+of ``sync=False`` (sync_bytes, db.sync(), close), with reader snapshots open
+and during reopen, and checks after every kill that no acknowledged commit
+was lost or torn and that the integrity check is clean.
 
 The harness forks its own children, so it runs here as a subprocess.  Time
 budget: about 20-30 s on the 2-core CI box, nearly all of it the 300-kill run.
@@ -48,8 +49,16 @@ def test_300_kills_lose_no_commit(tmp_path):
     assert c["during_reopen"] > 0
     assert sorted(c["by_config"]) == sorted(CONFIG_IDS)
     assert set(c["by_sync"]) == {"sync=True", "sync=False"}
-    # an fdatasync kill says exactly which commit the file holds (odd: before
-    # the meta write, even: after it); the harness demanded it, and both occur
+    # kills inside the flushes of sync=False: in commits (sync_bytes, pages
+    # first), in db.sync(); and in close() or the reopen after it
+    where = c["by_where"]
+    assert where.get("syscall:fdatasync in commit (sync=False)", 0) > 0, where
+    assert where.get("syscall:fdatasync in db.sync() (sync=False)", 0) > 0, where
+    assert any(" in close/reopen " in w for w in where), where
+    assert c["during_flush"] > 0
+    # an fdatasync kill in a sync=True commit comes after its meta write
+    # (acked+1), in db.sync() or close() with nothing in flight (acked): the
+    # harness demanded it, and both occur
     fd = moments["syscall:fdatasync"]
     assert fd.get("acked", 0) > 0 and fd.get("acked+1", 0) > 0, fd
 

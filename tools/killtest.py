@@ -9,14 +9,23 @@ A parent process that has kvmap imported but never a database open forks
 writer children.  A writer opens the database (read-write, so the open of a
 crashed file runs whatever recovery there is), runs the seeded transactions
 of ``crashkit.Workload`` from where the file stands, and acknowledges each
-``commit()`` that returned by writing its number on a pipe.  The writer is
-SIGKILLed at a moment chosen by the parent:
+``commit()`` that returned by writing its number on a pipe; it also says when
+it begins a commit, and before and after the flush points it calls: a
+``db.sync()`` after some commits (``sync=False``), and a ``close()`` and
+reopen after a few (close flushes, then seals the newest meta).  A
+``sync=False`` lane opens with a small ``sync_bytes`` (16 KiB to 1 MiB), so
+commits flush often (a commit that brings the unsynced bytes to sync_bytes
+flushes once after its meta; one larger than 4 x sync_bytes syncs its pages
+first), and, unless ``--no-timing``, sometimes a ``sync_interval`` of 2 or
+20 ms.  The writer is SIGKILLed at a moment chosen by the parent:
 
 * ``time``: after a random delay (uniform over about the run's length);
 * ``syscall:<call>``: exactly before its n-th pwrite / fdatasync / pread /
   madvise, or before the next fallocate / mmap / mremap / munmap of a file
   growth (``kvm_fault_set(..., KVM_FAULT_KILL)`` armed in the child after its
-  open), which puts kills inside commits and inside growth deterministically;
+  open), which puts kills inside commits, inside growth and inside the
+  flushes (``sync=False`` lanes kill at fdatasync twice as often)
+  deterministically;
 * ``ack``: right after a ``commit()`` returned, before the acknowledgement;
 * ``idle``: the armed call never came within the run (the parent kills the
   idle child);
@@ -26,17 +35,24 @@ Some writers also hold snapshots across commits (compared with the model when
 they are released) and run reader threads that iterate snapshots and make
 point reads while the writer commits ("with readers").  After some writer
 kills a second child reopens the crashed file read-write and is killed at its
-k-th open/flock/fstat/pread/mmap/madvise call ("during reopen").
+k-th open/flock/fstat/pread/mmap/madvise call, or (``sync=False``) at the
+fdatasync with which a writable open makes the commits it found durable
+("during reopen").
 
 After each kill a verifier child runs ``crashkit.verify``: ``kvmap.check`` on
 the crashed file, a read-write open, contents equal to the model after the
 last acknowledged transaction or the one after it (killed after the meta
-write, before the acknowledgement), ``db._check()``, and ``kvmap.check``
-again.  Where the kill point says which of the two it must be, that is
-demanded exactly: a kill before a pwrite or a growth call comes before the
-commit's meta write (``acked``); an fdatasync kill at odd n before it
-(``acked``), at even n after it (``acked+1``); an ``ack`` kill ``acked+1``.  The
-next writer continues the same file from the matched transaction + 1.
+write, before the acknowledgement: a killed process loses nothing it wrote,
+the page cache survives), ``db._check()``, and ``kvmap.check`` again.  Where
+the kill point says which of the two it must be, that is demanded exactly
+(``Harness.expectation``): in a commit, a kill before a pwrite or a growth
+call comes before the commit's meta write, its last write (``acked``); a
+``sync=True`` commit's one fdatasync comes after its meta (``acked+1``); a
+``sync=False`` commit's fdatasync may come before its meta (pages first, or
+a flush to reuse freed pages) or after it (either); a kill in ``db.sync()``,
+in ``close()`` and the reopen, or between calls has nothing in flight
+(``acked``); an ``ack`` kill ``acked+1``.  The next writer continues the
+same file from the matched transaction + 1.
 
 Lanes: one file lives for 150..350 transactions, then a new file starts with
 the next configuration of ``tests/conftest.py``'s CONFIGS (and ``sync=False``
@@ -45,9 +61,9 @@ seed S draws every choice from ``Random("S:L")``: ``--lane L`` re-runs just
 that lane, and with ``--no-timing`` (no delay kills, no reader threads) a lane
 is fully deterministic, which is how a failing seed becomes a regression test.
 
-Counts (kills by moment, with readers, during reopen, matches at acked vs
-acked+1, per configuration) are printed at the end, and written as JSON with
-``--json``.  Exit status 1 if any kill lost or tore a commit, the integrity
+Counts (kills by moment, by where the writer was, with readers, during
+reopen, matches at acked vs acked+1, per configuration) are printed at the
+end, and written as JSON with ``--json``.  Exit status 1 if any kill lost or tore a commit, the integrity
 check failed, or a child crashed or raised; each failure is printed with its
 reproducer and the crashed file is kept.
 """
@@ -85,7 +101,7 @@ GROWTH_CALLS = {"reserve": ("fallocate", "mmap"), "mremap": ("fallocate", "mrema
 CREATE_CALLS = ("open", "flock", "fstat", "fallocate", "pwrite", "fdatasync", "fsync_dir")
 HANG_SECONDS = 120          # a child silent this long is killed and reported
 YOUNG = 150                 # growth kills are drawn only below this txn count
-DEFAULT_RATE = {"pwrite": 25.0, "fdatasync": 2.0, "pread": 2.3, "madvise": 0.03}
+DEFAULT_RATE = {"pwrite": 25.0, "fdatasync": 1.0, "pread": 2.3, "madvise": 0.03}
 DEFAULT_OPEN = {"open": 1, "flock": 1, "fstat": 1, "pread": 11, "mmap": 2, "madvise": 1}
 
 
@@ -174,11 +190,14 @@ def writer_child(fd, lane, plan):
     lib.kvm_fault_clear()
     if plan["kind"] == "create":
         _arm(plan["call"], plan["nth"])
-    db = kvmap.open(lane.path, sync=lane.sync, **lane.cfg)
+    db = kvmap.open(lane.path, **lane.open_kw)
     _send(fd, "O")
     call = plan.get("call")
     if plan["kind"] == "syscall":
         _arm(call, plan["nth"])
+
+    def calls():
+        return lib.kvm_fault_calls(SYS[call]) if call else 0
     rng = random.Random(plan["rng"])
     w = lane.workload
     start, end = plan["start"], plan["end"]
@@ -191,13 +210,26 @@ def writer_child(fd, lane, plan):
             threading.Thread(target=reader_thread, args=(fd, db, rng.random()), daemon=True).start()
     for i in range(start, end + 1):
         ops = w.ops(i)
+        _send(fd, "B", i, calls())
         if plan.get("lie"):         # self-test: a writer that acknowledges too early
-            _send(fd, "A", i, lib.kvm_fault_calls(SYS[call]) if call else 0)
+            _send(fd, "A", i, calls())
         crashkit.run_txn(db, ops)
         if plan["kind"] == "ack" and i == plan["at"]:
             os.kill(os.getpid(), signal.SIGKILL)
         if not plan.get("lie"):
-            _send(fd, "A", i, lib.kvm_fault_calls(SYS[call]) if call else 0)
+            _send(fd, "A", i, calls())
+        # the flush points of sync=False (and close's seal): db.sync(), and a
+        # close and reopen, after some commits
+        after = plan.get("after", {}).get(str(i))
+        if after == "sync":
+            _send(fd, "S", calls())
+            db.sync()
+            _send(fd, "s", calls())
+        elif after == "reopen" and model is None:
+            _send(fd, "C", calls())
+            db.close()
+            db = kvmap.open(lane.path, **lane.open_kw)
+            _send(fd, "c", calls())
         if model is not None:
             crashkit.apply_ops(model, ops)
             if rng.random() < 0.3:
@@ -234,7 +266,7 @@ def reader_thread(fd, db, seed):
 def reopen_child(fd, lane, plan):
     lib.kvm_fault_clear()
     _arm(plan["call"], plan["nth"])
-    db = kvmap.open(lane.path, sync=lane.sync, **lane.cfg)
+    db = kvmap.open(lane.path, **lane.open_kw)
     _send(fd, "O")
     del db
     os.kill(os.getpid(), signal.SIGKILL)   # the armed call came after the open
@@ -253,15 +285,14 @@ def verifier_child(fd, lane, acked):
     if not os.path.exists(lane.path) or os.path.getsize(lane.path) == 0:
         # killed while creating the file: open must (re)initialise it
         note = "nofile" if not os.path.exists(lane.path) else "emptyfile"
-        kvmap.open(lane.path, sync=lane.sync, **lane.cfg).close()
+        kvmap.open(lane.path, **lane.open_kw).close()
     elif creation_left(lane):
         # killed after creation allocated or partly wrote the file: it holds
         # no data yet (the checker finds no database), and open initialises it
         note = "leftover"
-        kvmap.open(lane.path, sync=lane.sync, **lane.cfg).close()
+        kvmap.open(lane.path, **lane.open_kw).close()
     try:
-        n = crashkit.verify(lane.path, lane.workload, acked,
-                            open_kw=dict(lane.cfg, sync=lane.sync))
+        n = crashkit.verify(lane.path, lane.workload, acked, open_kw=lane.open_kw)
     except Exception as e:
         kind = "F" if isinstance(e, (crashkit.CrashCheckFailed, kvmap.Error)) else "X"
         text = "%s: %s" % (type(e).__name__, e)
@@ -270,7 +301,7 @@ def verifier_child(fd, lane, acked):
         _send(fd, kind, json.dumps(text[-3000:]))
         return
     lib.kvm_fault_clear()          # count the calls of a plain reopen
-    db = kvmap.open(lane.path, sync=lane.sync, **lane.cfg)
+    db = kvmap.open(lane.path, **lane.open_kw)
     counts = {c: lib.kvm_fault_calls(v) for c, v in SYS.items()}
     db.close()
     _send(fd, "M", n, note, json.dumps({c: k for c, k in counts.items() if k}, separators=(",", ":")))
@@ -335,7 +366,7 @@ def describe_status(status):
 
 
 class Lane:
-    def __init__(self, index, seed, cfg, workdir, sync_policy, page_size=None):
+    def __init__(self, index, seed, cfg, workdir, sync_policy, page_size=None, timing=True):
         self.index = index
         self.seed = seed
         self.rng = random.Random("%s:%d" % (seed, index))
@@ -350,12 +381,23 @@ class Lane:
         self.workload = Workload(self.rng.randrange(1 << 30),
                                  clear_every=self.rng.choice((0, 0, 30, 70)))
         self.length = self.rng.randint(150, 350)
+        # sync=False flushes often: a small sync_bytes (a commit that brings
+        # the unsynced bytes to it flushes; one over 4x syncs its pages
+        # first), and sync_interval when timing is allowed (a lane must stay
+        # deterministic without it)
+        self.open_kw = dict(self.cfg, sync=self.sync)
+        if not self.sync:
+            self.open_kw["sync_bytes"] = self.rng.choice((16 << 10, 64 << 10, 256 << 10, 256 << 10, 1 << 20))
+            interval = self.rng.choice((None, None, 0.002, 0.02))
+            self.open_kw["sync_interval"] = interval if timing else None
         self.path = crashkit.scratch_path(workdir, "lane%d.kv" % index)
         self.crash_copy = os.path.join(workdir, "lane%d.crashed.kv" % index)
         self.n = 0                   # transactions the file holds (verified)
         self.rate = dict(DEFAULT_RATE)      # calls per transaction, learnt from the runs
         if cfg.get("writemap"):
             self.rate["pwrite"] = 1.0        # only the meta page is written
+        if not self.sync:
+            self.rate["fdatasync"] = 0.5     # flushes only
         self.open_counts = dict(DEFAULT_OPEN)
         self.history = []
         self.done = False
@@ -374,6 +416,7 @@ class Harness:
         self.by_moment = collections.defaultdict(collections.Counter)
         self.by_config = collections.Counter()
         self.by_sync = collections.Counter()
+        self.by_where = collections.Counter()
         self.failures = []
         self.txn_time = {}        # (cid, sync) -> seconds per transaction (EMA)
         self.start_time = {}      # (cid, sync) -> seconds to the child's open (EMA)
@@ -407,9 +450,9 @@ class Harness:
             at = start + rng.randrange(10)
             plan.update(kind="ack", at=at, end=at)
             return plan
-        calls = ["pwrite"] * 4
-        if lane.sync:
-            calls += ["fdatasync"] * 3
+        # sync=False: the fdatasyncs are the flushes (sync_bytes, pages
+        # first, sync_interval, db.sync(), close): kill there more often
+        calls = ["pwrite"] * 4 + ["fdatasync"] * (3 if lane.sync else 6)
         if lane.cfg.get("backend") == "pread":
             calls += ["pread"]
         if lane.n < YOUNG and not readers:
@@ -427,17 +470,53 @@ class Harness:
             nth = 1 + int(rng.uniform(0, k) * lane.rate[call])
             end = start + k + 10
         plan.update(kind="syscall", call=call, nth=nth, end=end)
-        if call == "fdatasync":
-            # a commit syncs its pages, writes the meta, syncs the meta
-            plan["expect"] = "acked" if nth % 2 else "acked+1"
-        elif call in ("pwrite", "fallocate", "mmap", "mremap", "munmap"):
-            # a commit's pages, growth, then its meta: no pwrite follows the meta
-            plan["expect"] = "acked"
         return plan
+
+    def add_flush_points(self, lane, plan):
+        """db.sync() after some commits (sync=False), a close and reopen
+        after a few (close flushes, then seals the newest meta)."""
+        rng = random.Random("%s:flush" % plan["rng"])
+        after = {}
+        for i in range(plan["start"], min(plan["end"], plan["start"] + 400) + 1):
+            r = rng.random()
+            if not lane.sync and r < 0.25:
+                after[str(i)] = "sync"
+            elif 0.25 <= r < 0.28:
+                after[str(i)] = "reopen"
+        plan["after"] = after
+
+    @staticmethod
+    def expectation(lane, plan, msgs):
+        """(where, expect): where the writer was when it was killed (in
+        commit i, db.sync(), close() and the reopen, or between them), and
+        what the file must then hold, where the kill point says: before a
+        pwrite or a growth call in a commit, the commit's meta is not written
+        yet (it is the commit's last write): acked; a sync=True commit's one
+        fdatasync comes after its meta: acked+1 (a commit that would sync
+        its pages first is over 4 x the default sync_bytes, far more than
+        any this workload makes); a
+        sync=False commit's fdatasync may be a flush before its meta (pages
+        first, or to reuse freed pages) or the one after it: either; in
+        db.sync(), close() or the reopen nothing is in flight: acked."""
+        marks = [m for m in msgs if m[0] in ("B", "A", "S", "s", "C", "c")]
+        last = marks[-1][0] if marks else None
+        where = {"B": "commit", "S": "db.sync()", "C": "close/reopen"}.get(last, "between")
+        call = plan.get("call")
+        if plan["kind"] != "syscall":
+            return where, None
+        if where == "commit":
+            if call in ("pwrite", "fallocate", "mmap", "mremap", "munmap"):
+                return where, "acked"
+            if call == "fdatasync":
+                return where, "acked+1" if lane.sync else None
+            return where, None
+        return where, "acked"
 
     # ---- one kill of a writer, then (sometimes) one during reopen, then verify
     def step(self, lane):
         plan = self.plan(lane)
+        if plan["kind"] != "create":
+            self.add_flush_points(lane, plan)
         deadline = time.monotonic() + plan["delay"] if plan["kind"] == "time" else None
         msgs, status, killed, stamps = run_child(writer_child, (lane, plan), deadline)
         acks = [int(m[1]) for m in msgs if m[0] == "A"]
@@ -462,12 +541,12 @@ class Harness:
             moment = plan["kind"]
         if moment == "idle":
             plan.pop("expect", None)
-        elif plan.get("call") == "fdatasync" and acks:
-            # the parity rule holds only if every commit of the run synced twice
-            synced = int([m for m in msgs if m[0] == "A"][-1][2])
-            if synced != 2 * len(acks):
-                plan.pop("expect", None)
-                self.counts["fdatasync parity unknown"] += 1
+        elif moment.startswith("syscall:"):
+            plan["where"], plan["expect"] = self.expectation(lane, plan, msgs)
+            rec.update(where=plan["where"], expect=plan["expect"])
+            self.by_where["%s in %s (sync=%s)" % (moment, plan["where"], lane.sync)] += 1
+            if plan["expect"] is None:
+                self.counts["kill point allows either"] += 1
         # rates for the next plans
         key = (lane.cid, lane.sync)
         if self.timing and "O" in stamps:
@@ -493,6 +572,10 @@ class Harness:
             oc = lane.open_counts
             call = lane.rng.choices(list(oc), weights=list(oc.values()))[0]
             reopen = {"call": call, "nth": lane.rng.randint(1, oc[call])}
+            if not lane.sync and lane.rng.random() < 0.3:
+                # a writable open of a file whose newest commits are not
+                # known durable flushes them before it builds on them
+                reopen = {"call": "fdatasync", "nth": 1}
             rec["reopen"] = reopen
             msgs_r, status_r, _, _ = run_child(reopen_child, (lane, reopen))
             errors = [payload(m) for m in msgs_r if m[0] == "X"]
@@ -503,7 +586,7 @@ class Harness:
             during = not any(m[0] == "O" for m in msgs_r)
             self.counts["kills"] += 1
             self.counts["during reopen" if during else "right after reopen"] += 1
-            self.by_moment["reopen:" + call if during else "reopen:after-open"]["kills"] += 1
+            self.by_moment["reopen:" + reopen["call"] if during else "reopen:after-open"]["kills"] += 1
             self.by_config[lane.cid] += 1
 
         self.verify(lane, plan, acked, moment)
@@ -517,8 +600,11 @@ class Harness:
                 self.counts["with reader threads"] += 1
         if moment.startswith("syscall:"):
             c = plan["call"]
-            self.counts["during growth" if c in ("fallocate", "mmap", "mremap", "munmap")
-                        else "during commit" if c in ("pwrite", "fdatasync") else "at other calls"] += 1
+            if plan.get("where") in ("db.sync()", "close/reopen"):
+                self.counts["during flush"] += 1     # db.sync(), close's flush and seal, the reopen
+            else:
+                self.counts["during growth" if c in ("fallocate", "mmap", "mremap", "munmap")
+                            else "during commit" if c in ("pwrite", "fdatasync") else "at other calls"] += 1
         self.by_moment[moment]["kills"] += 1
         self.by_config[lane.cid] += 1
 
@@ -596,7 +682,8 @@ class Harness:
         a = self.args
         index = first
         while self.counts["kills"] < budget:
-            lane = Lane(index, a.seed, self.configs[index % len(self.configs)], a.dir, a.sync, a.page_size)
+            lane = Lane(index, a.seed, self.configs[index % len(self.configs)], a.dir, a.sync, a.page_size,
+                        timing=self.timing)
             self.counts["lanes"] += 1
             self.counts["lanes sync=%s" % lane.sync] += 1
             while not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
@@ -610,18 +697,21 @@ class Harness:
                 break
             index += step
         return {"counts": dict(self.counts), "by_moment": {m: dict(v) for m, v in self.by_moment.items()},
-                "by_config": dict(self.by_config), "by_sync": dict(self.by_sync), "failures": self.failures}
+                "by_config": dict(self.by_config), "by_sync": dict(self.by_sync),
+                "by_where": dict(self.by_where), "failures": self.failures}
 
 
 def merge(parts):
     total = {"counts": collections.Counter(), "by_moment": collections.defaultdict(collections.Counter),
-             "by_config": collections.Counter(), "by_sync": collections.Counter(), "failures": []}
+             "by_config": collections.Counter(), "by_sync": collections.Counter(),
+             "by_where": collections.Counter(), "failures": []}
     for p in parts:
         total["counts"].update(p["counts"])
         for m, v in p["by_moment"].items():
             total["by_moment"][m].update(v)
         total["by_config"].update(p["by_config"])
         total["by_sync"].update(p["by_sync"])
+        total["by_where"].update(p["by_where"])
         total["failures"].extend(p["failures"])
     return total
 
@@ -676,19 +766,22 @@ def report(args, total, elapsed):
         "create_left_empty": c["create left emptyfile"], "create_left_no_file": c["create left nofile"],
         "create_left_leftover": c["create left leftover"],
         "noop_txn_at_kill": c["no-op transaction at the kill"],
-        "fdatasync_parity_unknown": c["fdatasync parity unknown"],
+        "either_allowed": c["kill point allows either"],
+        "during_flush": c["during flush"],
         "by_moment": {m: dict(v) for m, v in sorted(total["by_moment"].items())},
         "by_config": dict(sorted(total["by_config"].items())),
         "by_sync": dict(sorted(total["by_sync"].items())),
+        "by_where": dict(sorted(total["by_where"].items())),
         "failures": failures,
     }
     lines = [
         "kvmap killtest: seed %s, %d kills in %.1f s with %d job(s) (%d lanes, %d with sync=False;"
         " %d transactions committed)" % (out["seed"], out["kills"], elapsed, args.jobs, out["lanes"],
                                          out["lanes_sync_off"], out["transactions"]),
-        "  writer kills %d: during commit %d (pwrite/fdatasync), during growth %d, with readers %d"
-        " (%d with reader threads)" % (out["writer_kills"], out["during_commit"], out["during_growth"],
-                                      out["with_readers"], out["with_reader_threads"]),
+        "  writer kills %d: during commit %d (pwrite/fdatasync), during growth %d, in db.sync() or close()"
+        " and reopen %d, with readers %d (%d with reader threads)" % (
+            out["writer_kills"], out["during_commit"], out["during_growth"], out["during_flush"],
+            out["with_readers"], out["with_reader_threads"]),
         "  reopen kills %d: during open %d, right after it %d" % (
             out["during_reopen"] + out["right_after_reopen"], out["during_reopen"],
             out["right_after_reopen"]),
@@ -700,6 +793,8 @@ def report(args, total, elapsed):
         lines.append("    %-20s %6d %6d %6d" % (m, v.get("kills", 0), v.get("acked", 0), v.get("acked+1", 0)))
     lines.append("  by config: " + ", ".join("%s %d" % kv for kv in out["by_config"].items()))
     lines.append("  by sync: " + ", ".join("%s %d" % kv for kv in out["by_sync"].items()))
+    lines.append("  system-call kills by where the writer was:")
+    lines += ["    %-50s %6d" % kv for kv in out["by_where"].items()]
     print("\n".join(lines))
     for f in failures:
         print("FAILURE: lane %d (%s, sync=%s): %s\n  reproduce: %s\n  kept: %s" % (

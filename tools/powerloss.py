@@ -2,96 +2,141 @@
 
 Usage::
 
-    python tools/powerloss.py [--losses N] [--long] [--seed S] [--jobs J]
-                              [--configs ID,ID]
+    python tools/powerloss.py [--losses N] [--nosync-losses N] [--long]
+                              [--seed S] [--jobs J] [--configs ID,ID]
     python tools/powerloss.py --config mmap-reserve-wm --seed S --commits N \\
-        --image K [--nosync] [--keep FILE]          # replay one image
+        --image K [--nosync] [--page-size P] [--keep FILE]   # replay one image
 
 It prints the images verified by configuration, mode, file length and
-outcome, then every failure with the command that replays it; exit status 1
-if any image failed.
+outcome, the sync points recorded, then every failure with the command that
+replays it; exit status 1 if any image failed or a recording broke a rule of
+the write protocol.  A default run verifies 1,050 ``sync=True`` and 2,100
+``sync=False`` images, ``--long`` 10,050 and 10,500.
 
 How it works
 ------------
 
 **Recording.**  A child process runs ``crashkit.Workload(seed)`` on a fresh
 database with one engine configuration, with the C core's fdatasync replaced
-by a hook (``lib.kvm_set_sync_hook``).  The simulator keeps a *shadow*: the
-bytes that are durable on the simulated disk.  At every hooked fdatasync it
-reads the file through the engine's own descriptor (``os.pread``; with
-``writemap=True`` this sees the pages stored through the shared mapping,
-which a log of ``pwrite`` calls would not) and records the 512-byte sectors
-that differ from the shadow: the writes since the last completed sync (a
-superset of any prefix of them), and the file length before and after.  Then
-the shadow becomes the file.  A commit makes two such *sync points*: "data"
-(its pages are written, its meta is not) and "meta" (its meta has been
-written); creating the file makes a "create" point.  With ``sync=False``
-there is no fdatasync, so the simulator diffs the file after every commit
-instead: each commit is one "commit" delta (its pages and its meta).
+by a hook (``lib.kvm_set_sync_hook``).  It reads the file through the
+engine's own descriptor (``os.pread``; with ``writemap=True`` this sees the
+pages stored through the shared mapping, which a log of ``pwrite`` calls
+would not) at every hooked fdatasync and after every commit, ``db.sync()``,
+close and open, and records the 512-byte sectors that changed since the last
+look (an *event*), with the file length before and after.  The *shadow*, the
+bytes durable on the simulated disk, is the file as it was at the last
+hooked fdatasync.  ``annotate`` then names the events and gives each the
+newest transaction whose meta is written (``hi``) and the newest the engine
+has made durable (``lo``: raised by a completed flush; FORMAT.md §7).
+
+A commit's sync points (txn.c): with ``sync=True`` one, "commit", after its
+meta (its pages, record and meta since the last sync); a commit larger than
+4 x ``sync_bytes`` ("pages-first") first syncs its pages ("pages"), then
+"commit".  ``check_syncs`` holds every commit to exactly that many
+fdatasyncs, counted by the hook: one, or two when pages-first.  With
+``sync=False`` a commit flushes ("commit") when the bytes unsynced before it
+plus its own reach ``sync_bytes``, when ``sync_interval`` has passed since
+the last flush, or when it is made with the handle's sync switched on for
+once (``db._sync``); pages-first as above; else it makes no fdatasync and
+its writes form an "ack" event.  ``db.sync()``, close() and a writable open
+make a "flush" when anything is unsynced, and close() then seals: it copies
+the newest meta, saying it is durable, into the other slot ("seal").  A
+transaction may also flush to reuse the pages commits freed ("flush" in a
+transaction).  Creating the file is a "create" point.
+
+Each run follows a seeded plan (``run_plan``): ``sync=True`` runs alternate
+between the default ``sync_bytes`` and 32 KiB (pages-first commits), and
+close and reopen now and then; ``sync=False`` runs take turns between
+"mixed" (``sync_bytes`` of 16 to 64 KiB, ``db.sync()`` after about one
+commit in eight, one-off syncing commits, a close and reopen; every
+configuration's first batch), "churn" (big values overwritten every third
+commit, ``sync_bytes`` of 1 or 4 MiB, few explicit flushes) and "mixed"
+with ``sync_bytes`` of 256 KiB or 1 MiB and a ``sync_interval`` of 0.1 s,
+with a 0.11 s sleep before one planned commit, which must flush whatever
+the timing.  A commit that flushes by ``sync_interval`` without a planned
+sleep (a slow machine) is recorded as what it was; the oracle holds for it
+just the same, but a replay on another machine may record other flush
+points and so rebuild another image k (``--image`` says so).
+
+The recording also checks the write protocol the simulator relies on: a
+commit's meta goes to the meta slot that does not hold the newest durable
+commit; a "pages" or "flush" point holds no meta, a "commit" point exactly
+one; a seal is the newest meta, durable, in the other slot; the durable
+commit the simulator tracks is the one ``db.stats()`` reports; and, in
+``sync=False`` runs, at every flush the file checks clean and until the next
+flush no write touches a page the durable state uses (its tree, free-space
+pages and records, by the checker's ownership map).  Pages written since
+the last flush may be written again (pages freed since are reused early):
+the images allow every page any version written since the last completed
+sync.
 
 **Crash images.**  Image k of a run is a pure function of (run, k): an RNG
-seeded with ``(seed, k)`` picks a sync point and a mode, and the image is
-the shadow at that point plus the chosen subset of the sectors written since:
+seeded with ``(seed, k)`` picks a moment and a mode.
 
-* ``none`` (drop every unsynced write), ``all``, ``pages`` (a random subset
-  of the written pages), ``reorder`` (the pages in a random order, cut at a
-  random point, the page at the cut torn), ``torn`` (each page written,
-  dropped, or torn: a random subset of its sectors), ``sectors`` (all
-  written sectors in a random order, cut at a random point);
-* at a "meta" point: ``meta-none``, ``meta-all``, and a tear *inside* the
-  meta's sector (the meta is 128 bytes): ``meta-torn-prefix`` (the first k
-  bytes new, the rest old) and ``meta-torn-words`` (a random subset of its
-  8-byte words new);
+``sync=True``: a sync point, and the image is the shadow before it plus a
+subset of the sectors written since:
+
+* the pages (every sector but the meta's): ``none``, ``all``, ``pages`` (a
+  random subset of the written pages), ``reorder`` (the pages in a random
+  order, cut at a random point, the page at the cut torn), ``torn`` (each
+  page written, dropped, or torn: a random subset of its sectors),
+  ``sectors`` (all written sectors in a random order, cut at a random point);
+* at a "commit" point also the meta: ``meta-none``, ``meta-all``, and a tear
+  *inside* the meta's sector (the meta is 128 bytes): ``meta-torn-prefix``
+  (the first k bytes new, the rest old) and ``meta-torn-words`` (a random
+  subset of its 8-byte words new); the image's mode is ``PAGES+META``
+  (``pages:PAGES`` at a "pages" point, ``seal:META`` at a seal,
+  ``create:PAGES`` at the creation);
 * when the file grew since the last sync, the image has the old length or
   the new one (the grown part reads as zeros where nothing landed).
 
-**Verification** (``sync=True``, the durability claim): ``crashkit.verify``
-runs ``kvmap.check`` on the image, opens it with the run's configuration,
-compares the contents with the model, runs ``db._check()`` and checks again.
-The expected state is exact: at a "data" point of transaction i (and at a
-"meta" point whose meta sector did not land whole) the state after i-1; at a
-"meta" point whose meta landed, the state after i.  At a "create" point
-nothing was acknowledged: the image must open empty or raise a
-``kvmap.Error``.
+Expected, exactly: at a "pages" point the state after i-1; at a "commit"
+point the state after i when its meta landed whole, every sector of the
+pages its record lists landed inside the file, and the file is as long as
+the meta needs (with writemap a commit may also have written pages it did
+not use, which nothing reads), else the state after i-1; at a seal the state
+after the last commit.  At a "create" point nothing was acknowledged: the
+image must open empty or raise a ``kvmap.Error``.
 
-**sync=False.**  Nothing is ever synced after creation, so the kernel may
-have written back any dirty page, in any order, at any time.  Modes:
+``sync=False``: a moment -- right after an event, or during the fdatasync of
+a sync point (not completed) -- and the image is the shadow at the last
+completed sync plus any of what was written since: every page may hold its
+content at that sync, its newer version, or a tear between them (sector by
+sector), and a meta slot any of the versions written to it since (or a
+tear inside its sector between two of them); a page written more than
+once since may hold any of its versions; the file has any of the lengths
+it had since.  Modes: ``none`` (nothing landed: exactly the newest
+commit in the shadow), ``all`` (everything landed: exactly ``hi``),
+``prefix`` (the writes in the order they were made, each commit's meta after
+its pages, cut at a random sector), ``pages`` (each page new or old, each
+meta slot any version), ``torn`` (each page new, old or torn, each meta
+slot any version), ``versions`` (each page any version or a tear, each meta
+slot any version or torn inside its sector between two).  Expected: the
+image opens, ``kvmap.check`` is clean, and the contents are exactly the
+state after some commit j with ``lo <= j <= hi`` -- never contents no commit
+had, never older than the last completed flush.
 
-* ``nosync-ordered``: the file exactly as after commit j (write-back
-  happened to follow commit order).  Must open to the state after j with a
-  clean check.
-* ``nosync-last``: as after commit j plus any subset of commit j+1's
-  writes (the data modes above).  If the new meta did not land whole, the
-  image must open to the state after j with a clean check; if it did, only
-  the weak promise below is checked.
-* ``nosync-mixed``: as after commit d, then every page written since holds
-  any one of the versions it had at a commit boundary since d (or is torn
-  between them), with any of the file lengths since d.  Weak promise only.
+**Verification**: a read-only open, whose contents must be in the expected
+range; then ``crashkit.verify`` with the range: ``kvmap.check`` on the
+image, a writable open (recovery runs) whose contents must be in the range,
+``db._check()``, one new commit (it must read back) and ``kvmap.check``
+again.  Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest``
+(``hi``), ``state-durable`` (``lo``) or ``state-between``, ``-fallback``
+when open fell back from a newer meta whose commits did not verify.
 
-The weak promise (what kvmap guarantees for ``sync=False`` after a power
-loss): ``kvmap.check`` returns a report or raises ``CheckUnreadable``; a
-read-only open and a writable one, reading every item, and one new commit
-either work or raise a ``kvmap.Error`` subclass; never a crash, a hang, or
-any other exception.  The contents are *not* promised to be a committed
-state: a page left at an older version of itself has a valid checksum, so
-an image can open, read and check clean with contents that no commit ever
-had.  The report counts such outcomes (``mixed...``: no commit's contents;
-``state-older``: a commit older than one that was wholly on the disk) and
-prints a command that replays one of each (docs/ARCHITECTURE.md, "Crash
-testing: simulated power loss").
-
-Every batch of images runs in a child process (``--batch``), which prints
-``IMG k`` before verifying image k, so an engine crash fails the batch and
-names the image; the parent prints the command that replays it.
+Batches of images run in child processes (``--batch``, a few batches per
+child), which print ``IMG k`` before verifying image k, so an engine crash
+fails the batch and names the image (the batches after it run in a new
+child); the parent prints the command that replays it.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -107,7 +152,10 @@ import crashkit  # noqa: E402
 
 SECTOR = 512
 META_SIZE = 128
+M_TXNID, M_HWM, M_RECORD, M_DURABLE = 16, 48, 64, 96     # meta fields (native/format.h)
 IMAGE_TIMEOUT = 60          # seconds per image before it counts as a hang
+INTERVAL = 0.1              # sync_interval of the runs that use one
+PROBE_KEY = b"\xffpowerloss-probe"
 
 # configurations, with the ids tests/conftest.py uses
 CONFIGS = {}
@@ -118,26 +166,46 @@ CONFIGS["pread"] = dict(backend="pread")
 
 DATA_MODES = ("none", "all", "pages", "reorder", "torn", "sectors")
 META_MODES = ("meta-none", "meta-all", "meta-torn-prefix", "meta-torn-words")
-NOSYNC_MODES = ("nosync-ordered", "nosync-last", "nosync-mixed")
+NOSYNC_MODES = ("none", "all", "prefix", "pages", "torn", "versions")
+NOSYNC_WEIGHTS = (1, 2, 3, 4, 5, 5)
+
+# images per run: (sync=True, sync=False)
+DEFAULT_LOSSES = (1050, 2100)
+LONG_LOSSES = (10050, 10500)
 
 
 # ---------------------------------------------------------------- recording
 
-class SyncPoint:
-    """Writes since the last durable point: ``delta`` maps sector number to
-    its new 512 bytes; the file was ``old_len`` bytes long at the last
-    durable point and is ``new_len`` now.  ``txn`` is the workload
-    transaction being committed (0 for the creation of the file)."""
+class Event:
+    """What was written between two looks at the file: ``delta`` maps
+    sector number to its new 512 bytes; the file was ``old_len`` bytes long
+    at the previous look and is ``new_len`` now.  ``kind``: "create",
+    "pages", "commit", "flush", "seal" (sync points: an fdatasync follows
+    these writes; "sync" until ``annotate`` names them) or "ack" (a commit,
+    db.sync(), close() or open returned).  ``ctx``: what the writer was
+    doing ("create", "txn", "sync", "close", "open").  ``txn``: the workload
+    transaction (0: creation; outside a transaction, the last one
+    committed).  ``hi``: the newest transaction whose meta was written by
+    the end of these writes; ``lo``: the newest one the engine has made
+    durable once this event is over (for a sync point: once its fdatasync
+    completed)."""
 
-    __slots__ = ("index", "txn", "phase", "old_len", "new_len", "delta")
+    __slots__ = ("index", "kind", "txn", "old_len", "new_len", "delta", "sync", "lo", "hi", "why", "ctx",
+                 "ntree", "listed")
 
-    def __init__(self, index, txn, phase, old_len, new_len, delta):
-        self.index, self.txn, self.phase = index, txn, phase
+    def __init__(self, index, kind, txn, old_len, new_len, delta, lo, hi, why=""):
+        self.index, self.kind, self.txn = index, kind, txn
         self.old_len, self.new_len, self.delta = old_len, new_len, delta
+        self.sync = kind != "ack"
+        self.lo, self.hi, self.why = lo, hi, why
+        self.ctx = None
+        self.ntree = None           # a commit's tree pages, by its record
+        self.listed = None          # the pages its record lists, and the record's own
 
     def __repr__(self):
-        return "SyncPoint(#%d txn %d %s, %d -> %d bytes, %d sectors)" % (
-            self.index, self.txn, self.phase, self.old_len, self.new_len, len(self.delta))
+        return "Event(#%d txn %s %s%s, %d -> %d bytes, %d sectors, lo %d hi %d)" % (
+            self.index, self.txn, self.kind, "/" + self.why if self.why else "", self.old_len, self.new_len,
+            len(self.delta), self.lo, self.hi)
 
 
 def _read_all(fd, size):
@@ -185,43 +253,209 @@ def apply_delta(buf, length, sectors):
             buf[o:o + SECTOR] = data
 
 
+def meta_field(sector, off):
+    return struct.unpack_from("<Q", sector, off)[0]
+
+
 class Recorder:
-    """The sync hook and the shadow durable image (see the module doc)."""
+    """The sync hook and the event log (see the module doc).  ``ctx`` says
+    what the writer is doing: ("create",), ("txn", i), ("sync",),
+    ("close",) or ("open",).  Events are recorded raw; ``annotate`` names
+    their kinds once the transaction they belong to is over."""
 
     def __init__(self, page_size):
         self.page_size = page_size
-        self.shadow = b""
-        self.points = []
-        self.txn = 0
-        self.phase_count = 0
+        self.spp = page_size // SECTOR
+        self.cur = b""              # the file at the last look
+        self.events = []
+        self.ctx = ("create",)
+        self.hooks = 0              # fdatasyncs seen
         self.error = None
 
-    def capture(self, fd, phase):
+    def look(self, fd, hook=False, why=""):
         size = os.fstat(fd).st_size
         cur = _read_all(fd, size)
-        delta = diff_sectors(self.shadow, cur, self.page_size)
-        self.points.append(SyncPoint(len(self.points), self.txn, phase, len(self.shadow), size, delta))
-        self.shadow = cur
+        delta = diff_sectors(self.cur, cur, self.page_size)
+        old_len = len(self.cur)
+        self.cur = cur
+        txn = self.ctx[1] if self.ctx[0] == "txn" else None
+        ev = Event(len(self.events), "sync" if hook else "ack", txn, old_len, len(cur), delta, 0, 0, why)
+        ev.ctx = self.ctx[0]
+        self.events.append(ev)
+        return ev
 
     def hook(self, fd):
         try:
-            if self.txn == 0:
-                phase = "create"
-            else:
-                phase = "data" if self.phase_count % 2 == 0 else "meta"
-                self.phase_count += 1
-            self.capture(fd, phase)
+            self.hooks += 1
+            self.look(fd, hook=True)
         except BaseException as e:      # a hook must not raise into C
             self.error = self.error or e
         return 0
+
+
+def metas_of(ev, spp):
+    """The meta slots an event wrote: [(slot, sector bytes)]."""
+    return [(s // spp, ev.delta[s]) for s in sorted(ev.delta) if s in (0, spp)]
+
+
+def record_lists(buf, first, page_size):
+    """The pages a commit wrote, by its record (format.h): (the record's own
+    pages, the pages it lists)."""
+    pages, stream, pg = [], b"", first
+    while pg:
+        if pg in pages or (pg + 1) * page_size > len(buf):
+            raise ValueError("record chain through page %d" % pg)
+        p = bytes(buf[pg * page_size:(pg + 1) * page_size])
+        pages.append(pg)
+        stream += p[32:]
+        pg = struct.unpack_from("<Q", p, 24)[0]
+    # the record's fixed fields and entries as the checker reads them
+    # (tests/test_format_constants.py holds them to format.h)
+    from kvmap import checker
+    head, entry = checker._record_head.__self__, checker._written.__self__
+    nwritten = head.unpack_from(stream, 0)[1]
+    return pages, [entry.unpack_from(stream, head.size + entry.size * i)[0] for i in range(nwritten)]
+
+
+def durable_pages(buf, scratch, problems, where):
+    """The pages the state in ``buf`` (a whole file, every commit of it
+    durable) uses: its tree, free-space pages and records, by the checker's
+    ownership map; a problem if the file does not check clean."""
+    from kvmap import checker
+    with open(scratch, "wb") as f:
+        f.write(buf)
+    fd = os.open(scratch, os.O_RDONLY)
+    try:
+        rep, c = checker._run(fd, scratch, True, 10, None)
+    except checker.CheckUnreadable as e:
+        problems.append("%r: the durable state is unreadable: %s" % (where, e))
+        return {}
+    finally:
+        os.close(fd)
+        os.unlink(scratch)
+    if not rep.ok:
+        problems.append("%r: the durable state does not check clean: %s" % (where, "; ".join(
+            "%s page %s: %s" % (p.kind, p.page, p.message) for p in rep.problems[:3])))
+    return {pg: checker.OWNER_NAMES[o] for pg, o in enumerate(c.owner) if o in checker._CHECKED}
+
+
+def annotate(events, spp, problems, scratch=None, reuse=True):
+    """Name each event's kind and set its ``txn``, ``lo`` and ``hi``
+    (Event), checking the write protocol (module doc) on the way.
+
+    Sync points: "create"; in a transaction, the one that holds its meta is
+    "commit", a meta-less one right before it in a pages-first commit
+    (its meta says it is durable) is "pages", any other meta-less one is a
+    "flush" (the engine flushed to reuse freed pages); in db.sync() or when
+    opening, "flush"; in close(), "flush", then "seal" (the newest meta
+    copied into the other slot, saying it is durable).
+
+    At every flush the whole file is durable: the checker's ownership map of
+    it gives the pages the durable state uses (tree, free-space pages,
+    records), and no later write may touch one of them before the next
+    flush (FORMAT.md §7, the reuse rule); ``reuse=False`` skips this (a
+    sync=True run, where every commit is a flush and its images test the
+    same rule).  Pages written since the last flush may be written again
+    (freed and reused early, or written through the map with writemap and
+    not used): the images allow any version."""
+    lo = hi = 0
+    last = 0                        # the newest workload transaction so far
+    durable_slot = newest_slot = None
+    newest = None                   # the newest meta's sector
+    protected = {}                  # page -> owner: the durable state's pages
+    flushed = None                  # the last flush
+    buf = bytearray()               # the file after the events so far
+    page_size = spp * SECTOR
+    if scratch is None:
+        scratch = os.path.join(tempfile.gettempdir(), "kvmap-powerloss-%d.kv" % os.getpid())
+    i = 0
+    while i < len(events):
+        # one group: the events of one transaction, or of one other call
+        j = i + 1
+        while j < len(events) and events[j].ctx == events[i].ctx and (
+                events[i].ctx != "txn" or events[j].txn == events[i].txn) and events[j - 1].kind != "ack":
+            j += 1
+        group = events[i:j]
+        ctx = group[0].ctx
+        metas = [(e, m) for e in group for m in metas_of(e, spp)]
+        pages_first = False
+        if ctx == "txn":
+            last = group[0].txn
+            if len(metas) > 1:
+                problems.append("txn %d wrote %d metas" % (last, len(metas)))
+            if metas:
+                m = metas[-1][1][1]
+                pages_first = meta_field(m, M_DURABLE) == meta_field(m, M_TXNID)
+        for k, e in enumerate(group):
+            e.txn = last
+            ms = metas_of(e, spp)
+            if e.kind == "sync":
+                if ctx == "create":
+                    e.kind = "create"
+                elif ctx == "txn":
+                    e.kind = ("commit" if ms else
+                              "pages" if pages_first and k + 1 < len(group) and group[k + 1].kind == "sync"
+                              and metas_of(group[k + 1], spp) else "flush")
+                    if e.kind == "flush":
+                        e.why = "in a transaction"
+                else:
+                    e.kind = "seal" if ms and ctx == "close" else "flush"
+                    e.why = e.why or ("in %s" % {"sync": "db.sync()", "close": "close()", "open": "open"}[ctx])
+            if ms and ctx == "create":
+                durable_slot = newest_slot = 1
+                newest = e.delta[spp]
+            elif ms and e.kind == "seal":
+                (slot, m), = ms
+                if slot == newest_slot or m[:M_DURABLE] != newest[:M_DURABLE] or \
+                        meta_field(m, M_DURABLE) != meta_field(m, M_TXNID):
+                    problems.append("%r: the seal is not the newest meta, saying durable, in the other slot" % e)
+                newest_slot, newest = slot, m
+            elif ms and ctx == "txn":
+                for slot, m in ms:
+                    if slot == durable_slot:
+                        problems.append("txn %d wrote its meta into slot %d, which holds the durable commit"
+                                        % (last, slot))
+                    newest_slot, newest = slot, m
+                    hi = last
+            elif ms:
+                problems.append("%r wrote a meta" % e)
+            if e.kind == "commit" and len(ms) != 1:
+                problems.append("%r: a commit point without exactly one meta" % e)
+            if e.kind in ("pages", "flush") and ms:
+                problems.append("%r: a %s point with a meta" % (e, e.kind))
+            apply_delta(buf, e.new_len, e.delta)
+            for pg in sorted({s // spp for s in e.delta} & set(protected)):
+                problems.append("page %d (%s) of the durable state of %r written by %r before the next flush"
+                                % (pg, protected[pg], flushed, e))
+            if ms and ctx == "txn":
+                try:
+                    own, lists = record_lists(buf, meta_field(ms[-1][1], M_RECORD), page_size)
+                except (struct.error, ValueError) as x:
+                    problems.append("%r: its record does not parse: %s" % (e, x))
+                else:
+                    e.listed = frozenset(own + lists)
+                    # the commit's tree pages (branch, leaf, overflow)
+                    if any((pg + 1) * page_size > len(buf) for pg in lists):
+                        problems.append("%r: its record lists pages past the end of the file" % e)
+                    e.ntree = sum(buf[pg * page_size + 4] in (1, 2, 3) for pg in lists
+                                  if (pg + 1) * page_size <= len(buf))
+            if e.kind in ("create", "commit", "flush", "seal"):
+                lo = hi
+                durable_slot = newest_slot
+            e.lo, e.hi = lo, hi
+            if e.kind in ("create", "commit", "flush", "seal"):
+                flushed = e
+                protected = durable_pages(buf, scratch, problems, e) if e.kind != "create" and reuse else {}
+        i = j
+    return events
 
 
 class States:
     """The workload's model after every transaction 0..n, precomputed (a
     ``crashkit.Workload`` whose ``model(i)`` is a lookup)."""
 
-    def __init__(self, seed, n):
-        self.workload = crashkit.Workload(seed)
+    def __init__(self, seed, n, **workload):
+        self.workload = crashkit.Workload(seed, **workload)
         self.states = [{}]
         m = {}
         for i in range(1, n + 1):
@@ -239,58 +473,207 @@ class States:
         """The transaction numbers whose state equals ``contents``."""
         if self._index is None:
             self._index = {}
-            for i, s in enumerate(self.states):
-                self._index.setdefault(_digest(s), []).append(i)
-        return self._index.get(_digest(contents), [])
+            for i, st in enumerate(self.states):
+                self._index.setdefault(_digest(st), []).append(i)
+        return [i for i in self._index.get(_digest(contents), []) if self.states[i] == contents]
 
 
 def _digest(d):
-    h = hashlib.sha1()
-    for k in sorted(d):
-        v = d[k]
-        h.update(b"%d:%d:" % (len(k), len(v)))
-        h.update(k)
-        h.update(v)
-    return h.digest()
+    return hash(frozenset(d.items()))
+
+
+def run_plan(sync, seed, commits):
+    """How a run is driven, a pure function of (sync, seed, commits):
+    ``sync_bytes``, ``sync_interval``, the workload's shape and, per
+    transaction, what the writer does after it ("sync": db.sync(),
+    "reopen": close and open) or for it ("syncing": a one-off syncing
+    commit, "sleep": sleep past the interval first)."""
+    rng = random.Random("powerloss-plan:%s:%s:%d" % (sync, seed, commits))
+    plan = dict(after={}, before={}, workload={}, sync_interval=None, shape="sync")
+    if sync:
+        # a small sync_bytes (pages-first commits) in every other batch,
+        # alternating over batches and configurations (plan(): the seed's last
+        # digit is the batch, the one before the configuration); a close and
+        # reopen now and then (close seals the newest meta)
+        plan["sync_bytes"] = 32 << 10 if (seed % 10 + seed // 10 % 10) % 2 else 16 << 20
+        for i in range(6, commits - 5):
+            if rng.random() < 0.03:
+                plan["after"][i] = "reopen"
+        return plan
+    # the shape by the batch's seed (plan(): the last digit is the batch of
+    # its configuration, the one before the configuration): each
+    # configuration's first batch is mixed, its others churn or mixed with
+    # sync_interval, alternating over batches and configurations
+    b, c = seed % 10, seed // 10 % 10
+    shape = "mixed" if b == 0 else ("churn", "interval")[(b + c) % 2]
+    if shape == "churn":
+        # churn: big values overwritten every third commit, few explicit
+        # flushes: freed pages pile up until a transaction flushes to reuse
+        # them (txn_pool_ensure)
+        plan.update(shape="churn", sync_bytes=rng.choice((1 << 20, 4 << 20)),
+                    workload=dict(grow_every=3, big=rng.choice((64 << 10, 128 << 10)), big_keys=2))
+        p_sync, p_reopen, p_syncing = 0.03, 0.01, 0.02
+    else:
+        # small sync_bytes (pages-first commits too), or with sync_interval
+        # larger ones (several commits between flushes)
+        plan.update(shape="mixed", sync_bytes=rng.choice((256 << 10, 1 << 20) if shape == "interval" else
+                                                          (16 << 10, 32 << 10, 64 << 10)))
+        p_sync, p_reopen, p_syncing = 0.12, 0.02, 0.06
+    if shape == "interval":
+        plan["sync_interval"] = INTERVAL
+    for i in range(1, commits + 1):
+        r = rng.random()
+        if r < p_sync:
+            plan["after"][i] = "sync"
+        elif r < p_sync + p_reopen and 5 < i < commits - 5:
+            plan["after"][i] = "reopen"
+        elif r < p_sync + p_reopen + p_syncing:
+            plan["before"][i] = "syncing"
+    if plan["sync_interval"]:
+        plan["before"][rng.randint(commits // 3, commits - 2)] = "sleep"
+    return plan
+
+
+def check_syncs(events, txns, sync, plan, states, spp, problems):
+    """The fdatasyncs of every commit (FORMAT.md §7, txn.c): a commit of
+    ``bytes`` = (its tree pages + 2) x page size syncs its pages before its
+    meta ("pages", then "commit") when bytes > 4 x sync_bytes; else it
+    flushes once after its meta ("commit") with sync=True, as a one-off
+    syncing commit, when the bytes unsynced before it plus ``bytes`` reach
+    sync_bytes, or when sync_interval has passed since the last flush (a
+    planned sleep makes sure; without one, only allowed); else it makes no
+    fdatasync.  A "flush" in a transaction (to reuse freed pages) is extra.
+    Returns the commits that flushed by sync_interval without a planned
+    sleep.  ``txns``: (i, how, first event, end event, committed, unsynced
+    bytes before) per workload transaction."""
+    unplanned = []
+    ps = spp * SECTOR
+    limit = plan["sync_bytes"]
+    for i, how, first, end, committed, unsynced in txns:
+        group = events[first:end]
+        kinds = [e.kind for e in group if e.sync]
+        own = [k for k in kinds if k != "flush"]
+        if "flush" in kinds[:1]:
+            unsynced = 0            # the flush in the transaction made everything durable
+        metas = [(e, m) for e in group for m in metas_of(e, spp)]
+        pages_first = bool(metas) and meta_field(metas[-1][1][1], M_DURABLE) == meta_field(metas[-1][1][1], M_TXNID)
+        changed = len({x // spp for e in group for x in e.delta} - {0, 1})
+        ntree = metas[-1][0].ntree if metas and not pages_first else None
+        if not committed:
+            if kinds or group[-1].delta or states.states[i] != states.states[i - 1]:
+                problems.append("transaction %d did not commit but made %d syncs, %d sectors"
+                                % (i, len(kinds), len(group[-1].delta)))
+            continue
+        if len(metas) != 1:
+            problems.append("transaction %d wrote %d metas" % (i, len(metas)))
+            continue
+        if pages_first:
+            why = "pages-first"
+            ok = own == ["pages", "commit"] and (changed + 2) * ps > 4 * limit
+        else:
+            big = ntree is not None and (ntree + 2) * ps > 4 * limit
+            due = unsynced + ((ntree if ntree is not None else changed) + 2) * ps >= limit
+            why = ("sync=True" if sync else "syncing" if how == "syncing" else "interval" if how == "sleep"
+                   else "sync_bytes" if due else "interval")
+            if own == ["commit"]:
+                ok = not big and (sync or how in ("syncing", "sleep") or due or plan["sync_interval"])
+                if ok and not (sync or how or due):
+                    unplanned.append(i)
+            else:
+                ok = own == [] and not (big or sync or how in ("syncing", "sleep") or due)
+        if not ok:
+            problems.append("transaction %d (%d tree pages, %d pages changed, %d bytes unsynced before, "
+                            "sync_bytes %d, %s) made the sync points %s" % (
+                                i, -1 if ntree is None else ntree, changed, unsynced, limit,
+                                "pages-first" if pages_first else how or "sync=%s" % sync, kinds))
+        elif sync and kinds != own:
+            problems.append("transaction %d (sync=True) made an extra flush: %s" % (i, kinds))
+        elif sync and (group[-1].delta or group[-1].old_len != group[-1].new_len):
+            problems.append("transaction %d wrote after its last fdatasync" % i)
+        for e in group:
+            if e.kind in ("commit", "pages"):
+                e.why = why
+    return unplanned
 
 
 def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
     """Run ``commits`` workload transactions on a fresh database with the
-    sync hook; return (points, states, problems).  ``problems`` lists
-    anything about the write order the simulator relies on that did not
-    hold (the engine must write a commit's pages, sync, its meta, sync)."""
+    sync hook; return (events, states, problems, plan).  ``problems`` lists
+    anything about the write protocol the simulator relies on that did not
+    hold (module doc), and every commit that did not make the fdatasyncs it
+    must (``sync=True``: exactly one, two when pages-first)."""
     import kvmap
     from kvmap._lib import ffi, lib
 
-    states = States(seed, commits)
+    plan = run_plan(sync, seed, commits)
+    states = States(seed, commits, **plan["workload"])
     rec = Recorder(page_size)
     cb = ffi.callback("int(int)", rec.hook)
     own_dir = directory is None
     directory = directory or tempfile.mkdtemp(prefix="kvmap-powerloss-")
     path = crashkit.scratch_path(directory, "recorded.kv")
     problems = []
+    kw = dict(sync=sync, page_size=page_size, sync_bytes=plan["sync_bytes"],
+              sync_interval=plan["sync_interval"], **CONFIGS[cfg_id])
+    txns = []                       # (i, how, first event, events after, committed)
+    durable = []                    # (event count, engine txnid, engine durable txnid) after each call
+    txnid_of = {}                   # workload txn -> engine txnid after it
     lib.kvm_set_sync_hook(cb)
     try:
-        db = kvmap.open(path, sync=sync, page_size=page_size, **CONFIGS[cfg_id])
+        db = kvmap.open(path, **kw)
+        txnid_of[0] = db.stats()["txnid"]
+        fd = os.open(path, os.O_RDONLY)
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                for i in range(1, commits + 1):
-                    rec.txn = i
-                    before = len(rec.points)
+            if rec.hooks != 1 or len(rec.events) != 1:
+                problems.append("creating the file made %d syncs" % rec.hooks)
+            for i in range(1, commits + 1):
+                how = plan["before"].get(i)
+                if how == "sleep":
+                    time.sleep(INTERVAL * 1.1)
+                rec.ctx = ("txn", i)
+                first = len(rec.events)
+                unsynced = db.stats()["unsynced_bytes"]
+                db._sync = sync or how == "syncing"
+                try:
                     crashkit.run_txn(db, states.ops(i))
-                    made = len(rec.points) - before
-                    if sync:
-                        if made not in (0, 2) or (made == 0 and states.states[i] != states.states[i - 1]):
-                            problems.append("transaction %d made %d syncs" % (i, made))
-                    else:
-                        if made:
-                            problems.append("transaction %d synced with sync=False" % i)
-                        rec.capture(fd, "commit")
-            finally:
-                os.close(fd)
-        finally:
+                finally:
+                    db._sync = sync
+                st = db.stats()
+                txnid_of[i] = st["txnid"]
+                rec.look(fd)
+                txns.append((i, how, first, len(rec.events), st["txnid"] != txnid_of[i - 1], unsynced))
+                durable.append((len(rec.events), i, st["durable_txnid"]))
+                what = plan["after"].get(i)
+                if what == "sync":
+                    rec.ctx = ("sync",)
+                    hooks = rec.hooks
+                    unsynced = st["durable_txnid"] != st["txnid"]
+                    db.sync()
+                    if rec.hooks - hooks != int(unsynced):
+                        problems.append("db.sync() after txn %d made %d fdatasyncs with %s unsynced" % (
+                            i, rec.hooks - hooks, "commits" if unsynced else "nothing"))
+                    rec.look(fd, why="after db.sync()")
+                    durable.append((len(rec.events), i, db.stats()["durable_txnid"]))
+                elif what == "reopen":
+                    rec.ctx = ("close",)
+                    db.close()
+                    rec.look(fd, why="after close()")
+                    rec.ctx = ("open",)
+                    hooks = rec.hooks
+                    db = kvmap.open(path, **kw)
+                    if rec.hooks != hooks:
+                        problems.append("reopening after txn %d made %d fdatasyncs" % (i, rec.hooks - hooks))
+                    rec.look(fd, why="after open")
+                    durable.append((len(rec.events), i, db.stats()["durable_txnid"]))
+            rec.ctx = ("close",)
             db.close()
+            rec.look(fd, why="after close()")
+        finally:
+            os.close(fd)
+        if rec.error is not None:
+            raise rec.error
+        spp = page_size // SECTOR
+        events = annotate(rec.events, spp, problems, scratch=os.path.join(directory, "durable.kv"), reuse=not sync)
     finally:
         lib.kvm_set_sync_hook(ffi.NULL)
         if own_dir:
@@ -299,34 +682,32 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
                 os.rmdir(directory)
             except OSError:
                 pass
-    if rec.error is not None:
-        raise rec.error
-    spp = page_size // SECTOR
-    meta_sectors = {0, spp}
-    for p in rec.points:
-        touched = set(p.delta)
-        if p.phase == "data" and min(touched, default=2 * spp) < 2 * spp:
-            problems.append("%r: the data sync includes a meta page" % p)
-        if p.phase == "meta" and not (touched and touched <= meta_sectors and len(touched) == 1):
-            problems.append("%r: the meta sync is not exactly one meta sector" % p)
-    if not rec.points or rec.points[0].phase != "create":
-        problems.append("creating the file made no sync")
-    return rec.points, states, problems
+    unplanned = check_syncs(events, txns, sync, plan, states, spp, problems)
+    # the durable commit the simulator tracks is the engine's
+    for n, i, d in durable:
+        lo = events[n - 1].lo
+        if txnid_of[lo] != d:
+            problems.append("after txn %d: durable_txnid %d, the simulator says txn %d (txnid %d)" % (
+                i, d, lo, txnid_of[lo]))
+    if events[-1].lo != events[-1].hi:
+        problems.append("close() left txn %d not durable" % events[-1].hi)
+    plan["unplanned_flushes"] = unplanned
+    plan["txns"] = txns
+    return events, states, problems, plan
 
 
 # ---------------------------------------------------------------- images
 
 class Image:
-    """One crash image: its bytes, how it was made, and what it must open to
-    (``expect``: a transaction number, "empty-or-error" or "weak").
-    ``span``: (base, top): every write up to transaction ``base`` is in the
-    image, none after ``top`` (for classifying weak outcomes)."""
+    """One crash image: its bytes, how it was made, and what it must open to:
+    ``expect`` is "empty-or-error" or (lo, hi, exact): the state after a
+    transaction in lo..hi (exact: after hi itself, lo == hi)."""
 
-    __slots__ = ("k", "point", "mode", "length", "data", "expect", "note", "span")
+    __slots__ = ("k", "point", "mode", "length", "data", "expect", "note")
 
-    def __init__(self, k, point, mode, length, data, expect, note="", span=(0, 0)):
+    def __init__(self, k, point, mode, length, data, expect, note=""):
         self.k, self.point, self.mode, self.length = k, point, mode, length
-        self.data, self.expect, self.note, self.span = data, expect, note, span
+        self.data, self.expect, self.note = data, expect, note
 
 
 def _pages_of(delta, spp):
@@ -403,135 +784,217 @@ def _length(rng, old_len, new_len):
     return (old_len, "old-length") if rng.random() < 0.5 else (new_len, "new-length")
 
 
-def plan_sync(points, seed, first, last):
-    """For sync=True: (k, point index, rng) of images first..last-1.  A
-    fifth of the "data" images are at a point where the file grew, so both
-    lengths are well covered."""
-    create = [p.index for p in points if p.phase == "create"]
-    data = [p.index for p in points if p.phase == "data"]
-    grown = [p.index for p in points if p.phase == "data" and p.new_len != p.old_len]
-    meta = [p.index for p in points if p.phase == "meta"]
+def plan_sync(events, seed, first, last):
+    """For sync=True: (k, event index, rng) of images first..last-1: a few at
+    the creation and at the seals of close(), some at "pages" points, a
+    fifth of the rest at commits that grew the file, so both lengths are
+    well covered."""
+    create = [e.index for e in events if e.kind == "create"]
+    seal = [e.index for e in events if e.kind == "seal"]
+    pages = [e.index for e in events if e.kind == "pages"]
+    commit = [e.index for e in events if e.kind == "commit"]
+    grown = [e.index for e in events if e.kind == "commit" and e.new_len != e.old_len]
     out = []
     for k in range(first, last):
         rng = random.Random("powerloss:%s:%d" % (seed, k))
         r = rng.random()
-        if r < 0.03 or not data:
+        if r < 0.03 or not commit:
             pool = create
-        elif r < 0.6:
-            pool = grown if grown and rng.random() < 0.2 else data
+        elif r < 0.06 and seal:
+            pool = seal
+        elif r < 0.2 and pages:
+            pool = pages
         else:
-            pool = meta
+            pool = grown if grown and rng.random() < 0.2 else commit
         out.append((k, rng.choice(pool), rng))
     return out
 
 
-def images_sync(points, states, seed, first, last, page_size):
-    """Yield the sync=True crash images first..last-1 (in sync-point order)."""
+def images_sync(events, states, seed, first, last, page_size):
+    """Yield the sync=True crash images first..last-1 (in event order)."""
     spp = page_size // SECTOR
-    meta_modes = META_MODES
-    data_modes = DATA_MODES
-    plans = sorted(plan_sync(points, seed, first, last), key=lambda t: (t[1], t[0]))
+    plans = sorted(plan_sync(events, seed, first, last), key=lambda t: (t[1], t[0]))
     shadow = bytearray()
-    at = 0                          # points[:at] are applied to shadow
-    for k, pi, rng in plans:
-        while at < pi:
-            apply_delta(shadow, points[at].new_len, points[at].delta)
+    at = 0                          # the writes of events[:at] are applied to shadow
+    for k, ei, rng in plans:
+        while at < ei:
+            apply_delta(shadow, events[at].new_len, events[at].delta)
             at += 1
-        p = points[pi]
-        if p.phase == "meta":
-            mode = rng.choice(meta_modes)
-            (s, new), = p.delta.items()
-            old = bytes(shadow[s * SECTOR:(s + 1) * SECTOR])
-            got = tear_meta(rng, mode, old, new)
+        e = events[ei]
+        if e.kind == "create":
+            mode = rng.choice(DATA_MODES)
+            length, lname = _length(rng, e.old_len, e.new_len)
+            chosen = choose_sectors(rng, mode, e.delta, spp)
             img = bytearray(shadow)
-            img[s * SECTOR:(s + 1) * SECTOR] = got
-            landed = got[:META_SIZE] == new[:META_SIZE]
-            expect = p.txn if landed else p.txn - 1
-            yield Image(k, p, mode, "same-length", bytes(img), expect,
-                        "meta landed" if landed else "meta lost or torn")
+            apply_delta(img, length, {s: e.delta[s] for s in chosen})
+            yield Image(k, e, "create:" + mode, lname, bytes(img), "empty-or-error",
+                        "%d of %d sectors" % (len(chosen), len(e.delta)))
             continue
-        mode = rng.choice(DATA_MODES if p.phase != "create" else data_modes)
-        length, lname = _length(rng, p.old_len, p.new_len)
-        chosen = choose_sectors(rng, mode, p.delta, spp)
+        if e.kind == "seal":
+            # every commit is durable: the copy of the newest meta landing or
+            # not (or torn) changes nothing
+            (s,) = e.delta
+            mmode = rng.choice(META_MODES)
+            old = bytes(shadow[s * SECTOR:(s + 1) * SECTOR]).ljust(SECTOR, b"\0")
+            img = bytearray(shadow)
+            img[s * SECTOR:(s + 1) * SECTOR] = tear_meta(rng, mmode, old, e.delta[s])
+            yield Image(k, e, "seal:" + mmode, "same-length", bytes(img), (e.hi, e.hi, True), "close()'s seal")
+            continue
+        metas = [s for s in e.delta if s in (0, spp)]
+        pages = {s: d for s, d in e.delta.items() if s not in (0, spp)}
+        if rng.random() < 0.15:
+            mode = "all"
+        else:
+            mode = rng.choice(DATA_MODES)
+        length, lname = _length(rng, e.old_len, e.new_len)
+        chosen = choose_sectors(rng, mode, pages, spp)
         img = bytearray(shadow)
-        apply_delta(img, length, {s: p.delta[s] for s in chosen})
-        expect = "empty-or-error" if p.phase == "create" else p.txn - 1
-        yield Image(k, p, mode, lname, bytes(img), expect,
-                    "%d of %d sectors" % (len(chosen), len(p.delta)))
+        apply_delta(img, length, {s: pages[s] for s in chosen})
+        # the pages the commit's record lists (with writemap a commit may also
+        # have written pages it did not use: nothing reads those)
+        used = [s for s in pages if e.listed is None or s // spp in e.listed]
+        landed_set = set(chosen)
+        every_page = all(s in landed_set and (s + 1) * SECTOR <= length for s in used)
+        if e.kind == "pages":
+            yield Image(k, e, "pages:" + mode, lname, bytes(img), (e.txn - 1,) * 2 + (True,),
+                        "pages-first, %d of %d sectors" % (len(chosen), len(pages)))
+            continue
+        (s,) = metas
+        new = e.delta[s]
+        old = bytes(shadow[s * SECTOR:(s + 1) * SECTOR]).ljust(SECTOR, b"\0")
+        mmode = "meta-all" if mode == "all" and rng.random() < 0.6 else rng.choice(META_MODES)
+        got = tear_meta(rng, mmode, old, new)
+        img[s * SECTOR:(s + 1) * SECTOR] = got
+        landed = got[:META_SIZE] == new[:META_SIZE]
+        fits = meta_field(new, M_HWM) * page_size <= length
+        done = landed and every_page and fits
+        want = e.txn if done else e.txn - 1
+        yield Image(k, e, "%s+%s" % (mode, mmode), lname, bytes(img), (want, want, True),
+                    "%d of %d sectors; meta %s%s" % (len(chosen), len(pages), "landed" if landed else "lost or torn",
+                                                      "" if fits else "; the file is shorter than its meta needs"))
 
 
-def images_nosync(points, states, seed, first, last, page_size):
-    """Yield the sync=False crash images first..last-1 (see the module doc).
-    ``points`` are the creation point and one "commit" delta per
-    transaction 1..n, so the file after transaction j is points 0..j."""
+def _nosync_moment(events, moments, rng):
+    """(moment event index, during): a crash right after event m's writes,
+    or during its fdatasync (``during``, sync points only)."""
+    if rng.random() < 0.03:
+        return 0, True              # during the creation's sync
+    m = rng.choice(moments)
+    return m, events[m].sync and rng.random() < 0.75
+
+
+def images_nosync(events, states, seed, first, last, page_size):
+    """Yield the sync=False crash images first..last-1 (see the module doc)."""
     spp = page_size // SECTOR
-    n = len(points) - 1
-    # lengths and full files after every transaction, rebuilt on demand
-    lens = [p.new_len for p in points]
-
-    def file_after(j):
-        buf = bytearray()
-        for p in points[:j + 1]:
-            apply_delta(buf, p.new_len, p.delta)
-        return buf
-
+    ps = page_size
+    plans = []
+    moments = [e.index for e in events[1:] if e.delta or e.sync]
     for k in range(first, last):
         rng = random.Random("powerloss:%s:%d" % (seed, k))
-        mode = rng.choices(NOSYNC_MODES, (1, 4, 3))[0]
-        if mode == "nosync-ordered":
-            j = rng.randint(0, n)
-            p = points[j]
-            yield Image(k, p, mode, "same-length", bytes(file_after(j)), j, "file after transaction %d" % j)
+        m, during = _nosync_moment(events, moments, rng)
+        # the last completed sync: the shadow the crash starts from
+        s = m if (events[m].sync and not during) else max(
+            (e.index for e in events[:m] if e.sync), default=-1)
+        plans.append((s, m, k, during, rng))
+    plans.sort(key=lambda t: (t[0], t[2]))
+    shadow = bytearray()
+    at = 0                          # the writes of events[:at] are applied to shadow
+    for s, m, k, during, rng in plans:
+        while at <= s:
+            apply_delta(shadow, events[at].new_len, events[at].delta)
+            at += 1
+        e = events[m]
+        if s < 0:                   # during the creation's sync: nothing acknowledged
+            mode = rng.choice(DATA_MODES)
+            length, lname = _length(rng, e.old_len, e.new_len)
+            chosen = choose_sectors(rng, mode, e.delta, spp)
+            img = bytearray()
+            apply_delta(img, length, {x: e.delta[x] for x in chosen})
+            yield Image(k, e, "create:" + mode, lname, bytes(img), "empty-or-error",
+                        "%d of %d sectors" % (len(chosen), len(e.delta)))
             continue
-        if mode == "nosync-last":
-            j = rng.randint(0, n - 1)
-            p = points[j + 1]
-            img = file_after(j)
-            sub = rng.choice(DATA_MODES)
-            length, lname = _length(rng, p.old_len, p.new_len)
-            chosen = choose_sectors(rng, sub, p.delta, spp)
-            apply_delta(img, length, {s: p.delta[s] for s in chosen})
-            metas = [s for s in p.delta if s in (0, spp)]
-            landed = all(img[s * SECTOR:s * SECTOR + META_SIZE] == p.delta[s][:META_SIZE] for s in metas)
-            expect = "weak" if (metas and landed) else j
-            yield Image(k, p, "%s/%s" % (mode, sub), lname, bytes(img), expect,
-                        "after %d, %d of %d sectors of %d; %s" % (
-                            j, len(chosen), len(p.delta), j + 1,
-                            "its meta landed" if expect == "weak" else "its meta did not land"),
-                        span=(j, j + 1))
-            continue
-        # nosync-mixed: mostly a recent base (the kernel writes dirty pages
-        # back within about 30 s), sometimes any
-        d = rng.randint(max(0, n - 4) if rng.random() < 0.7 else 0, n - 1)
-        base = file_after(d)
-        versions = {}                   # page -> [bytes of each version since d]
-        cur = bytearray(base)
-        ps = page_size
-        for p in points[d + 1:]:
-            touched = {s // spp for s in p.delta}
-            for pg in touched:
+        base = events[s]
+        since = events[s + 1:m + 1]
+        lo, hi = base.lo, e.hi
+        # every version of every page written since the last completed sync
+        versions = {}
+        cur = {}
+        writes = []                 # (event, sector) in the order written
+        for ev in since:
+            for pg in sorted({x // spp for x in ev.delta}):
                 if pg not in versions:
-                    old = bytes(cur[pg * ps:(pg + 1) * ps])
-                    versions[pg] = [old + bytes(ps - len(old))]
-            apply_delta(cur, p.new_len, p.delta)
-            for pg in touched:
-                versions[pg].append(bytes(cur[pg * ps:(pg + 1) * ps]))
-        length = rng.choice(sorted(set(lens[d:])))
-        img = bytearray(base)
-        apply_delta(img, length, {})
-        torn = 0
-        for pg, vs in versions.items():
-            if (pg + 1) * ps > length:
-                continue
-            if rng.random() < 0.2:
-                torn += 1
-                page = b"".join(rng.choice(vs)[i * SECTOR:(i + 1) * SECTOR] for i in range(spp))
-            else:
-                page = rng.choice(vs)
-            img[pg * ps:(pg + 1) * ps] = page
-        yield Image(k, points[d], mode, "length %d" % length, bytes(img), "weak",
-                    "base after %d, %d pages with several versions, %d torn" % (d, len(versions), torn),
-                    span=(d, n))
+                    old = bytes(shadow[pg * ps:(pg + 1) * ps]).ljust(ps, b"\0")
+                    versions[pg] = [old]
+                    cur[pg] = bytearray(old)
+            for x in sorted(ev.delta, key=lambda x: (x in (0, spp), x)):     # pages, then the meta
+                pg = x // spp
+                o = (x - pg * spp) * SECTOR
+                cur[pg][o:o + SECTOR] = ev.delta[x]
+                writes.append((ev, x))
+            for pg in {x // spp for x in ev.delta}:
+                versions[pg].append(bytes(cur[pg]))
+        lengths = sorted({base.new_len} | {ev.new_len for ev in since})
+        mode = rng.choices(NOSYNC_MODES, NOSYNC_WEIGHTS)[0]
+        img = bytearray(shadow)
+        expect = (lo, hi, False)
+        note = ""
+        if mode == "none":
+            length = rng.choice(lengths)
+            apply_delta(img, length, {})
+            expect = (base.hi, base.hi, True)
+        elif mode == "all":
+            length = e.new_len
+            apply_delta(img, length, {})
+            for pg, vs in versions.items():
+                img[pg * ps:(pg + 1) * ps] = vs[-1]
+            expect = (hi, hi, True)
+        elif mode == "prefix":
+            cut = rng.randint(0, len(writes))
+            length = writes[cut - 1][0].new_len if cut else base.new_len
+            apply_delta(img, length, {x: ev.delta[x] for ev, x in writes[:cut]})
+            note = "%d of %d sectors in order" % (cut, len(writes))
+        else:
+            length = rng.choice(lengths)
+            apply_delta(img, length, {})
+            q = rng.random()
+            torn = 0
+            metas = []
+            for pg, vs in versions.items():
+                if (pg + 1) * ps > length:
+                    continue
+                if pg in (0, 1):
+                    # version 0: as at the last completed sync; tears inside the sector
+                    if mode == "pages":
+                        v = rng.randrange(len(vs))
+                        got, what = vs[v][:SECTOR], "version %d" % v
+                    else:
+                        a, b = sorted(rng.sample(range(len(vs)), 2)) if len(vs) > 2 else (0, len(vs) - 1)
+                        mm = rng.choice(META_MODES) if mode == "versions" else rng.choice(("meta-none", "meta-all"))
+                        got = tear_meta(rng, mm, vs[a][:SECTOR], vs[b][:SECTOR])
+                        what = ("version %d" % (a if mm == "meta-none" else b) if mm in ("meta-none", "meta-all")
+                                else "torn (%s) between versions %d and %d" % (mm, a, b))
+                    img[pg * ps:pg * ps + SECTOR] = got
+                    metas.append("meta %d %s of %d" % (pg, what, len(vs) - 1))
+                    continue
+                r = rng.random()
+                if mode == "pages":
+                    page = vs[-1] if r < q else vs[0]
+                elif mode == "torn" and r < 0.4:
+                    page = vs[-1]
+                elif mode == "torn" and r < 0.7:
+                    page = vs[0]
+                elif mode == "versions" and r < 0.5:
+                    page = rng.choice(vs)
+                else:
+                    torn += 1
+                    page = b"".join(rng.choice(vs)[i * SECTOR:(i + 1) * SECTOR] for i in range(spp))
+                img[pg * ps:(pg + 1) * ps] = page
+            note = "%d torn pages; %s" % (torn, "; ".join(metas) or "no meta written")
+        lname = "same-length" if len(lengths) == 1 else "old-length" if length < lengths[-1] else "new-length"
+        yield Image(k, e, mode, lname, bytes(img), expect,
+                    "crash %s %r; last completed sync #%d; %d pages written since (%s); %s" % (
+                        "during" if during else "after", e, s, len(versions),
+                        ",".join(sorted({ev.kind for ev in since})) or "-", note))
 
 
 # ---------------------------------------------------------------- verification
@@ -544,97 +1007,31 @@ def _on_alarm(sig, frame):
     raise Hang("image took longer than %ds" % IMAGE_TIMEOUT)
 
 
-def _contents(db):
-    """Every item (iteration) and the first 50 again by key: (contents,
-    anomaly).  On a tree that mixes page versions, iteration can return
-    keys out of order or twice, and a lookup can find another version than
-    iteration did; that is silently wrong data, which the weak promise
-    allows, so it is reported ("unordered", "get-differs"), not raised."""
-    items = list(db.items())
-    contents = dict(items)
-    anomaly = ""
-    if any(items[i][0] >= items[i + 1][0] for i in range(len(items) - 1)):
-        anomaly = "unordered"
-    elif any(db[key] != contents[key] for key in list(contents)[:50]):
-        anomaly = "get-differs"
-    return contents, anomaly
-
-
-def probe(path, cfg, states):
-    """The weak promise: check; open read-only and read everything; open
-    writable, read everything and commit once.  Every step works or raises a
-    kvmap.Error (CheckUnreadable for the checker); anything else propagates.
-    Returns a dict: ``check`` ("ok", "problems" or "unreadable"), ``ro``
-    (the read-only pass: the states its contents equal, or the class of
-    its kvmap.Error),
-    ``error`` (writable pass: the step and class of a kvmap.Error, or None),
-    ``states`` (transactions whose state the contents equal, when read),
-    ``fallback`` (open used the older meta)."""
+def _create_image(path, cfg, img):
+    """Nothing was acknowledged: an empty database (a file of length zero,
+    or any leftover of creation, is initialised by the engine; the checker
+    finds no database in it) or a clear error.  Returns (outcome, error)."""
     import kvmap
     from kvmap.checker import CheckUnreadable, check
-
-    info = dict(check="unreadable", ro=None, error=None, states=None, fallback=False, anomaly="")
     try:
-        info["check"] = "ok" if check(path).ok else "problems"
+        chk = "ok" if check(path).ok else "problems"
     except CheckUnreadable:
-        pass
-    try:
-        db = kvmap.open(path, readonly=True, **cfg)
-        try:
-            contents, anomaly = _contents(db)
-            info["ro"] = [] if anomaly else states.which(contents)
-        finally:
-            db.close()
-    except kvmap.Error as e:
-        info["ro"] = type(e).__name__
+        chk = "unreadable"
     try:
         db = kvmap.open(path, **cfg)
     except kvmap.Error as e:
-        info["error"] = "open-error:" + type(e).__name__
-        return info
-    step = "read-error:"
+        return "create-open-error:" + type(e).__name__, None
     try:
-        contents, info["anomaly"] = _contents(db)
-        info["fallback"] = db.stats()["meta_fallback"]
-        info["states"] = [] if info["anomaly"] else states.which(contents)
-        step = "write-error:"
-        db[b"powerloss-probe"] = b"after the crash"
-        if db[b"powerloss-probe"] != b"after the crash":
-            raise AssertionError("a commit after the crash reads back wrong")
-    except kvmap.Error as e:
-        info["error"] = step + type(e).__name__
+        n = len(dict(db.items()))
+        db[PROBE_KEY] = b"after the crash"
+        back = db[PROBE_KEY]
     finally:
         db.close()
-    return info
-
-
-def _which(got, span):
-    base, top = span
-    if not got:
-        return "mixed"
-    return ("state-top" if top in got else "state-base" if base in got
-            else "state-between" if any(base < g < top for g in got) else "state-older")
-
-
-def classify(info, span):
-    """An outcome class for the report (sync=False and creation images).
-    With ``span = (base, top)``: the contents are the state after ``top``
-    (state-top), after ``base`` (state-base), after a transaction between
-    them, or after one before ``base`` (state-older: a commit that was
-    wholly on the disk is lost); or no committed state at all (mixed)."""
-    if info["error"] and info["states"] is None:
-        return info["error"]
-    if info["states"]:
-        tag = _which(info["states"], span) + ("-fallback" if info["fallback"] else "")
-    else:
-        # the engine returned contents that no commit ever had, without an
-        # error; the checker may flag the file (-check-problems) or not
-        tag = "mixed" + ("-" + info["anomaly"] if info["anomaly"] else "")
-    if info["check"] != "ok" or tag.startswith("mixed"):
-        tag += "-check-" + info["check"]
-    if info["error"]:
-        tag += "-" + info["error"]
-    return tag
+    leftover = chk == "unreadable" and crashkit.creation_leftover(img.data, cfg.get("page_size", 4096))
+    out = "create-empty-check-" + chk
+    if n or back != b"after the crash" or not (chk == "ok" or leftover):
+        return out, "a creation image gave %d items, check %s" % (n, chk)
+    return out, None
 
 
 def verify_image(img, path, cfg, states):
@@ -643,32 +1040,29 @@ def verify_image(img, path, cfg, states):
     with open(path, "wb") as f:
         f.write(img.data)
     try:
-        if img.expect == "weak":
-            info = probe(path, cfg, states)
-            ro = info["ro"] if isinstance(info["ro"], str) else _which(info["ro"], img.span)
-            return classify(info, img.span) + " | read-only: " + ro, None
         if img.expect == "empty-or-error":
-            # nothing was acknowledged: an empty database (a file of length
-            # zero, or any leftover of creation, is initialised by the
-            # engine; the checker finds no database in it) or a clear error
-            info = probe(path, cfg, states)
-            out = "create-" + classify(info, (0, 0))
-            if info["error"] and info["error"].startswith("open-error"):
-                return out, None
-            if info["error"] is None and 0 in (info["states"] or ()) and (
-                    info["check"] == "ok" or (info["check"] == "unreadable" and crashkit.creation_leftover(
-                        img.data, cfg.get("page_size", 4096)))):
-                return out, None
-            return out, "a creation image gave " + out
+            return _create_image(path, cfg, img)
+        lo, hi, exact = img.expect
+        want = "the state after transaction %d" % hi if exact else "a state after a transaction in %d..%d" % (lo, hi)
         try:
-            crashkit.verify(path, states, img.expect, open_kw=cfg, allow_next=False)
-            return "exact", None
+            db = kvmap.open(path, readonly=True, **cfg)
+            try:
+                ro = [j for j in states.which(dict(db.items())) if lo <= j <= hi]
+                fallback = db.stats()["meta_fallback"]
+            finally:
+                db.close()
+            if not ro:
+                raise crashkit.CrashCheckFailed("a read-only open: %s" % _which_state(path, dict(cfg, readonly=True),
+                                                                                    states))
+            n = crashkit.verify(path, states, hi, oldest=lo, open_kw=cfg, allow_next=False, probe=PROBE_KEY)
         except crashkit.CrashCheckFailed as e:
-            got = _which_state(path, cfg, states)
-            return "failed", "expected the state after transaction %s: %s (%s)" % (img.expect, e, got)
+            return "failed", "expected %s: %s (%s)" % (want, e, _which_state(path, cfg, states))
         except kvmap.Error as e:
-            return "failed", "expected the state after transaction %s: %s: %s" % (
-                img.expect, type(e).__name__, e)
+            return "failed", "expected %s: %s: %s" % (want, type(e).__name__, e)
+        if exact:
+            return "exact", None
+        tag = "state-newest" if n == hi else "state-durable" if n == lo else "state-between"
+        return tag + ("-fallback" if fallback else ""), None
     finally:
         os.unlink(path)
 
@@ -695,17 +1089,26 @@ def run_batch(spec, out=None, only=None, keep=None):
     cfg = dict(CONFIGS[spec["config"]])
     t0 = time.time()
     tmp = tempfile.mkdtemp(prefix="kvmap-powerloss-")
-    points, states, problems = record(spec["config"], spec["sync"], spec["seed"], spec["commits"],
-                                      spec["page_size"], directory=tmp)
+    events, states, problems, plan = record(spec["config"], spec["sync"], spec["seed"], spec["commits"],
+                                            spec["page_size"], directory=tmp)
     first, last = (only, only + 1) if only is not None else (0, spec["losses"])
     gen = images_sync if spec["sync"] else images_nosync
     res = dict(spec=spec, modes=Counter(), lengths=Counter(), outcomes=Counter(), failures=[],
-               problems=problems, losses=0, examples={})
+               problems=problems, losses=0, examples={}, events=Counter(e.kind + ("/" + e.why if e.why else "")
+                                                                      for e in events),
+               unplanned_flushes=plan["unplanned_flushes"])
     path = os.path.join(tmp, "image.kv")
     old = signal.signal(signal.SIGALRM, _on_alarm)
+    # the verification's own syncs (its commit, the flush of a reopened
+    # image, close's seal) need not wait for the disk
+    from kvmap._lib import ffi, lib
+    no_sync = ffi.callback("int(int)", lambda fd: 0)
+    lib.kvm_set_sync_hook(no_sync)
     try:
-        for img in gen(points, states, spec["seed"], first, last, spec["page_size"]):
+        for img in gen(events, states, spec["seed"], first, last, spec["page_size"]):
             print("IMG %d" % img.k, file=out, flush=True)
+            if img.k == spec.get("abort_at"):       # self-test: the engine crashing on an image
+                os.abort()
             if keep:
                 with open(keep, "wb") as f:
                     f.write(img.data)
@@ -725,6 +1128,7 @@ def run_batch(spec, out=None, only=None, keep=None):
                 res["failures"].append(dict(image=img.k, mode=img.mode, length=img.length,
                                             point=repr(img.point), note=img.note, error=err))
     finally:
+        lib.kvm_set_sync_hook(ffi.NULL)
         signal.signal(signal.SIGALRM, old)
         for name in os.listdir(tmp):
             os.unlink(os.path.join(tmp, name))
@@ -735,23 +1139,27 @@ def run_batch(spec, out=None, only=None, keep=None):
 
 # ---------------------------------------------------------------- driver
 
-def plan(losses, seed, *, long=False, configs=None, nosync_share=0.25, per_batch=None):
-    """Split ``losses`` images into batch specs over the configurations:
-    ``1 - nosync_share`` of them with sync=True, the rest with sync=False."""
+def plan(losses=None, seed=1, *, long=False, configs=None, nosync=None, per_batch=None):
+    """Batch specs over the configurations: ``losses`` sync=True images and
+    ``nosync`` sync=False ones (default: DEFAULT_LOSSES, or LONG_LOSSES
+    with ``long``)."""
     configs = list(configs or CONFIGS)
+    dflt = LONG_LOSSES if long else DEFAULT_LOSSES
+    n_sync = dflt[0] if losses is None else losses
+    n_nosync = dflt[1] if nosync is None else nosync
     commits = 150 if long else 60
-    per_batch = per_batch or (200 if long else 110)
+    per_batch = per_batch or (200 if long else 150)
     specs = []
-    n_nosync = int(round(losses * nosync_share))
-    for sync, total in ((True, losses - n_nosync), (False, n_nosync)):
+    for sync, total in ((True, n_sync), (False, n_nosync)):
         if total <= 0:
             continue
         each = -(-total // len(configs))
         for ci, c in enumerate(configs):
             left = min(each, total - ci * each)
+            nb = -(-left // per_batch)       # batches of this configuration, of even sizes
             b = 0
             while left > 0:
-                n = min(per_batch, left)
+                n = -(-left // (nb - b))
                 specs.append(dict(config=c, sync=sync, seed=seed * 1000 + ci * 10 + b + (500 if not sync else 0),
                                   commits=commits, losses=n,
                                   page_size=8192 if (long and b % 3 == 2) else 4096))
@@ -767,79 +1175,103 @@ def replay_command(spec, image):
                 spec["seed"], spec["commits"], spec["page_size"], image))
 
 
-def run_child(spec, timeout=1800):
-    """Run one batch in a child process; a crash or hang of the child
-    becomes a failure naming the image it was on."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--batch", json.dumps(spec)]
+def run_child(specs, timeout=1800):
+    """Run batches, one after another, in a child process (``--batch`` with
+    a list); a list of results.  A crash or hang of the child becomes a
+    failure of the batch it was in, naming the image it was on, and the
+    batches after it run in a new child."""
+    if isinstance(specs, dict):
+        specs = [specs]
+    cmd = [sys.executable, os.path.abspath(__file__), "--batch", json.dumps(specs)]
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * len(specs), env=env)
         rc, stdout, stderr = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
         rc = None
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = "TIMEOUT after %ss" % timeout
+        stderr = "TIMEOUT after %ss" % (timeout * len(specs))
+    results, imgs = [], []
     for line in stdout.splitlines():
-        if line.startswith("RESULT "):
+        if line.startswith("BATCH "):
+            imgs = []
+        elif line.startswith("IMG "):
+            imgs.append(int(line.split()[1]))
+        elif line.startswith("RESULT "):
             res = json.loads(line[7:])
             for f in res["failures"]:
-                f["replay"] = replay_command(spec, f["image"])
-            if rc != 0 and not res["failures"]:
-                res["failures"].append(dict(error="child exited with %r" % rc, stderr=stderr[-3000:]))
-            return res
-    imgs = [int(l.split()[1]) for l in stdout.splitlines() if l.startswith("IMG ")]
+                f["replay"] = replay_command(res["spec"], f["image"])
+            results.append(res)
+    if len(results) == len(specs):
+        if rc != 0 and not results[-1]["failures"]:
+            results[-1]["failures"].append(dict(error="child exited with %r" % rc, stderr=stderr[-3000:]))
+        return results
+    spec = specs[len(results)]
     at = imgs[-1] if imgs else None
-    return dict(spec=spec, modes={}, lengths={}, outcomes={}, examples={},
-                losses=len(imgs) - 1 if imgs else 0,
-                problems=[], seconds=None,
-                failures=[dict(image=at, error="child died (returncode %r) %s" % (
-                    rc, "while recording" if at is None else "on image %d" % at),
-                    stderr=stderr[-3000:],
-                    replay=replay_command(spec, at) if at is not None else
-                    "python tools/powerloss.py --batch '%s'" % json.dumps(spec))])
+    results.append(dict(
+        spec=spec, modes={}, lengths={}, outcomes={}, examples={}, events={}, unplanned_flushes=[],
+        losses=len(imgs) - 1 if imgs else 0, problems=[], seconds=None,
+        failures=[dict(image=at, error="child died (returncode %r) %s" % (
+            rc, "while recording" if at is None else "on image %d" % at),
+            stderr=stderr[-3000:],
+            replay=replay_command(spec, at) if at is not None else
+            "python tools/powerloss.py --batch '%s'" % json.dumps(spec))]))
+    rest = specs[len(results):]
+    return results + (run_child(rest, timeout) if rest else [])
 
 
-def run_specs(specs, jobs=None):
-    """Run the batches, ``jobs`` children at a time; list of results."""
+def run_specs(specs, jobs=None, per_child=4):
+    """Run the batches, ``jobs`` children at a time, ``per_child`` batches in
+    each (a child's start costs about what 30 images do); the list of
+    results, in the order of ``specs``."""
     jobs = jobs or os.cpu_count() or 1
+    chunks = [specs[i:i + per_child] for i in range(0, len(specs), per_child)]
     with ThreadPoolExecutor(max_workers=jobs) as ex:
-        return list(ex.map(run_child, specs))
+        return [res for part in ex.map(run_child, chunks) for res in part]
 
 
 def summarize(results):
     """A table of counts by configuration and mode; failures last."""
     by_cfg = Counter()
-    modes = Counter()
+    modes = {True: Counter(), False: Counter()}
     lengths = Counter()
     outcomes = {True: Counter(), False: Counter()}
+    events = {True: Counter(), False: Counter()}
     failures = []
     problems = []
-    examples = {}
+    unplanned = 0
     for r in results:
-        for outcome, k in r.get("examples", {}).items():
-            examples.setdefault(outcome, replay_command(r["spec"], k))
         s = r["spec"]
         key = "%-16s %s" % (s["config"], "sync=True " if s["sync"] else "sync=False")
         by_cfg[key] += r["losses"]
-        modes.update(r["modes"])
+        modes[s["sync"]].update(r["modes"])
         lengths.update(r["lengths"])
         outcomes[s["sync"]].update(r["outcomes"])
+        events[s["sync"]].update(r.get("events", {}))
+        unplanned += len(r.get("unplanned_flushes", ()))
         failures += r["failures"]
         problems += ["%s seed %d: %s" % (s["config"], s["seed"], p) for p in r["problems"]]
-    lines = ["simulated power losses: %d" % sum(by_cfg.values()), "", "by configuration:"]
+    total = {sync: sum(r["losses"] for r in results if r["spec"]["sync"] == sync) for sync in (True, False)}
+    lines = ["simulated power losses: %d (sync=True %d, sync=False %d)" % (
+        sum(by_cfg.values()), total[True], total[False]), "", "by configuration:"]
     lines += ["  %-28s %6d" % (k, v) for k, v in sorted(by_cfg.items())]
-    lines += ["", "by mode:"] + ["  %-28s %6d" % (k, v) for k, v in sorted(modes.items())]
-    lines += ["", "by file length:"] + ["  %-28s %6d" % (k, v) for k, v in sorted(lengths.items())
-                                        if not k.startswith("length ")]
+    for sync in (True, False):
+        if modes[sync]:
+            lines += ["", "by mode, sync=%s:" % sync] + ["  %-28s %6d" % (k, v) for k, v in sorted(modes[sync].items())]
+    lines += ["", "by file length:"] + ["  %-28s %6d" % (k, v) for k, v in sorted(lengths.items())]
     for sync in (True, False):
         if outcomes[sync]:
             lines += ["", "outcomes, sync=%s:" % sync]
             lines += ["  %-28s %6d" % (k, v) for k, v in sorted(outcomes[sync].items())]
-    silent = sorted(o for o in examples if "mixed" in o.split(" | ")[0] or "state-older" in o)
-    if silent:
-        lines += ["", "an example of each outcome with silently wrong contents (sync=False):"]
-        lines += ["  %s\n    %s" % (o, examples[o]) for o in silent]
-    lines += ["", "simulator problems: %d" % len(problems)] + ["  " + p for p in problems[:20]]
+    for sync in (True, False):
+        if events[sync]:
+            lines += ["", "recorded events, sync=%s (kind/why):" % sync]
+            lines += ["  %-28s %6d" % (k, v) for k, v in sorted(events[sync].items())]
+    if unplanned:
+        lines += ["  (%d commits flushed by sync_interval without a planned sleep: the first after an open,"
+                  " or a slow machine)" % unplanned]
+    lines += ["", "simulator problems (broken write-protocol rules): %d" % len(problems)]
+    lines += ["  " + p for p in problems[:20]]
     lines += ["failures: %d" % len(failures)]
     kinds = Counter()
     for f in failures:
@@ -855,8 +1287,12 @@ def summarize(results):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--losses", type=int, help="images to verify (default 2,700; --long 13,400: a quarter of them sync=False)")
-    ap.add_argument("--long", action="store_true", help="13,400 images (10,050 sync=True), 150-transaction runs, some 8 KiB pages")
+    ap.add_argument("--losses", type=int,
+                    help="sync=True images to verify (default %d; --long %d)" % (DEFAULT_LOSSES[0], LONG_LOSSES[0]))
+    ap.add_argument("--nosync-losses", type=int,
+                    help="sync=False images to verify (default %d; --long %d)" % (DEFAULT_LOSSES[1], LONG_LOSSES[1]))
+    ap.add_argument("--long", action="store_true",
+                    help="%d + %d images, 150-transaction runs, some 8 KiB pages" % LONG_LOSSES)
     ap.add_argument("--seed", type=int, default=1, help="base seed (batch seeds derive from it)")
     ap.add_argument("--jobs", type=int, help="child processes at a time (default: CPUs)")
     ap.add_argument("--configs", help="comma-separated config ids (default: all: %s)" % ", ".join(CONFIGS))
@@ -869,8 +1305,11 @@ def main(argv=None):
     ap.add_argument("--batch", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.batch:
-        res = run_batch(json.loads(a.batch))
-        print("RESULT " + json.dumps(res), flush=True)
+        specs = json.loads(a.batch)
+        for spec in specs if isinstance(specs, list) else [specs]:
+            print("BATCH", flush=True)
+            res = run_batch(spec)
+            print("RESULT " + json.dumps(res), flush=True)
         return 0
     if a.image is not None:
         if a.config not in CONFIGS:
@@ -879,15 +1318,19 @@ def main(argv=None):
                     page_size=a.page_size)
         res = run_batch(spec, only=a.image, keep=a.keep)
         print(summarize([res]))
+        for f in res["failures"]:
+            print("\n%s\n  %s\n  %s" % (f["point"], f["note"], f["error"]))
+        if res["unplanned_flushes"]:
+            print("note: commits %s flushed by sync_interval without a planned sleep; a run on a slower or "
+                  "faster machine may record other flush points (and so another image k)" % res["unplanned_flushes"])
         if a.keep:
             print("image kept in %s" % a.keep)
         return 1 if res["failures"] or res["problems"] else 0
-    losses = a.losses if a.losses is not None else (13_400 if a.long else 2_700)
     configs = a.configs.split(",") if a.configs else None
     for c in configs or ():
         if c not in CONFIGS:
             ap.error("unknown config %r" % c)
-    specs = plan(losses, a.seed, long=a.long, configs=configs)
+    specs = plan(a.losses, a.seed, long=a.long, configs=configs, nosync=a.nosync_losses)
     t0 = time.time()
     results = run_specs(specs, a.jobs)
     print(summarize(results))
