@@ -50,9 +50,14 @@ def test_crc_reference():
     assert crc(b"123456789") == 0xE3069283
     assert crc32c(b"123456789") == 0xE3069283
     r = random.Random(5)
-    for n in (0, 1, 7, 8, 9, 100, 4092):
+    # around the engine's three-stream stripes (3 x 1360 bytes) and every page size
+    for n in (0, 1, 7, 8, 9, 100, 4079, 4080, 4081, 4087, 4092, 8159, 8160, 8188, 12241, 16380, 65532):
         d = r.randbytes(n)
-        assert crc32c(d) == crc(d)
+        assert crc32c(d) == crc(d), n
+    from kvmap._lib import lib
+    d = r.randbytes(9000)
+    for cut in (1, 4080, 4081, 8999):   # chained: crc(a + b) from crc(a) and b
+        assert lib.kvm_crc32c(lib.kvm_crc32c(0, d[:cut], cut), d[cut:], len(d) - cut) == crc(d), cut
     pages = r.randbytes(4096 * 6)
     assert _page_crcs(pages, 4096, 6) == [crc(pages[i * 4096 + 4:(i + 1) * 4096]) for i in range(6)]
 
