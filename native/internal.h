@@ -92,6 +92,7 @@ struct kvm_env {
     void       *cells;
     kvm_space  *space;           /* writable handles: the free space (space.h) */
     uint64_t    grow_min, grow_max;
+    int         grow_lean;       /* the next growth is one grow_min step (txn.c, make_room) */
 };
 
 typedef struct dirty_ent {

@@ -197,7 +197,10 @@ int env_ensure_pages(kvm_env *e, uint64_t pages)
     uint64_t have = e->file_size / e->psize;
     if (pages <= have)
         return 0;
-    uint64_t step = have * e->psize / 2;
+    /* Half the file, clamped; just grow_min when a flush has just released
+    ** what it could and will release more soon (txn.c, make_room). */
+    uint64_t step = e->grow_lean ? 0 : have * e->psize / 2;
+    e->grow_lean = 0;
     step = step < e->grow_min ? e->grow_min : step > e->grow_max ? e->grow_max : step;
     uint64_t target = have + step / e->psize;
     if (target < pages)

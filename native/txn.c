@@ -73,6 +73,34 @@ static int reclaim(kvm_env *e)
     return rc;
 }
 
+/* Before the file grows for `want` pages, flush instead when the pages
+** held for the commits since the last flush -- the pages they freed, which
+** sync=False keeps until a flush, and their records, freed one commit after
+** it -- are an eighth of the pages in use and at least FLUSH_MIN_BYTES: a
+** churning database's file stays within about 1.5 times its data, a small
+** one flushes at most once per FLUSH_MIN_BYTES held, and a growing one
+** grows.  Called when a write transaction begins (for its commit's
+** free-space pages) and before its pool takes pages. */
+#define FLUSH_MIN_BYTES (512u << 10)
+
+static int make_room(kvm_env *e, uint64_t want)
+{
+    kvm_space *sp = e->space;
+    uint64_t free_now = space_free_count(sp);
+    if (free_now >= want || sp->hwm + (want - free_now) <= e->file_size / e->psize)
+        return 0;
+    uint64_t pending, records, durable = __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE);
+    space_held(sp, durable, env_oldest_reader(e), &pending, &records);
+    uint64_t held = pending + records, in_use = sp->hwm - free_now - sp->pending_count - records;
+    if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
+        return 0;
+    int rc = env_flush(e);
+    if (!rc && !(rc = reclaim(e)))
+        /* the records held are freed by the next flush: grow by the least */
+        e->grow_lean = space_free_count(sp) < want;
+    return rc;
+}
+
 static int txn_begin(kvm_env *e, int write, kvm_txn **out)
 {
     int rc = file_intact(e);
@@ -116,7 +144,8 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
             free(t);
             return kvm_err(KVM_NOMEM, "allocating a write transaction");
         }
-        rc = reclaim(e);
+        if (!(rc = reclaim(e)))
+            rc = make_room(e, 16);   /* the commit's free-space pages */
         space_begin(e->space);
         if (rc) {
             txn_end(t);
@@ -204,20 +233,7 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
     kvm_space *sp = e->space;
     u64vec runs = {0};
     uint64_t want = need > 64 ? need : 64;
-    int rc = 0;
-    /* Rather than grow the file while the pages that the commits since the
-    ** last flush freed, and their records, are a quarter of the pages in
-    ** use or more, flush: they become reusable (sync=False keeps them until
-    ** then).  So a churning database's file stays within about 1.5 times
-    ** its data, and a flush comes once per such quarter. */
-    uint64_t free_now = space_free_count(sp);
-    if (free_now < want && sp->hwm + (want - free_now) > e->file_size / e->psize) {
-        uint64_t pending, records;
-        space_held(sp, __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE), env_oldest_reader(e), &pending, &records);
-        uint64_t in_use = sp->hwm - free_now - sp->pending_count - records;
-        if (pending + records >= in_use / 8 && (rc = env_flush(e)) == 0)
-            rc = reclaim(e);
-    }
+    int rc = make_room(e, want);
     if (!rc)
         rc = space_take(sp, want, &runs);
     if (!rc && (rc = env_ensure_pages(e, sp->hwm)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need) {
