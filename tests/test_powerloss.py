@@ -74,7 +74,7 @@ def group_results(request):
     two at a time (so no core waits for a group's slowest batch): group ->
     results."""
     selected = {item.callspec.params["group"] for item in request.session.items
-                if item.originalname == "test_power_loss" and hasattr(item, "callspec")}
+                if getattr(item, "originalname", None) == "test_power_loss" and hasattr(item, "callspec")}
     specs = [s for g in sorted(selected) for s in GROUPS[g]]
     results = powerloss.run_specs(specs, jobs=2)
     out = {}
