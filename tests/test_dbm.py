@@ -7,6 +7,7 @@ import errno
 import os
 import shelve
 import stat
+import time
 
 import pytest
 
@@ -115,6 +116,38 @@ def test_sync_method(tmp_path):
     db.close()
     with pytest.raises(kvmap.ClosedError):
         db.sync()
+
+
+def test_sync_options_and_durability_figures(tmp_path):
+    """sync=False commits are durable once a flush says so: stats() reports
+    the newest durable commit and what is unsynced; sync_bytes makes a
+    commit that reaches it flush; close() flushes and seals."""
+    p = str(tmp_path / "db")
+    with kvmap.open(p, sync=False, sync_bytes=64 << 10) as db:
+        db[b"a"] = b"1"
+        st = db.stats()
+        assert st["durable_txnid"] < st["txnid"] and st["unsynced_bytes"] > 0
+        db.sync()
+        st = db.stats()
+        assert st["durable_txnid"] == st["txnid"] and st["unsynced_bytes"] == 0
+        n = st["syscalls"]["fdatasync"]
+        for i in range(64):                   # 64 commits of a few pages: 64 KiB is reached
+            db[b"k%d" % i] = b"x" * 100
+        st = db.stats()
+        assert st["syscalls"]["fdatasync"] > n and st["unsynced_bytes"] < 64 << 10
+    with kvmap.open(p, "r") as db:            # close flushed and sealed: nothing to verify
+        st = db.stats()
+        assert st["durable_txnid"] == st["txnid"] and not st["meta_fallback"] and len(db) == 65
+    with kvmap.open(p, sync=False, sync_interval=0.001) as db:
+        db[b"b"] = b"2"
+        time.sleep(0.02)                       # well past the interval: the next commit flushes
+        db[b"c"] = b"3"
+        st = db.stats()
+        assert st["durable_txnid"] == st["txnid"] and st["unsynced_bytes"] == 0
+    for bad in (dict(sync_bytes=0), dict(sync_bytes=4095), dict(sync_bytes=1.5), dict(sync_interval=0),
+                dict(sync_interval=-1), dict(sync_interval="1")):
+        with pytest.raises(ValueError):
+            kvmap.open(p, **bad)
 
 
 def test_sync_failure_fails_the_handle(tmp_path):

@@ -50,10 +50,13 @@ def test_300_kills_lose_no_commit(tmp_path):
     assert sorted(c["by_config"]) == sorted(CONFIG_IDS)
     assert set(c["by_sync"]) == {"sync=True", "sync=False"}
     # kills inside the flushes of sync=False: in commits (sync_bytes, pages
-    # first), in db.sync(); and in close() or the reopen after it
+    # first), and outside them, in db.sync() or close() and the reopen (which
+    # of the two depends on timing: in a lane with sync_interval, db.sync()
+    # finds nothing to flush when the commits before it already did)
     where = c["by_where"]
     assert where.get("syscall:fdatasync in commit (sync=False)", 0) > 0, where
-    assert where.get("syscall:fdatasync in db.sync() (sync=False)", 0) > 0, where
+    assert (where.get("syscall:fdatasync in db.sync() (sync=False)", 0)
+            + where.get("syscall:fdatasync in close/reopen (sync=False)", 0)) > 0, where
     assert any(" in close/reopen " in w for w in where), where
     assert c["during_flush"] > 0
     # an fdatasync kill in a sync=True commit comes after its meta write
