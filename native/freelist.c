@@ -543,7 +543,8 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
     free(body);
     /* the record's pages, filled by freelist_record */
     for (uint64_t i = 0; i < pl.nrecord && !rc; i++)
-        rc = u64_push(&st->records, have.v[next++]);
+        if (!(rc = u64_push(&st->records, have.v[next])))   /* in the commit's pages, filled later */
+            rc = txn_put_page(t, have.v[next++], PT_RECORD, 0, 0, 0, "", 0, NULL);
     if (!rc)
         rc = sets_reserve(sp);   /* freelist_adopt cannot fail */
     /* which freed pages were written since the last flush (fresh: reusable
@@ -585,14 +586,15 @@ fail:
     return rc;
 }
 
-/* Write the record of the commit prepared last: order[0..n) are its other
-** pages, their checksums computed (FORMAT.md §6). */
+/* Write the record of the commit prepared last: order[0..n) are its pages,
+** the record's own (type PT_RECORD) among them, the others' checksums
+** computed (FORMAT.md §6). */
 int freelist_record(kvm_txn *t, kvm_space *sp, dirty_ent *const *order, size_t n)
 {
     freelist_staged *st = &sp->staged;
     uint32_t ps = sp->psize;
     size_t pay = ps - PH_SIZE;
-    if (!st->valid || (!(st->flags & R_FLAGS_PAGES_DURABLE) && n != st->nwritten))
+    if (!st->valid || (!(st->flags & R_FLAGS_PAGES_DURABLE) && n != st->nwritten + st->records.n))
         return kvm_err(KVM_INVALID, "the commit record does not match its plan");
     size_t nfreed = st->freed_runs.n / 2, nrel = st->released.n / 2, nover = st->overrides.n / 2;
     size_t len = record_bytes(st->nwritten, nfreed, nrel, nover);
@@ -606,9 +608,13 @@ int freelist_record(kvm_txn *t, kvm_space *sp, dirty_ent *const *order, size_t n
     wr32(s + R_NOVERRIDE - PH_SIZE, (uint32_t)nover);
     wr32(s + R_FLAGS - PH_SIZE, st->flags);
     uint8_t *w = s + R_FIXED;
-    for (size_t i = 0; i < st->nwritten; i++, w += R_WRITTEN_SIZE) {
+    for (size_t i = 0; i < n && st->nwritten; i++) {
+        const uint8_t *p = dirty_ptr(t, order[i]);
+        if (p[PH_TYPE] == PT_RECORD)
+            continue;
         wr64(w, order[i]->pgno);
-        wr32(w + 8, rd32(dirty_ptr(t, order[i]) + PH_CHECKSUM));
+        wr32(w + 8, rd32(p + PH_CHECKSUM));
+        w += R_WRITTEN_SIZE;
     }
     for (size_t i = 0; i < st->freed_runs.n; i++, w += 8)
         wr64(w, st->freed_runs.v[i]);

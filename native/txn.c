@@ -308,17 +308,18 @@ static int write_pages(kvm_env *e, dirty_ent **order, size_t n)
     return 0;
 }
 
+/* The checksums of the pages but the record's (freelist_record sums those). */
 static void checksum_pages(kvm_txn *t, dirty_ent **order, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         uint8_t *p = dirty_ptr(t, order[i]);
-        wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, t->env->psize - 4));
+        if (p[PH_TYPE] != PT_RECORD)
+            wr32(p + PH_CHECKSUM, kvm_crc32c(0, p + 4, t->env->psize - 4));
     }
 }
 
-/* The live dirty pages, sorted by number (the caller frees *out); with
-** `skip` (the record's pages, not yet written) left out. */
-static int dirty_order(kvm_txn *t, const u64vec *skip, dirty_ent ***out, size_t *n)
+/* The live dirty pages, sorted by number (the caller frees *out). */
+static int dirty_order(kvm_txn *t, dirty_ent ***out, size_t *n)
 {
     dirty_ent **order = malloc((t->ndirty + 1) * sizeof *order);
     if (!order)
@@ -326,10 +327,7 @@ static int dirty_order(kvm_txn *t, const u64vec *skip, dirty_ent ***out, size_t 
     size_t k = 0;
     for (size_t i = 0; i < t->dcap; i++) {
         dirty_ent *d = &t->dirty[i];
-        int skipped = 0;
-        for (size_t j = 0; skip && j < skip->n && !skipped; j++)
-            skipped = skip->v[j] == d->pgno;
-        if (d->pgno && d->live && !skipped)
+        if (d->pgno && d->live)
             order[k++] = d;
     }
     qsort(order, k, sizeof *order, cmp_dirty);
@@ -410,24 +408,19 @@ static int seal_pages(kvm_txn *t, uint64_t hwm, dirty_ent ***out, size_t *nout)
 {
     dirty_ent **order;
     size_t n;
-    int rc = dirty_order(t, &t->env->space->staged.records, &order, &n);
+    int rc = dirty_order(t, &order, &n);
     for (size_t i = 0; !rc && i < n; i++)
         if (order[i]->pgno >= hwm)
             rc = kvm_err(KVM_INVALID, "page %llu lies above the high-water mark %llu",
                          (unsigned long long)order[i]->pgno, (unsigned long long)hwm);
     if (!rc)
         GUARDED(t->env, t, rc, (checksum_pages(t, order, n), freelist_record(t, t->env->space, order, n)));
-    free(order);
-    return rc ? rc : dirty_order(t, NULL, out, nout);
-}
-
-static int txn_changed(kvm_txn *t)
-{
-    if (t->freed.n)
-        return 1;
-    for (size_t i = 0; i < t->dcap; i++)
-        if (t->dirty[i].pgno && t->dirty[i].live)
-            return 1;
+    if (rc) {
+        free(order);
+        return rc;
+    }
+    *out = order;
+    *nout = n;
     return 0;
 }
 
@@ -438,7 +431,8 @@ static int txn_commit(kvm_txn *t, int sync)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
         return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
-    if (!txn_changed(t)) {   /* nothing to write, and no txnid used */
+    size_t ntree = live_pages(t);
+    if (!ntree && !t->freed.n) {   /* nothing to write, and no txnid used */
         txn_end(t);
         return 0;
     }
@@ -447,7 +441,6 @@ static int txn_commit(kvm_txn *t, int sync)
     ** after its meta; a commit larger than 4 * sync_bytes syncs its pages
     ** before its meta too, so open verifies at most sync_bytes plus one
     ** commit; otherwise nothing waits for the disk. */
-    size_t ntree = live_pages(t);
     uint64_t bytes = (ntree + 2) * (uint64_t)e->psize;
     int pages_first = bytes > 4 * e->sync_bytes;
     int flushing = sync || pages_first || e->unsynced_bytes + bytes >= e->sync_bytes ||
