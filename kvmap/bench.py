@@ -18,7 +18,9 @@ keys of ``--key-size`` bytes, random values of ``--value-size`` bytes).
 
 Workloads (in run order; the store loaded by ``bulk`` is reused by the next ones)
 -------------------------------------------------------------------------------
-bulk        load N pairs in one transaction, sync off (fresh store per repetition)
+bulk        load N pairs in one transaction with the store's batch call (kvmap
+            update, py-lmdb putmulti, sqlite3 executemany), sync off (fresh
+            store per repetition)
 get         random gets of all N keys in one snapshot, hot cache
 get_cold    fdatasync + posix_fadvise(DONTNEED) the store's files (store closed,
             so no page stays mapped), reopen, random gets of a sample; latency per get
@@ -228,12 +230,16 @@ class TxnStore(Store):
     ``writer()`` give them; the workloads' loops are shared."""
 
     def load(self, pairs):
+        """A bulk load: one transaction, the store's batch call."""
+        with self.writer() as t:
+            self.put_batch(t, pairs)
+
+    def txn(self, pairs):
+        """A small transaction: one put() per pair."""
         with self.writer() as t:
             put = t.put
             for k, v in pairs:
                 put(k, v)
-
-    txn = load          # a small transaction is a small load
 
     def delete_all(self, keys):
         with self.writer() as t:
@@ -300,6 +306,10 @@ class KvmapStore(TxnStore):
     def writer(self):
         return self.db.transaction()
 
+    @staticmethod
+    def put_batch(t, pairs):
+        t.update(pairs)
+
     def scan(self):
         n = 0
         for _ in self.db.items():
@@ -350,6 +360,10 @@ class LmdbStore(TxnStore):
 
     def writer(self):
         return self.env.begin(write=True)
+
+    @staticmethod
+    def put_batch(t, pairs):
+        t.cursor().putmulti(pairs)
 
     def scan(self):
         n = 0

@@ -844,6 +844,67 @@ out:
     return rc;
 }
 
+/* A batch of puts (kvm_put_many).  They are applied in key order -- a
+** stable sort, so of equal keys the later one wins, as applied one by one --
+** because consecutive keys share their path and leaf: the pages a put
+** touches are still in the CPU cache for the next one.  Every key and value
+** size is checked before the first put, so a bad argument changes nothing. */
+typedef struct batch_ent {
+    const uint8_t *key, *val;
+    uint32_t       klen;
+    uint64_t       vlen;
+    size_t         idx;   /* position in the caller's batch */
+} batch_ent;
+
+static int batch_cmp(const void *a_, const void *b_)
+{
+    const batch_ent *a = a_, *b = b_;
+    int c = keycmp(a->key, a->klen, b->key, b->klen);
+    return c ? c : (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+/* The batch in the order its puts are applied; caller memory only, so this
+** runs outside the SIGBUS guard (which forbids heap allocations). */
+static int batch_plan(kvm_txn *t, const char *keys, const uint32_t *klens, const char *vals,
+                      const uint64_t *vlens, size_t n, batch_ent **out)
+{
+    if (!t->write)
+        return kvm_err(KVM_READONLY, "transaction is read-only");
+    batch_ent *ents = malloc((n ? n : 1) * sizeof *ents);
+    if (!ents)
+        return kvm_err(KVM_NOMEM, "out of memory for a batch of %zu puts", n);
+    int rc = 0, sorted = 1;
+    const uint8_t *k = (const uint8_t *)keys, *v = (const uint8_t *)vals;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if ((rc = key_check(t, klens[i])))
+            break;
+        if (vlens[i] > UINT32_MAX)
+            rc = kvm_err(KVM_INVALID, "value of %llu bytes is larger than 4 GiB - 1",
+                         (unsigned long long)vlens[i]);
+        ents[i] = (batch_ent){k, v, klens[i], vlens[i], i};
+        k += klens[i];
+        v += vlens[i];
+        if (i && sorted && keycmp(ents[i - 1].key, ents[i - 1].klen, ents[i].key, ents[i].klen) > 0)
+            sorted = 0;
+    }
+    if (rc) {
+        free(ents);
+        return rc;
+    }
+    if (!sorted)
+        qsort(ents, n, sizeof *ents, batch_cmp);
+    *out = ents;
+    return 0;
+}
+
+static int put_batch_op(kvm_txn *t, const batch_ent *ents, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = put_op(t, (const char *)ents[i].key, ents[i].klen, (const char *)ents[i].val, ents[i].vlen);
+    return rc;
+}
+
 static int del_op(kvm_txn *t, const char *key_, size_t klen)
 {
     const uint8_t *key = (const uint8_t *)key_;
@@ -899,6 +960,21 @@ int kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
 int kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen)
 {
     GUARDED_TXN_CALL(t, int, put_op(t, key, klen, val, vlen));
+}
+
+int kvm_put_many(kvm_txn *t, const char *keys, const uint32_t *klens, const char *vals,
+                 const uint64_t *vlens, size_t n)
+{
+    batch_ent *ents;
+    int rc = txn_enter(t);
+    if (rc)
+        return rc;
+    if (!(rc = batch_plan(t, keys, klens, vals, vlens, n, &ents))) {
+        GUARDED(t->env, t, rc, put_batch_op(t, ents, n));
+        free(ents);
+    }
+    txn_leave(t);
+    return rc;
 }
 
 int kvm_del(kvm_txn *t, const char *key, size_t klen)

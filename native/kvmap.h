@@ -128,6 +128,11 @@ int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap
 int      kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
                       char *out, size_t cap, int64_t *lens, size_t *done);
 int      kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen);
+/* Puts n pairs, packed: key i is klens[i] bytes of keys, after key i-1;
+** values likewise.  Applied in key order (of equal keys the later wins);
+** KVM_INVALID, changing nothing, when any size is out of range. */
+int      kvm_put_many(kvm_txn *t, const char *keys, const uint32_t *klens, const char *vals,
+                      const uint64_t *vlens, size_t n);
 int      kvm_del(kvm_txn *t, const char *key, size_t klen);
 
 int      kvm_cursor_open(kvm_txn *t, kvm_cursor **out);

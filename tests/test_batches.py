@@ -1,0 +1,121 @@
+"""Batch calls against a model: put_many / update (one C call per batch,
+applied in key order), on every configuration.
+
+The model is a SortedDict updated pair by pair, in the caller's order: the
+batch must give exactly what put() one by one gives, whatever the order,
+duplicates, types and size classes of its pairs.
+"""
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from sortedcontainers import SortedDict
+
+import kvmap
+import kvmap.txn
+from conftest import ALL_CONFIG_PARAMS, open_db
+
+# keys from a small alphabet (duplicates and shared prefixes are likely), up
+# to the largest key; values of every size class: empty, inline, just over
+# the inline limit (an overflow page), several overflow pages
+small_keys = st.lists(st.sampled_from(b"abc\x00\xff"), min_size=1, max_size=3).map(bytes)
+any_keys = st.one_of(small_keys, st.binary(min_size=1, max_size=40),
+                     st.integers(990, 1000).map(lambda n: b"K" * n))
+values = st.one_of(st.binary(max_size=30), st.sampled_from([0, 1, 1100, 5000, 9000]).map(lambda n: b"v" * n))
+as_types = st.sampled_from([bytes, bytearray, memoryview, "str"])
+
+
+def _convert(b, how):
+    if how == "str":
+        return b.decode("latin-1") if max(b, default=0) < 0x80 else b
+    return how(b)
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(before=st.lists(st.tuples(any_keys, values), max_size=20),
+       batch=st.lists(st.tuples(any_keys, values, as_types, as_types), max_size=60),
+       batch_size=st.sampled_from([1, 3, 4096]))
+def test_put_many_matches_put_one_by_one(tmp_path_factory, cfg, before, batch, batch_size):
+    path = tmp_path_factory.mktemp("pm") / "db.kv"
+    model = SortedDict()
+    with open_db(path, cfg) as db:
+        db.update(before)
+        model.update(before)
+        pairs = [(_convert(k, kt), _convert(v, vt)) for k, v, kt, vt in batch]
+        old = kvmap.txn.BATCH
+        kvmap.txn.BATCH = batch_size
+        try:
+            with db.transaction() as txn:
+                txn.put_many(pairs)
+                for k, v, _, _ in batch:
+                    model[k] = v
+                assert list(txn.items()) == list(model.items())   # seen inside
+        finally:
+            kvmap.txn.BATCH = old
+        assert list(db.items()) == list(model.items())
+        db._check()
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+def test_update_large_load_in_random_order(tmp_path, cfg):
+    """20,000 pairs, each key twice (the later value wins), into a tree that
+    already has data: many batches, splits all over the tree."""
+    rng = random.Random(7)
+    keys = [rng.randbytes(rng.randint(1, 24)) for _ in range(10_000)]
+    pairs = [(k, b"first") for k in keys] + [(k, rng.randbytes(rng.randint(0, 200))) for k in keys]
+    rng.shuffle(pairs)
+    model = {}
+    for k, v in pairs:
+        model[k] = v
+    with open_db(tmp_path / "db.kv", cfg) as db:
+        db.update((b"pre%05d" % i, b"x") for i in range(3000))
+        model.update((b"pre%05d" % i, b"x") for i in range(3000))
+        db.update(pairs)
+        assert len(db) == len(model)
+        assert list(db.items()) == sorted(model.items())
+        db._check()
+    assert kvmap.check(str(tmp_path / "db.kv")).ok
+
+
+def test_put_many_values_larger_than_a_batch_copy(tmp_path, monkeypatch):
+    """Values above BATCH_BYTES in total are split into smaller C calls, down
+    to one pair; the result is the same."""
+    monkeypatch.setattr(kvmap.txn, "BATCH_BYTES", 10_000)
+    pairs = [(b"k%02d" % i, bytes([i]) * (3000 + 1000 * i)) for i in range(20)]
+    pairs.append((b"k05", b"again"))
+    with kvmap.open(tmp_path / "db.kv") as db:
+        db.update(pairs)
+        assert db[b"k05"] == b"again"
+        assert db[b"k19"] == bytes([19]) * 22000
+        assert len(db) == 20
+
+
+@pytest.mark.parametrize("bad, exc", [
+    ((b"", b"v"), ValueError),             # empty key
+    ((b"x" * 1001, b"v"), ValueError),     # longer than the largest key
+    ((b"k", 5), TypeError),                # value of another type
+    ((5, b"v"), TypeError),                # key of another type
+    ((b"k", b"v", b"extra"), ValueError),  # not a pair
+])
+def test_put_many_bad_pair_changes_nothing_of_its_batch(tmp_path, bad, exc):
+    """A bad pair raises before its batch reaches C: the transaction keeps
+    what earlier batches did, and is still usable."""
+    with kvmap.open(tmp_path / "db.kv") as db:
+        with db.transaction() as txn:
+            txn.put_many([(b"a", b"1")])
+            with pytest.raises(exc):
+                txn.put_many([(b"b", b"2"), bad, (b"c", b"3")])
+            assert list(txn.items()) == [(b"a", b"1")]
+            txn.put(b"d", b"4")
+        assert list(db.items()) == [(b"a", b"1"), (b"d", b"4")]
+
+
+def test_put_many_after_the_transaction_ended(tmp_path):
+    with kvmap.open(tmp_path / "db.kv") as db:
+        txn = db.transaction()
+        txn.abort()
+        with pytest.raises(kvmap.ClosedError):
+            txn.put_many([(b"a", b"1")])
+        txn.put_many([])   # nothing to do: no handle needed
