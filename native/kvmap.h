@@ -125,8 +125,15 @@ int64_t  kvm_txn_entries(kvm_txn *t);
 int64_t  kvm_txn_id(kvm_txn *t);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
-int      kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n,
-                      char *out, size_t cap, int64_t *lens, size_t *done);
+/* Looks up n keys, packed (key i is klens[i] bytes of keys, after key i-1),
+** in one snapshot: copies the values found into out back to back, sets
+** lens[i] to each one's length (KVM_NOTFOUND if absent), and writes into fmt
+** the struct format that splits out ("100s0s7s...", a missing key's field
+** "0s"; *fmtlen bytes).  Stops where out or fmt is full: *done keys were
+** looked up.  Returns how many of them are missing; KVM_BUFSMALL when the
+** first value alone does not fit (lens[0] is its length). */
+int      kvm_get_many(kvm_txn *t, const char *keys, const uint32_t *klens, size_t n, char *out,
+                      size_t cap, int64_t *lens, size_t *done, char *fmt, size_t fmtcap, size_t *fmtlen);
 int      kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vlen);
 /* Puts n pairs, packed: key i is klens[i] bytes of keys, after key i-1;
 ** values likewise.  Applied in key order (of equal keys the later wins);

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from sortedcontainers import SortedDict
 
 import kvmap
+import kvmap._lib
 import kvmap.txn
 from conftest import ALL_CONFIG_PARAMS, open_db
 
@@ -119,3 +120,54 @@ def test_put_many_after_the_transaction_ended(tmp_path):
         with pytest.raises(kvmap.ClosedError):
             txn.put_many([(b"a", b"1")])
         txn.put_many([])   # nothing to do: no handle needed
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(stored=st.lists(st.tuples(any_keys, values), max_size=40),
+       asked=st.lists(any_keys, max_size=80), as_type=as_types)
+def test_get_many_matches_the_model(tmp_path_factory, cfg, stored, asked, as_type):
+    """Present and missing keys in any order and repetition, values of every
+    size class; in the database, a snapshot and a write transaction."""
+    model = dict(stored)
+    with open_db(tmp_path_factory.mktemp("gm") / "db.kv", cfg) as db:
+        db.update(stored)
+        ks = [_convert(k, as_type) for k in asked]
+        exp = [model.get(k, -1) for k in asked]
+        assert db.get_many(ks, default=-1) == exp
+        with db.snapshot() as snap:
+            assert snap.get_many(iter(ks), default=-1) == exp
+        with db.transaction() as txn:
+            txn.put(b"new", b"n")
+            assert txn.get_many(ks + [b"new"], default=-1) == exp + [b"n"]
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+def test_get_many_across_many_calls(tmp_path, cfg):
+    """More values than the thread's buffer holds, more fields than its
+    format buffer holds, and values larger than the buffer: C stops at
+    either limit and Python goes on where it stopped."""
+    rng = random.Random(3)
+    with open_db(tmp_path / "db.kv", cfg) as db:
+        empties = {b"e%05d" % i: b"" for i in range(6000)}          # "0s" fields: the format fills first
+        mediums = {b"m%05d" % i: rng.randbytes(900) for i in range(300)}   # 270 KB: several buffers
+        larges = {b"L%d" % i: rng.randbytes(n) for i, n in enumerate([70_000, 1_500_000])}
+        model = {**empties, **mediums, **larges}
+        db.update(model)
+        asked = list(model) + [b"absent%d" % i for i in range(5000)]
+        rng.shuffle(asked)
+        assert db.get_many(asked) == [model.get(k) for k in asked]
+        assert kvmap._lib.buffers.cap == kvmap._lib.buffers.SIZE   # trimmed after the large value
+
+
+@pytest.mark.parametrize("keys, exc", [
+    ([b"a", b""], ValueError),
+    ([b"a", b"x" * 1001], ValueError),
+    ([b"a", 7], TypeError),
+])
+def test_get_many_bad_key(tmp_path, keys, exc):
+    with kvmap.open(tmp_path / "db.kv") as db:
+        db[b"a"] = b"1"
+        with pytest.raises(exc):
+            db.get_many(keys)
+        assert db.get_many([b"a", "a", bytearray(b"a"), memoryview(b"a")]) == [b"1"] * 4
