@@ -369,7 +369,7 @@ class Snapshot(_Closing, _Reads, Mapping):
     """
 
     __slots__ = ("_db", "_h", "_max_key", "_path", "__weakref__")
-    _batch = 256
+    _batch = 512
     _getfn = lib.kvm_get
     _closed_msg = "snapshot is closed"
 

@@ -1160,6 +1160,23 @@ static int cur_fix(kvm_cursor *c, int dir)
     return kvm_err(KVM_CORRUPT, "cursor walked too many empty pages");
 }
 
+/* Ask for the lines of the leaf after this one (before it, dir < 0) under
+** the same parent while this one is copied.  mmap only: a page read into
+** the pread backend's cache could evict the leaf being copied. */
+static void cur_prefetch_next(kvm_cursor *c, int dir)
+{
+    kvm_txn *t = c->t;
+    int l = c->depth - 2;
+    const uint8_t *q;
+    pgno_t next;
+    if (l < 0 || t->env->backend != KVM_BACKEND_MMAP || pg_read(t, c->pg[l], &q))
+        return;
+    int i = c->idx[l] + dir;
+    if (i >= 0 && i < (int)nkeys(q) && !branch_child(t, q, c->pg[l], (unsigned)i, &next) &&
+        next >= 2 && next < t->limit && (next + 1) * t->env->psize <= t->env->map_len)
+        prefetch_page(t->env, t->env->base + next * t->env->psize);
+}
+
 /* Write transactions: remember the key the cursor is positioned at, so that
 ** after a change it can seek back (the pages it stood on may be gone). */
 static int cur_save_key(kvm_cursor *c)
@@ -1258,7 +1275,11 @@ static int64_t cursor_fetch_op(kvm_cursor *c, char *buf_, size_t cap, uint32_t m
         int d = c->depth - 1;
         const uint8_t *p;
         pgno_t pg = c->pg[d];
-        if ((rc = pg_read(t, pg, &p)) || (rc = pg_check_node(t, p, pg, PT_LEAF)))
+        if ((rc = pg_read(t, pg, &p)))
+            break;
+        prefetch_page(t->env, p);   /* its cells lie in insertion order, not key order */
+        cur_prefetch_next(c, dir);
+        if ((rc = pg_check_node(t, p, pg, PT_LEAF)))
             break;
         int n = (int)nkeys(p), stopped = 0;
         while (count < max_n && c->idx[d] >= 0 && c->idx[d] < n) {
