@@ -8,6 +8,8 @@ Workloads (one ``benchmark.group`` each; ``extra_info['ops']`` = operations per 
   (b) bulk load              - N pairs into a fresh store in one transaction, sync off
   (c) ordered scan           - every (key, value) in key order
   (d) small transactions     - 2,000 transactions x 10 puts into a fresh store, sync off
+  (e) ordered key scan       - every key in key order (no values)
+  (f) batches of 1,000 gets  - the shuffled keys in batches of 1,000, one read transaction each
 
 Timing figures are never asserted; only the results' correctness is checked.
 """
@@ -20,6 +22,9 @@ GROUP_GET = "(a) random get, hot cache"
 GROUP_BULK = "(b) bulk load, 1 txn, sync off"
 GROUP_SCAN = "(c) ordered scan"
 GROUP_TXN = "(d) small txns 2000x10 puts, sync off"
+GROUP_KEYS = "(e) ordered key scan"
+GROUP_BATCH = "(f) batches of 1,000 gets"
+BATCH = 1000
 
 SQL_GET = "SELECT v FROM kv WHERE k = ?"
 SQL_PUT = "INSERT OR REPLACE INTO kv VALUES (?, ?)"
@@ -368,3 +373,93 @@ def test_small_txns(benchmark, fresh, bench_data, store, config, variant, baseli
     fresh.finish()
     if fresh.last_round_syscalls is not None:
         benchmark.extra_info["kvmap_syscalls_last_round"] = fresh.last_round_syscalls
+
+
+# =========================================================================== (e) ordered key scan
+
+def kv_scan_keys(db):
+    n = 0
+    for _ in db.keys():
+        n += 1
+    return n
+
+
+def lmdb_scan_keys(env):
+    n = 0
+    with env.begin() as txn:
+        for _ in txn.cursor().iternext(values=False):
+            n += 1
+    return n
+
+
+def sqlite_scan_keys(conn):
+    n = 0
+    for _ in conn.execute("SELECT k FROM kv ORDER BY k"):
+        n += 1
+    return n
+
+
+KEY_SCAN_FUNCS = {
+    ("kvmap", "keys"): kv_scan_keys,
+    ("lmdb", "iternext_keys"): lmdb_scan_keys,
+    ("sqlite", "select_k"): sqlite_scan_keys,
+}
+
+
+@pytest.mark.parametrize(
+    "store,config,variant,baseline",
+    rows(["keys"], ["iternext_keys"], ["select_k"], lmdb_baseline="iternext_keys", sqlite_baseline="select_k"),
+)
+def test_key_scan(benchmark, preloaded, bench_data, store, config, variant, baseline):
+    handle = preloaded.get(store, config)
+    describe(benchmark, GROUP_KEYS, store, config, variant, baseline, ops=bench_data.n, unit="key")
+    n = benchmark.pedantic(KEY_SCAN_FUNCS[store, variant], args=(handle,), rounds=ROUNDS, warmup_rounds=1,
+                           iterations=1)
+    check(n == bench_data.n, store, config, f"key scan yielded {n} keys, expected {bench_data.n}")
+
+
+# =========================================================================== (f) batches of gets
+
+def kv_batches_get_many(db, batches):
+    return [db.get_many(b) for b in batches]
+
+
+def lmdb_batches_txn_get(env, batches):
+    out = []
+    for b in batches:
+        with env.begin() as txn:
+            get = txn.get
+            out.append([get(k) for k in b])
+    return out
+
+
+def sqlite_batches_select(conn, batches):
+    out = []
+    ex = conn.execute
+    for b in batches:
+        ex("BEGIN")
+        out.append([ex(SQL_GET, (k,)).fetchone()[0] for k in b])
+        ex("COMMIT")
+    return out
+
+
+BATCH_FUNCS = {
+    ("kvmap", "get_many"): kv_batches_get_many,
+    ("lmdb", "txn_get"): lmdb_batches_txn_get,
+    ("sqlite", "select"): sqlite_batches_select,
+}
+
+
+@pytest.mark.parametrize(
+    "store,config,variant,baseline",
+    rows(["get_many"], ["txn_get"], ["select"], lmdb_baseline="txn_get", sqlite_baseline="select"),
+)
+def test_batches_of_gets(benchmark, preloaded, bench_data, store, config, variant, baseline):
+    handle = preloaded.get(store, config)
+    order = bench_data.get_order
+    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    describe(benchmark, GROUP_BATCH, store, config, variant, baseline, ops=len(order), unit="get")
+    got = benchmark.pedantic(BATCH_FUNCS[store, variant], args=(handle, batches), rounds=ROUNDS,
+                             warmup_rounds=1, iterations=1)
+    check([v for b in got for v in b] == [bench_data.mapping[k] for k in order], store, config,
+          f"{variant}: values differ from the data set")

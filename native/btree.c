@@ -996,6 +996,15 @@ static int put_batch_op(kvm_txn *t, const batch_ent *ents, size_t n)
     return rc;
 }
 
+/* The puts of a planned batch, under the SIGBUS guard (a function of its
+** own: no local of the caller lives across the guard's sigsetjmp). */
+static int put_batch_guarded(kvm_txn *t, const batch_ent *ents, size_t n)
+{
+    int rc = 0;
+    GUARDED(t->env, t, rc, put_batch_op(t, ents, n));
+    return rc;
+}
+
 static int del_op(kvm_txn *t, const char *key_, size_t klen)
 {
     const uint8_t *key = (const uint8_t *)key_;
@@ -1056,12 +1065,12 @@ int kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size_t vl
 int kvm_put_many(kvm_txn *t, const char *keys, const uint32_t *klens, const char *vals,
                  const uint64_t *vlens, size_t n)
 {
-    batch_ent *ents;
+    batch_ent *ents = NULL;
     int rc = txn_enter(t);
     if (rc)
         return rc;
     if (!(rc = batch_plan(t, keys, klens, vals, vlens, n, &ents))) {
-        GUARDED(t->env, t, rc, put_batch_op(t, ents, n));
+        rc = put_batch_guarded(t, ents, n);
         free(ents);
     }
     txn_leave(t);
@@ -1162,13 +1171,14 @@ static int cur_fix(kvm_cursor *c, int dir)
 
 /* Ask for the lines of the leaf after this one (before it, dir < 0) under
 ** the same parent while this one is copied.  mmap only: a page read into
-** the pread backend's cache could evict the leaf being copied. */
-static void cur_prefetch_next(kvm_cursor *c, int dir)
+** the pread backend's cache could evict the leaf being copied.  Not inlined
+** into the guarded fetch: its locals would live across the sigsetjmp. */
+static __attribute__((noinline)) void cur_prefetch_next(kvm_cursor *c, int dir)
 {
     kvm_txn *t = c->t;
     int l = c->depth - 2;
     const uint8_t *q;
-    pgno_t next;
+    pgno_t next = 0;
     if (l < 0 || t->env->backend != KVM_BACKEND_MMAP || pg_read(t, c->pg[l], &q))
         return;
     int i = c->idx[l] + dir;
