@@ -260,8 +260,16 @@ class Database(_Closing, _Reads, MutableMapping):
             return txn.popitem()
 
     def __delitem__(self, key):
+        """``del db[key]``, or ``del db[lo:hi]`` (the keys from lo up to hi,
+        hi excluded), in one transaction."""
         with Transaction(self) as txn:
-            txn.delete(key)
+            del txn[key]
+
+    def delete_range(self, minimum=None, maximum=None, inclusive=(True, True)):
+        """Delete the keys ``irange(minimum, maximum, inclusive)`` gives, in one
+        transaction and one C call; returns how many."""
+        with Transaction(self) as txn:
+            return txn.delete_range(minimum, maximum, inclusive)
 
     def update(self, *args, **kwargs):
         """As dict.update, in one transaction."""
@@ -279,10 +287,8 @@ class Database(_Closing, _Reads, MutableMapping):
             return v
 
     def clear(self):
-        """Delete every entry, in one transaction."""
-        with Transaction(self) as txn:
-            for k in list(txn.keys()):
-                txn.delete(k)
+        """Delete every entry, in one transaction and one C call."""
+        self.delete_range()
 
     # ------------------------------------------------ transaction plumbing
 

@@ -1365,3 +1365,64 @@ int64_t kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, i
     GUARDED_TXN_CALL(c->t, int64_t, cursor_fetch_op(c, buf, cap, max_n, flags, stop, stoplen,
                                                     fmt, fmtcap, fmtlen));
 }
+
+/* ----------------------------------------------------------- range delete */
+
+/* Delete every key from lo to hi (NULL: unbounded; KVM_DEL_*_EXCL leave the
+** bound itself) in one call: a cursor on the write transaction finds the
+** first key of the range, which is deleted, then the first key after it,
+** and so on.  *count is how many were deleted, also after an error. */
+static int del_range_op(kvm_cursor *c, const uint8_t *lo, size_t lolen, const uint8_t *hi, size_t hilen,
+                        int flags, uint64_t *count)
+{
+    kvm_txn *t = c->t;
+    int mode = !lo ? KVM_SEEK_FIRST : flags & KVM_DEL_LO_EXCL ? KVM_SEEK_GT : KVM_SEEK_GE, rc;
+    for (;;) {
+        op_enter(t->env);
+        rc = cur_seek(c, lo, lolen, mode);
+        op_leave(t->env);
+        if (rc || c->state != 1)
+            return rc;
+        if (hi) {
+            int cmp = keycmp(c->key, c->klen, hi, hilen);
+            if (cmp > 0 || (cmp == 0 && (flags & KVM_DEL_HI_EXCL)))
+                return 0;
+        }
+        if ((rc = del_op(t, (const char *)c->key, c->klen)))
+            return rc;
+        ++*count;
+        lo = c->key;   /* deleted: the next one is the first key after it */
+        lolen = c->klen;
+        mode = KVM_SEEK_GT;
+    }
+}
+
+static int del_range_guarded(kvm_cursor *c, const char *lo, size_t lolen, const char *hi, size_t hilen,
+                             int flags, uint64_t *count)
+{
+    int rc;
+    GUARDED(c->t->env, c->t, rc, del_range_op(c, (const uint8_t *)lo, lolen, (const uint8_t *)hi, hilen,
+                                               flags, count));
+    return rc;
+}
+
+int kvm_del_range(kvm_txn *t, const char *lo, size_t lolen, const char *hi, size_t hilen, int flags,
+                  uint64_t *count)
+{
+    *count = 0;
+    int rc = txn_enter(t);
+    if (rc)
+        return rc;
+    kvm_cursor c = {.t = t};
+    if (lo && lolen > t->env->max_key)
+        lolen = t->env->max_key + 1;   /* longer than any key: order is still right */
+    if (!t->write)
+        rc = kvm_err(KVM_READONLY, "transaction is read-only");
+    if (!rc && !(c.key = malloc(t->env->max_key)))
+        rc = kvm_err(KVM_NOMEM, "allocating a cursor");
+    if (!rc)
+        rc = del_range_guarded(&c, lo, lolen, hi, hilen, flags, count);
+    free(c.key);
+    txn_leave(t);
+    return rc;
+}

@@ -141,6 +141,11 @@ int      kvm_put(kvm_txn *t, const char *key, size_t klen, const char *val, size
 int      kvm_put_many(kvm_txn *t, const char *keys, const uint32_t *klens, const char *vals,
                       const uint64_t *vlens, size_t n);
 int      kvm_del(kvm_txn *t, const char *key, size_t klen);
+/* Deletes every key from lo to hi (NULL: unbounded), *count of them. */
+#define KVM_DEL_LO_EXCL 1   /* lo itself stays */
+#define KVM_DEL_HI_EXCL 2   /* hi itself stays */
+int      kvm_del_range(kvm_txn *t, const char *lo, size_t lolen, const char *hi, size_t hilen, int flags,
+                       uint64_t *count);
 
 int      kvm_cursor_open(kvm_txn *t, kvm_cursor **out);
 void     kvm_cursor_close(kvm_cursor *c);

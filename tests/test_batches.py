@@ -171,3 +171,75 @@ def test_get_many_bad_key(tmp_path, keys, exc):
         with pytest.raises(exc):
             db.get_many(keys)
         assert db.get_many([b"a", "a", bytearray(b"a"), memoryview(b"a")]) == [b"1"] * 4
+
+
+bounds = st.one_of(st.none(), small_keys, st.just(b""), st.just(b"\xff" * 1200))
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(stored=st.lists(st.tuples(small_keys, values), max_size=40), lo=bounds, hi=bounds,
+       inclusive=st.tuples(st.booleans(), st.booleans()), how=st.sampled_from(["txn", "db", "slice"]))
+def test_delete_range_matches_the_model(tmp_path_factory, cfg, stored, lo, hi, inclusive, how):
+    """Bounds anywhere (absent, empty, between keys, past the largest key,
+    lo above hi), inclusive or not; in a transaction that changed the tree
+    first, on the database, and as ``del txn[lo:hi]``."""
+    model = SortedDict(stored)
+    if how == "slice":
+        inclusive = (True, False)
+    gone = list(model.irange(lo, hi, inclusive))
+    with open_db(tmp_path_factory.mktemp("dr") / "db.kv", cfg) as db:
+        db.update(stored)
+        if how == "db":
+            assert db.delete_range(lo, hi, inclusive) == len(gone)
+        else:
+            with db.transaction() as txn:
+                txn.put(b"\x00tmp", b"")      # 4 bytes: never a stored key
+                txn.delete(b"\x00tmp")
+                if how == "slice":
+                    del txn[lo:hi]
+                else:
+                    assert txn.delete_range(lo, hi, inclusive) == len(gone)
+        for k in gone:
+            del model[k]
+        assert list(db.items()) == list(model.items())
+        db._check()
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+def test_delete_range_of_a_large_tree(tmp_path, cfg):
+    """Most of 30,000 keys with overflow values among them: leaves merge and
+    the tree shrinks while one call deletes; then clear()."""
+    rng = random.Random(11)
+    model = SortedDict({b"%06d" % i: rng.randbytes(rng.choice([10, 100, 3000])) for i in range(30_000)})
+    with open_db(tmp_path / "db.kv", cfg) as db:
+        db.update(model.items())
+        assert db.delete_range(b"000100", b"029900") == 29_801
+        for k in list(model.irange(b"000100", b"029900")):
+            del model[k]
+        assert list(db.items()) == list(model.items())
+        db._check()
+        db.clear()
+        assert len(db) == 0 and list(db) == []
+        db._check()
+    assert kvmap.check(str(tmp_path / "db.kv")).ok
+
+
+def test_delete_range_misuse(tmp_path):
+    with kvmap.open(tmp_path / "db.kv") as db:
+        db.update({b"a": b"1", b"b": b"2"})
+        with db.transaction() as txn:
+            with pytest.raises(ValueError, match="no step"):
+                del txn[b"a":b"b":2]
+            with pytest.raises(TypeError):
+                txn.delete_range(5)
+            assert len(txn) == 2          # nothing changed, the transaction goes on
+        txn = db.transaction()
+        txn.abort()
+        with pytest.raises(kvmap.ClosedError):
+            txn.delete_range()
+        with db.snapshot() as snap:
+            assert not hasattr(snap, "delete_range")
+    with kvmap.open(tmp_path / "db.kv", "r") as db:
+        with pytest.raises(kvmap.ReadOnlyError):
+            db.delete_range()

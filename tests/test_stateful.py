@@ -320,17 +320,20 @@ class KVMachine(RuleBasedStateMachine):
             self.model[k] = v
 
     @precondition(lambda self: len(self.model) > 0)
-    @rule(data=st.data(), span=st.integers(1, 800), by_range=st.booleans())
-    def bulk_delete_range(self, data, span, by_range):
+    @rule(data=st.data(), span=st.integers(1, 800), how=st.sampled_from(["irange", "keys", "delete_range"]))
+    def bulk_delete_range(self, data, span, how):
         i = self._existing(data)
         start = self.model.index(i)
         victims = list(self.model.keys()[start:start + span])
         with self.db.transaction() as t:
-            if by_range:
-                got = list(t.irange(victims[0], victims[-1]))
-                assert got == victims
-            for k in victims:
-                del t[k]
+            if how == "delete_range":
+                assert t.delete_range(victims[0], victims[-1]) == len(victims)
+            else:
+                if how == "irange":
+                    got = list(t.irange(victims[0], victims[-1]))
+                    assert got == victims
+                for k in victims:
+                    del t[k]
         for k in victims:
             del self.model[k]
 
