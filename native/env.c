@@ -243,6 +243,7 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     e->backend = opt->backend;
     e->growth = opt->growth;
     e->writemap = opt->backend == KVM_BACKEND_MMAP && !e->readonly && (opt->flags & KVM_OPEN_WRITEMAP);
+    e->random_reads = (opt->flags & KVM_OPEN_RANDOM) != 0;
     e->nreaders = opt->max_readers ? opt->max_readers : 126;
     e->readers = malloc(sizeof(uint64_t) * e->nreaders);
     e->path = strdup(path);

@@ -61,6 +61,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_WRITEMAP  4
 #define KVM_OPEN_VERIFY   16   /* verify the checksum of every page a read visits */
 #define KVM_OPEN_NEW      32   /* an empty new database: truncate the file, once locked */
+#define KVM_OPEN_RANDOM   64   /* mmap backend: MADV_RANDOM (no read-ahead around a page fault) */
 
 /* cursor seek modes */
 #define KVM_SEEK_FIRST     0
