@@ -438,6 +438,36 @@ int kvm_env_sync(kvm_env *e)
     return rc;
 }
 
+/* Temporary mappings of this many bytes at most: the address space warming
+** takes stays small (RLIMIT_AS, the reserve growth's reservation). */
+#define WARM_CHUNK (64u << 20)
+
+/* MAP_POPULATE of a temporary mapping, one piece at a time: the fastest of
+** the ways measured (docs/ARCHITECTURE.md §2a), the same for both backends,
+** read-ahead whatever the advice of the database's own mapping.  Nothing
+** here touches the pages, so a file cut short meanwhile only ends the
+** population early: no SIGBUS to guard. */
+int kvm_env_warm(kvm_env *e)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    kvm_state s;
+    state_load(e, &s);
+    uint64_t end = s.hwm * e->psize;
+    rc = file_intact(e);
+    for (uint64_t off = 0; !rc && off < end; off += WARM_CHUNK) {
+        size_t len = end - off < WARM_CHUNK ? (size_t)(end - off) : WARM_CHUNK;
+        void *p = kvm_sys.mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, e->fd, (off_t)off);
+        if (p == MAP_FAILED)
+            rc = kvm_err_sys(KVM_IO, errno, "mapping the database file to read it in");
+        else
+            kvm_sys.munmap(p, len);
+    }
+    env_leave(e);
+    return rc;
+}
+
 int kvm_env_check(kvm_env *e)
 {
     int rc = env_enter(e);
