@@ -443,7 +443,7 @@ int kvm_env_sync(kvm_env *e)
 #define WARM_CHUNK (64u << 20)
 
 /* MAP_POPULATE of a temporary mapping, one piece at a time: the fastest of
-** the ways measured (docs/ARCHITECTURE.md §2a), the same for both backends,
+** the ways measured (docs/ARCHITECTURE.md §2, Warming), the same for both backends,
 ** read-ahead whatever the advice of the database's own mapping.  Nothing
 ** here touches the pages, so a file cut short meanwhile only ends the
 ** population early: no SIGBUS to guard. */
