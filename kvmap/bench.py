@@ -23,7 +23,14 @@ bulk        load N pairs in one transaction with the store's batch call (kvmap
             store per repetition)
 get         random gets of all N keys in one snapshot, hot cache
 get_cold    fdatasync + posix_fadvise(DONTNEED) the store's files (store closed,
-            so no page stays mapped), reopen, random gets of a sample; latency per get
+            so no page stays mapped), reopen, random gets of a sample; latency per get.
+            The proof that the pages left the page cache: extra.resident holds the
+            pages of the store's files in the page cache (mincore(2) on a mapping
+            of each file that is never touched) after the eviction ("dropped"),
+            after the reopen, right before the timed gets ("start"), and after
+            them ("end"), with the file's pages ("of"); extra.read_mib is what the
+            gets read from the disk (read_bytes of /proc/self/io: read-ahead
+            included) and extra.readahead the store's read-ahead setting
 scan        ordered scan of all pairs
 range       short range queries of ~100 keys at random starts; latency per query
 mixed       2 reader threads doing random gets (a fresh snapshot per 100 gets)
@@ -73,6 +80,9 @@ JSON schema (``--json OUT``), schema 1
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import mmap
 import gc
 import json
 import os
@@ -166,6 +176,57 @@ def _file_figures(paths):
     return size, alloc
 
 
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def _resident(paths):
+    """{"pages": in the page cache, "of": in the files}: mincore(2) on a
+    mapping of each file, made and dropped here and never touched, so the
+    probe itself brings nothing in."""
+    res = total = 0
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                continue
+            n = (size + PAGE - 1) // PAGE
+            addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), "mmap for mincore")
+            try:
+                vec = ctypes.create_string_buffer(n)
+                if _libc.mincore(addr, size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), "mincore")
+            finally:
+                _libc.munmap(addr, size)
+            res += sum(b & 1 for b in vec.raw)
+            total += n
+        finally:
+            os.close(fd)
+    return {"pages": res, "of": total}
+
+
+def _read_bytes():
+    """Bytes this process made the kernel read from storage (None off Linux)."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _fs_type(path):
     path = os.path.realpath(path)
     best, fstype = "", "unknown"
@@ -213,6 +274,10 @@ class Store:
         self.open(sync)
 
     def syscalls(self):
+        return None
+
+    def readahead(self):
+        """Whether the kernel reads ahead of the store's page faults (None: it reads with pread)."""
         return None
 
     def flush(self):
@@ -300,6 +365,9 @@ class KvmapStore(TxnStore):
     def syscalls(self):
         return dict(self.db.stats()["syscalls"])
 
+    def readahead(self):
+        return self.db.readahead
+
     def reader(self):
         return self.db.snapshot()
 
@@ -354,6 +422,9 @@ class LmdbStore(TxnStore):
 
     def files(self):
         return [os.path.join(self.dir, "data.mdb")]
+
+    def readahead(self):
+        return self.env.flags()["readahead"]
 
     def reader(self):
         return self.env.begin()
@@ -578,6 +649,8 @@ def w_get(store, data, ctx, p):
 
 
 def _drop_cache(store):
+    """Evict the store's files from the page cache and reopen it; returns
+    their resident pages once evicted, before the reopen."""
     store.flush()
     sync = store.sync
     store.close()
@@ -591,21 +664,29 @@ def _drop_cache(store):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+    dropped = _resident(store.files())
     store.open(sync)
+    return dropped
 
 
 def w_get_cold(store, data, ctx, p):
     _ensure_loaded(store, data, ctx)
     rng = random.Random(data.seed + 2 + ctx["rep"])
     sample = rng.sample(data.keys, min(p["cold_sample"], data.n))
-    _drop_cache(store)
+    dropped = _drop_cache(store)
+    start = _resident(store.files())
     lat = []
+    rb0 = _read_bytes()
     t0 = time.perf_counter()
     found = store.get_timed(sample, lat)
     dt = time.perf_counter() - t0
+    rb1 = _read_bytes()
     if found != len(sample):
         raise BenchError(f"found {found} of {len(sample)} keys")
-    return {"ops": len(sample), "seconds": dt, "lat_ns": lat}
+    return {"ops": len(sample), "seconds": dt, "lat_ns": lat,
+            "extra": {"resident": {"dropped": dropped, "start": start, "end": _resident(store.files())},
+                      "read_mib": None if rb0 is None else round((rb1 - rb0) / MIB, 2),
+                      "readahead": store.readahead()}}
 
 
 def w_scan(store, data, ctx, p):
@@ -948,6 +1029,17 @@ def render_details(results):
         for cells in [header] + rows:
             out.append("  ".join(c.rjust(wd) if i else c.ljust(wd)
                                  for i, (c, wd) in enumerate(zip(cells, widths))))
+        out.append("")
+    cold = [r for r in results if r["workload"] == "get_cold" and r.get("throughput")]
+    if cold:
+        out.append("get_cold (last repetition)  resident pages: evicted  at start  after gets"
+                   "  of file  read MiB  readahead")
+        for r in cold:
+            e = r["extra"]
+            res = e["resident"]
+            out.append(f"  {r['store']:<25} {res['dropped']['pages']:>15}  {res['start']['pages']:>8}"
+                       f"  {res['end']['pages']:>10}  {res['end']['of']:>7}  {e['read_mib'] or 0:>8.1f}"
+                       f"  {e['readahead']}")
         out.append("")
     gr = [r for r in results if r["workload"] == "growth" and r.get("throughput")]
     if gr:

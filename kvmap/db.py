@@ -37,7 +37,8 @@ FLAGS = {"r": (True, False, False), "w": (False, False, False), "c": (False, Tru
 
 def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=None, backend="mmap",
          growth="reserve", writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20,
-         max_readers=126, verify_checksums=None, sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL):
+         max_readers=126, verify_checksums=None, sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL,
+         readahead=None):
     """Open (or create) the database file at ``path``.
 
     ``kvmap.open(path, flag, mode)`` takes ``dbm.open``'s arguments, so kvmap
@@ -85,6 +86,12 @@ def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=N
         (not memory, not disk); the file cannot grow past it.
     :param cache_size: bytes of page cache of the ``pread`` backend.
     :param max_readers: snapshot slots (each live snapshot or iterator takes one).
+    :param readahead: ``mmap`` backend: let the kernel read ahead around a
+        page fault (its default advice), as py-lmdb's ``readahead=True``; a
+        cold database then comes into memory in large reads.  False gives the
+        mapping ``MADV_RANDOM``: one page per fault, for a database much larger
+        than memory read at random.  None (default): on, except with
+        ``writemap`` (docs/ARCHITECTURE.md §2 gives the figures).
     :param verify_checksums: check the checksum of every page a read visits
         (a damaged page raises CorruptionError naming it).  None: the
         backend's default -- on for ``pread`` (checked once, when a page
@@ -105,7 +112,8 @@ def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=N
     return Database(os.fspath(path), readonly=readonly, create=create, page_size=page_size,
                     backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
                     cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums,
-                    new=new, mode=mode, sync_bytes=sync_bytes, sync_interval=sync_interval)
+                    new=new, mode=mode, sync_bytes=sync_bytes, sync_interval=sync_interval,
+                    readahead=readahead)
 
 
 class Database(_Closing, _Reads, MutableMapping):
@@ -120,7 +128,7 @@ class Database(_Closing, _Reads, MutableMapping):
 
     def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
                  map_size, cache_size, max_readers, verify_checksums=None, new=False, mode=0o666,
-                 sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL):
+                 sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL, readahead=None):
         self._h = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
@@ -142,6 +150,7 @@ class Database(_Closing, _Reads, MutableMapping):
         self.readonly = readonly
         self._sync = bool(sync)
         self.verify_checksums = backend == "pread" if verify_checksums is None else bool(verify_checksums)
+        self.readahead = None if backend != "mmap" else not self.writemap if readahead is None else bool(readahead)
         opt = ffi.new("kvm_options *")
         opt.page_size = page_size or 0
         opt.backend = BACKENDS[backend]
@@ -149,7 +158,8 @@ class Database(_Closing, _Reads, MutableMapping):
         opt.flags = ((lib.KVM_OPEN_READONLY if readonly else 0) | (lib.KVM_OPEN_CREATE if create else 0)
                      | (lib.KVM_OPEN_WRITEMAP if self.writemap else 0)
                      | (lib.KVM_OPEN_VERIFY if self.verify_checksums else 0)
-                     | (lib.KVM_OPEN_NEW if new else 0))
+                     | (lib.KVM_OPEN_NEW if new else 0)
+                     | (lib.KVM_OPEN_RANDOM if self.readahead is False else 0))
         opt.mode = mode
         opt.map_size = map_size
         opt.max_readers = max_readers
@@ -361,6 +371,17 @@ class Database(_Closing, _Reads, MutableMapping):
         if rc:
             raise error_for(rc, self.path)
 
+    def warm(self):
+        """Read the whole database into the operating system's page cache
+        and return once it is there, for a process that is about to read
+        most of it: large sequential reads instead of one read per page
+        visited.  It costs memory the kernel may reclaim later, nothing on
+        disk; the contents do not change.  Works with every backend (with
+        ``pread`` it fills the OS cache, not the ``cache_size`` one)."""
+        rc = lib.kvm_env_warm_released(self._handle())
+        if rc:
+            raise error_for(rc, self.path)
+
     # --------------------------------------------------------------- stats
 
     def stats(self):
@@ -379,7 +400,7 @@ class Database(_Closing, _Reads, MutableMapping):
             "file_size": st.file_size,
             "free_pages": st.free_count, "pending_pages": st.pending_count,
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self._sync,
-            "verify_checksums": self.verify_checksums,
+            "verify_checksums": self.verify_checksums, "readahead": self.readahead,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),
             "syscalls": {"pread": st.n_pread, "pwrite": st.n_pwrite, "fdatasync": st.n_fdatasync,

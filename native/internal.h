@@ -68,6 +68,7 @@ struct kvm_env {
     uint64_t    reserved;        /* growth reserve: bytes of address space */
     uint64_t    file_size;
     int         map_moves;       /* mremap/remap: readers take map_lock */
+    int         random_reads;    /* KVM_OPEN_RANDOM: the mapping gets MADV_RANDOM */
     pthread_rwlock_t map_lock;
     pthread_mutex_t  cache_lock;
     pthread_mutex_t  durable_lock;   /* the meta slot choice and durability (txn.c) */

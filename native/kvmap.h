@@ -61,6 +61,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_OPEN_WRITEMAP  4
 #define KVM_OPEN_VERIFY   16   /* verify the checksum of every page a read visits */
 #define KVM_OPEN_NEW      32   /* an empty new database: truncate the file, once locked */
+#define KVM_OPEN_RANDOM   64   /* mmap backend: MADV_RANDOM (no read-ahead around a page fault) */
 
 /* cursor seek modes */
 #define KVM_SEEK_FIRST     0
@@ -114,6 +115,9 @@ int64_t  kvm_env_txnid(kvm_env *e);
 int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
 int      kvm_env_check(kvm_env *e);   /* the free space's invariants (tests) */
 int      kvm_env_sync(kvm_env *e);    /* fdatasync: every commit so far on the disk */
+/* Read the database's pages (below its high-water mark) into the OS page
+** cache, and return once they are there (env.c). */
+int      kvm_env_warm(kvm_env *e);
 
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
 int      kvm_txn_abort(kvm_txn *t);   /* 1: it ended the transaction, 0: already ended */

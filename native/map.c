@@ -51,6 +51,16 @@ void op_leave(kvm_env *e)
 
 static int map_prot(kvm_env *e) { return PROT_READ | (e->writemap ? PROT_WRITE : 0); }
 
+/* A new mapping has the default advice: the kernel reads around a page
+** fault (read_ahead_kb), and stops by itself for a file faulted mostly at
+** random.  KVM_OPEN_RANDOM asks for MADV_RANDOM instead (docs/ARCHITECTURE.md
+** §2: writemap, databases much larger than memory). */
+static void map_advise(kvm_env *e, void *p, uint64_t len)
+{
+    if (e->random_reads)
+        kvm_sys.madvise(p, len, MADV_RANDOM);
+}
+
 int map_open(kvm_env *e, uint64_t map_size)
 {
     uint64_t len = e->file_size;
@@ -83,9 +93,7 @@ int map_open(kvm_env *e, uint64_t map_size)
         e->map_moves = 1;
     }
     e->map_len = len;
-    /* Without MADV_RANDOM ext4 builds large folios: a 4 KiB msync can write
-    ** 1 MiB and a first write into a hole reads around 8 MiB. */
-    kvm_sys.madvise(e->base, len, MADV_RANDOM);
+    map_advise(e, e->base, len);
     return 0;
 }
 
@@ -115,7 +123,7 @@ static int map_extend(kvm_env *e, uint64_t len)
             }
             return kvm_err_sys(KVM_MAPFULL, en, "mapping the grown part of the file");
         }
-        kvm_sys.madvise(at, len - e->map_len, MADV_RANDOM);
+        map_advise(e, at, len - e->map_len);
         e->map_len = len;
         return 0;
     }
@@ -132,9 +140,9 @@ static int map_extend(kvm_env *e, uint64_t len)
     }
     if (e->growth == KVM_GROW_REMAP) {
         kvm_sys.munmap(e->base, e->map_len);
-        kvm_sys.madvise(p, len, MADV_RANDOM);
+        map_advise(e, p, len);
     } else {
-        kvm_sys.madvise((uint8_t *)p + e->map_len, len - e->map_len, MADV_RANDOM);
+        map_advise(e, (uint8_t *)p + e->map_len, len - e->map_len);
     }
     e->base = p;
     e->map_len = len;

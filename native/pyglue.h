@@ -9,7 +9,7 @@
 ** switch interval (5 ms), so a writer's commit made of many small calls
 ** crawls while readers iterate (the GIL "convoy").  So the wrappers keep the
 ** GIL, and the calls that wait on the disk release it themselves: open,
-** close, a syncing commit and sync() (fdatasync).
+** close, a syncing commit, sync() (fdatasync) and warm() (reads the file).
 ** Like Python's own mmap objects, a read that faults a page in from disk
 ** holds the GIL meanwhile.
 */
@@ -20,6 +20,7 @@ int  kvm_env_open_released(const char *path, const kvm_options *opt, kvm_env **o
 void kvm_env_close_released(kvm_env *e);
 int  kvm_txn_commit_released(kvm_txn *t, int sync);
 int  kvm_env_sync_released(kvm_env *e);
+int  kvm_env_warm_released(kvm_env *e);
 /* cdef-end */
 
 #define KVM_RELEASED(call) \
@@ -49,6 +50,13 @@ int kvm_env_sync_released(kvm_env *e)
 {
     int rc;
     KVM_RELEASED(rc = kvm_env_sync(e));
+    return rc;
+}
+
+int kvm_env_warm_released(kvm_env *e)
+{
+    int rc;
+    KVM_RELEASED(rc = kvm_env_warm(e));
     return rc;
 }
 
