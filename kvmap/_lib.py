@@ -56,8 +56,10 @@ def error_for(rc, path=None):
             msg = msg.removesuffix(": " + os.strerror(en))
         return errors.os_error(en or None, msg, path, cls)
     cls = _CODES.get(rc, errors.Error)
-    if path is not None and cls is not ValueError and path not in msg:
-        msg = f"{path}: {msg}"
+    if path is not None and cls is not ValueError:
+        where = os.fsdecode(path)   # open() takes a bytes path too
+        if where not in msg:
+            msg = f"{where}: {msg}"
     return cls(msg)
 
 

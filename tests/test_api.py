@@ -692,6 +692,20 @@ def test_page_size_mismatch_format_error(tmp_path):
         assert d[b"a"] == b"1"
 
 
+def test_bytes_path_errors_name_the_file(tmp_path):
+    # open() takes a bytes path (os.fspath); an error that is no errno's
+    # used to raise TypeError from building its message
+    p = tmp_path / "not-a-db"
+    p.write_bytes(b"x" * 8192)
+    with pytest.raises(kvmap.FormatError, match=str(p)):
+        kvmap.open(bytes(p))
+    with kvmap.open(bytes(tmp_path / "db")) as d:
+        d[b"a"] = b"1"
+        assert d.path == bytes(tmp_path / "db")
+    with pytest.raises(kvmap.FormatError, match=str(tmp_path / "db")):
+        kvmap.open(bytes(tmp_path / "db"), page_size=8192)
+
+
 def test_exception_hierarchy():
     assert issubclass(kvmap.Error, Exception)
     for name in ("FormatError", "CorruptionError", "DiskFullError", "MapFullError", "LockedError",
