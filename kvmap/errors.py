@@ -19,6 +19,8 @@ set: a missing file is both a :class:`IOFailure` and a ``FileNotFoundError``
 [Errno 2] opening the database file: No such file or directory: '/no/such/db.kv'
 """
 
+from __future__ import annotations
+
 import builtins
 import os
 
@@ -42,7 +44,7 @@ class _OSFailure(Error, OSError):
     says what kvmap was doing.  ``errno`` is None when the limit was kvmap's
     own (a full address-space reservation)."""
 
-    def __init__(self, errnum, message, filename=None):
+    def __init__(self, errnum: int | None, message: str, filename: str | bytes | None = None) -> None:
         if errnum:
             super().__init__(errnum, os.strerror(errnum), filename)
         else:
@@ -50,13 +52,13 @@ class _OSFailure(Error, OSError):
             self.filename = filename
         self.message = message
 
-    def __str__(self):
+    def __str__(self) -> str:
         where = "" if self.filename is None else f": {self.filename!r}"
         if self.errno is None:
             return f"{self.message}{where}"
         return f"[Errno {self.errno}] {self.message}: {self.strerror}{where}"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_OSFailure], tuple[int | None, str, str | bytes | None]]:
         return type(self), (self.errno, self.message, self.filename)
 
 
@@ -110,20 +112,48 @@ class IOFailure(_OSFailure):
     instance of the class below of the same name, which is both."""
 
 
-def _both(builtin):
-    cls = type(builtin.__name__, (IOFailure, builtin), {
-        "__doc__": f"IOFailure and the builtin {builtin.__name__}.", "__module__": __name__})
-    globals()[builtin.__name__] = cls
-    return cls
+# Written out rather than made by a loop so that type checkers know them.
+class FileNotFoundError(IOFailure, builtins.FileNotFoundError):
+    """IOFailure and the builtin FileNotFoundError."""
 
 
-_BY_BUILTIN = {b: _both(b) for b in (
-    builtins.FileNotFoundError, builtins.FileExistsError, builtins.PermissionError,
-    builtins.IsADirectoryError, builtins.NotADirectoryError, builtins.InterruptedError,
-    builtins.BlockingIOError, builtins.TimeoutError)}
+class FileExistsError(IOFailure, builtins.FileExistsError):
+    """IOFailure and the builtin FileExistsError."""
 
 
-def os_error(errnum, message, filename=None, cls=IOFailure):
+class PermissionError(IOFailure, builtins.PermissionError):
+    """IOFailure and the builtin PermissionError."""
+
+
+class IsADirectoryError(IOFailure, builtins.IsADirectoryError):
+    """IOFailure and the builtin IsADirectoryError."""
+
+
+class NotADirectoryError(IOFailure, builtins.NotADirectoryError):
+    """IOFailure and the builtin NotADirectoryError."""
+
+
+class InterruptedError(IOFailure, builtins.InterruptedError):
+    """IOFailure and the builtin InterruptedError."""
+
+
+class BlockingIOError(IOFailure, builtins.BlockingIOError):
+    """IOFailure and the builtin BlockingIOError."""
+
+
+class TimeoutError(IOFailure, builtins.TimeoutError):
+    """IOFailure and the builtin TimeoutError."""
+
+
+_BY_BUILTIN: dict[type[OSError], type[IOFailure]] = {
+    builtins.FileNotFoundError: FileNotFoundError, builtins.FileExistsError: FileExistsError,
+    builtins.PermissionError: PermissionError, builtins.IsADirectoryError: IsADirectoryError,
+    builtins.NotADirectoryError: NotADirectoryError, builtins.InterruptedError: InterruptedError,
+    builtins.BlockingIOError: BlockingIOError, builtins.TimeoutError: TimeoutError}
+
+
+def os_error(errnum: int | None, message: str, filename: str | bytes | None = None,
+             cls: type[_OSFailure] = IOFailure) -> _OSFailure:
     """The exception for an errno: ``cls`` (IOFailure, DiskFullError or
     MapFullError), as the builtin ``OSError`` subclass of that errno where
     there is one."""
