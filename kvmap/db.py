@@ -13,14 +13,27 @@ half the file, between ``GROW_MIN`` and ``GROW_MAX``, by ``posix_fallocate``
 before any new page is touched) and the commit.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import threading
 from collections.abc import MutableMapping
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, TypedDict, TypeVar, Union,
+                    overload)
 
-from ._lib import MISSING, error_for, ffi, fork_generation, lib
+from ._lib import MISSING, BytesLike, error_for, ffi, fork_generation, lib
 from .errors import ClosedError, LockedError, ReadOnlyError, os_error
 from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
+
+_T = TypeVar("_T")
+_K = TypeVar("_K", bound=BytesLike)
+_V = TypeVar("_V", bound=BytesLike)
+# What open() takes as the file's path (os.fspath of it is Database.path).
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 BACKENDS = {"mmap": lib.KVM_BACKEND_MMAP, "pread": lib.KVM_BACKEND_PREAD}
 GROWTH = {"reserve": lib.KVM_GROW_RESERVE, "mremap": lib.KVM_GROW_MREMAP, "remap": lib.KVM_GROW_REMAP}
@@ -35,10 +48,54 @@ FLAGS = {"r": (True, False, False), "w": (False, False, False), "c": (False, Tru
          "n": (False, True, True)}
 
 
-def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=None, backend="mmap",
-         growth="reserve", writemap=False, sync=True, map_size=1 << 40, cache_size=64 << 20,
-         max_readers=126, verify_checksums=None, sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL,
-         readahead=None):
+class SyscallStats(TypedDict):
+    """``stats()["syscalls"]``: calls the C core made, process-wide."""
+    pread: int
+    pwrite: int
+    fdatasync: int
+    fallocate: int
+    mmap: int
+    mremap: int
+    munmap: int
+    madvise: int
+
+
+class Stats(TypedDict):
+    """What :meth:`Database.stats` returns."""
+    entries: int
+    depth: int
+    page_size: int
+    pages: int
+    txnid: int
+    meta_slot: int
+    meta_fallback: bool
+    durable_txnid: int
+    unsynced_bytes: int
+    file_size: int
+    free_pages: int
+    pending_pages: int
+    backend: str
+    growth: str | None
+    writemap: bool
+    sync: bool
+    verify_checksums: bool
+    readahead: bool | None
+    map_base: int
+    map_length: int
+    map_size: int
+    cache_hits: int
+    cache_misses: int
+    failed: bool
+    syscalls: SyscallStats
+
+
+def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: int = 0o666, *,
+         readonly: bool | None = None, create: bool | None = None, page_size: int | None = None,
+         backend: Literal["mmap", "pread"] = "mmap",
+         growth: Literal["reserve", "mremap", "remap"] = "reserve", writemap: bool = False,
+         sync: bool = True, map_size: int = 1 << 40, cache_size: int = 64 << 20, max_readers: int = 126,
+         verify_checksums: bool | None = None, sync_bytes: int = SYNC_BYTES,
+         sync_interval: float | None = SYNC_INTERVAL, readahead: bool | None = None) -> Database:
     """Open (or create) the database file at ``path``.
 
     ``kvmap.open(path, flag, mode)`` takes ``dbm.open``'s arguments, so kvmap
@@ -116,7 +173,7 @@ def open(path, flag=None, mode=0o666, *, readonly=None, create=None, page_size=N
                     readahead=readahead)
 
 
-class Database(_Closing, _Reads, MutableMapping):
+class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
     """An open kvmap database (see :func:`open`).
 
     Threads may share it; ``close()`` from any thread makes every operation
@@ -126,10 +183,12 @@ class Database(_Closing, _Reads, MutableMapping):
     the parent's lock, mapping and file alone.  It cannot be copied or
     pickled."""
 
-    def __init__(self, path, *, readonly, create, page_size, backend, growth, writemap, sync,
-                 map_size, cache_size, max_readers, verify_checksums=None, new=False, mode=0o666,
-                 sync_bytes=SYNC_BYTES, sync_interval=SYNC_INTERVAL, readahead=None):
-        self._h = None
+    def __init__(self, path: str | bytes, *, readonly: bool, create: bool, page_size: int | None,
+                 backend: str, growth: str, writemap: bool, sync: bool, map_size: int, cache_size: int,
+                 max_readers: int, verify_checksums: bool | None = None, new: bool = False,
+                 mode: int = 0o666, sync_bytes: int = SYNC_BYTES, sync_interval: float | None = SYNC_INTERVAL,
+                 readahead: bool | None = None) -> None:
+        self._h: Any = None
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, not {backend!r}")
         if growth not in GROWTH:
@@ -145,7 +204,7 @@ class Database(_Closing, _Reads, MutableMapping):
             raise ValueError(f"sync_interval must be a positive number of seconds or None, not {sync_interval!r}")
         self.path = path
         self.backend = backend
-        self.growth = growth if backend == "mmap" else None
+        self.growth: str | None = growth if backend == "mmap" else None
         self.writemap = bool(writemap) and backend == "mmap" and not readonly
         self.readonly = readonly
         self._sync = bool(sync)
@@ -172,7 +231,7 @@ class Database(_Closing, _Reads, MutableMapping):
             raise os_error(errno.ENOENT, "opening the database file (create=False)", path)
         self._fork_gen = fork_generation[0]
         self._wlock = threading.Lock()   # held by the write transaction for its life
-        self._writer = None              # thread id of the write transaction's owner
+        self._writer: int | None = None  # thread id of the write transaction's owner
         out = ffi.new("kvm_env **")
         rc = lib.kvm_env_open_released(os.fsencode(path), opt, out)
         if rc:
@@ -180,18 +239,18 @@ class Database(_Closing, _Reads, MutableMapping):
         env = ffi.gc(out[0], lib.kvm_env_release)
         st = ffi.new("kvm_stat *")
         lib.kvm_env_stat(env, st)
-        self.page_size = st.page_size
-        self._max_key = lib.kvm_env_max_key(env)
+        self.page_size: int = st.page_size
+        self._max_key: int = lib.kvm_env_max_key(env)
         self._h = env
 
     # ----------------------------------------------------------- lifecycle
 
     @property
-    def max_key_size(self):
+    def max_key_size(self) -> int:
         """Longest key in bytes (1000 at 4096-byte pages)."""
         return self._max_key
 
-    def close(self):
+    def close(self) -> None:
         """Close the database (idempotent).  Waits for the C calls other
         threads have in flight; afterwards every use of it, of its snapshots,
         iterators and of an open write transaction raises ClosedError (the
@@ -208,13 +267,13 @@ class Database(_Closing, _Reads, MutableMapping):
             raise error_for(rc, self.path)
 
     @property
-    def _path(self):   # what _Reads and its errors name, as Snapshot's and Transaction's
+    def _path(self) -> str | bytes:   # what _Reads and its errors name, as Snapshot's and Transaction's
         return self.path
 
-    def _forked(self):
+    def _forked(self) -> bool:
         return self._fork_gen != fork_generation[0]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h = self._h
         n = -1 if h is None else lib.kvm_env_entries(h)
         mode = "read-only" if self.readonly else "read-write"
@@ -226,67 +285,87 @@ class Database(_Closing, _Reads, MutableMapping):
     _getfn = lib.kvm_env_get
     _closed_msg = "database is closed"
 
-    def _count(self):
+    def _count(self) -> int:
         return _checked(lib.kvm_env_entries(self._handle()), self.path)
 
-    def _scan(self, mode, key, stop, flags, keys_only):
+    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+              keys_only: bool) -> Iterator[Any]:
         return scan(Snapshot(self), mode, key, stop, flags, keys_only, own_snapshot=True)
 
-    def _with_handle(self, fn):
+    def _with_handle(self, fn: Callable[[Any], _T]) -> _T:
         with Snapshot(self) as snap:
             return fn(snap._handle())
 
-    def snapshot(self):
+    def snapshot(self) -> Snapshot:
         """A read-only view that stays as it is now (see :class:`Snapshot`)."""
         return Snapshot(self)
 
     # -------------------------------------------------------------- writes
 
-    def transaction(self, timeout=None):
+    def transaction(self, timeout: float | None = None) -> Transaction:
         """The write transaction; waits up to ``timeout`` seconds (None:
         forever) for another writer to finish, else LockedError."""
         return Transaction(self, timeout)
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
         with Transaction(self) as txn:
             txn.put(key, value)
 
-    def put(self, key, value, overwrite=True):
+    def put(self, key: BytesLike, value: BytesLike, overwrite: bool = True) -> bool:
         """Insert, or overwrite unless ``overwrite`` is false, in one
         transaction; returns whether it wrote."""
         with Transaction(self) as txn:
             return txn.put(key, value, overwrite)
 
-    def setdefault(self, key, default=None):
+    @overload
+    def setdefault(self, key: BytesLike, default: None = None) -> bytes: ...
+    @overload
+    def setdefault(self, key: BytesLike, default: _V) -> bytes | _V: ...
+
+    def setdefault(self, key: BytesLike, default: BytesLike | None = None) -> BytesLike:
         """``db[key]`` if present, else store ``default`` and return it: one
         transaction, so no other writer comes in between."""
         with Transaction(self) as txn:
-            return txn.setdefault(key, default)
+            # (Transaction's is MutableMapping's, taking what its [] takes)
+            return txn.setdefault(key, default)  # type: ignore[arg-type]
 
-    def popitem(self):
+    def popitem(self) -> tuple[bytes, bytes]:
         """Remove and return the first (key, value) in key order, in one
         transaction; KeyError if the database is empty."""
         with Transaction(self) as txn:
             return txn.popitem()
 
-    def __delitem__(self, key):
+    def __delitem__(self, key: BytesLike | slice) -> None:
         """``del db[key]``, or ``del db[lo:hi]`` (the keys from lo up to hi,
         hi excluded), in one transaction."""
         with Transaction(self) as txn:
             del txn[key]
 
-    def delete_range(self, minimum=None, maximum=None, inclusive=(True, True)):
+    def delete_range(self, minimum: BytesLike | None = None, maximum: BytesLike | None = None,
+                     inclusive: tuple[bool, bool] = (True, True)) -> int:
         """Delete the keys ``irange(minimum, maximum, inclusive)`` gives, in one
         transaction and one C call; returns how many."""
         with Transaction(self) as txn:
             return txn.delete_range(minimum, maximum, inclusive)
 
-    def update(self, *args, **kwargs):
+    @overload
+    def update(self, other: SupportsKeysAndGetItem[_K, BytesLike], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, other: Iterable[tuple[BytesLike, BytesLike]], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, /, **kwargs: BytesLike) -> None: ...
+
+    def update(self, /, *args: Any, **kwargs: BytesLike) -> None:
         """As dict.update, in one transaction."""
         with Transaction(self) as txn:
             txn.update(*args, **kwargs)
 
-    def pop(self, key, default=MISSING):
+    @overload
+    def pop(self, key: BytesLike) -> bytes: ...
+    @overload
+    def pop(self, key: BytesLike, default: _T) -> bytes | _T: ...
+
+    def pop(self, key: BytesLike, default: object = MISSING) -> object:
         with Transaction(self) as txn:
             v = txn.get(key, MISSING)
             if v is MISSING:
@@ -296,19 +375,19 @@ class Database(_Closing, _Reads, MutableMapping):
             txn.delete(key)
             return v
 
-    def clear(self):
+    def clear(self) -> None:
         """Delete every entry, in one transaction and one C call."""
         self.delete_range()
 
     # ------------------------------------------------ transaction plumbing
 
-    def _begin_write(self, txn, timeout):
+    def _begin_write(self, txn: Transaction, timeout: float | None) -> None:
         env = self._handle()
         rc = lib.kvm_env_usable(env)   # closed, or inherited across fork: before any wait
         if rc:
             raise error_for(rc, self.path)
         if self.readonly:
-            raise ReadOnlyError(f"{self.path}: database is open read-only")
+            raise ReadOnlyError(f"{os.fsdecode(self.path)}: database is open read-only")
         if self._writer == threading.get_ident():
             raise LockedError("this thread already holds the open write transaction: write through it")
         if not self._wlock.acquire(timeout=-1 if timeout is None else timeout):
@@ -324,14 +403,14 @@ class Database(_Closing, _Reads, MutableMapping):
         txn._h = ffi.gc(out[0], lib.kvm_txn_release)
         self._writer = threading.get_ident()
 
-    def _end_write(self, txn):
+    def _end_write(self, txn: Transaction) -> None:
         """``txn`` ended in C (committed, or aborted by this call's caller):
         let the next writer in."""
         txn._h = None
         self._writer = None
         self._wlock.release()
 
-    def _abort(self, txn):
+    def _abort(self, txn: Transaction) -> None:
         h = txn._h
         if h is None:
             return
@@ -343,10 +422,10 @@ class Database(_Closing, _Reads, MutableMapping):
         if lib.kvm_txn_abort(h):
             self._end_write(txn)
 
-    def _commit(self, txn):
+    def _commit(self, txn: Transaction) -> None:
         h = txn._h
         if h is None:
-            raise ClosedError(f"{self.path}: transaction is finished")
+            raise ClosedError(f"{os.fsdecode(self.path)}: transaction is finished")
         # Only a syncing commit waits on the disk long enough to be worth
         # letting other threads run (and waiting to get the GIL back).
         commit = lib.kvm_txn_commit_released if self._sync else lib.kvm_txn_commit
@@ -360,7 +439,7 @@ class Database(_Closing, _Reads, MutableMapping):
                 del exc
         self._end_write(txn)
 
-    def sync(self):
+    def sync(self) -> None:
         """Make every commit so far durable now (``fdatasync``), as dbm's and
         shelve's ``sync()``.  With ``sync=True`` they already are; with
         ``sync=False`` a power loss right after this returns keeps them, and
@@ -371,7 +450,7 @@ class Database(_Closing, _Reads, MutableMapping):
         if rc:
             raise error_for(rc, self.path)
 
-    def warm(self):
+    def warm(self) -> None:
         """Read the whole database into the operating system's page cache
         and return once it is there, for a process that is about to read
         most of it: large sequential reads instead of one read per page
@@ -384,7 +463,7 @@ class Database(_Closing, _Reads, MutableMapping):
 
     # --------------------------------------------------------------- stats
 
-    def stats(self):
+    def stats(self) -> Stats:
         """Figures of the committed state and of the file and mapping.
 
         ``syscalls`` counts the calls the C core made, process-wide (all open
@@ -408,7 +487,7 @@ class Database(_Closing, _Reads, MutableMapping):
                          "munmap": st.n_munmap, "madvise": st.n_madvise},
         }
 
-    def _check(self):
+    def _check(self) -> None:
         """Assert internal invariants (for tests): the free space is
         consistent, and the tree holds as many keys, in strictly increasing
         order, as its entry count says."""

@@ -16,23 +16,38 @@ goes, see ``_lib``).  In a child process after ``fork()`` every use raises
 InheritedHandleError.  None of these objects can be copied or pickled.
 """
 
+from __future__ import annotations
+
 from array import array
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from itertools import chain, islice
 from struct import unpack_from
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn, Sequence, TypeVar, Union, cast,
+                    overload)
 
 from . import _lib
-from ._lib import LARGE_VALUE, MISSING, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
+from ._lib import LARGE_VALUE, MISSING, BytesLike, as_bytes, as_key, as_value, buffers, error_for, ffi, lib
 from .errors import ClosedError
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
+
+    from .db import Database
+
+_T = TypeVar("_T")
+_K = TypeVar("_K", bound=BytesLike)
+_H = TypeVar("_H", bound="_Handle")
+# What a scan's C calls take: seek mode, seek key, stop key, fetch flags.
+_ScanArgs = tuple[int, Union[bytes, None], Union[bytes, None], int]
+
 _put = lib.kvm_put
-unpack = ffi.unpack
+unpack: Callable[[Any, int], bytes] = ffi.unpack   # of a char buffer
 NOTFOUND = lib.KVM_NOTFOUND
 BATCH = 4096              # pairs per C call of put_many (docs/ARCHITECTURE.md)
 BATCH_BYTES = 4 << 20     # and value bytes at most, unless one value is larger
 
 
-def _successor(prefix):
+def _successor(prefix: bytes) -> bytes | None:
     """The smallest byte string greater than every string starting with
     ``prefix``, or None if there is none.
 
@@ -45,7 +60,8 @@ def _successor(prefix):
     return p[:-1] + bytes([p[-1] + 1])
 
 
-def _range_args(minimum, maximum, inclusive, reverse):
+def _range_args(minimum: BytesLike | None, maximum: BytesLike | None, inclusive: tuple[bool, bool],
+                reverse: bool) -> _ScanArgs:
     """Seek mode, seek key, stop key and fetch flags of an irange()."""
     lo = None if minimum is None else as_bytes(minimum, "minimum")
     hi = None if maximum is None else as_bytes(maximum, "maximum")
@@ -59,7 +75,7 @@ def _range_args(minimum, maximum, inclusive, reverse):
     return mode, key, lo, lib.KVM_FETCH_REVERSE | (lib.KVM_FETCH_STOP_INCL if inc_lo else 0)
 
 
-def _prefix_args(prefix, reverse):
+def _prefix_args(prefix: BytesLike, reverse: bool) -> _ScanArgs:
     p = as_bytes(prefix, "prefix")
     if not reverse:
         return lib.KVM_SEEK_GE, p, p, lib.KVM_FETCH_STOP_PREFIX
@@ -68,7 +84,7 @@ def _prefix_args(prefix, reverse):
     return mode, succ, p, lib.KVM_FETCH_STOP_PREFIX | lib.KVM_FETCH_REVERSE
 
 
-def _open_cursor(owner):
+def _open_cursor(owner: Snapshot | Transaction) -> Any:
     """A C cursor on ``owner``'s transaction; it holds a reference to it, and
     is freed by the one generator that uses it (or by the collector)."""
     out = ffi.new("kvm_cursor **")
@@ -78,7 +94,8 @@ def _open_cursor(owner):
     return ffi.gc(out[0], lib.kvm_cursor_close)
 
 
-def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
+def scan(owner: Snapshot | Transaction, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+         keys_only: bool, own_snapshot: bool = False) -> Iterator[Any]:
     """Iterate records of ``owner`` (an open Snapshot or Transaction): keys,
     or (key, value) pairs; with ``own_snapshot`` the iterator closes the
     snapshot when it ends.
@@ -93,29 +110,30 @@ def scan(owner, mode, key, stop, flags, keys_only, own_snapshot=False):
     return _Iterator.from_iterable(batches if keys_only else map(_pairs, batches))
 
 
-class _Iterator(chain):
+class _Iterator(chain[Any]):
     """A scan's iterator: ``chain``'s speed (no Python frame per item), but
     no copy or pickle: it stands for an open cursor and snapshot."""
 
     __slots__ = ()
 
-    def __reduce_ex__(self, protocol):
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("cannot copy or pickle a kvmap iterator: it reads an open snapshot; "
                         "iterate again (or send the path and open it in the other process)")
 
 
-def _pairs(fields):
+def _pairs(fields: tuple[bytes, ...]) -> Iterator[tuple[bytes, bytes]]:
     return zip(fields[0::2], fields[1::2])
 
 
-def _batches(owner, mode, key, stop, flags, own_snapshot):
+def _batches(owner: Snapshot | Transaction, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+             own_snapshot: bool) -> Iterator[tuple[bytes, ...]]:
     """The batches of a scan: tuples of keys, or of key, value, key, ..."""
     path = owner._path
     try:
         cur = _open_cursor(owner)
     except BaseException:
         if own_snapshot:
-            owner.close()
+            owner.close()  # type: ignore[union-attr]   # own_snapshot: it is a Snapshot
         raise
     try:
         rc = lib.kvm_cursor_seek(cur, key if key is not None else ffi.NULL,
@@ -145,17 +163,21 @@ def _batches(owner, mode, key, stop, flags, own_snapshot):
     finally:
         ffi.release(cur)
         if own_snapshot:
-            owner.close()
+            owner.close()  # type: ignore[union-attr]   # own_snapshot: it is a Snapshot
 
 
-class _ValuesView(ValuesView):
-    def __iter__(self):
+class _ValuesView(ValuesView[bytes]):
+    _mapping: _Reads
+
+    def __iter__(self) -> Iterator[bytes]:
         for _, v in self._mapping.irange_items():
             yield v
 
 
-class _ItemsView(ItemsView):
-    def __iter__(self):
+class _ItemsView(ItemsView[bytes, bytes]):
+    _mapping: _Reads
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return self._mapping.irange_items()
 
 
@@ -169,13 +191,29 @@ class _Reads:
 
     __slots__ = ()
 
-    def _handle(self):
+    # What a subclass provides (see above).
+    _h: Any
+    _getfn: Callable[[Any, bytes, int, Any, int], int]
+    _max_key: int
+    _closed_msg: str
+    _count: Callable[[], int]
+    _scan: Callable[[int, bytes | None, bytes | None, int, bool], Iterator[Any]]
+    if TYPE_CHECKING:   # an attribute, or Database's property
+        @property
+        def _path(self) -> str | bytes: ...
+
+    def _handle(self) -> Any:
         h = self._h
         if h is None:
             raise ClosedError(self._closed_msg)
         return h
 
-    def get(self, key, default=None):
+    @overload
+    def get(self, key: BytesLike) -> bytes | None: ...
+    @overload
+    def get(self, key: BytesLike, default: _T) -> bytes | _T: ...
+
+    def get(self, key: BytesLike, default: object = None) -> object:
         """Value of ``key``, or ``default``.  O(log n), one C call: the value
         is copied into the thread's buffer and unpacked from it."""
         h = self._h
@@ -194,40 +232,42 @@ class _Reads:
         v = _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
         return default if v is MISSING else v
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: BytesLike) -> bytes:
         """Value of ``key`` (bytes); KeyError if absent.  O(log n)."""
         v = self.get(key, MISSING)
         if v is MISSING:
             raise KeyError(key)
         return v
 
-    def __contains__(self, key):
-        k = as_bytes(key, "key")
+    def __contains__(self, key: object) -> bool:
+        k = as_bytes(key, "key")  # type: ignore[arg-type]   # TypeError unless bytes-like or str
         if not 0 < len(k) <= self._max_key:
             return False
         return self.get(k, MISSING) is not MISSING
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Number of entries.  O(1)."""
         return self._count()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         """Keys in ascending byte order."""
         return self._scan(lib.KVM_SEEK_FIRST, None, None, 0, True)
 
-    def __reversed__(self):
+    def __reversed__(self) -> Iterator[bytes]:
         return self._scan(lib.KVM_SEEK_LAST, None, None, lib.KVM_FETCH_REVERSE, True)
 
-    def keys(self):
-        return KeysView(self)
+    # Every subclass is a Mapping; _Reads itself is not one.
+    def keys(self) -> KeysView[bytes]:
+        return KeysView(cast("Mapping[bytes, bytes]", self))
 
-    def values(self):
-        return _ValuesView(self)
+    def values(self) -> ValuesView[bytes]:
+        return _ValuesView(cast("Mapping[bytes, bytes]", self))
 
-    def items(self):
-        return _ItemsView(self)
+    def items(self) -> ItemsView[bytes, bytes]:
+        return _ItemsView(cast("Mapping[bytes, bytes]", self))
 
-    def irange(self, minimum=None, maximum=None, inclusive=(True, True), reverse=False):
+    def irange(self, minimum: BytesLike | None = None, maximum: BytesLike | None = None,
+               inclusive: tuple[bool, bool] = (True, True), reverse: bool = False) -> Iterator[bytes]:
         """Keys from ``minimum`` to ``maximum`` (None: unbounded), as
         sortedcontainers' ``SortedDict.irange``.  O(log n) to start, then
         O(1) per key.
@@ -240,19 +280,26 @@ class _Reads:
         """
         return self._scan(*_range_args(minimum, maximum, inclusive, reverse), True)
 
-    def irange_items(self, minimum=None, maximum=None, inclusive=(True, True), reverse=False):
+    def irange_items(self, minimum: BytesLike | None = None, maximum: BytesLike | None = None,
+                     inclusive: tuple[bool, bool] = (True, True),
+                     reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of irange()."""
         return self._scan(*_range_args(minimum, maximum, inclusive, reverse), False)
 
-    def prefix(self, prefix, reverse=False):
+    def prefix(self, prefix: BytesLike, reverse: bool = False) -> Iterator[bytes]:
         """Keys that start with ``prefix``, in order."""
         return self._scan(*_prefix_args(prefix, reverse), True)
 
-    def prefix_items(self, prefix, reverse=False):
+    def prefix_items(self, prefix: BytesLike, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs whose key starts with ``prefix``."""
         return self._scan(*_prefix_args(prefix, reverse), False)
 
-    def get_many(self, keys, default=None):
+    @overload
+    def get_many(self, keys: Iterable[BytesLike]) -> list[bytes | None]: ...
+    @overload
+    def get_many(self, keys: Iterable[BytesLike], default: _T) -> list[bytes | _T]: ...
+
+    def get_many(self, keys: Iterable[BytesLike], default: object = None) -> list[Any]:
         """Values of ``keys`` in order (``default`` where absent), read from one
         snapshot.  One C call per buffer-full looks the keys up eight at a
         time (their cache misses overlap) and writes the struct format that
@@ -270,16 +317,16 @@ class _Reads:
             return []
         return self._with_handle(lambda h: _get_many(h, packed, klens, default, self._path))
 
-    def _with_handle(self, fn):
+    def _with_handle(self, fn: Callable[[Any], _T]) -> _T:
         return fn(self._handle())
 
 
-def _packed_keys(keys, max_key):
+def _packed_keys(keys: Iterable[BytesLike], max_key: int) -> tuple[bytes, array[int]]:
     """``keys`` packed back to back, and their lengths: ``(bytes, array of
     u32)``, each key 1 to ``max_key`` bytes (else the error of the first bad
     one).  Two passes over the keys in the usual case, since touching each
     key object is most of the cost when they are spread in memory."""
-    ks = keys if type(keys) is list else list(keys)
+    ks: list[Any] = keys if type(keys) is list else list(keys)
     try:
         packed = b"".join(ks)
         klens = array("I", map(len, ks))
@@ -293,12 +340,13 @@ def _packed_keys(keys, max_key):
     return packed, klens
 
 
-def _get_many(handle, packed, klens, default, path):
+def _get_many(handle: Any, packed: bytes, klens: array[int], default: _T,
+              path: str | bytes) -> list[bytes | _T]:
     n = len(klens)
     lens = ffi.new("int64_t[]", n)
     done = ffi.new("size_t *")
     fmtlen = ffi.new("size_t *")
-    out = []
+    out: list[bytes | _T] = []
     i = 0
     tl = buffers
     with ffi.from_buffer(packed) as key, ffi.from_buffer("uint32_t[]", klens) as kl:
@@ -312,7 +360,7 @@ def _get_many(handle, packed, klens, default, path):
             if missing < 0:
                 raise error_for(missing, path)
             got = done[0]
-            values = unpack_from(unpack(tl.fmt, fmtlen[0]), ffi.buffer(buf, cap))
+            values: Sequence[Any] = unpack_from(unpack(tl.fmt, fmtlen[0]), ffi.buffer(buf, cap))
             if missing:
                 values = [default if lens[j] < 0 else v for j, v in enumerate(values, i)]
             out += values
@@ -329,14 +377,14 @@ class _Handle:
 
     __slots__ = ()
 
-    def __copy__(self):
+    def __copy__(self) -> NoReturn:
         raise TypeError(f"cannot copy a kvmap.{type(self).__name__}: it is a handle to an open "
                         f"database; open the path again for a second handle")
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: object) -> NoReturn:
         self.__copy__()
 
-    def __reduce_ex__(self, protocol):
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError(f"cannot pickle a kvmap.{type(self).__name__}: it is a handle to an open "
                         f"database; send the path and open it in the other process")
 
@@ -346,21 +394,22 @@ class _Closing(_Handle):
     collection) calls close()."""
 
     __slots__ = ()
+    close: Callable[[], None]   # a subclass's
 
-    def __enter__(self):
+    def __enter__(self: _H) -> _H:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
 
 
-class Snapshot(_Closing, _Reads, Mapping):
+class Snapshot(_Closing, _Reads, Mapping[bytes, bytes]):
     """A read-only view of the database as of one commit.
 
     It stays unchanged while other threads commit, and keeps the pages it can
@@ -373,7 +422,10 @@ class Snapshot(_Closing, _Reads, Mapping):
     _getfn = lib.kvm_get
     _closed_msg = "snapshot is closed"
 
-    def __init__(self, db):
+    _db: Database
+    _path: str | bytes
+
+    def __init__(self, db: Database) -> None:
         self._db = db
         self._h = None
         self._max_key = db._max_key
@@ -384,19 +436,20 @@ class Snapshot(_Closing, _Reads, Mapping):
             raise error_for(rc, self._path)
         self._h = ffi.gc(out[0], lib.kvm_txn_release)
 
-    def _count(self):
+    def _count(self) -> int:
         return _checked(lib.kvm_txn_entries(self._handle()), self._path)
 
-    def _scan(self, mode, key, stop, flags, keys_only):
+    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+              keys_only: bool) -> Iterator[Any]:
         self._handle()
         return scan(self, mode, key, stop, flags, keys_only)
 
     @property
-    def txnid(self):
+    def txnid(self) -> int:
         """The id of the commit this snapshot shows."""
         return _checked(lib.kvm_txn_id(self._handle()), self._path)
 
-    def close(self):
+    def close(self) -> None:
         """Release the snapshot (idempotent; its iterators then raise
         ClosedError)."""
         h = self._h
@@ -404,28 +457,28 @@ class Snapshot(_Closing, _Reads, Mapping):
             self._h = None
             lib.kvm_txn_abort(h)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h = self._h
         t = -1 if h is None else lib.kvm_txn_id(h)
         state = f"txnid {t}" if t >= 0 else "closed"
         return f"<kvmap.Snapshot {self._path!r} {state}>"
 
 
-def _slice_bounds(s):
+def _slice_bounds(s: slice) -> tuple[BytesLike | None, BytesLike | None]:
     """(minimum, maximum) of a key slice ``[lo:hi]``."""
     if s.step is not None:
         raise ValueError("a slice of keys has no step")
     return s.start, s.stop
 
 
-def _checked(n, path):
+def _checked(n: int, path: str | bytes) -> int:
     """``n`` from a C call that returns a count or id, or its error raised."""
     if n < 0:
         raise error_for(n, path)
     return n
 
 
-class Transaction(_Handle, _Reads, MutableMapping):
+class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
     """The write transaction (one at a time per database).
 
     As a context manager it commits on normal exit and aborts on an
@@ -439,21 +492,25 @@ class Transaction(_Handle, _Reads, MutableMapping):
     _getfn = lib.kvm_get
     _closed_msg = "transaction is finished"
 
-    def __init__(self, db, timeout=None):
+    _db: Database
+    _path: str | bytes
+
+    def __init__(self, db: Database, timeout: float | None = None) -> None:
         self._db = db
         self._h = None
         self._max_key = db._max_key
         self._path = db.path
         db._begin_write(self, timeout)
 
-    def _count(self):
+    def _count(self) -> int:
         return _checked(lib.kvm_txn_entries(self._handle()), self._path)
 
-    def _scan(self, mode, key, stop, flags, keys_only):
+    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+              keys_only: bool) -> Iterator[Any]:
         self._handle()
         return scan(self, mode, key, stop, flags, keys_only)
 
-    def _fail(self, rc):
+    def _fail(self, rc: int) -> NoReturn:
         """Raise for a write call that returned ``rc`` < 0, aborting the
         transaction unless the call changed nothing (a bad argument): any
         other failure may have left a half-made change."""
@@ -465,7 +522,7 @@ class Transaction(_Handle, _Reads, MutableMapping):
         finally:
             del exc   # no cycle through this frame
 
-    def put(self, key, value, overwrite=True):
+    def put(self, key: BytesLike, value: BytesLike, overwrite: bool = True) -> bool:
         """Insert, or overwrite unless ``overwrite`` is false; returns whether
         it wrote (py-lmdb's ``put(overwrite=False)``).  O(log n)."""
         h = self._h
@@ -490,10 +547,10 @@ class Transaction(_Handle, _Reads, MutableMapping):
                 ffi.release(value)
         return True
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
         self.put(key, value)
 
-    def delete(self, key):
+    def delete(self, key: BytesLike) -> None:
         """Remove ``key``; KeyError if absent.  O(log n)."""
         h = self._handle()
         k = as_key(key, self._max_key)
@@ -503,7 +560,8 @@ class Transaction(_Handle, _Reads, MutableMapping):
         if rc:
             self._fail(rc)
 
-    def delete_range(self, minimum=None, maximum=None, inclusive=(True, True)):
+    def delete_range(self, minimum: BytesLike | None = None, maximum: BytesLike | None = None,
+                     inclusive: tuple[bool, bool] = (True, True)) -> int:
         """Delete the keys that ``irange(minimum, maximum, inclusive)`` gives,
         in one C call; returns how many.  O(k log n).
 
@@ -527,9 +585,9 @@ class Transaction(_Handle, _Reads, MutableMapping):
                                ffi.NULL if hi is None else hi, len(hi or b""), flags, count)
         if rc:
             self._fail(rc)
-        return count[0]
+        return int(count[0])
 
-    def __delitem__(self, key):
+    def __delitem__(self, key: BytesLike | slice) -> None:
         """``del txn[key]``; ``del txn[lo:hi]`` deletes the keys from lo up to
         hi, hi excluded (either may be omitted)."""
         if type(key) is slice:
@@ -537,7 +595,14 @@ class Transaction(_Handle, _Reads, MutableMapping):
         else:
             self.delete(key)
 
-    def update(self, *args, **kwargs):
+    @overload
+    def update(self, other: SupportsKeysAndGetItem[_K, BytesLike], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, other: Iterable[tuple[BytesLike, BytesLike]], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, /, **kwargs: BytesLike) -> None: ...
+
+    def update(self, /, *args: Any, **kwargs: BytesLike) -> None:
         """As dict.update, in this transaction, through put_many()."""
         if len(args) > 1:
             raise TypeError(f"update expected at most 1 argument, got {len(args)}")
@@ -550,7 +615,7 @@ class Transaction(_Handle, _Reads, MutableMapping):
         if kwargs:
             self.put_many(kwargs.items())
 
-    def put_many(self, pairs):
+    def put_many(self, pairs: Iterable[tuple[BytesLike, BytesLike]]) -> None:
         """Put every ``(key, value)`` of ``pairs`` (any iterable), as put()
         one by one would: of equal keys the later wins.  One C call per
         batch of up to BATCH pairs, which C applies in key order, so
@@ -570,7 +635,7 @@ class Transaction(_Handle, _Reads, MutableMapping):
                 return
             self._put_batch([k for k, _ in batch], [v for _, v in batch])
 
-    def _put_batch(self, ks, vs):
+    def _put_batch(self, ks: list[Any], vs: list[Any]) -> None:
         h = self._handle()
         mk = self._max_key
         if set(map(type, ks)) != {bytes}:
@@ -592,24 +657,24 @@ class Transaction(_Handle, _Reads, MutableMapping):
             self._fail(rc)
 
     @property
-    def txnid(self):
+    def txnid(self) -> int:
         """The id this transaction's commit will have."""
         return _checked(lib.kvm_txn_id(self._handle()), self._path)
 
-    def commit(self):
+    def commit(self) -> None:
         """Make the changes durable (per the database's ``sync``) and visible."""
         self._handle()
         self._db._commit(self)
 
-    def abort(self):
+    def abort(self) -> None:
         """Discard the changes (idempotent)."""
         if self._h is not None:
             self._db._abort(self)
 
-    def __enter__(self):
+    def __enter__(self) -> Transaction:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._h is None:
             return
         if exc_type is None:
@@ -617,13 +682,13 @@ class Transaction(_Handle, _Reads, MutableMapping):
         else:
             self.abort()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.abort()
         except Exception:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         h = self._h
         t = -1 if h is None else lib.kvm_txn_id(h)
         state = f"txnid {t}" if t >= 0 else "finished"

@@ -704,6 +704,17 @@ def test_bytes_path_errors_name_the_file(tmp_path):
         assert d.path == bytes(tmp_path / "db")
     with pytest.raises(kvmap.FormatError, match=str(tmp_path / "db")):
         kvmap.open(bytes(tmp_path / "db"), page_size=8192)
+    with kvmap.open(bytes(tmp_path / "db"), "r") as d:
+        with pytest.raises(kvmap.ReadOnlyError, match=f"^{tmp_path / 'db'}: "):
+            d[b"b"] = b"2"
+
+
+def test_update_takes_a_key_named_self(db):
+    # as dict.update: self is positional-only, so "self" can be a keyword key
+    db.update(self=b"1")
+    with db.transaction() as txn:
+        txn.update({b"a": b"2"}, self=b"3")
+    assert dict(db.items()) == {b"a": b"2", b"self": b"3"}
 
 
 def test_exception_hierarchy():
