@@ -11,11 +11,16 @@ memory mapping.
 [(b'apple', b'red'), (b'banana', b'yellow')]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .db import Database, open
 from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
                      InheritedHandleError, IOFailure, LockedError, MapFullError, ReadersFullError,
                      ReadOnlyError)
 from .txn import Snapshot, Transaction
+
+if TYPE_CHECKING:   # at run time __getattr__ below imports them on first use
+    from .checker import CheckBusy, CheckReport, CheckUnreadable, check, salvage
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,7 +32,7 @@ __all__ = [
 _CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # kvmap.check & co. load the checker on first use, so that
     # ``python -m kvmap.checker`` does not find it imported already.
     if name in _CHECKER:

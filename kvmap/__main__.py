@@ -13,7 +13,7 @@ import time
 import kvmap
 
 
-def main():
+def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "demo.kv")
         n = 100_000
