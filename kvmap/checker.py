@@ -75,6 +75,8 @@ source is only read.  Case by case:
   / ``--unverified OUT2``, written to a second new database.
 """
 
+from __future__ import annotations
+
 import argparse
 import bisect
 import dataclasses
@@ -86,7 +88,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, StrPath
+
+    from .db import Database
 
 from ._kvmap_cffi import ffi as _ffi, lib as _lib
 from .errors import Error
@@ -142,22 +149,36 @@ _hdr = struct.Struct("<IBBHQQQ").unpack_from      # crc type flags nkeys txnid p
 _meta = struct.Struct("<8sIIQQIIQQQQQQQQ").unpack_from
 
 
+# A decoded meta page (_decode_meta's fields), and a page reader of a record
+# chain: read(page, k) -> the k-th page's bytes.
+_Meta = dict[str, Any]
+_Read = Callable[[int, int], bytes]
+# progress(done, total)
+Progress = Callable[[int, int], object]
+# per kind of problem: [the first message, how many]
+_Agg = dict[str, list[Any]]
+# the tree walk's stack: page, level, lo, hi, what
+_Walk = tuple[int, int, Optional[bytes], Optional[bytes], str]
+
+
 # ---------------------------------------------------------------- CRC-32C
 # The checksum is pure computation, so the checker uses the C core's (it
 # reads nothing through the engine: no mapping, no open path, no page cache).
 
-def crc32c(data, crc=0):
+def crc32c(data: ReadableBuffer, crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``."""
     mv = memoryview(data).cast("B")
-    return _lib.kvm_crc32c(crc, _ffi.from_buffer(mv), len(mv))
+    value: int = _lib.kvm_crc32c(crc, _ffi.from_buffer(mv), len(mv))
+    return value
 
 
-def _page_crcs(buf, page_size, count):
+def _page_crcs(buf: ReadableBuffer, page_size: int, count: int) -> list[int]:
     """Checksums (bytes [4, page_size) of each page) of ``count`` whole pages
     in ``buf``, as a list of ints."""
     out = _ffi.new("uint32_t[]", count)
     _lib.kvm_page_checksums(_ffi.from_buffer(buf), page_size, count, out)
-    return _ffi.unpack(out, count)
+    crcs: list[int] = _ffi.unpack(out, count)
+    return crcs
 
 
 # ---------------------------------------------------------------- report
@@ -192,7 +213,7 @@ class CheckReport:
     # Routine facts of a sound file (which meta is used, and why); the CLI
     # prints them with --verbose.  meta_notes are what a crash or damage left.
     details: List[str] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     # The file changed while it was read (a writer committed; only possible
     # with force=True, or with a writer that ignores the lock): no verdict.
     # ``ok`` is False and ``problems`` empty; re-run when the writer is idle.
@@ -200,16 +221,16 @@ class CheckReport:
     # A writer held the file open during the check (it ran with force=True).
     live_writer: bool = False
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self, **kw):
+    def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
 
 
 # ---------------------------------------------------------------- meta
 
-def _decode_meta(buf, offset=None):
+def _decode_meta(buf: bytes, offset: Optional[int] = None) -> tuple[Optional[_Meta], Optional[str]]:
     """(meta dict, None) or (None, reason) following FORMAT.md §2 (meta.c,
     meta_decode).  A version 1 meta whose checksum and tree fields hold is
     decoded too, with only those fields (its tree pages and page header are
@@ -253,7 +274,7 @@ def _decode_meta(buf, offset=None):
                 pending_count=pending_count, floor=floor, durable=durable), None
 
 
-def _recency(m):
+def _recency(m: _Meta) -> tuple[int, int]:
     """Sort key of a valid meta: newer commit, then the one known durable."""
     return m["txnid"], m.get("durable", 0)
 
@@ -264,13 +285,13 @@ class _RecordFault(Exception):
     """A commit record that cannot be read on: ``page`` where it fails, and
     ``message`` (None when the page reader has reported the page already)."""
 
-    def __init__(self, page, message=None):
+    def __init__(self, page: int, message: Optional[str] = None) -> None:
         super().__init__(message)
         self.page = page
         self.message = message
 
 
-def _record_items(read, first, txn, ps, hwm):
+def _record_items(read: _Read, first: int, txn: int, ps: int, hwm: int) -> Iterator[tuple[Any, ...]]:
     """Yield the entries of the record of commit ``txn`` that starts at page
     ``first`` (FORMAT.md §6; freelist.c, record_read): ("head", prev,
     n_written, n_freed, n_override, flags, n_released), then ("written",
@@ -284,7 +305,7 @@ def _record_items(read, first, txn, ps, hwm):
     :class:`_RecordFault` where the chain is not such a record.  Only one
     page of the stream is held at a time."""
     pay = ps - HDR
-    fixed = _record_head.__self__.size
+    fixed = _record_head.__self__.size  # type: ignore[attr-defined]   # the bound Struct's
     need, npages = fixed, 1
     sections = []          # [kind, entries left, entry size, unpack]
     carry = b""            # the start of an entry that runs on into the next page
@@ -333,10 +354,11 @@ class _Runs:
     """A set of pages kept as disjoint runs: the pages that later commits
     freed, or released early."""
 
-    def __init__(self):
-        self.starts, self.ends = [], []
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
 
-    def add(self, start, count, limit):
+    def add(self, start: int, count: int, limit: int) -> bool:
         """Add [start, start + count), merging with the runs already in (a
         page written, freed, reused and freed again is freed by two
         commits); False (nothing added) if the run is empty or not inside
@@ -352,7 +374,7 @@ class _Runs:
         self.ends[i:j] = [end]
         return True
 
-    def outside(self, start, count):
+    def outside(self, start: int, count: int) -> list[tuple[int, int]]:
         """The sub-runs of [start, start + count) not in the set."""
         out, end = [], start + count
         i = bisect.bisect_right(self.ends, start)
@@ -366,7 +388,7 @@ class _Runs:
             start = stop
         return out
 
-    def __contains__(self, page):
+    def __contains__(self, page: int) -> bool:
         i = bisect.bisect_right(self.starts, page)
         return bool(i) and page < self.ends[i - 1]
 
@@ -374,26 +396,44 @@ class _Runs:
 # ---------------------------------------------------------------- checker
 
 class _Checker:
-    def __init__(self, fd, path, file_size, quick, max_errors, progress):
+    # Set by read_metas, setup, the walks, and salvage (_salvage_tree &co.).
+    meta: _Meta
+    metas: list[Any]          # two, None where invalid
+    newest: int
+    meta_used: int
+    ps: int
+    hwm: int
+    npages: int
+    free_bits: Any            # None until walk_free counts them, then an int
+    pending_pages: Any        # likewise
+    orphans: list[int]
+    damaged_leaves: list[int]
+    lost_values: int
+    missing: list[tuple[bytes, Optional[bytes]]]
+    dead: int
+    taken: bytearray
+
+    def __init__(self, fd: int, path: StrPath, file_size: int, quick: bool, max_errors: int,
+                 progress: Optional[Progress]) -> None:
         self.fd = fd
         self.path = path
         self.file_size = file_size
         self.quick = quick
         self.max_errors = max_errors
         self.progress = progress
-        self.problems = []
+        self.problems: list[Problem] = []
         self.total = 0
-        self.notes = []
-        self.details = []
+        self.notes: list[str] = []
+        self.details: list[str] = []
 
-    def add(self, kind, page, message):
+    def add(self, kind: str, page: Optional[int], message: str) -> None:
         self.total += 1
         if len(self.problems) < self.max_errors:
             self.problems.append(Problem(kind, page, message))
 
     # ------------------------------------------------------------ metas
 
-    def _crash_left(self, slot, why, other):
+    def _crash_left(self, slot: int, why: Optional[str], other: _Meta) -> Optional[str]:
         """Why an invalid meta is what a crash leaves, not damage (None when
         it is damage).  A power loss in a commit's meta write leaves that meta
         torn: the magic intact (it is the same in every meta) and the
@@ -410,7 +450,7 @@ class _Checker:
             return "unwritten (zeros): the file's creation was interrupted by a crash"
         return None
 
-    def _edge_fault(self, m):
+    def _edge_fault(self, m: _Meta) -> Optional[str]:
         """What the engine's open-time verification (meta.c, verify_path)
         finds wrong with meta ``m``'s leftmost and rightmost root-to-leaf
         paths, or None."""
@@ -439,7 +479,7 @@ class _Checker:
                     page = _u64(buf, off + 2)[0]
         return None
 
-    def _commits_fault(self, m):
+    def _commits_fault(self, m: _Meta) -> Optional[str]:
         """What the engine's open-time verification (FORMAT.md §2; freelist.c,
         records_verify) finds wrong with the commits of meta ``m`` not known
         durable -- those after ``m["durable"]`` -- or None: every page their
@@ -448,7 +488,7 @@ class _Checker:
         commits freed it (it may have been reused since)."""
         fd, ps, hwm = self.fd, m["page_size"], m["hwm"]
 
-        def read(page, k):
+        def read(page: int, k: int) -> bytes:
             if not 2 <= page < hwm:
                 raise _RecordFault(page, f"page number {page} out of range")
             buf = os.pread(fd, ps, page * ps)
@@ -487,7 +527,7 @@ class _Checker:
             page = prev
         return None
 
-    def _unusable(self, m):
+    def _unusable(self, m: _Meta) -> Optional[str]:
         """Why the engine's open would not use meta ``m`` (meta.c,
         meta_usable): the file is too short for it, its commits not known
         durable do not verify, or its edge paths do not; None if it would."""
@@ -496,7 +536,7 @@ class _Checker:
             return f"the file has {self.file_size} bytes of the {need} it needs"
         return self._commits_fault(m) or self._edge_fault(m)
 
-    def read_metas(self):
+    def read_metas(self) -> _Meta:
         fd, size = self.fd, self.file_size
         raw0 = os.pread(fd, META_SIZE, 0)
         m0, why0 = _decode_meta(raw0)
@@ -525,7 +565,7 @@ class _Checker:
                     break
             if m1 is None:
                 why1 = why1 or "short file (no room for meta 1)"
-        metas = [m0, m1]
+        metas: list[Any] = [m0, m1]   # (typed Any: the code below checks which is None)
         whys = [why0, why1]
         valid = [i for i in (0, 1) if metas[i] is not None]
         if not valid:
@@ -551,8 +591,8 @@ class _Checker:
                 self.add("meta-damaged", other, f"meta {other} is damaged ({whys[other]})")
         ps = nm["page_size"]
 
-        def fits(m):
-            return m["hwm"] * ps <= size
+        def fits(m: _Meta) -> bool:
+            return bool(m["hwm"] * ps <= size)
         # The engine's choice (FORMAT.md §2; meta.c, load_meta): the newest
         # meta if it is usable; else, when the commits after the durable one
         # it names do not verify (a file too short for them included: their
@@ -618,7 +658,7 @@ class _Checker:
 
     # ------------------------------------------------------------ pages
 
-    def setup(self):
+    def setup(self) -> None:
         m = self.meta
         self.ps = ps = m["page_size"]
         self.hwm = m["hwm"]
@@ -633,7 +673,7 @@ class _Checker:
         self.max_cell = self.usable // 4
         self.max_key = self.max_cell - 16
 
-    def checksum_pass(self):
+    def checksum_pass(self) -> None:
         """Full mode, after the walks: verify the checksum of every page the
         tree and the free space reach (free and pending pages hold whatever
         they held; they are not checked), reading the file in large
@@ -661,7 +701,7 @@ class _Checker:
             if self.progress:
                 self.progress(n + p, 2 * n)
 
-    def ref_ok(self, page, what):
+    def ref_ok(self, page: int, what: str) -> bool:
         """Is ``page`` a possible target?  Reports out-of-range otherwise."""
         if page < 2 or page >= self.hwm:
             self.add("out-of-range", page, f"{what} refers to page {page}, outside [2, {self.hwm})")
@@ -673,7 +713,7 @@ class _Checker:
             return False
         return True
 
-    def claim(self, page, code, what):
+    def claim(self, page: int, code: int, what: str) -> bool:
         """Mark ``page`` as owned by ``code``; False (and a problem) if it
         already has an owner."""
         if code in (O_FREE, O_PENDING):
@@ -694,7 +734,8 @@ class _Checker:
                      f"also {what}")
         return False
 
-    def read_page(self, page, expect_types, what, header_only=False):
+    def read_page(self, page: int, expect_types: tuple[int, ...], what: str,
+                  header_only: bool = False) -> Optional[bytes]:
         """Read and vet one page: header page number, type, checksum.
         Returns the bytes or None if it must not be trusted further."""
         ps = self.ps
@@ -721,7 +762,7 @@ class _Checker:
 
     # ------------------------------------------------------------ tree
 
-    def walk_tree(self):
+    def walk_tree(self) -> None:
         m = self.meta
         root, depth = m["root"], m["depth"]
         self.entries = 0
@@ -731,7 +772,7 @@ class _Checker:
             return
         ps = self.ps
         leaf_level = depth - 1
-        stack = [(root, 0, None, None, "meta root")]      # page, level, lo, hi, what
+        stack: list[_Walk] = [(root, 0, None, None, "meta root")]
         visited = 0
         limit = self.npages
         while stack:
@@ -766,7 +807,8 @@ class _Checker:
             else:
                 self.branch(page, buf, nkeys, upper, lo, hi, level, stack)
 
-    def _cell_key(self, page, buf, i, upper, hdr):
+    def _cell_key(self, page: int, buf: bytes, i: int, upper: int,
+                  hdr: int) -> tuple[Optional[int], Optional[bytes]]:
         off = _u16(buf, HDR + 2 * i)[0]
         if off < upper or off + hdr > self.ps:
             self.add("cell-out-of-bounds", page,
@@ -779,7 +821,8 @@ class _Checker:
             return None, None
         return off, bytes(buf[off + hdr:off + hdr + klen])
 
-    def _order(self, page, i, key, prev, lo, hi, agg):
+    def _order(self, page: int, i: int, key: bytes, prev: Optional[bytes], lo: Optional[bytes],
+               hi: Optional[bytes], agg: _Agg) -> None:
         """Order checks of one cell; ``agg`` collects, per kind, the first
         violation in the page and how many cells violate it (one problem per
         page and kind, see _flush)."""
@@ -791,11 +834,12 @@ class _Checker:
                   f"[{lo if lo is None else lo[:40]!r}, {hi if hi is None else hi[:40]!r}) "
                   f"set by its ancestors")
 
-    def _flush(self, page, agg):
+    def _flush(self, page: int, agg: _Agg) -> None:
         for kind, (msg, n) in agg.items():
             self.add(kind, page, msg + (f" (and {n - 1} more cells)" if n > 1 else ""))
 
-    def leaf(self, page, buf, nkeys, upper, lo, hi):
+    def leaf(self, page: int, buf: bytes, nkeys: int, upper: int, lo: Optional[bytes],
+             hi: Optional[bytes]) -> None:
         # The hot loop of a full check (one pass per cell): plain locals, and
         # the helpers above only to word a problem once one is seen.
         ps, max_cell, max_key = self.ps, self.max_cell, self.max_key
@@ -803,7 +847,7 @@ class _Checker:
         used = 2 * nkeys
         entries = 0
         prev = None
-        agg = {}
+        agg: _Agg = {}
         for i, off in enumerate(struct.unpack_from(f"<{nkeys}H", buf, HDR)):
             if off < upper or off + 6 > ps:
                 self._cell_key(page, buf, i, upper, 6)      # reports it
@@ -834,10 +878,11 @@ class _Checker:
         self._flush(page, agg)
         self.leaf_used += used
 
-    def branch(self, page, buf, nkeys, upper, lo, hi, level, stack):
-        cells = []
+    def branch(self, page: int, buf: bytes, nkeys: int, upper: int, lo: Optional[bytes],
+               hi: Optional[bytes], level: int, stack: list[_Walk]) -> None:
+        cells: list[Optional[tuple[Optional[bytes], int]]] = []
         prev = None
-        agg = {}
+        agg: _Agg = {}
         for i in range(nkeys):
             off, key = self._cell_key(page, buf, i, upper, 10)
             if off is None:
@@ -850,7 +895,7 @@ class _Checker:
                              f"page {page} cell 0: has a {len(key)}-byte key; it must be empty")
                 key = lo
             else:
-                self._order(page, i, key, prev, lo, hi, agg)
+                self._order(page, i, key, prev, lo, hi, agg)  # type: ignore[arg-type]   # bytes: off is set
                 prev = key
             cells.append((key, child))
         self._flush(page, agg)
@@ -863,11 +908,11 @@ class _Checker:
             nhi = hi
             for j in range(i + 1, nkeys):
                 if cells[j] is not None:
-                    nhi = cells[j][0]
+                    nhi = cells[j][0]  # type: ignore[index]   # not None
                     break
             stack.append((child, level + 1, key, nhi, f"branch {page} cell {i}"))
 
-    def overflow(self, leaf, cell, first, vlen):
+    def overflow(self, leaf: int, cell: int, first: int, vlen: int) -> None:
         n = -(-vlen // self.usable)
         what = f"leaf {leaf} cell {cell}"
         p = first
@@ -893,7 +938,7 @@ class _Checker:
 
     # ------------------------------------------------------------ free space
 
-    def walk_free(self):
+    def walk_free(self) -> None:
         """The free space of the meta (FORMAT.md §6; freelist.c,
         freelist_load): the bitmap-index chain, the records of the commits
         after the floor (the newest one's overrides replace index entries),
@@ -925,7 +970,7 @@ class _Checker:
         finally:
             self.free_complete = self.total == start
 
-    def _free_index(self, m, hwm, nranges):
+    def _free_index(self, m: _Meta, hwm: int, nranges: int) -> list[int]:
         """The bitmap page of each range, from the bitmap-index chain."""
         bitmaps = []
         p, hops, what = m["free_index"], 0, "meta free_index"
@@ -952,7 +997,7 @@ class _Checker:
                      f"hwm {hwm} needs {nranges}")
         return bitmaps
 
-    def _records(self, m, bitmaps, nranges):
+    def _records(self, m: _Meta, bitmaps: list[int], nranges: int) -> None:
         """Walk the live records, newest first: those of the commits after
         the floor (older ones are void: never read), reached through their
         ``prev`` pointers from the meta's.  Their pages are claimed, so are
@@ -1006,11 +1051,11 @@ class _Checker:
                 return
             page = prev
 
-    def _record_reader(self, txn):
+    def _record_reader(self, txn: int) -> _Read:
         """``read`` for :func:`_record_items` in the walk: claims and vets
         each page of the record of commit ``txn`` (ref_ok, claim and
         read_page report what is wrong)."""
-        def read(page, k):
+        def read(page: int, k: int) -> bytes:
             what = f"page {k} of the record of commit {txn}"
             if not self.ref_ok(page, what) or not self.claim(page, O_RECORD, what):
                 raise _RecordFault(page)
@@ -1020,7 +1065,7 @@ class _Checker:
             return buf
         return read
 
-    def _pending_run(self, record, start, count, marked):
+    def _pending_run(self, record: int, start: int, count: int, marked: int) -> int:
         """Claim the run (start, count) that a live record lists freed."""
         if count < 1 or start < 2 or start + count > self.hwm:
             self.add("free-list", record, f"record page {record}: freed run ({start}, {count}) "
@@ -1034,7 +1079,7 @@ class _Checker:
             self.claim(pg, O_PENDING, f"listed freed in record page {record}")
         return marked
 
-    def _bitmaps(self, hwm, B, bitmaps):
+    def _bitmaps(self, hwm: int, B: int, bitmaps: list[int]) -> None:
         """Read the bitmap page of each range and claim the free pages."""
         for r, bm in enumerate(bitmaps):
             if bm == 0:
@@ -1066,14 +1111,14 @@ class _Checker:
 
     # ------------------------------------------------------------ ownership
 
-    def ownership(self):
+    def ownership(self) -> None:
         owner = self.owner
         p = owner.find(0, 2)
         while p != -1:
             self.add("leaked", p, f"page {p} is neither reachable nor free nor pending")
             p = owner.find(0, p + 1)
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         m = self.meta
         counts = {}
         for code, name in OWNER_NAMES.items():
@@ -1094,14 +1139,15 @@ class _Checker:
         )
 
 
-def _note(agg, kind, msg):
+def _note(agg: _Agg, kind: str, msg: str) -> None:
     if kind in agg:
         agg[kind][1] += 1
     else:
         agg[kind] = [msg, 1]
 
 
-def _run(fd, path, quick, max_errors, progress):
+def _run(fd: int, path: StrPath, quick: bool, max_errors: int,
+         progress: Optional[Progress]) -> tuple[CheckReport, _Checker]:
     try:
         size = os.fstat(fd).st_size
         c = _Checker(fd, path, size, quick, max(0, int(max_errors)), progress)
@@ -1126,7 +1172,7 @@ def _run(fd, path, quick, max_errors, progress):
     return rep, c
 
 
-def _open(path):
+def _open(path: StrPath) -> int:
     try:
         return os.open(os.fspath(path), os.O_RDONLY)
     except OSError as e:
@@ -1162,7 +1208,7 @@ def _open(path):
 _META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be
 
 
-def _lock(fd, path, force):
+def _lock(fd: int, path: StrPath, force: bool) -> tuple[bool, Optional[str]]:
     """Take LOCK_SH on ``fd`` without waiting.  Returns (live_writer, note):
     live_writer is True when a writer holds the file (only with ``force``;
     otherwise :class:`CheckBusy` is raised); note says why no lock could be
@@ -1182,14 +1228,14 @@ def _lock(fd, path, force):
                     f"force=True (kvmap-check --force)")
 
 
-def _unlock(fd):
+def _unlock(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:
         pass
 
 
-def _commit_state(fd, slots=None):
+def _commit_state(fd: int, slots: Optional[tuple[int, ...]] = None) -> tuple[tuple[int, ...], tuple[object, ...]]:
     """(slots, state): the file size and the raw first META_SIZE bytes of
     meta 0 and of meta 1, read at ``slots`` (meta 1's possible offsets).
     Without ``slots``: the page size meta 0 names, if it is a possible one,
@@ -1209,7 +1255,7 @@ class _Guard:
     """The checker's hold on the file: the lock, and the commit state read
     before the check, to compare with the one after it."""
 
-    def __init__(self, fd, path, force):
+    def __init__(self, fd: int, path: StrPath, force: bool) -> None:
         self.fd = fd
         self.live_writer, self.note = _lock(fd, path, force)
         try:
@@ -1218,14 +1264,14 @@ class _Guard:
             _unlock(fd)
             raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
 
-    def changed(self):
+    def changed(self) -> bool:
         """Did a commit land (or the file otherwise change) since the start?"""
         try:
             return _commit_state(self.fd, self.slots)[1] != self.before
         except OSError:
             return True
 
-    def report(self, rep):
+    def report(self, rep: CheckReport) -> CheckReport:
         """``rep`` as it stands, or the no-verdict report if the file changed."""
         if self.changed():
             return CheckReport(ok=False, changed=True, live_writer=self.live_writer)
@@ -1237,12 +1283,12 @@ class _Guard:
                                   "committed nothing during the check, so this report stands")
         return rep
 
-    def release(self):
+    def release(self) -> None:
         _unlock(self.fd)
 
 
-def check(path, *, quick=False, max_errors=100, progress: Optional[Callable] = None,
-          force=False):
+def check(path: StrPath, *, quick: bool = False, max_errors: int = 100,
+          progress: Optional[Progress] = None, force: bool = False) -> CheckReport:
     """Check the kvmap file at ``path``; returns a :class:`CheckReport`.
 
     Raises :class:`CheckUnreadable` when the file cannot be opened or has no
@@ -1314,7 +1360,7 @@ class SalvageResult:
     notes: List[str] = field(default_factory=list)
 
 
-def _salvage_state(c):
+def _salvage_state(c: _Checker) -> _Checker:
     """The checker state salvage reads by: the check's own when it used the
     newest valid meta; else the newest meta's free space, walked afresh."""
     if c.meta_used == c.newest:
@@ -1333,7 +1379,7 @@ def _salvage_state(c):
 _FREE_SPACE_CODES = bytes(1 if i in _FREE_SPACE_PAGES else 0 for i in range(256))
 
 
-def _free_pages_intact(s):
+def _free_pages_intact(s: _Checker) -> bool:
     """Do the checksums of all the free-space pages (index, bitmaps, live
     records) match?"""
     want = s.owner.translate(_FREE_SPACE_CODES)
@@ -1346,7 +1392,7 @@ def _free_pages_intact(s):
     return True
 
 
-def _node(s, buf, page, ptype):
+def _node(s: _Checker, buf: bytes, page: int, ptype: int) -> Optional[tuple[list[bytes], list[int]]]:
     """The keys and cell offsets of an intact branch or leaf page
     (checksum, page number, type, bounds, keys strictly increasing), or None."""
     ps = s.ps
@@ -1358,7 +1404,8 @@ def _node(s, buf, page, ptype):
             or (ptype == PT_BRANCH and nkeys < 1) or crc32c(memoryview(buf)[4:]) != crc):
         return None
     hdr = 10 if ptype == PT_BRANCH else 6
-    keys, offs = [], []
+    keys: list[bytes] = []
+    offs: list[int] = []
     for i in range(nkeys):
         off = _u16(buf, HDR + 2 * i)[0]
         if off < upper or off + hdr > ps:
@@ -1377,7 +1424,7 @@ def _node(s, buf, page, ptype):
     return keys, offs
 
 
-def _salvage_tree(s):
+def _salvage_tree(s: _Checker) -> Iterator[tuple[bytes, bytes]]:
     """Yield (key, value) of every leaf of the salvage meta's tree reached
     through intact pages whose keys lie in the range their ancestors set;
     values whose overflow pages are all intact.  A subtree that cannot be
@@ -1391,7 +1438,8 @@ def _salvage_tree(s):
     if root == 0:
         return
     seen = bytearray(s.npages)                 # branches visited: each once
-    stack = [(root, 0, b"", None)]             # page, level, lo, hi (None: no bound)
+    # page, level, lo, hi (None: no bound)
+    stack: list[tuple[int, int, bytes, Optional[bytes]]] = [(root, 0, b"", None)]
     while stack:
         page, level, lo, hi = stack.pop()
         leaf = level == depth - 1
@@ -1424,7 +1472,7 @@ def _salvage_tree(s):
                           keys[i + 1] if i + 1 < len(keys) else hi))
 
 
-def _salvage_orphans(s):
+def _salvage_orphans(s: _Checker) -> Iterator[tuple[int, bytes, bool]]:
     """Yield (page, buf, verified) for each orphan leaf that lies in one
     missing range and that no newer leaf version overlaps (see above)."""
     if not s.missing:
@@ -1452,7 +1500,8 @@ def _salvage_orphans(s):
                 cands.append((txnid, pg))
         p += cnt
     cands.sort(reverse=True)
-    los, his = [], []            # union of the key spans of newer versions, disjoint
+    los: list[bytes] = []        # union of the key spans of newer versions, disjoint
+    his: list[bytes] = []
     i = 0
     while i < len(cands):
         t = cands[i][0]
@@ -1471,7 +1520,7 @@ def _salvage_orphans(s):
             if k >= 0 and his[k] >= a:
                 continue                         # a newer version overlaps: old
             k = bisect.bisect_right(rlo, a) - 1
-            if k < 0 or (rhi[k] is not None and b >= rhi[k]):
+            if k < 0 or (rhi[k] is not None and b >= rhi[k]):  # type: ignore[operator]   # not None
                 continue                         # not inside one missing range
             yield pg, buf, s.free_complete or t == T
         for a, b in spans:                       # same txnid: no conflict among them
@@ -1484,7 +1533,7 @@ def _salvage_orphans(s):
         i = j
 
 
-def _leaf_pairs(c, buf, nkeys):
+def _leaf_pairs(c: _Checker, buf: bytes, nkeys: int) -> Iterator[tuple[bytes, bytes]]:
     ps = c.ps
     for i in range(nkeys):
         off = _u16(buf, HDR + 2 * i)[0]
@@ -1508,7 +1557,7 @@ def _leaf_pairs(c, buf, nkeys):
             yield key, value
 
 
-def _read_chain(c, p, vlen):
+def _read_chain(c: _Checker, p: int, vlen: int) -> Optional[bytes]:
     ps, usable = c.ps, c.usable
     n = -(-vlen // usable)
     parts = []
@@ -1534,16 +1583,17 @@ class _Sink:
     """Writes pairs into a database in transactions of ``batch`` pairs;
     with ``new_only`` a key already there is kept."""
 
-    def __init__(self, db, batch, new_only):
-        self.db, self.batch, self.new_only, self.pending = db, batch, new_only, []
+    def __init__(self, db: Database, batch: int, new_only: bool) -> None:
+        self.db, self.batch, self.new_only = db, batch, new_only
+        self.pending: list[tuple[bytes, bytes]] = []
 
-    def add(self, pairs):
+    def add(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         for kv in pairs:
             self.pending.append(kv)
             if len(self.pending) >= self.batch:
                 self.flush()
 
-    def flush(self):
+    def flush(self) -> None:
         if self.pending:
             with self.db.transaction() as t:
                 for k, v in self.pending:
@@ -1552,7 +1602,8 @@ class _Sink:
             self.pending = []
 
 
-def salvage(path, out, *, unverified=None, progress=None, batch=10_000, force=False):
+def salvage(path: StrPath, out: StrPath, *, unverified: Optional[StrPath] = None,
+            progress: Optional[Progress] = None, batch: int = 10_000, force: bool = False) -> SalvageResult:
     """Copy every key/value of the newest committed state of ``path`` that
     can be read intact into a new database at ``out`` (which must not
     exist); the source is only read.  ``unverified``: an optional path for a
@@ -1605,7 +1656,8 @@ def salvage(path, out, *, unverified=None, progress=None, batch=10_000, force=Fa
         os.close(fd)
 
 
-def _salvage(fd, path, out, unverified, progress, batch):
+def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath],
+             progress: Optional[Progress], batch: int) -> SalvageResult:
     """salvage() on the open, locked ``fd``."""
     rep, c = _run(fd, path, False, 100, progress)
     s = _salvage_state(c)
@@ -1640,6 +1692,7 @@ def _salvage(fd, path, out, unverified, progress, batch):
         recovered = db.stats()["entries"]
         if usink is not None:
             usink.flush()
+            assert udb is not None    # opened with usink
             unv_pairs = udb.stats()["entries"]
     finally:
         db.close()
@@ -1678,13 +1731,13 @@ def _salvage(fd, path, out, unverified, progress, batch):
 # ---------------------------------------------------------------- CLI
 
 class _Bar:
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.start = time.monotonic()
         self.last = 0.0
         self.shown = False
 
-    def __call__(self, done, total):
+    def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self.start < 1.0 or now - self.last < 0.1:
             return
@@ -1695,13 +1748,13 @@ class _Bar:
         self.stream.flush()
         self.shown = True
 
-    def finish(self):
+    def finish(self) -> None:
         if self.shown:
             self.stream.write("\r" + " " * 50 + "\r")
             self.stream.flush()
 
 
-def main(argv=None):
+def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="kvmap-check", description="Check the integrity of a kvmap database file.",
         epilog="exit status: 0 sound; 1 damage found; 2 not checked: the file is unreadable, "
