@@ -78,6 +78,8 @@ JSON schema (``--json OUT``), schema 1
 }
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import ctypes
@@ -95,10 +97,11 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Callable, Iterable, Optional
 
 import kvmap
 
-BACKENDS = {
+BACKENDS: dict[str, dict[str, Any]] = {
     "mmap:reserve": dict(backend="mmap", growth="reserve", writemap=False),
     "mmap:reserve:wm": dict(backend="mmap", growth="reserve", writemap=True),
     "mmap:mremap": dict(backend="mmap", growth="mremap", writemap=False),
@@ -126,18 +129,26 @@ MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+# A workload's result, a run's result, the runner's per-store context and
+# the parameters: JSON-shaped dicts.
+_Result = dict[str, Any]
+_Ctx = dict[str, Any]
+_Params = dict[str, Any]
+_Pairs = list[tuple[bytes, bytes]]
+
+
 class BenchError(Exception):
     """A store returned a wrong result during a workload."""
 
 
 # ----------------------------------------------------------------------------- process figures
 
-def _rusage():
+def _rusage() -> tuple[int, int]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_minflt, ru.ru_majflt
 
 
-def _rss():
+def _rss() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * PAGE
@@ -145,7 +156,7 @@ def _rss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_peak_rss():
+def _reset_peak_rss() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -153,7 +164,7 @@ def _reset_peak_rss():
         pass
 
 
-def _peak_rss():
+def _peak_rss() -> int:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -164,7 +175,7 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _file_figures(paths):
+def _file_figures(paths: Iterable[str]) -> tuple[int, int]:
     size = alloc = 0
     for p in paths:
         try:
@@ -184,7 +195,7 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 
 
-def _resident(paths):
+def _resident(paths: Iterable[str]) -> dict[str, int]:
     """{"pages": in the page cache, "of": in the files}: mincore(2) on a
     mapping of each file, made and dropped here and never touched, so the
     probe itself brings nothing in."""
@@ -215,7 +226,7 @@ def _resident(paths):
     return {"pages": res, "of": total}
 
 
-def _read_bytes():
+def _read_bytes() -> Optional[int]:
     """Bytes this process made the kernel read from storage (None off Linux)."""
     try:
         with open("/proc/self/io") as f:
@@ -227,7 +238,7 @@ def _read_bytes():
     return None
 
 
-def _fs_type(path):
+def _fs_type(path: str) -> str:
     path = os.path.realpath(path)
     best, fstype = "", "unknown"
     try:
@@ -244,7 +255,7 @@ def _fs_type(path):
     return fstype
 
 
-def _pct(sorted_vals, q):
+def _pct(sorted_vals: list[int], q: float) -> Optional[int]:
     if not sorted_vals:
         return None
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
@@ -256,34 +267,47 @@ class Store:
     """One store in its own directory; ``open(sync)`` creates it if missing."""
 
     kind = "?"
+    # What each store provides.
+    open: Callable[[bool], None]
+    close: Callable[[], None]
+    files: Callable[[], list[str]]
+    load: Callable[[_Pairs], None]
+    txn: Callable[[_Pairs], None]
+    delete_all: Callable[[list[bytes]], None]
+    get_all: Callable[[list[bytes]], int]
+    get_timed: Callable[[list[bytes], list[int]], int]
+    read_batch: Callable[[list[bytes]], None]
+    scan: Callable[[], int]
+    ranges: Callable[[list[tuple[bytes, bytes]], list[int]], int]
+    count: Callable[[], int]
 
-    def __init__(self, name, directory):
+    def __init__(self, name: str, directory: str) -> None:
         self.name = name
         self.dir = directory
-        self.sync = None
+        self.sync: Any = None    # True or False while open, None while closed
         os.makedirs(directory, exist_ok=True)
 
-    def ensure(self, sync):
+    def ensure(self, sync: bool) -> None:
         if self.sync is not sync:
             self.close()
             self.open(sync)
 
-    def reopen(self):
+    def reopen(self) -> None:
         sync = self.sync
         self.close()
         self.open(sync)
 
-    def syscalls(self):
+    def syscalls(self) -> Optional[dict[str, int]]:
         return None
 
-    def readahead(self):
+    def readahead(self) -> Optional[bool]:
         """Whether the kernel reads ahead of the store's page faults (None: it reads with pread)."""
         return None
 
-    def flush(self):
+    def flush(self) -> None:
         pass
 
-    def destroy(self):
+    def destroy(self) -> None:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir, exist_ok=True)
@@ -294,24 +318,29 @@ class TxnStore(Store):
     ``get``/``put``/``delete`` (kvmap and py-lmdb alike): ``reader()`` and
     ``writer()`` give them; the workloads' loops are shared."""
 
-    def load(self, pairs):
+    # Each store's read and write transactions, and its batch put into one.
+    reader: Callable[[], Any]
+    writer: Callable[[], Any]
+    put_batch: Callable[[Any, _Pairs], None]
+
+    def load(self, pairs: _Pairs) -> None:
         """A bulk load: one transaction, the store's batch call."""
         with self.writer() as t:
             self.put_batch(t, pairs)
 
-    def txn(self, pairs):
+    def txn(self, pairs: _Pairs) -> None:
         """A small transaction: one put() per pair."""
         with self.writer() as t:
             put = t.put
             for k, v in pairs:
                 put(k, v)
 
-    def delete_all(self, keys):
+    def delete_all(self, keys: list[bytes]) -> None:
         with self.writer() as t:
             for k in keys:
                 t.delete(k)
 
-    def get_all(self, keys):
+    def get_all(self, keys: list[bytes]) -> int:
         found = 0
         with self.reader() as t:
             get = t.get
@@ -320,7 +349,7 @@ class TxnStore(Store):
                     found += 1
         return found
 
-    def get_timed(self, keys, lat):
+    def get_timed(self, keys: list[bytes], lat: list[int]) -> int:
         found = 0
         clock = time.perf_counter_ns
         with self.reader() as t:
@@ -333,7 +362,7 @@ class TxnStore(Store):
                     found += 1
         return found
 
-    def read_batch(self, keys):
+    def read_batch(self, keys: list[bytes]) -> None:
         with self.reader() as t:
             get = t.get
             for k in keys:
@@ -343,48 +372,48 @@ class TxnStore(Store):
 class KvmapStore(TxnStore):
     kind = "kvmap"
 
-    def __init__(self, name, directory):
+    def __init__(self, name: str, directory: str) -> None:
         super().__init__(name, directory)
         self.kw = BACKENDS[name]
         self.path = os.path.join(directory, "db.kvmap")
-        self.db = None
+        self.db: Any = None      # the open kvmap.Database, or None
 
-    def open(self, sync):
+    def open(self, sync: bool) -> None:
         self.db = kvmap.open(self.path, sync=sync, **self.kw)
         self.sync = sync
 
-    def close(self):
+    def close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None
         self.sync = None
 
-    def files(self):
+    def files(self) -> list[str]:
         return [self.path]
 
-    def syscalls(self):
+    def syscalls(self) -> dict[str, int]:
         return dict(self.db.stats()["syscalls"])
 
-    def readahead(self):
-        return self.db.readahead
+    def readahead(self) -> Optional[bool]:
+        return self.db.readahead  # type: ignore[no-any-return]
 
-    def reader(self):
-        return self.db.snapshot()
+    def reader(self) -> kvmap.Snapshot:
+        return self.db.snapshot()  # type: ignore[no-any-return]
 
-    def writer(self):
-        return self.db.transaction()
+    def writer(self) -> kvmap.Transaction:
+        return self.db.transaction()  # type: ignore[no-any-return]
 
     @staticmethod
-    def put_batch(t, pairs):
+    def put_batch(t: kvmap.Transaction, pairs: _Pairs) -> None:
         t.update(pairs)
 
-    def scan(self):
+    def scan(self) -> int:
         n = 0
         for _ in self.db.items():
             n += 1
         return n
 
-    def ranges(self, bounds, lat):
+    def ranges(self, bounds: list[tuple[bytes, bytes]], lat: list[int]) -> int:
         items = 0
         clock = time.perf_counter_ns
         with self.reader() as s:
@@ -396,54 +425,54 @@ class KvmapStore(TxnStore):
                 lat.append(clock() - t0)
         return items
 
-    def count(self):
+    def count(self) -> int:
         return len(self.db)
 
 
 class LmdbStore(TxnStore):
     kind = "lmdb"
 
-    def __init__(self, name, directory):
+    def __init__(self, name: str, directory: str) -> None:
         super().__init__(name, directory)
         import lmdb
         self.lmdb = lmdb
-        self.env = None
+        self.env: Any = None     # the open lmdb.Environment, or None
 
-    def open(self, sync):
+    def open(self, sync: bool) -> None:
         self.env = self.lmdb.open(self.dir, map_size=LMDB_MAP_SIZE, sync=sync, metasync=sync,
                                   max_readers=126)
         self.sync = sync
 
-    def close(self):
+    def close(self) -> None:
         if self.env is not None:
             self.env.close()
             self.env = None
         self.sync = None
 
-    def files(self):
+    def files(self) -> list[str]:
         return [os.path.join(self.dir, "data.mdb")]
 
-    def readahead(self):
-        return self.env.flags()["readahead"]
+    def readahead(self) -> Optional[bool]:
+        return self.env.flags()["readahead"]  # type: ignore[no-any-return]
 
-    def reader(self):
+    def reader(self) -> Any:
         return self.env.begin()
 
-    def writer(self):
+    def writer(self) -> Any:
         return self.env.begin(write=True)
 
     @staticmethod
-    def put_batch(t, pairs):
+    def put_batch(t: Any, pairs: _Pairs) -> None:
         t.cursor().putmulti(pairs)
 
-    def scan(self):
+    def scan(self) -> int:
         n = 0
         with self.reader() as t:
             for _ in t.cursor():
                 n += 1
         return n
 
-    def ranges(self, bounds, lat):
+    def ranges(self, bounds: list[tuple[bytes, bytes]], lat: list[int]) -> int:
         items = 0
         clock = time.perf_counter_ns
         with self.reader() as t:
@@ -458,43 +487,43 @@ class LmdbStore(TxnStore):
                 lat.append(clock() - t0)
         return items
 
-    def count(self):
-        return self.env.stat()["entries"]
+    def count(self) -> int:
+        return self.env.stat()["entries"]  # type: ignore[no-any-return]
 
 
 class SqliteStore(Store):
     kind = "sqlite3"
     GET = "SELECT v FROM kv WHERE k = ?"
 
-    def __init__(self, name, directory):
+    def __init__(self, name: str, directory: str) -> None:
         super().__init__(name, directory)
         import sqlite3
         self.sqlite3 = sqlite3
         self.path = os.path.join(directory, "db.sqlite")
-        self.conn = None
+        self.conn: Any = None    # the open sqlite3.Connection, or None
         self.local = threading.local()
-        self.readers = []
+        self.readers: list[Any] = []
 
-    def _connect(self):
+    def _connect(self) -> Any:
         conn = self.sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA cache_size=-65536")
         return conn
 
-    def open(self, sync):
+    def open(self, sync: bool) -> None:
         self.conn = self._connect()
         self.conn.execute("PRAGMA synchronous=%s" % ("FULL" if sync else "OFF"))
         self.conn.execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
         self.sync = sync
 
-    def ensure(self, sync):
+    def ensure(self, sync: bool) -> None:
         if self.conn is None:
             self.open(sync)
         elif self.sync is not sync:
             self.conn.execute("PRAGMA synchronous=%s" % ("FULL" if sync else "OFF"))
             self.sync = sync
 
-    def close(self):
+    def close(self) -> None:
         for c in self.readers:
             c.close()
         self.readers = []
@@ -504,19 +533,19 @@ class SqliteStore(Store):
             self.conn = None
         self.sync = None
 
-    def flush(self):
+    def flush(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def files(self):
+    def files(self) -> list[str]:
         return [self.path, self.path + "-wal", self.path + "-shm"]
 
-    def load(self, pairs):
+    def load(self, pairs: _Pairs) -> None:
         c = self.conn
         c.execute("BEGIN")
         c.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", pairs)
         c.execute("COMMIT")
 
-    def _get_loop(self, conn, keys, lat=None):
+    def _get_loop(self, conn: Any, keys: list[bytes], lat: Optional[list[int]] = None) -> int:
         found = 0
         ex = conn.execute
         ex("BEGIN")
@@ -532,19 +561,19 @@ class SqliteStore(Store):
         ex("COMMIT")
         return found
 
-    def get_all(self, keys):
+    def get_all(self, keys: list[bytes]) -> int:
         return self._get_loop(self.conn, keys)
 
-    def get_timed(self, keys, lat):
+    def get_timed(self, keys: list[bytes], lat: list[int]) -> int:
         return self._get_loop(self.conn, keys, lat)
 
-    def scan(self):
+    def scan(self) -> int:
         n = 0
         for _ in self.conn.execute("SELECT k, v FROM kv ORDER BY k"):
             n += 1
         return n
 
-    def ranges(self, bounds, lat):
+    def ranges(self, bounds: list[tuple[bytes, bytes]], lat: list[int]) -> int:
         items = 0
         ex = self.conn.execute
         clock = time.perf_counter_ns
@@ -557,22 +586,22 @@ class SqliteStore(Store):
         ex("COMMIT")
         return items
 
-    def txn(self, pairs):
+    def txn(self, pairs: _Pairs) -> None:
         c = self.conn
         c.execute("BEGIN")
         c.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", pairs)
         c.execute("COMMIT")
 
-    def delete_all(self, keys):
+    def delete_all(self, keys: list[bytes]) -> None:
         c = self.conn
         c.execute("BEGIN")
         c.executemany("DELETE FROM kv WHERE k = ?", ((k,) for k in keys))
         c.execute("COMMIT")
 
-    def count(self):
-        return self.conn.execute("SELECT count(*) FROM kv").fetchone()[0]
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM kv").fetchone()[0])
 
-    def read_batch(self, keys):
+    def read_batch(self, keys: list[bytes]) -> None:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = self._connect()
@@ -580,7 +609,7 @@ class SqliteStore(Store):
         self._get_loop(conn, keys)
 
 
-def make_store(name, directory):
+def make_store(name: str, directory: str) -> Store:
     if name in BACKENDS:
         return KvmapStore(name, directory)
     if name == "lmdb":
@@ -593,10 +622,10 @@ def make_store(name, directory):
 # ----------------------------------------------------------------------------- data
 
 class Data:
-    def __init__(self, n, key_size, value_size, seed):
+    def __init__(self, n: int, key_size: int, value_size: int, seed: int) -> None:
         rng = random.Random(seed)
         seen = set()
-        keys = []
+        keys: list[bytes] = []
         while len(keys) < n:
             k = rng.randbytes(key_size)
             if k not in seen:
@@ -617,7 +646,7 @@ class Data:
 # Each workload function runs one repetition and returns
 #   {"ops": float, "seconds": float, "lat_ns": [..] or None, "extra": {...}}.
 
-def _ensure_loaded(store, data, ctx):
+def _ensure_loaded(store: Store, data: Data, ctx: _Ctx) -> None:
     """Open the shared loaded store (sync off), loading it untimed if needed."""
     store.ensure(False)
     if not ctx.get("loaded"):
@@ -625,7 +654,7 @@ def _ensure_loaded(store, data, ctx):
         ctx["loaded"] = True
 
 
-def w_bulk(store, data, ctx, p):
+def w_bulk(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     store.destroy()
     store.open(False)
     t0 = time.perf_counter()
@@ -638,7 +667,7 @@ def w_bulk(store, data, ctx, p):
     return {"ops": data.n, "seconds": dt}
 
 
-def w_get(store, data, ctx, p):
+def w_get(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     t0 = time.perf_counter()
     found = store.get_all(data.get_order)
@@ -648,7 +677,7 @@ def w_get(store, data, ctx, p):
     return {"ops": data.n, "seconds": dt}
 
 
-def _drop_cache(store):
+def _drop_cache(store: Store) -> dict[str, int]:
     """Evict the store's files from the page cache and reopen it; returns
     their resident pages once evicted, before the reopen."""
     store.flush()
@@ -669,13 +698,13 @@ def _drop_cache(store):
     return dropped
 
 
-def w_get_cold(store, data, ctx, p):
+def w_get_cold(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     rng = random.Random(data.seed + 2 + ctx["rep"])
     sample = rng.sample(data.keys, min(p["cold_sample"], data.n))
     dropped = _drop_cache(store)
     start = _resident(store.files())
-    lat = []
+    lat: list[int] = []
     rb0 = _read_bytes()
     t0 = time.perf_counter()
     found = store.get_timed(sample, lat)
@@ -685,11 +714,11 @@ def w_get_cold(store, data, ctx, p):
         raise BenchError(f"found {found} of {len(sample)} keys")
     return {"ops": len(sample), "seconds": dt, "lat_ns": lat,
             "extra": {"resident": {"dropped": dropped, "start": start, "end": _resident(store.files())},
-                      "read_mib": None if rb0 is None else round((rb1 - rb0) / MIB, 2),
+                      "read_mib": None if rb0 is None else round((rb1 - rb0) / MIB, 2),  # type: ignore[operator]
                       "readahead": store.readahead()}}
 
 
-def w_scan(store, data, ctx, p):
+def w_scan(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     t0 = time.perf_counter()
     n = store.scan()
@@ -699,7 +728,7 @@ def w_scan(store, data, ctx, p):
     return {"ops": n, "seconds": dt}
 
 
-def w_range(store, data, ctx, p):
+def w_range(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     rng = random.Random(data.seed + 3 + ctx["rep"])
     sk = data.sorted_keys
@@ -708,7 +737,7 @@ def w_range(store, data, ctx, p):
     for _ in range(p["range_queries"]):
         i = rng.randrange(0, data.n - span + 1)
         bounds.append((sk[i], sk[i + span - 1]))
-    lat = []
+    lat: list[int] = []
     t0 = time.perf_counter()
     items = store.ranges(bounds, lat)
     dt = time.perf_counter() - t0
@@ -717,7 +746,7 @@ def w_range(store, data, ctx, p):
     return {"ops": len(bounds), "seconds": dt, "lat_ns": lat, "extra": {"keys_per_query": span}}
 
 
-def _txn_workload(store, data, ctx, p, sync, count):
+def _txn_workload(store: Store, data: Data, ctx: _Ctx, p: _Params, sync: bool, count: int) -> _Result:
     _ensure_loaded(store, data, ctx)
     store.ensure(sync)
     rng = random.Random(data.seed + 4 + ctx["rep"] + (1000 if sync else 0))
@@ -734,9 +763,10 @@ def _txn_workload(store, data, ctx, p, sync, count):
         txn(c)
         lat.append(clock() - a)
     dt = time.perf_counter() - t0
-    extra = {"puts_per_txn": PUTS_PER_TXN, "sync": sync}
+    extra: dict[str, Any] = {"puts_per_txn": PUTS_PER_TXN, "sync": sync}
     if sc0 is not None:
         sc1 = store.syscalls()
+        assert sc1 is not None   # a store counts its calls or does not
         extra["fdatasync_per_commit"] = (sc1["fdatasync"] - sc0["fdatasync"]) / count
         extra["pwrite_per_commit"] = (sc1["pwrite"] - sc0["pwrite"]) / count
     # drop the added keys so later workloads see exactly the data set
@@ -745,15 +775,15 @@ def _txn_workload(store, data, ctx, p, sync, count):
     return {"ops": count, "seconds": dt, "lat_ns": lat, "extra": extra}
 
 
-def w_txn_nosync(store, data, ctx, p):
+def w_txn_nosync(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     return _txn_workload(store, data, ctx, p, False, p["txn_nosync"])
 
 
-def w_txn_sync(store, data, ctx, p):
+def w_txn_sync(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     return _txn_workload(store, data, ctx, p, True, p["txn_sync"])
 
 
-def w_mixed(store, data, ctx, p):
+def w_mixed(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     rng = random.Random(data.seed + 5 + ctx["rep"])
     commits = p["mixed_commits"]
@@ -763,7 +793,7 @@ def w_mixed(store, data, ctx, p):
     counts = [0] * MIXED_READERS
     errors = []
 
-    def reader(i):
+    def reader(i: int) -> None:
         r = random.Random(data.seed * 31 + i)
         keys = data.keys
         try:
@@ -804,11 +834,11 @@ def w_mixed(store, data, ctx, p):
                       "writer_commits_per_s": commits / dt if dt > 0 else 0.0}}
 
 
-def w_churn(store, data, ctx, p):
+def w_churn(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     store.flush()
 
-    def figures():
+    def figures() -> dict[str, int]:
         size, alloc = _file_figures(store.files())
         return {"file_size": size, "allocated": alloc, "rss": _rss()}
 
@@ -828,7 +858,7 @@ def w_churn(store, data, ctx, p):
             "extra": {"rounds": rounds, "before": before, "after": after}}
 
 
-def w_growth(store, data, ctx, p):
+def w_growth(store: KvmapStore, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     store.destroy()
     store.open(False)
     db = store.db
@@ -855,7 +885,7 @@ def w_growth(store, data, ctx, p):
     dt = time.perf_counter() - t0
     written = i
 
-    def read_all():
+    def read_all() -> int:
         gc.collect()
         f0, _ = _rusage()
         with db.snapshot() as s:
@@ -896,28 +926,30 @@ def w_growth(store, data, ctx, p):
                       "reread_minflt_per_mib": reread / written if written else None}}
 
 
-WORKLOAD_FUNCS = {"bulk": w_bulk, "get": w_get, "get_cold": w_get_cold, "scan": w_scan,
-                  "range": w_range, "mixed": w_mixed, "txn_nosync": w_txn_nosync,
-                  "txn_sync": w_txn_sync, "churn": w_churn, "growth": w_growth}
+# (Any: w_growth takes only a KvmapStore)
+WORKLOAD_FUNCS: dict[str, Callable[[Any, Data, _Ctx, _Params], _Result]] = {
+    "bulk": w_bulk, "get": w_get, "get_cold": w_get_cold, "scan": w_scan, "range": w_range,
+    "mixed": w_mixed, "txn_nosync": w_txn_nosync, "txn_sync": w_txn_sync, "churn": w_churn,
+    "growth": w_growth}
 
 
 # ----------------------------------------------------------------------------- runner
 
-def run_workload(store, workload, data, ctx, p):
+def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     fn = WORKLOAD_FUNCS[workload]
     rates, lat_all, faults, peaks, extra, syscalls = [], [], [], [], {}, None
     for rep in range(p["repeat"]):
         ctx["rep"] = rep
         _reset_peak_rss()
         sc0 = None
-        if store.kind == "kvmap":
+        if isinstance(store, KvmapStore):
             if store.db is None:
                 store.ensure(False)  # a handle to read the (process-wide) counters
             sc0 = store.syscalls()
         f0 = _rusage()
         r = fn(store, data, ctx, p)
         f1 = _rusage()
-        if store.kind == "kvmap" and store.db is not None:
+        if isinstance(store, KvmapStore) and store.db is not None:
             sc1 = store.syscalls()
             if sc0 is not None:
                 syscalls = {k: sc1[k] - sc0.get(k, 0) for k in sc1}
@@ -938,14 +970,14 @@ def run_workload(store, workload, data, ctx, p):
         "workload": workload, "store": store.name,
         "throughput": {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
                        "unit": UNITS[workload]},
-        "latency_us": ({"p50": _pct(lat_all, 0.50) / 1e3, "p99": _pct(lat_all, 0.99) / 1e3}
+        "latency_us": ({"p50": _pct(lat_all, 0.50) / 1e3, "p99": _pct(lat_all, 0.99) / 1e3}  # type: ignore[operator]
                        if lat_all else None),
         "faults": {"minor": faults[mid][0], "major": faults[mid][1]},
         "peak_rss": max(peaks), "file_size": size, "allocated": alloc, "extra": extra,
     }
 
 
-def _fmt_rate(x):
+def _fmt_rate(x: Optional[float]) -> str:
     if x is None:
         return "-"
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -954,16 +986,17 @@ def _fmt_rate(x):
     return f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
 
 
-def _fmt_bytes(x):
+def _fmt_bytes(x: Optional[int]) -> str:
     if x is None:
         return "-"
     return f"{x / MIB:.1f}M"
 
 
-def render_table(results, stores, workloads, kvmap_stores, peers):
+def render_table(results: list[_Result], stores: list[str], workloads: list[str], kvmap_stores: list[str],
+                 peers: list[str]) -> str:
     """The comparison table (rows workloads, columns stores, best kvmap marked '*')."""
     by = {(r["workload"], r["store"]): r for r in results}
-    rows = []
+    rows: list[tuple[str, str, Callable[[_Result], Optional[float]], str]] = []
     for w in workloads:
         rows.append((w, w, lambda r: r["throughput"]["median"] if r.get("throughput") else None,
                      UNITS[w]))
@@ -974,7 +1007,7 @@ def render_table(results, stores, workloads, kvmap_stores, peers):
     header = ["workload"] + list(stores) + [f"best kvmap / {p}" for p in peers]
     lines = []
     for label, w, get, unit in rows:
-        vals = {}
+        vals: dict[str, Any] = {}
         for s in stores:
             r = by.get((w, s))
             vals[s] = get(r) if r is not None else None
@@ -994,7 +1027,7 @@ def render_table(results, stores, workloads, kvmap_stores, peers):
         lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     out = []
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+    fmt: Callable[[list[str]], str] = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     out.append(fmt(header))
     out.append("  ".join("-" * w for w in widths))
@@ -1003,7 +1036,7 @@ def render_table(results, stores, workloads, kvmap_stores, peers):
     return "\n".join(out)
 
 
-def render_details(results):
+def render_details(results: list[_Result]) -> str:
     """Latency, growth and churn details (secondary table)."""
     out = []
     stores = list(dict.fromkeys(r["store"] for r in results))
@@ -1063,7 +1096,7 @@ def render_details(results):
     return "\n".join(out)
 
 
-def write_plot(path, results, stores, workloads):
+def write_plot(path: str, results: list[_Result], stores: list[str], workloads: list[str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1101,7 +1134,7 @@ def write_plot(path, results, stores, workloads):
     plt.close(fig)
 
 
-def machine_facts(directory):
+def machine_facts(directory: str) -> dict[str, Any]:
     facts = {"kernel": " ".join(platform.uname()[2:4]) if hasattr(platform, "uname") else "",
              "python": platform.python_version(), "filesystem": _fs_type(directory),
              "dir": os.path.realpath(directory), "page_size": PAGE, "cpu_count": os.cpu_count(),
@@ -1121,8 +1154,8 @@ def machine_facts(directory):
     return facts
 
 
-def _csv(choices, what):
-    def parse(text):
+def _csv(choices: list[str], what: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
         items = [x.strip() for x in text.split(",") if x.strip()]
         bad = [x for x in items if x not in choices]
         if bad:
@@ -1132,7 +1165,7 @@ def _csv(choices, what):
     return parse
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kvmap-bench",
         description="Benchmark kvmap's I/O backends and growth strategies on this machine, "
@@ -1160,9 +1193,9 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1:
         print("kvmap-bench: -n, --key-size, --repeat and --growth-mib must be positive", file=sys.stderr)
         return 2
