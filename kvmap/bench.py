@@ -1132,9 +1132,9 @@ def _csv(choices, what):
     return parse
 
 
-def build_parser():
+def build_parser(prog="kvmap-bench"):
     ap = argparse.ArgumentParser(
-        prog="kvmap-bench",
+        prog=prog,
         description="Benchmark kvmap's I/O backends and growth strategies on this machine, "
                     "optionally against py-lmdb and sqlite3.")
     ap.add_argument("--backends", type=_csv(list(BACKENDS), "backend"), default=DEFAULT_BACKENDS,
@@ -1160,8 +1160,8 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog="kvmap-bench"):
+    args = build_parser(prog).parse_args(argv)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1:
         print("kvmap-bench: -n, --key-size, --repeat and --growth-mib must be positive", file=sys.stderr)
