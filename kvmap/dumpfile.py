@@ -48,6 +48,7 @@ ORDER_FLAGS = ("reversekey", "integerkey")
 _NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")     # not printable, or the backslash
 _ESCAPED = tuple(b"\\\\" if b == 0x5C else bytes([b]) if 0x20 <= b <= 0x7E else b"\\%02x" % b
                  for b in range(256))
+_NOT_HEX = re.compile(rb"[^0-9A-Fa-f]")
 _ESCAPE_SEQ = re.compile(rb"\\(\\|[0-9A-Fa-f]{2})?")
 
 
@@ -111,7 +112,7 @@ def _unhex(text, line):
     try:
         return binascii.unhexlify(text)
     except (binascii.Error, ValueError):
-        what = "an odd number of" if len(text) % 2 else "characters other than"
+        what = "characters other than" if _NOT_HEX.search(text) else "an odd number of"
         raise DumpFormatError(line, f"{what} hex digits in a bytevalue line") from None
 
 
@@ -242,5 +243,5 @@ def _data(lines, max_key, decode, plaintext):
             raise DumpFormatError(n, f"a key of {len(key)} bytes: kvmap keys are 1 to {max_key} bytes")
         vline = lines.next()
         if vline is None or not (plaintext or vline.startswith(b" ")):
-            raise DumpFormatError(lines.number, "a key without a value line")
+            raise DumpFormatError(n, "a key without a value line")
         yield key, decode(vline if plaintext else vline[1:], lines.number)
