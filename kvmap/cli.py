@@ -265,16 +265,15 @@ def _cmd_dump(args, out):
             dest = out if args.file in (None, "-") else open(args.file, "wb")
             dest.write(dumpfile.header(args.print, st["map_size"], MAX_READERS, st["page_size"]))
             bar = _progress_bar()
-            chunk, n = [], 0
-            for k, v in snap.items():
-                chunk.append(dumpfile.record(k, v, args.print))
-                if len(chunk) == 1024:
-                    dest.write(b"".join(chunk))
-                    chunk = []
-                    n += 1024
-                    if bar:
-                        bar(n, total)
-            dest.write(b"".join(chunk))
+            items, n = iter(snap.items()), 0
+            while True:
+                chunk = list(islice(items, 1024))
+                if not chunk:
+                    break
+                dest.write(dumpfile.records(chunk, args.print))
+                n += len(chunk)
+                if bar:
+                    bar(n, total)
             dest.write(dumpfile.FOOTER)
             if bar:
                 bar.finish()

@@ -37,7 +37,7 @@ escapes.
 import binascii
 import re
 
-__all__ = ["DumpFormatError", "header", "FOOTER", "escape", "unescape", "record", "Reader"]
+__all__ = ["DumpFormatError", "header", "FOOTER", "escape", "unescape", "records", "Reader"]
 
 FOOTER = b"DATA=END\n"
 # Flags of an LMDB database that mdb_dump writes as "name=1".  Keys that are
@@ -46,10 +46,8 @@ DUPLICATE_FLAGS = ("duplicates", "dupsort", "dupfixed", "integerdup", "reversedu
 ORDER_FLAGS = ("reversekey", "integerkey")
 
 _NEEDS_ESCAPE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")     # not printable, or the backslash
-_ESCAPED = tuple(b"\\\\" if b == 0x5C else bytes([b]) if 0x20 <= b <= 0x7E else b"\\%02x" % b
-                 for b in range(256))
 _NOT_HEX = re.compile(rb"[^0-9A-Fa-f]")
-_ESCAPE_SEQ = re.compile(rb"\\(\\|[0-9A-Fa-f]{2})?")
+_FIELD_SEP = "\u0100"    # joins latin-1 text of fields: no byte decodes to it
 
 
 class DumpFormatError(ValueError):
@@ -85,27 +83,38 @@ def escape(data):
     """
     if _NEEDS_ESCAPE.search(data) is None:
         return data
-    return b"".join(map(_ESCAPED.__getitem__, data))
+    return _escape_text(data.decode("latin-1"))
+
+
+def _escape_text(text):
+    """Print format of ``text`` (bytes decoded as latin-1; fields joined by
+    _FIELD_SEP become lines), in C-speed passes: Python's unicode_escape
+    writes a backslash as ``\\\\``, tab, newline and return as ``\\t``,
+    ``\\n``, ``\\r``, other bytes outside 0x20-0x7e as ``\\xhh`` and the
+    separator as ``\\u0100``.  The doubled backslashes step aside as NUL
+    bytes (unicode_escape writes none) while the other escapes, now
+    unambiguous, are rewritten."""
+    return (text.encode("unicode_escape").replace(b"\\\\", b"\0").replace(b"\\u0100", b"\n ")
+            .replace(b"\\t", b"\\09").replace(b"\\n", b"\\0a").replace(b"\\r", b"\\0d")
+            .replace(b"\\x", b"\\").replace(b"\0", b"\\\\"))
 
 
 def unescape(text, line=0):
     """The bytes a print-format line (without its newline) stands for;
     DumpFormatError for a backslash not followed by a backslash or two hex
-    digits.
+    digits.  Each ``\\\\`` becomes ``\\x5c`` and every other backslash
+    ``\\x``, for unicode_escape to decode (and to refuse a bad escape).
 
     >>> unescape(b"a b\\\\\\\\c\\\\0a\\\\FF")
     b'a b\\\\c\\n\\xff'
     """
     if b"\\" not in text:
         return text
-    return _ESCAPE_SEQ.sub(lambda m: _sequence(m, line), text)
-
-
-def _sequence(match, line):
-    seq = match.group(1)
-    if seq is None:
-        raise DumpFormatError(line, "a backslash not followed by a backslash or two hex digits")
-    return b"\\" if seq == b"\\" else bytes((int(seq, 16),))
+    try:
+        hex_escapes = text.replace(b"\\\\", b"\\5c").replace(b"\\", b"\\x")
+        return hex_escapes.decode("unicode_escape").encode("latin-1")
+    except UnicodeDecodeError:
+        raise DumpFormatError(line, "a backslash not followed by a backslash or two hex digits") from None
 
 
 def _unhex(text, line):
@@ -116,11 +125,15 @@ def _unhex(text, line):
         raise DumpFormatError(line, f"{what} hex digits in a bytevalue line") from None
 
 
-def record(key, value, print_format):
-    """The two lines of one pair."""
+def records(pairs, print_format):
+    """The lines of ``pairs`` (a list of (key, value)), as one bytes."""
+    if not pairs:
+        return b""
     if print_format:
-        return b" " + escape(key) + b"\n " + escape(value) + b"\n"
-    return b" " + binascii.hexlify(key) + b"\n " + binascii.hexlify(value) + b"\n"
+        text = _FIELD_SEP.join([f.decode("latin-1") for kv in pairs for f in kv])
+        return b" " + _escape_text(text) + b"\n"
+    hexlify = binascii.hexlify
+    return b"".join([b" " + hexlify(k) + b"\n " + hexlify(v) + b"\n" for k, v in pairs])
 
 
 class _Lines:
