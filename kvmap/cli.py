@@ -17,8 +17,8 @@ Exit status (``EXIT_*`` below): 0 done; 1 the key is not there (get,
 delete); 2 nothing done: a usage error, bad hex or base64, a missing or
 unreadable file, not a kvmap file, a file another handle has open for
 writing, bad dump input, or an operating-system failure; 3 the database is
-damaged (``CorruptionError``: run ``kvmap check PATH``).  check and bench
-exit with their own statuses.
+damaged (``CorruptionError``: run ``kvmap check PATH``); 130 interrupted.
+check and bench exit with their own statuses.
 """
 
 import argparse
@@ -57,6 +57,7 @@ exit status:
      kvmap file, open for writing by another handle, bad dump input (load: the
      pairs it reports loaded stay), or an operating-system error
   3  the database is damaged (run: kvmap check PATH)
+  130  interrupted (Ctrl-C): a load keeps the steps it committed, a copy removes DEST
   check and bench exit with kvmap-check's and kvmap-bench's statuses
 """
 
@@ -231,17 +232,15 @@ def _cmd_scan(args, out):
         raise _Fail("--prefix cannot be combined with --start or --stop")
     if args.limit is not None and args.limit < 0:
         raise _Fail("--limit must be 0 or more")
-    bound = {name: None if getattr(args, name) is None else parse(getattr(args, name), args.codec,
-                                                                  "--" + name)
-             for name in ("start", "stop", "prefix")}
+    start, stop, prefix = (None if arg is None else parse(arg, args.codec, name) for name, arg in
+                           (("--start", args.start), ("--stop", args.stop), ("--prefix", args.prefix)))
     with _open(args.path, "r") as db, db.snapshot() as snap:
-        if bound["prefix"] is not None:
+        if prefix is not None:
             scan = snap.prefix if args.keys_only else snap.prefix_items
-            records = scan(bound["prefix"], reverse=args.reverse)
+            records = scan(prefix, reverse=args.reverse)
         else:
             scan = snap.irange if args.keys_only else snap.irange_items
-            records = scan(bound["start"], bound["stop"], inclusive=(True, args.inclusive),
-                           reverse=args.reverse)
+            records = scan(start, stop, inclusive=(True, args.inclusive), reverse=args.reverse)
         codec = args.codec
         if args.keys_only:
             lines = (render(k, codec) + b"\n" for k in islice(records, args.limit))
@@ -290,21 +289,26 @@ def _cmd_load(args, out):
     except OSError as e:
         raise _Fail(f"{name}: {e.strerror}") from None
     writer = None
+    new = not os.path.lexists(args.path)
     try:
         reader = dumpfile.Reader(src, plaintext=args.plaintext)
         # The header gives the page size of a new file (an existing one keeps its own).
         ps = int(reader.read_header().get("db_pagesize", 0))
-        page_size = ps if ps in PAGE_SIZES and not os.path.lexists(args.path) else None
         total = _input_size(src)
         bar = _progress_bar() if total else None
-        with _open(args.path, "c", page_size=page_size, sync=False) as db:
+        with _open(args.path, "c", page_size=ps if new and ps in PAGE_SIZES else None, sync=False) as db:
             writer = _Writer(db, bar and (lambda n: bar(src.tell(), total)))
             writer.write(reader.pairs(db.max_key_size))
         if bar:
             bar.finish()
-    except dumpfile.DumpFormatError as e:
+    except BaseException as e:
         done = writer.committed if writer else 0
-        raise _Fail(f"{name}: {e}" + (f"; the {done:,} pairs before it are loaded" if done else "")) from None
+        if new and not done and os.path.lexists(args.path):
+            os.unlink(args.path)     # nothing done: no empty database left behind
+        if isinstance(e, dumpfile.DumpFormatError):
+            loaded = f"; the {done:,} pairs before it are loaded" if done else ""
+            raise _Fail(f"{name}: {e}{loaded}") from None
+        raise
     finally:
         if src is not sys.stdin.buffer:
             src.close()
@@ -417,8 +421,8 @@ def build_parser():
                             "A logical copy: the pairs are written into a new database in key\n"
                             "order (in transactions of about 16 MiB), not the pages copied as\n"
                             "they are, so DEST is always compact (leaves filled in key order,\n"
-                            "next to no free pages) and --compact changes nothing.  The source stays readable\n"
-                            "meanwhile; a failed copy removes DEST.")
+                            "next to no free pages) and --compact changes nothing.  The\n"
+                            "source stays readable meanwhile; a failed copy removes DEST.")
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--compact", action="store_true",
                    help="accepted, as mdb_copy -c: every copy is compact")
@@ -448,6 +452,9 @@ def main(argv=None):
     except CorruptionError as e:
         print(f"{what}: {e} (the file is damaged: run kvmap check {args.path})", file=sys.stderr)
         return EXIT_DAMAGED
+    except KeyboardInterrupt:
+        print(f"{what}: interrupted", file=sys.stderr)
+        return 128 + 2   # as a shell reports SIGINT
     except BrokenPipeError:   # the reader stopped reading (| head): it has what it wanted
         _silence_stdout()
         return EXIT_OK

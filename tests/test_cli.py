@@ -267,7 +267,7 @@ def test_load_refuses_bad_input(tmp_path, capsysbinary, text, message):
     code, out, err = run(capsysbinary, "load", tmp_path / "db.kv", "-f", tmp_path / "bad.txt")
     assert code == cli.EXIT_ERROR and out == b""
     assert err.startswith(f"kvmap load: {tmp_path / 'bad.txt'}: {message}"), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and not (tmp_path / "db.kv").exists()
 
 
 def test_load_error_says_what_was_loaded(tmp_path, capsysbinary, monkeypatch):
@@ -286,6 +286,12 @@ def test_load_notes_key_order_flags_and_uses_the_page_size(tmp_path, capsysbinar
     assert code == 0 and "had integerkey: kvmap orders its keys as bytes" in err
     with kvmap.open(str(tmp_path / "db.kv"), "r") as db:
         assert db.page_size == 8192 and dict(db.items()) == {b"\x01\x00\x00\x00": b"v"}
+
+
+def test_load_plaintext(tmp_path, capsysbinary):
+    (tmp_path / "plain.txt").write_bytes(b"alpha\\00\none\nbeta\n\\\\\n")
+    assert run(capsysbinary, "load", tmp_path / "db.kv", "-T", "-f", tmp_path / "plain.txt")[0] == 0
+    assert contents(tmp_path / "db.kv") == {b"alpha\x00": b"one", b"beta": b"\\"}
 
 
 def test_load_missing_input(tmp_path, capsysbinary):
