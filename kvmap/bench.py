@@ -1165,9 +1165,9 @@ def _csv(choices: list[str], what: str) -> Callable[[str], list[str]]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "kvmap-bench") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="kvmap-bench",
+        prog=prog,
         description="Benchmark kvmap's I/O backends and growth strategies on this machine, "
                     "optionally against py-lmdb and sqlite3.")
     ap.add_argument("--backends", type=_csv(list(BACKENDS), "backend"), default=DEFAULT_BACKENDS,
@@ -1193,8 +1193,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[list[str]] = None, prog: str = "kvmap-bench") -> int:
+    args = build_parser(prog).parse_args(argv)
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1:
         print("kvmap-bench: -n, --key-size, --repeat and --growth-mib must be positive", file=sys.stderr)

@@ -1754,9 +1754,9 @@ class _Bar:
             self.stream.flush()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
     ap = argparse.ArgumentParser(
-        prog="kvmap-check", description="Check the integrity of a kvmap database file.",
+        prog=prog, description="Check the integrity of a kvmap database file.",
         epilog="exit status: 0 sound; 1 damage found; 2 not checked: the file is unreadable, "
                "or open for writing by another process or handle (see --force), or a usage "
                "error; 3 (with --force) the file changed during the check: no verdict, re-run "
