@@ -21,6 +21,8 @@ damaged (``CorruptionError``: run ``kvmap check PATH``); 130 interrupted.
 check and bench exit with their own statuses.
 """
 
+from __future__ import annotations
+
 import argparse
 import base64
 import binascii
@@ -30,11 +32,31 @@ import re
 import stat
 import sys
 from itertools import islice
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Literal, Sequence
 
 import kvmap
 
 from . import dumpfile
 from .errors import CorruptionError, Error
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from typing_extensions import Unpack   # typing's from Python 3.11
+
+    from .checker import _Bar
+    from .db import Database, Stats
+
+    class _OpenOptions(TypedDict, total=False):
+        """The options of kvmap.open that commands pass through _open."""
+        page_size: int | None
+        sync: bool
+        max_readers: int
+
+    class _StatFigures(Stats):
+        """What stat prints: db.stats() and two figures of the handle."""
+        path: str
+        max_key_size: int
 
 __all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_ERROR", "EXIT_DAMAGED", "TXN_BYTES"]
 
@@ -65,7 +87,7 @@ exit status:
 class _Fail(Exception):
     """Ends a command with a message on stderr and an exit status."""
 
-    def __init__(self, message, code=EXIT_ERROR):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
@@ -77,7 +99,7 @@ class _Fail(Exception):
 _TEXT_ESCAPE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\udc80-\udcff]")
 
 
-def _text_escape(match):
+def _text_escape(match: re.Match[str]) -> str:
     c = match.group()
     if c == "\\":
         return "\\\\"
@@ -86,7 +108,7 @@ def _text_escape(match):
     return "".join(f"\\{b:02x}" for b in raw)
 
 
-def render(data, codec):
+def render(data: bytes, codec: str) -> bytes:
     """``data`` as get and scan print it: hex, base64, or text -- UTF-8 with
     control characters, the backslash and bytes that are not UTF-8 escaped as
     in mdb_dump's print format, so a record stays on one line.
@@ -103,7 +125,7 @@ def render(data, codec):
     return _TEXT_ESCAPE.sub(_text_escape, data.decode("utf-8", "surrogateescape")).encode("utf-8")
 
 
-def parse(arg, codec, what):
+def parse(arg: str, codec: str, what: str) -> bytes:
     """The bytes a command-line argument stands for."""
     if codec == "text":
         return arg.encode("utf-8", "surrogateescape")   # the bytes the shell passed
@@ -117,7 +139,7 @@ def parse(arg, codec, what):
 
 # ------------------------------------------------------------ helpers
 
-def _open(path, flag, **options):
+def _open(path: str, flag: Literal["r", "w", "c"], **options: Unpack[_OpenOptions]) -> Database:
     """kvmap.open, with a missing file said plainly.  Every page a command
     reads is checked against its checksum (a scan costs nothing measurable
     for it, README "Verifying reads"), so that dump and copy never pass on
@@ -127,7 +149,7 @@ def _open(path, flag, **options):
     return kvmap.open(path, flag, verify_checksums=True, **options)
 
 
-def _progress_bar():
+def _progress_bar() -> _Bar | None:
     """kvmap-check's progress bar on stderr, if stderr is a terminal."""
     from .checker import _Bar
     try:
@@ -140,10 +162,10 @@ class _Writer:
     """Puts pairs into ``db`` through ``put_many`` in transactions of about
     TXN_BYTES each; ``committed`` counts the pairs of the committed ones."""
 
-    def __init__(self, db, progress=None):
+    def __init__(self, db: Database, progress: Callable[[int], object] | None = None) -> None:
         self.db, self.progress, self.committed = db, progress, 0
 
-    def write(self, pairs):
+    def write(self, pairs: Iterable[tuple[bytes, bytes]]) -> int:
         it = iter(pairs)
         for first in it:
             count = [0]
@@ -152,7 +174,8 @@ class _Writer:
             self.committed += count[0]
         return self.committed
 
-    def _upto(self, pair, it, count):
+    def _upto(self, pair: tuple[bytes, bytes], it: Iterator[tuple[bytes, bytes]],
+              count: list[int]) -> Iterator[tuple[bytes, bytes]]:
         size = 0
         while True:
             yield pair
@@ -162,16 +185,17 @@ class _Writer:
             size += len(pair[0]) + len(pair[1])
             if size >= TXN_BYTES:
                 return
-            pair = next(it, None)
+            pair = next(it, None)  # type: ignore[assignment]   # None ends the loop here
             if pair is None:
                 return
 
 
 # ------------------------------------------------------------ commands
 
-def _cmd_stat(args, out):
+def _cmd_stat(args: argparse.Namespace, out: BinaryIO) -> int:
     with _open(args.path, "r") as db:
-        st = {"path": db.path, "max_key_size": db.max_key_size, **db.stats()}
+        st: _StatFigures = {"path": db.path,  # type: ignore[typeddict-item]   # a str: args.path is
+                            "max_key_size": db.max_key_size, **db.stats()}
     if args.json:
         out.write(json.dumps(st).encode() + b"\n")
         return EXIT_OK
@@ -192,14 +216,14 @@ def _cmd_stat(args, out):
     return EXIT_OK
 
 
-def _size(n):
+def _size(n: float) -> str:  # type: ignore[return]   # the GiB step returns
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
 
 
-def _cmd_get(args, out):
+def _cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
     key = parse(args.key, args.codec, "KEY")
     with _open(args.path, "r") as db:
         value = db.get(key)
@@ -209,7 +233,7 @@ def _cmd_get(args, out):
     return EXIT_OK
 
 
-def _cmd_put(args, out):
+def _cmd_put(args: argparse.Namespace, out: BinaryIO) -> int:
     key = parse(args.key, args.codec, "KEY")
     value = parse(args.value, args.codec, "VALUE")
     with _open(args.path, "c") as db:
@@ -217,7 +241,7 @@ def _cmd_put(args, out):
     return EXIT_OK
 
 
-def _cmd_delete(args, out):
+def _cmd_delete(args: argparse.Namespace, out: BinaryIO) -> int:
     key = parse(args.key, args.codec, "KEY")
     with _open(args.path, "w") as db:
         try:
@@ -227,7 +251,7 @@ def _cmd_delete(args, out):
     return EXIT_OK
 
 
-def _cmd_scan(args, out):
+def _cmd_scan(args: argparse.Namespace, out: BinaryIO) -> int:
     if args.prefix is not None and (args.start is not None or args.stop is not None):
         raise _Fail("--prefix cannot be combined with --start or --stop")
     if args.limit is not None and args.limit < 0:
@@ -236,8 +260,9 @@ def _cmd_scan(args, out):
                            (("--start", args.start), ("--stop", args.stop), ("--prefix", args.prefix)))
     with _open(args.path, "r") as db, db.snapshot() as snap:
         if prefix is not None:
-            scan = snap.prefix if args.keys_only else snap.prefix_items
-            records = scan(prefix, reverse=args.reverse)
+            scan: Callable[..., Iterator[bytes] | Iterator[tuple[bytes, bytes]]] = (
+                snap.prefix if args.keys_only else snap.prefix_items)
+            records: Iterator[Any] = scan(prefix, reverse=args.reverse)   # keys, or pairs: --keys-only
         else:
             scan = snap.irange if args.keys_only else snap.irange_items
             records = scan(start, stop, inclusive=(True, args.inclusive), reverse=args.reverse)
@@ -255,8 +280,8 @@ def _cmd_scan(args, out):
     return EXIT_OK
 
 
-def _cmd_dump(args, out):
-    dest = None
+def _cmd_dump(args: argparse.Namespace, out: BinaryIO) -> int:
+    dest: BinaryIO | None = None
     try:
         with _open(args.path, "r", max_readers=MAX_READERS) as db, db.snapshot() as snap:
             st = db.stats()
@@ -282,13 +307,13 @@ def _cmd_dump(args, out):
     return EXIT_OK
 
 
-def _cmd_load(args, out):
+def _cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
     name = "standard input" if args.file in (None, "-") else args.file
     try:
         src = sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")
     except OSError as e:
         raise _Fail(f"{name}: {e.strerror}") from None
-    writer = None
+    writer: _Writer | None = None
     new = not os.path.lexists(args.path)
     try:
         reader = dumpfile.Reader(src, plaintext=args.plaintext)
@@ -297,7 +322,8 @@ def _cmd_load(args, out):
         total = _input_size(src)
         bar = _progress_bar() if total else None
         with _open(args.path, "c", page_size=ps if new and ps in PAGE_SIZES else None, sync=False) as db:
-            writer = _Writer(db, bar and (lambda n: bar(src.tell(), total)))
+            # the ignore: bar is None or a _Bar (never false), and total is an int when bar is set
+            writer = _Writer(db, bar and (lambda n: bar(src.tell(), total)))  # type: ignore[arg-type]
             writer.write(reader.pairs(db.max_key_size))
         if bar:
             bar.finish()
@@ -320,7 +346,7 @@ def _cmd_load(args, out):
     return EXIT_OK
 
 
-def _input_size(f):
+def _input_size(f: BinaryIO) -> int | None:
     """Bytes of a regular input file, else None (a pipe: no progress bar)."""
     try:
         st = os.fstat(f.fileno())
@@ -329,7 +355,7 @@ def _input_size(f):
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _cmd_copy(args, out):
+def _cmd_copy(args: argparse.Namespace, out: BinaryIO) -> int:
     if os.path.lexists(args.dest):
         raise _Fail(f"{args.dest} already exists")
     with _open(args.path, "r") as src, src.snapshot() as snap:
@@ -338,7 +364,8 @@ def _cmd_copy(args, out):
         dst = kvmap.open(args.dest, "n", page_size=src.page_size, sync=False)
         try:
             with dst:
-                n = _Writer(dst, bar and (lambda n: bar(n, total))).write(snap.items())
+                # the ignore: bar is None or a _Bar, never false
+                n = _Writer(dst, bar and (lambda n: bar(n, total))).write(snap.items())  # type: ignore[arg-type]
         except BaseException:
             os.unlink(args.dest)    # no half copy left behind
             raise
@@ -348,12 +375,12 @@ def _cmd_copy(args, out):
     return EXIT_OK
 
 
-def _run_check(argv):
+def _run_check(argv: list[str]) -> int:
     from . import checker
     return checker.main(argv, prog="kvmap check")
 
 
-def _run_bench(argv):
+def _run_bench(argv: list[str]) -> int:
     from . import bench
     return bench.main(argv, prog="kvmap bench")
 
@@ -366,7 +393,7 @@ DELEGATED = {"check": (_run_check, "check a file's integrity: kvmap-check's argu
 
 # ------------------------------------------------------------ command line
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kvmap", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Look at, edit, dump, load and copy a kvmap database.",
@@ -381,7 +408,9 @@ def build_parser():
     g.add_argument("--base64", dest="codec", action="store_const", const="base64",
                    help="keys and values given and printed as base64")
 
-    def command(name, fn, help, parents=(), description=None):
+    def command(name: str, fn: Callable[[argparse.Namespace, BinaryIO], int], help: str,
+                parents: Sequence[argparse.ArgumentParser] = (),
+                description: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help, parents=list(parents),
                            epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(run=fn)
@@ -431,7 +460,7 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
         return DELEGATED[argv[0]][0](argv[1:])
@@ -443,7 +472,7 @@ def main(argv=None):
     what = f"kvmap {args.command}"
     out = sys.stdout.buffer
     try:
-        code = args.run(args, out)
+        code: int = args.run(args, out)
         out.flush()
         return code
     except _Fail as e:
@@ -466,7 +495,7 @@ def main(argv=None):
         return EXIT_ERROR
 
 
-def _silence_stdout():
+def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's flush at exit
     does not report the broken pipe again."""
     try:
@@ -477,7 +506,7 @@ def _silence_stdout():
         pass
 
 
-def _os_message(e):
+def _os_message(e: OSError) -> str:
     if e.strerror and e.filename:
         return f"{e.filename}: {e.strerror}"
     return str(e)

@@ -34,8 +34,11 @@ file holds one keyspace with one value per key.  ``plaintext`` reads what
 escapes.
 """
 
+from __future__ import annotations
+
 import binascii
 import re
+from typing import Callable, Iterable, Iterator, Literal, Sequence, overload
 
 __all__ = ["DumpFormatError", "header", "FOOTER", "escape", "unescape", "records", "Reader"]
 
@@ -53,12 +56,12 @@ _FIELD_SEP = "\u0100"    # joins latin-1 text of fields: no byte decodes to it
 class DumpFormatError(ValueError):
     """Input that is not a dump kvmap can load; ``line`` is its line number."""
 
-    def __init__(self, line, message):
+    def __init__(self, line: int, message: str) -> None:
         super().__init__(f"line {line}: {message}")
         self.line = line
 
 
-def header(print_format, map_size, max_readers, page_size):
+def header(print_format: bool, map_size: int, max_readers: int, page_size: int) -> bytes:
     """The header mdb_dump writes for an unnamed database without flags.
 
     >>> print(header(False, 1 << 20, 126, 4096).decode(), end="")
@@ -75,7 +78,7 @@ def header(print_format, map_size, max_readers, page_size):
             f"HEADER=END\n").encode("ascii")
 
 
-def escape(data):
+def escape(data: bytes) -> bytes:
     """``data`` in print format (mdb_dump.c's ``text()``).
 
     >>> escape(b"a b\\\\c\\n\\xff")
@@ -86,7 +89,7 @@ def escape(data):
     return _escape_text(data.decode("latin-1"))
 
 
-def _escape_text(text):
+def _escape_text(text: str) -> bytes:
     """Print format of ``text`` (bytes decoded as latin-1; fields joined by
     _FIELD_SEP become lines), in C-speed passes: Python's unicode_escape
     writes a backslash as ``\\\\``, tab, newline and return as ``\\t``,
@@ -99,7 +102,7 @@ def _escape_text(text):
             .replace(b"\\x", b"\\").replace(b"\0", b"\\\\"))
 
 
-def unescape(text, line=0):
+def unescape(text: bytes, line: int = 0) -> bytes:
     """The bytes a print-format line (without its newline) stands for;
     DumpFormatError for a backslash not followed by a backslash or two hex
     digits.  Each ``\\\\`` becomes ``\\x5c`` and every other backslash
@@ -117,7 +120,7 @@ def unescape(text, line=0):
         raise DumpFormatError(line, "a backslash not followed by a backslash or two hex digits") from None
 
 
-def _unhex(text, line):
+def _unhex(text: bytes, line: int) -> bytes:
     try:
         return binascii.unhexlify(text)
     except (binascii.Error, ValueError):
@@ -125,7 +128,7 @@ def _unhex(text, line):
         raise DumpFormatError(line, f"{what} hex digits in a bytevalue line") from None
 
 
-def records(pairs, print_format):
+def records(pairs: Sequence[tuple[bytes, bytes]], print_format: bool) -> bytes:
     """The lines of ``pairs`` (a list of (key, value)), as one bytes."""
     if not pairs:
         return b""
@@ -140,11 +143,11 @@ class _Lines:
     """The input's lines without their newline, counted; a last line with no
     newline is an error (mdb_load: "unexpected end of input")."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Iterable[bytes]) -> None:
         self._it = iter(stream)
         self.number = 0
 
-    def next(self):
+    def next(self) -> bytes | None:
         line = next(self._it, None)
         if line is None:
             return None
@@ -162,17 +165,17 @@ class Reader:
     read.  Problems raise DumpFormatError naming the line; the pairs before
     it have been yielded."""
 
-    def __init__(self, stream, plaintext=False):
+    def __init__(self, stream: Iterable[bytes], plaintext: bool = False) -> None:
         self._lines = _Lines(stream)
         self.plaintext = plaintext
-        self.headers = []
-        self._pending = None      # the first header, read and not yet followed by its data
+        self.headers: list[dict[str, str]] = []
+        self._pending: dict[str, str] | None = None      # the first header, read and not yet followed by its data
 
     @property
-    def line(self):
+    def line(self) -> int:
         return self._lines.number
 
-    def read_header(self):
+    def read_header(self) -> dict[str, str]:
         """The first section's header (an empty dict for plaintext input)."""
         if self.plaintext or self.headers:
             return self.headers[0] if self.headers else {}
@@ -180,12 +183,12 @@ class Reader:
         self.headers.append(self._pending)
         return self._pending
 
-    def pairs(self, max_key):
+    def pairs(self, max_key: int) -> Iterator[tuple[bytes, bytes]]:
         """Yield every pair; keys must be 1 to ``max_key`` bytes."""
         if self.plaintext:
             yield from _data(self._lines, max_key, unescape, plaintext=True)
             return
-        hdr = self._pending if self._pending is not None else self.read_header()
+        hdr: dict[str, str] | None = self._pending if self._pending is not None else self.read_header()
         while hdr is not None:
             self._pending = None
             decode = unescape if hdr.get("format") == "print" else _unhex
@@ -195,10 +198,15 @@ class Reader:
                 self.headers.append(hdr)
 
 
-def _read_header(lines, first):
+@overload
+def _read_header(lines: _Lines, first: Literal[True]) -> dict[str, str]: ...
+@overload
+def _read_header(lines: _Lines, first: Literal[False]) -> dict[str, str] | None: ...
+
+def _read_header(lines: _Lines, first: bool) -> dict[str, str] | None:
     """The next section's header as a dict, or None at the end of input
     after a section."""
-    hdr = {}
+    hdr: dict[str, str] = {}
     while True:
         line = lines.next()
         n = lines.number
@@ -233,7 +241,8 @@ def _read_header(lines, first):
         hdr[name] = value
 
 
-def _data(lines, max_key, decode, plaintext):
+def _data(lines: _Lines, max_key: int, decode: Callable[[bytes, int], bytes],
+          plaintext: bool) -> Iterator[tuple[bytes, bytes]]:
     """The pairs of one data section (up to DATA=END, or the end of a
     plaintext input)."""
     while True:
