@@ -44,6 +44,7 @@ _CODES: dict[int, type[Exception]] = {
     lib.KVM_READERS_FULL: errors.ReadersFullError,
     lib.KVM_INVALID: ValueError,
     lib.KVM_LOCKED: errors.LockedError,
+    lib.KVM_BUSY: errors.LockedError,
     lib.KVM_CLOSED: errors.ClosedError,
     lib.KVM_FORKED: errors.InheritedHandleError,
 }

@@ -23,15 +23,16 @@ file, open for writing by another handle, or usage error -- 3: with
     kvmap-check PATH [--json] [--quick] [--max-errors N] [--force] [--salvage OUT [--unverified OUT2]]
     python -m kvmap.checker ...          # the same
 
-A live writer (until multi-process access exists): a writable kvmap handle
-holds ``flock(LOCK_EX)`` on the file while it is open, and a check that reads
-the file while commits go on sees pages of several commits and would report
-damage that is not there.  So the check takes ``flock(LOCK_SH | LOCK_NB)``
-on its own descriptor and holds it until it ends (read-only handles hold
-LOCK_SH too and do not count; a writer cannot open the file meanwhile).  If
-a writer holds the file -- in another process or in this one: flock locks
-belong to the open file description, and the checker's is its own -- it
-raises :class:`CheckBusy` (exit 2) unless ``force=True`` / ``--force``.
+A live writer: a check that reads the file while commits go on sees pages of
+several commits and would report damage that is not there.  Every kvmap
+handle, in any process, registers in the lock file beside the database
+(``<path>-lock``, FORMAT.md §9), saying whether it was opened for writing.
+The check refuses a file that a live writable handle has open -- in another
+process or in this one -- with :class:`CheckBusy` (exit 2) unless
+``force=True`` / ``--force``; and it holds the lock file's writer lock while
+it reads, so no commit can land meanwhile (writers wait for it, as for
+another writer's transaction).  A forced check while a write transaction
+runs cannot take that lock and reads anyway.
 Always, forced or not, it compares the file size and the raw meta pages
 before and after its reads: if they differ, a commit landed meanwhile and
 the report says ``changed`` (``ok`` False, no problems listed; exit 3)
@@ -1181,11 +1182,12 @@ def _open(path: StrPath) -> int:
 
 # ---------------------------------------------------------------- a live writer
 #
-# Until multi-process access exists, a writable kvmap handle holds
-# flock(LOCK_EX) on the file for as long as it is open, read-only ones
-# LOCK_SH.  The checker takes LOCK_SH on its own open file description (so a
-# writable handle of this very process counts as a writer too) and holds it
-# for the whole check, which keeps writers from opening meanwhile.
+# The lock file (FORMAT.md §9; native/lock.c) lists the handles open on the
+# database, each with a byte of the file that it holds locked (fcntl OFD
+# locks) while it lives, and a flag saying it was opened for writing.  The
+# checker takes the writer lock (byte LOCK_BYTE_WRITER) on its own open of the
+# lock file, so no commit lands while it reads, and looks for a live
+# writable handle: one whose flag is set and whose byte it cannot lock.
 #
 # Whether or not it got the lock, it compares the file's "commit state"
 # before and after its reads: the size and the raw first 128 bytes of both
@@ -1206,33 +1208,76 @@ def _open(path: StrPath) -> int:
 # truncation by anyone) changes the size, which is compared too.
 
 _META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be
+LOCK_MAGIC = 0x31306B6C706D766B                      # native/format.h: the lock file
+LOCK_HANDLES = 1024
+LOCK_BYTE_WRITER = 1
+LOCK_BYTE_HANDLE = 2
+LOCK_OFF_MAGIC = 0
+LOCK_OFF_WRITABLE = 4248
 
 
-def _lock(fd: int, path: StrPath, force: bool) -> tuple[bool, Optional[str]]:
-    """Take LOCK_SH on ``fd`` without waiting.  Returns (live_writer, note):
-    live_writer is True when a writer holds the file (only with ``force``;
-    otherwise :class:`CheckBusy` is raised); note says why no lock could be
-    taken at all (a file system without flock), else None."""
+def _byte_lock(fd: int, at: int, kind: int = fcntl.F_WRLCK) -> bool:
+    """An fcntl OFD lock of byte ``at`` without waiting; False if another
+    open file description holds it."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False, None
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", kind, os.SEEK_SET, at, 1, 0))
+        return True
     except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False, (f"the file could not be locked ({e.strerror or e}): a writer would "
-                           f"go unseen, but a commit during the check would still be detected")
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _live_writable(lfd: int) -> bool:
+    """Whether a live handle opened for writing is registered in the lock
+    file: its flag set, its byte held (we cannot lock it)."""
+    head = os.pread(lfd, 8, LOCK_OFF_MAGIC)
+    if len(head) < 8 or struct.unpack("<Q", head)[0] != LOCK_MAGIC:
+        return False
+    flags = os.pread(lfd, LOCK_HANDLES, LOCK_OFF_WRITABLE)
+    for h, writable in enumerate(flags):
+        if writable:
+            if not _byte_lock(lfd, LOCK_BYTE_HANDLE + h):
+                return True
+            _byte_lock(lfd, LOCK_BYTE_HANDLE + h, fcntl.F_UNLCK)
+    return False
+
+
+def _lock(path: StrPath, force: bool) -> tuple[Optional[int], bool, Optional[str]]:
+    """Hold the database's writer lock, and refuse a live writer.  Returns
+    (lock_fd, live_writer, note): lock_fd holds the writer lock (None when
+    it could not be taken); live_writer is True when a writable handle is open
+    (only with ``force``; otherwise :class:`CheckBusy` is raised); note says
+    why nothing could be locked."""
+    try:   # made if missing beside a kvmap file (as a handle would), so a handle opened meanwhile waits too
+        with open(path, "rb") as f:
+            create = os.O_CREAT if f.read(len(MAGIC)) == MAGIC else 0
+        mode = os.stat(path).st_mode & 0o666
+        lfd = os.open(os.fspath(path) + "-lock", os.O_RDWR | create | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        return None, False, None
+    except OSError as e:
+        return None, False, (f"the lock file could not be opened ({e.strerror or e}): a writer would "
+                             f"go unseen, but a commit during the check would still be detected")
+    try:
+        held = _byte_lock(lfd, LOCK_BYTE_WRITER)
+        live = not held or _live_writable(lfd)
+    except OSError as e:
+        os.close(lfd)
+        return None, False, (f"the lock file could not be locked ({e.strerror or e}): a writer would "
+                             f"go unseen, but a commit during the check would still be detected")
+    if not live:
+        return lfd, False, None
     if force:
-        return True, None
+        if held:
+            return lfd, True, None
+        os.close(lfd)
+        return None, True, None
+    os.close(lfd)
     raise CheckBusy(f"{path} is open for writing by another process (or by another handle of "
-                    f"this one): a check now would read pages of several commits and report "
+                    f"this one): a check now could read pages of several commits and report "
                     f"damage that is not there; close the writer, or check anyway with "
                     f"force=True (kvmap-check --force)")
-
-
-def _unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except OSError:
-        pass
 
 
 def _commit_state(fd: int, slots: Optional[tuple[int, ...]] = None) -> tuple[tuple[int, ...], tuple[object, ...]]:
@@ -1257,11 +1302,11 @@ class _Guard:
 
     def __init__(self, fd: int, path: StrPath, force: bool) -> None:
         self.fd = fd
-        self.live_writer, self.note = _lock(fd, path, force)
+        self.lock_fd, self.live_writer, self.note = _lock(path, force)
         try:
             self.slots, self.before = _commit_state(fd)
         except OSError as e:
-            _unlock(fd)
+            self.release()
             raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
 
     def changed(self) -> bool:
@@ -1284,7 +1329,10 @@ class _Guard:
         return rep
 
     def release(self) -> None:
-        _unlock(self.fd)
+        """Let writers commit again (closing the lock file drops the lock)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def check(path: StrPath, *, quick: bool = False, max_errors: int = 100,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, TypedDict, TypeVar, Union,
                     overload)
@@ -41,6 +42,8 @@ GROW_MIN = 1 << 20      # bytes the file grows by at least (read at open)
 GROW_MAX = 1 << 30      # and at most
 SYNC_BYTES = 64 << 20   # sync=False: flush after this many bytes (docs/ARCHITECTURE.md §2)
 SYNC_INTERVAL = None    # or at a commit this many seconds after the last flush (None: never)
+WRITER_POLL_MIN = 0.0002   # seconds between looks at another handle's writer lock, doubling
+WRITER_POLL_MAX = 0.005    # up to this
 
 
 # dbm's flags: (readonly, create, new)
@@ -390,11 +393,21 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
             raise ReadOnlyError(f"{os.fsdecode(self.path)}: database is open read-only")
         if self._writer == threading.get_ident():
             raise LockedError("this thread already holds the open write transaction: write through it")
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self._wlock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockedError(f"timed out after {timeout} s waiting for the write lock")
         try:
             out = ffi.new("kvm_txn **")
-            rc = lib.kvm_txn_begin(self._handle(), 1, out)
+            pause = WRITER_POLL_MIN
+            while (rc := lib.kvm_txn_begin(self._handle(), 1, out)) == lib.KVM_BUSY:
+                # Another handle (in this process or another) is writing: the
+                # writer lock is an fcntl lock, polled so that the wait has a
+                # timeout and lets other threads run.
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise LockedError(f"{os.fsdecode(self.path)}: timed out after {timeout} s waiting for another "
+                                      f"handle's write transaction")
+                time.sleep(pause)
+                pause = min(pause * 2, WRITER_POLL_MAX)
             if rc:
                 raise error_for(rc, self.path)
         except BaseException:

@@ -122,3 +122,34 @@ int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out)
     *out = dst;
     return 0;
 }
+
+/* Bring the cache up to state s (readers.c design note 3): drop the pages
+** that the commits after the last one the cache knows wrote, as their
+** records list them; everything when those records are gone (older than
+** s's floor), many, or unreadable -- an empty cache is always right. */
+#define FOLLOW_RECORDS_MAX 1024
+
+static void drop_page(kvm_env *e, uint64_t pg)
+{
+    int32_t s = cache_find(&e->cache, pg);
+    if (s >= 0)
+        cache_unlink(&e->cache, s);
+}
+
+void cache_follow(kvm_env *e, const kvm_state *s)
+{
+    kvm_cache *c = &e->cache;
+    pthread_mutex_lock(&e->cache_lock);
+    uint64_t known = e->cache_txnid;
+    if (s->txnid > known) {
+        if (known < s->floor || s->txnid - known > FOLLOW_RECORDS_MAX ||
+            records_written(e, s, known, drop_page)) {
+            for (uint32_t i = 0; i < c->nslots; i++)
+                c->pgno[i] = PGNO_NONE;
+            for (uint32_t i = 0; i < c->nbuckets; i++)
+                c->bucket[i] = -1;
+        }
+        e->cache_txnid = s->txnid;
+    }
+    pthread_mutex_unlock(&e->cache_lock);
+}

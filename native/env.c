@@ -10,12 +10,16 @@
 **     with env_enter/txn_enter: counted in flight, then refused once closing
 **     (a Dekker handshake with close, both sides sequentially consistent).
 **  2. A child after fork() sees a newer kvm_fork_gen: every call on an env
-**     opened before refuses (KVM_FORKED); closing it in the child releases
-**     only the child's descriptor and mapping, never the parent's flock.
-**  3. Open: a regular file only; one writable handle (flock LOCK_EX) or any
-**     number of read-only ones (LOCK_SH) per file; an empty file or a
-**     leftover of an interrupted creation is initialised (meta.c); a
-**     writable handle loads its free space (space.c, freelist.c).
+**     opened before refuses (KVM_FORKED); the child closes its copies of
+**     the lock file descriptors at once (lock.c), and closing the env in
+**     the child releases only its descriptor and mappings, never a lock.
+**  3. Open: a regular file only; any number of handles, writable or not,
+**     in any processes (the lock region, lock.c).  The first opener builds
+**     the region from the file: an empty file or a leftover of an
+**     interrupted creation is initialised, the newest commit verified
+**     (meta.c); later openers take the state the region holds.  A writable
+**     handle loads its free space when it first writes, and again whenever
+**     another handle committed since (txn.c, writer_follow).
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -100,7 +104,11 @@ int file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what
 uint64_t kvm_fork_gen;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
-static void fork_child(void) { __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST); }
+static void fork_child(void)
+{
+    __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST);
+    lock_forget_all();
+}
 static void fork_watch(void) { pthread_atfork(NULL, NULL, fork_child); }
 
 int env_forked(const kvm_env *e)
@@ -111,17 +119,26 @@ int env_forked(const kvm_env *e)
 /* Dekker with kvm_env_close: count this call in flight, then look at
 ** closing (both seq_cst), so a close either sees the call and waits for it,
 ** or the call sees the close and does not run. */
-int env_enter(kvm_env *e)
+int env_enter_quiet(kvm_env *e)
 {
     if (env_forked(e))
-        return kvm_err(KVM_FORKED, "%s: this handle was opened by the parent process before fork(); "
-                                   "open the database again in the child", e->path);
+        return 0;
     __atomic_add_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&e->closing, __ATOMIC_SEQ_CST)) {
         __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST);
-        return kvm_err(KVM_CLOSED, "database is closed");
+        return 0;
     }
-    return 0;
+    return 1;
+}
+
+int env_enter(kvm_env *e)
+{
+    if (env_enter_quiet(e))
+        return 0;
+    if (env_forked(e))
+        return kvm_err(KVM_FORKED, "%s: this handle was opened by the parent process before fork(); "
+                                   "open the database again in the child", e->path);
+    return kvm_err(KVM_CLOSED, "database is closed");
 }
 
 void env_leave(kvm_env *e) { __atomic_sub_fetch(&e->inflight, 1, __ATOMIC_SEQ_CST); }
@@ -146,13 +163,23 @@ int kvm_env_usable(kvm_env *e)
     return rc;
 }
 
-/* The free space of a writable handle, from the meta in use (whose
-** commits open verified: damage here is damage, never a power loss). */
-static int space_open(kvm_env *e)
+/* The free space of a writable handle, from the newest commit (which
+** open verified, or another handle made: damage here is damage, never a
+** power loss).  Under the writer lock. */
+int space_open(kvm_env *e)
 {
-    int rc = space_new(&e->space, e->psize, e->st.hwm);
+    space_free(e->space);
+    e->space = NULL;
+    kvm_state s;
+    state_load(e, &s);
+    int rc = space_new(&e->space, e->psize, s.hwm);
     if (!rc)
-        rc = freelist_load(e, e->space, &e->st);
+        rc = freelist_load(e, e->space, &s);
+    e->space_txnid = rc ? 0 : s.txnid;
+    if (rc) {
+        space_free(e->space);
+        e->space = NULL;
+    }
     return rc;
 }
 
@@ -170,20 +197,15 @@ void kvm_env_close(kvm_env *e)
     /* Commits made with sync=False become durable at close, and the newest
     ** meta is sealed (txn.c, env_seal).  Python's close calls kvm_env_sync
     ** first, to report a failure. */
-    if (!forked && e->space && e->fd >= 0 && !e->failed)
+    if (!forked && e->opened && !e->readonly && !e->failed)
         env_seal(e);
     if (e->base)
         kvm_sys.munmap(e->base, e->reserved);
     e->base = NULL;
-    if (e->fd >= 0) {
-        /* A mapping that failed to unmap (here, or the old one of a remap)
-        ** keeps the open file, and so its flock, alive: drop the lock
-        ** explicitly or the file stays locked until the process exits. */
-        if (!forked)
-            kvm_sys.flock(e->fd, LOCK_UN);
+    if (e->fd >= 0)
         kvm_sys.close(e->fd);
-    }
     e->fd = -1;
+    lock_close(e, forked);
     cache_free(&e->cache);
     e->closed = 1;
 }
@@ -195,8 +217,10 @@ static void env_free(kvm_env *e)
         pthread_rwlock_destroy(&e->map_lock);
         pthread_mutex_destroy(&e->cache_lock);
         pthread_mutex_destroy(&e->durable_lock);
+        pthread_mutex_destroy(&e->writer_mutex);
+        pthread_mutex_destroy(&e->follow_lock);
     }
-    free(e->readers);
+    lock_free(e);
     free(e->scratch);
     free(e->cells);
     space_free(e->space);
@@ -208,6 +232,40 @@ void kvm_env_release(kvm_env *e)
 {
     if (e && __atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0)
         env_free(e);
+}
+
+/* The first opener: the state from the file (created, or its newest
+** commit verified), into the region (lock.c). */
+static int build_region(kvm_env *e, const kvm_options *opt, uint32_t want)
+{
+    /* dbm's flag "n": whatever was there goes, but only once the lock says
+    ** no other handle has the file open. */
+    int rc = 0;
+    if ((opt->flags & KVM_OPEN_NEW) && !e->readonly && e->file_size) {
+        if (kvm_sys.ftruncate(e->fd, 0) != 0)
+            return kvm_err_sys(KVM_IO, errno, "truncating the file for a new database");
+        e->file_size = 0;
+    }
+    int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
+    if (e->file_size == 0) {
+        if (!may_init)
+            return kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", e->path);
+        rc = init_file(e, want ? want : KVM_MIN_PAGE);
+    } else if ((rc = load_meta(e, want)) != 0 && (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
+        /* A file that only an interrupted creation wrote holds nothing. */
+        uint32_t ps = 0;
+        int left = creation_leftover(e, want, &ps);
+        if (left < 0)
+            rc = left;
+        else if (left && may_init)
+            rc = init_file(e, ps);
+        else if (left)
+            rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
+                                     "to initialise it", e->path);
+    }
+    e->sh->psize = e->psize;
+    e->sh->last_flush_ns = now_ns();   /* the file as opened counts as flushed */
+    return rc;
 }
 
 int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
@@ -236,42 +294,30 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&e->cache_lock, NULL);
     pthread_mutex_init(&e->durable_lock, NULL);
+    pthread_mutex_init(&e->writer_mutex, NULL);
+    pthread_mutex_init(&e->follow_lock, NULL);
+    e->lock_fd = -1;
     e->sync_bytes = opt->sync_bytes ? opt->sync_bytes : 64ull << 20;
     e->sync_interval_ns = opt->sync_interval_ms * 1000000ull;
-    e->last_flush_ns = now_ns();   /* the file as opened counts as flushed */
     e->readonly = (opt->flags & KVM_OPEN_READONLY) != 0;
     e->backend = opt->backend;
     e->growth = opt->growth;
     e->writemap = opt->backend == KVM_BACKEND_MMAP && !e->readonly && (opt->flags & KVM_OPEN_WRITEMAP);
     e->random_reads = (opt->flags & KVM_OPEN_RANDOM) != 0;
-    e->nreaders = opt->max_readers ? opt->max_readers : 126;
-    e->readers = malloc(sizeof(uint64_t) * e->nreaders);
     e->path = strdup(path);
-    int rc = 0;
-    if (!e->readers || !e->path) {
+    int rc = 0, first = 0;
+    if (!e->path) {
         rc = kvm_err(KVM_NOMEM, "allocating the environment");
         goto fail;
     }
-    memset(e->readers, 0xff, sizeof(uint64_t) * e->nreaders);
     int oflags = e->readonly ? O_RDONLY : O_RDWR | ((opt->flags & KVM_OPEN_CREATE) ? O_CREAT : 0);
     e->fd = kvm_sys.open(path, oflags, (int)(opt->mode & 07777));
     if (e->fd < 0) {
         rc = kvm_err_sys(KVM_IO, errno, "opening the database file");
         goto fail;
     }
-    /* Until the lock file and shared reader table of multi-process support
-    ** exist: one writable handle, or any number of read-only ones, per file
-    ** (in this or any process).  A writer would otherwise reuse pages that
-    ** another handle's readers still reach. */
-    if (kvm_sys.flock(e->fd, (e->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
-        rc = errno == EWOULDBLOCK
-                 ? kvm_err(KVM_LOCKED, e->readonly ? "%s is open for writing by another handle"
-                                                   : "%s is already open in another handle", path)
-                 : kvm_err_sys(KVM_IO, errno, "locking the database file");
-        goto fail;
-    }
-    /* Size and kind under the lock (a writer may have grown the file): a
-    ** directory, device or FIFO is refused. */
+    /* A directory, device or FIFO is refused (before a lock file is made
+    ** beside it); the size is read again under the lock. */
     uint32_t mode;
     if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
         rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
@@ -287,36 +333,24 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
                                           : S_ISFIFO(mode) ? "FIFO" : S_ISSOCK(mode) ? "socket" : "special file");
         goto fail;
     }
-    /* dbm's flag "n": whatever was there goes, but only once the lock says
-    ** no other handle has the file open. */
-    if ((opt->flags & KVM_OPEN_NEW) && !e->readonly && e->file_size) {
-        if (kvm_sys.ftruncate(e->fd, 0) != 0) {
-            rc = kvm_err_sys(KVM_IO, errno, "truncating the file for a new database");
+    if ((rc = lock_open(e, opt->max_readers ? opt->max_readers : 126, opt->mode, &first)))
+        goto fail;
+    if (kvm_sys.fstat(e->fd, &e->file_size, NULL) != 0) {
+        rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
+        goto fail;
+    }
+    if (!first) {
+        /* The region holds the state: the file is built and in use. */
+        if (opt->flags & KVM_OPEN_NEW) {
+            rc = kvm_err(KVM_LOCKED, "%s is open in another handle: flag 'n' would empty it under it", path);
             goto fail;
         }
-        e->file_size = 0;
-    }
-    int may_init = !e->readonly && (opt->flags & KVM_OPEN_CREATE);
-    if (e->file_size == 0) {
-        if (!may_init) {
-            rc = kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", path);
+        e->psize = e->sh->psize;
+        if (want && want != e->psize) {
+            rc = kvm_err(KVM_FORMAT, "%s has %u-byte pages, not %u", path, e->psize, want);
             goto fail;
         }
-        rc = init_file(e, want ? want : KVM_MIN_PAGE);
-    } else if ((rc = load_meta(e, want)) != 0 &&
-               (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
-        /* A file that only an interrupted creation wrote holds nothing. */
-        uint32_t ps = 0;
-        int left = creation_leftover(e, want, &ps);
-        if (left < 0)
-            rc = left;
-        else if (left && may_init)
-            rc = init_file(e, ps);
-        else if (left)
-            rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
-                                     "to initialise it", path);
-    }
-    if (rc)
+    } else if ((rc = build_region(e, opt, want)))
         goto fail;
     e->file_size = e->file_size / e->psize * e->psize;
     e->max_cell = (e->psize - PH_SIZE) / 4;
@@ -325,13 +359,29 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
         rc = map_open(e, opt->map_size);
     else
         rc = cache_init(&e->cache, opt->cache_bytes / e->psize, e->psize);
-    /* A writable handle makes the state it opened durable before it builds
-    ** on it (after a crash, the newest commits may be in the page cache
-    ** only), so its first commit may take the other meta slot. */
-    if (!rc && !e->readonly && !(rc = space_open(e)))
-        rc = env_flush(e);
+    /* The state the first opener found may not be durable (after a crash,
+    ** the newest commits may be in the page cache only): the first write
+    ** transaction, in whichever handle, flushes it before building on it,
+    ** so its commit may take the other meta slot (txn.c, writer_follow). */
+    if (!rc && first)
+        e->sh->open_flush = e->sh->st.txnid > e->sh->durable;
+    /* A writable first opener does that now, and loads its free space, so
+    ** damage there is an error at open -- unless the writer lock is taken
+    ** (a kvmap-check in progress): then the first write does it. */
+    if (!rc && first && !e->readonly && !(rc = lock_writer(e, 0))) {
+        kvm_state s;
+        rc = writer_follow(e, &s);
+        unlock_writer(e);
+    } else if (rc == KVM_BUSY)
+        rc = 0;
+    if (!rc)
+        rc = lock_register(e);
+    if (!rc && first)
+        rc = lock_opened(e);
     if (rc)
         goto fail;
+    e->cache_txnid = e->sh->st.txnid;
+    e->opened = 1;
     *out = e;
     return 0;
 fail:
@@ -356,11 +406,11 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->free_count = e->space ? space_free_count(e->space) : s.free_count;
     st->pending_count = e->space ? e->space->pending_count : s.pending_count;
     st->floor = s.floor;
-    st->durable = __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE);
-    st->unsynced_bytes = e->unsynced_bytes;
+    st->durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
+    st->unsynced_bytes = e->sh->unsynced_bytes;
     st->depth = s.depth;
     st->page_size = e->psize;
-    st->meta_slot = e->meta_slot;
+    st->meta_slot = e->sh->meta_slot;
     st->meta_fallback = e->meta_fallback;
     st->meta_nosync = (s.flags & M_FLAGS_NOSYNC) != 0;
     st->failed = e->failed;

@@ -143,6 +143,21 @@
 #define R_WRITTEN_SIZE     12  /* u64 page, u32 checksum */
 #define R_RUN_SIZE         16  /* u64 start, u64 count; u64 range, u64 page */
 
+/* The lock file <path>-lock (FORMAT.md §9; lock.c): byte offsets of the
+** fields an independent reader (kvmap-check) looks at, the fcntl lock bytes,
+** and the reader slot's packing (txnid << 16 | handle). */
+#define LOCK_MAGIC         0x31306b6c706d766bull   /* "kvmplk01" */
+#define LOCK_HANDLES       1024
+#define LOCK_BYTE_OPEN     0
+#define LOCK_BYTE_WRITER   1
+#define LOCK_BYTE_HANDLE   2   /* + handle number */
+#define LOCK_OFF_MAGIC     0
+#define LOCK_OFF_NREADERS  12
+#define LOCK_OFF_TXNID     24  /* the newest commit's txnid (the state's first field) */
+#define LOCK_OFF_PID       152 /* u32 per handle */
+#define LOCK_OFF_WRITABLE  4248   /* u8 per handle: opened for writing */
+#define LOCK_OFF_READERS   5272   /* u64 per reader slot */
+
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */
 

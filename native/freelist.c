@@ -250,6 +250,27 @@ int records_verify(kvm_env *e, const kvm_state *s)
     return rc;
 }
 
+typedef struct written_walk {
+    void (*fn)(kvm_env *e, uint64_t pg);
+} written_walk;
+
+static int each_written(kvm_env *e, const kvm_state *s, kvm_record *r, void *ctx)
+{
+    (void)s;
+    const written_walk *w = ctx;
+    for (size_t i = 0; i < r->nwritten; i++)
+        w->fn(e, rd64(rec_written(r, i)));
+    return 0;
+}
+
+/* fn for every page the commits (stop, s->txnid] wrote, as their records
+** list them; those records must be live (stop >= s->floor). */
+int records_written(kvm_env *e, const kvm_state *s, uint64_t stop, void (*fn)(kvm_env *e, uint64_t pg))
+{
+    written_walk w = {fn};
+    return records_walk(e, s, stop, NULL, each_written, &w);
+}
+
 /* ------------------------------------------------------------------ load */
 
 /* Room for one more record set and pending set (freelist_adopt cannot fail). */
@@ -549,7 +570,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
         rc = sets_reserve(sp);   /* freelist_adopt cannot fail */
     /* which freed pages were written since the last flush (fresh: reusable
     ** early, space.h), and the early releases this record lists */
-    int current = sp->fresh_base == __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE);
+    int current = sp->fresh_base == __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->base = sp->fresh_base;
     for (size_t i = 0; i < pl.free_runs.n && !rc; i += 2) {
         if (current)

@@ -4,6 +4,7 @@
 **
 **   env.c       errors; lifetime (close, release, fork); open; stat, check
 **   meta.c      the meta pages, the choice of meta at open, creation
+**   lock.c      the lock region every handle shares, in any process
 **   readers.c   the seqlock-published committed state, the reader table
 **   map.c       the mapping and its growth; the growth policy
 **   cache.c     the page cache of the pread backend
@@ -37,6 +38,33 @@ typedef struct kvm_state {
     uint32_t depth, flags;
 } kvm_state;
 
+/* The lock region (lock.c; docs/FORMAT.md §9): the file <path>-lock,
+** mapped by every handle on the database in any process.  Its fields
+** other than the reader slots change only under the writer lock (or the
+** open lock's exclusive side, while the first opener builds it). */
+#define READER_FREE      UINT64_MAX              /* a reader slot: txnid << 16 | handle */
+#define READER_TXNID(v)  ((v) >> 16)
+#define READER_HANDLE(v) ((uint32_t)((v) & 0xffff))
+
+typedef struct kvm_shared {
+    uint64_t  magic;             /* written last by the first opener */
+    uint32_t  psize, nreaders;
+    uint64_t  seq;               /* sequence lock over st */
+    kvm_state st;                /* the newest commit */
+    /* durability (txn.c, FORMAT.md §7): the newest commit known on disk,
+    ** its meta slot (never overwritten until a newer commit is durable),
+    ** the slot of the newest commit's meta, and what was written since */
+    uint64_t  durable;
+    int32_t   durable_slot, meta_slot;
+    uint64_t  unsynced_bytes, last_flush_ns;
+    uint32_t  open_flush;        /* the state opened from the file may not be durable:
+                                 ** the first write transaction flushes before it builds on it */
+    uint32_t  unused;
+    uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
+    uint8_t   handle_writable[LOCK_HANDLES];   /* opened for writing (kvmap-check refuses them) */
+    uint64_t  readers[];         /* nreaders slots */
+} kvm_shared;
+
 /* Page cache of the pread backend: CLOCK replacement, chained hash. */
 typedef struct kvm_cache {
     uint32_t  nslots, nbuckets, hand;
@@ -56,6 +84,7 @@ struct kvm_env {
     uint32_t    inflight;        /* public calls running now (env_enter) */
     int         closing;         /* set once by kvm_env_close: refuse new calls */
     int         closed;          /* the file and mapping are released */
+    int         opened;          /* kvm_env_open succeeded: close flushes and seals */
     uint64_t    fork_gen;        /* kvm_fork_gen at open: a child sees a newer one */
     int         verify;          /* KVM_OPEN_VERIFY: check every page a read visits */
     int         fd;
@@ -73,21 +102,22 @@ struct kvm_env {
     pthread_mutex_t  cache_lock;
     pthread_mutex_t  durable_lock;   /* the meta slot choice and durability (txn.c) */
     kvm_cache   cache;
-    uint64_t    seq;             /* sequence lock over st */
-    kvm_state   st;
-    int         meta_slot;       /* the slot of the newest commit's meta */
+    uint64_t    cache_txnid;     /* pread: the cache holds no page changed by a commit up to this */
+    /* the lock region (lock.c): shared, or private to this handle when the
+    ** lock file cannot be opened (read-only, on read-only media) */
+    kvm_shared *sh;
+    size_t      sh_len;
+    int         sh_shared;       /* sh is the mapped lock file (else private memory) */
+    int         lock_fd;         /* -1: the region is private */
+    uint32_t    handle;          /* this handle's number in the region */
+    int         registered;      /* handle is this handle's (lock_register) */
+    pthread_mutex_t writer_mutex;   /* writer_depth; the writer lock is per handle */
+    int         writer_depth;    /* holds of the writer lock in this handle */
+    pthread_mutex_t follow_lock;    /* the mapping follows another process's growth */
     int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
-    /* durability (txn.c, FORMAT.md §7): the newest commit known on disk, its
-    ** meta slot (never overwritten until a newer commit is durable), and
-    ** what has been written since */
-    uint64_t    durable;
-    int         durable_slot;
-    uint64_t    unsynced_bytes;
+    uint64_t    space_txnid;     /* the commit the free space (space) was loaded at or made */
     uint64_t    sync_bytes;      /* flush once this much is unsynced */
     uint64_t    sync_interval_ns;   /* flush at a commit this long after the last flush */
-    uint64_t    last_flush_ns;
-    uint64_t   *readers;         /* snapshot txnid per slot, UINT64_MAX free */
-    uint32_t    nreaders;
     int         failed;          /* a sync failed: refuse writes until reopen */
     uint8_t    *scratch;         /* the writer's scratch pages (see kvm_txn) */
     void       *cells;
@@ -154,12 +184,25 @@ void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s);
 int init_file(kvm_env *e, uint32_t ps);
 int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
 int load_meta(kvm_env *e, uint32_t want_ps);
+/* env.c: the free space from the newest commit (writable handles) */
+int space_open(kvm_env *e);
+/* lock.c */
+int  lock_open(kvm_env *e, uint32_t nreaders, uint32_t mode, int *first);
+int  lock_opened(kvm_env *e);
+int  lock_register(kvm_env *e);
+void lock_close(kvm_env *e, int forked);
+void lock_free(kvm_env *e);
+int  lock_writer(kvm_env *e, int wait);   /* KVM_BUSY: another handle writes (not wait) */
+void unlock_writer(kvm_env *e);
+void lock_sweep(kvm_env *e);
+void lock_forget_all(void);               /* a child after fork(): close the lock descriptors */
 /* readers.c */
 void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);
 uint64_t env_oldest_reader(kvm_env *e);   /* the oldest snapshot's txnid; UINT64_MAX: none */
 /* map.c */
 int map_open(kvm_env *e, uint64_t map_size);
+int env_follow(kvm_env *e, const kvm_state *s);   /* up to a commit another handle may have made */
 int file_intact(kvm_env *e);
 void advise_free(kvm_env *e, const u64vec *runs);
 /* cache.c */
@@ -167,6 +210,7 @@ int cache_init(kvm_cache *c, uint64_t pages, uint32_t psize);
 void cache_free(kvm_cache *c);
 int32_t cache_find(kvm_cache *c, pgno_t pg);
 int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out);
+void cache_follow(kvm_env *e, const kvm_state *s);
 /* page.c */
 int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out);
 uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d);
@@ -183,6 +227,7 @@ int  kvm_err_sys(int code, int errnum, const char *what);
 ** must not run. */
 extern uint64_t kvm_fork_gen;
 int  env_enter(kvm_env *e);
+int  env_enter_quiet(kvm_env *e);   /* env_enter without an error message: 0 refused */
 void env_leave(kvm_env *e);
 int  txn_enter(kvm_txn *t);
 #define txn_leave(t) env_leave((t)->env)
@@ -194,6 +239,7 @@ int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys
                   const void *body, size_t len, uint8_t **out);
 int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
+int  writer_follow(kvm_env *e, kvm_state *s);      /* a writer up to the newest commit (txn.c) */
 int  env_seal(kvm_env *e);                         /* and the newest meta sealed durable (close) */
 
 /* page access for the B+tree (page.c) */

@@ -49,6 +49,7 @@ typedef struct kvm_cursor kvm_cursor;
 #define KVM_CLOSED       -15   /* the database is closed, or the snapshot/transaction ended */
 #define KVM_FORKED       -16   /* a handle inherited across fork(): it belongs to the parent */
 #define KVM_NOTREGULAR   -17   /* open: a directory, device or FIFO, not a regular file */
+#define KVM_BUSY         -18   /* a write transaction begin: another handle is writing */
 
 #define KVM_BACKEND_MMAP   0
 #define KVM_BACKEND_PREAD  1
@@ -180,7 +181,7 @@ void     kvm_page_checksums(const char *pages, size_t page_size, size_t count, u
 #define KVM_SYS_OPEN       0
 #define KVM_SYS_CLOSE      1
 #define KVM_SYS_FSTAT      2
-#define KVM_SYS_FLOCK      3
+#define KVM_SYS_LOCK       3   /* fcntl OFD byte locks of the lock file */
 #define KVM_SYS_PREAD      4
 #define KVM_SYS_PWRITE     5
 #define KVM_SYS_FDATASYNC  6

@@ -124,7 +124,7 @@ static int map_extend(kvm_env *e, uint64_t len)
             return kvm_err_sys(KVM_MAPFULL, en, "mapping the grown part of the file");
         }
         map_advise(e, at, len - e->map_len);
-        e->map_len = len;
+        __atomic_store_n(&e->map_len, len, __ATOMIC_RELEASE);   /* readers check pages against it */
         return 0;
     }
     pthread_rwlock_wrlock(&e->map_lock);
@@ -167,6 +167,36 @@ int file_intact(kvm_env *e)
     return 0;
 }
 
+/* Bring this handle up to state s, which another handle may have
+** committed (readers.c, lock.c): the file it needs (that handle may have
+** grown it) mapped, and, for the pread backend, no page in the cache that
+** a commit since the cache's last look changed. */
+int env_follow(kvm_env *e, const kvm_state *s)
+{
+    uint64_t need = s->hwm * e->psize;
+    int rc = 0;
+    if (need > __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE) ||
+        (e->backend == KVM_BACKEND_MMAP && need > __atomic_load_n(&e->map_len, __ATOMIC_ACQUIRE))) {
+        pthread_mutex_lock(&e->follow_lock);
+        uint64_t size;
+        if (kvm_sys.fstat(e->fd, &size, NULL) != 0)
+            rc = kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
+        else if ((size = size / e->psize * e->psize) < need)
+            rc = kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
+                         "needs %llu", e->path, (unsigned long long)size, (unsigned long long)need);
+        else {
+            if (e->backend == KVM_BACKEND_MMAP && size > e->map_len)
+                rc = map_extend(e, size);
+            if (!rc && size > e->file_size)
+                __atomic_store_n(&e->file_size, size, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&e->follow_lock);
+    }
+    if (!rc && e->backend == KVM_BACKEND_PREAD)
+        cache_follow(e, s);
+    return rc;
+}
+
 static int env_grow(kvm_env *e, uint64_t pages)
 {
     if (e->readonly)
@@ -186,15 +216,15 @@ static int env_grow(kvm_env *e, uint64_t pages)
         kvm_sys.ftruncate(e->fd, (off_t)e->file_size);   /* ext4 keeps what it got */
         return kvm_err_sys(space_code(rc), rc, "growing the database file");
     }
-    if (e->backend == KVM_BACKEND_MMAP) {
+    pthread_mutex_lock(&e->follow_lock);   /* a reader thread may be mapping what another handle grew */
+    if (e->backend == KVM_BACKEND_MMAP && len > e->map_len)
         rc = map_extend(e, len);
-        if (rc) {
-            kvm_sys.ftruncate(e->fd, (off_t)e->file_size);
-            return rc;
-        }
-    }
-    __atomic_store_n(&e->file_size, len, __ATOMIC_RELEASE);   /* file_intact reads it unlocked */
-    return 0;
+    if (rc)
+        kvm_sys.ftruncate(e->fd, (off_t)e->file_size);
+    else
+        __atomic_store_n(&e->file_size, len, __ATOMIC_RELEASE);   /* file_intact reads it unlocked */
+    pthread_mutex_unlock(&e->follow_lock);
+    return rc;
 }
 
 /* Grow the file to hold `pages` pages: a geometric step (half the file,

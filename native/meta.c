@@ -162,9 +162,9 @@ int init_file(kvm_env *e, uint32_t ps)
     s.txnid = s.durable = 1;
     e->psize = ps;
     e->file_size = 2ull * ps;
-    e->st = s;
-    e->meta_slot = e->durable_slot = 1;
-    e->durable = 1;
+    e->sh->st = s;
+    e->sh->meta_slot = e->sh->durable_slot = 1;
+    e->sh->durable = 1;
     return 0;
 }
 
@@ -331,13 +331,13 @@ int load_meta(kvm_env *e, uint32_t want_ps)
     if (last)
         return last;
     int use = fallback ? o : m;
-    e->st = s[use];
-    e->meta_slot = use;
+    e->sh->st = s[use];
+    e->sh->meta_slot = use;
     e->meta_fallback = fallback;
     /* what is known durable: the chosen commit if its meta says so (or it is
     ** the fallback), else the commit it names, in the other slot */
     int known = fallback || s[use].durable >= s[use].txnid;
-    e->durable = known ? s[use].txnid : s[use].durable;
-    e->durable_slot = known ? use : o;
+    e->sh->durable = known ? s[use].txnid : s[use].durable;
+    e->sh->durable_slot = known ? use : o;
     return 0;
 }

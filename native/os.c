@@ -116,10 +116,18 @@ static int os_fstat(int fd, uint64_t *size, uint32_t *mode)
         *mode = (uint32_t)st.st_mode;
     return 0;
 }
-static int os_flock(int fd, int op)
+static int os_lock(int fd, int op, off_t at)
 {
-    FAULT(KVM_SYS_FLOCK, -1);
-    return flock(fd, op);
+    FAULT(KVM_SYS_LOCK, -1);
+    struct flock fl = {.l_whence = SEEK_SET, .l_start = at, .l_len = 1};
+    fl.l_type = op == KVM_LK_UNLOCK ? F_UNLCK : op == KVM_LK_SHARED || op == KVM_LK_SHARED_WAIT ? F_RDLCK : F_WRLCK;
+    int cmd = op == KVM_LK_SHARED_WAIT || op == KVM_LK_EXCL_WAIT ? F_OFD_SETLKW : F_OFD_SETLK;
+    int rc;
+    while ((rc = fcntl(fd, cmd, &fl)) != 0 && errno == EINTR)
+        ;
+    if (rc != 0 && errno == EACCES)
+        errno = EAGAIN;
+    return rc;
 }
 static ssize_t os_pread(int fd, void *b, size_t n, off_t o)
 {
@@ -202,7 +210,7 @@ static int os_madvise(void *a, size_t l, int adv)
 }
 
 kvm_os kvm_sys = {
-    os_open, os_close, os_fstat, os_flock, os_pread, os_pwritev,
+    os_open, os_close, os_fstat, os_lock, os_pread, os_pwritev,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise,
 };

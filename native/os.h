@@ -16,7 +16,7 @@ typedef struct kvm_os {
     int     (*open)(const char *path, int flags, int mode);    /* O_CLOEXEC; never blocks on a FIFO */
     int     (*close)(int fd);
     int     (*fstat)(int fd, uint64_t *size, uint32_t *mode);   /* mode may be NULL */
-    int     (*flock)(int fd, int op);
+    int     (*lock)(int fd, int op, off_t at);   /* KVM_LK_*: an fcntl OFD lock of one byte */
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwritev)(int fd, const struct iovec *iov, int n, off_t off);   /* KVM_SYS_PWRITE */
     int     (*fdatasync)(int fd);
@@ -30,6 +30,15 @@ typedef struct kvm_os {
 } kvm_os;
 
 extern kvm_os kvm_sys;          /* the table in use */
+
+/* Operations of kvm_sys.lock on byte `at` (lock.c): take it shared or
+** exclusive (-1 with EAGAIN when another open file description holds it),
+** the same waiting until granted, or release it. */
+#define KVM_LK_SHARED      0
+#define KVM_LK_EXCL        1
+#define KVM_LK_SHARED_WAIT 2
+#define KVM_LK_EXCL_WAIT   3
+#define KVM_LK_UNLOCK      4
 
 /* Counters of calls made through the table (process-wide; for stats and
 ** kvmap-bench).  Fault injection (kvm_fault_set, kvmap.h) and its per-call

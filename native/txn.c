@@ -44,6 +44,8 @@ static int txn_end(kvm_txn *t)
         return 0;
     if (t->write && !t->committed && t->env->space)
         space_rollback(t->env->space);   /* the free pages it took go back */
+    if (t->write)
+        unlock_writer(t->env);
     snapshot_release(t->env, t);
     if (t->dirty)
         for (size_t i = 0; i < t->dcap; i++)
@@ -66,7 +68,7 @@ static int txn_end(kvm_txn *t)
 static int reclaim(kvm_env *e)
 {
     u64vec released = {0};
-    int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE), &released);
+    int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), &released);
     if (!rc && released.n)
         advise_free(e, &released);
     u64_free(&released);
@@ -89,7 +91,7 @@ static int make_room(kvm_env *e, uint64_t want)
     uint64_t free_now = space_free_count(sp);
     if (free_now >= want || sp->hwm + (want - free_now) <= e->file_size / e->psize)
         return 0;
-    uint64_t pending, records, durable = __atomic_load_n(&e->durable, __ATOMIC_ACQUIRE);
+    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     space_held(sp, durable, env_oldest_reader(e), &pending, &records);
     uint64_t held = pending + records, in_use = sp->hwm - free_now - sp->pending_count - records;
     if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
@@ -98,6 +100,25 @@ static int make_room(kvm_env *e, uint64_t want)
     if (!rc && !(rc = reclaim(e)))
         /* the records held are freed by the next flush: grow by the least */
         e->grow_lean = space_free_count(sp) < want;
+    return rc;
+}
+
+/* A write transaction begins where the newest commit is, whichever handle
+** made it (lock.c): the file as it is now (another handle may have grown
+** it), the free space loaded again when another handle committed since
+** this one's space was made, the pread cache without the pages changed
+** since, and the reader slots of dead handles cleared.  Under the writer
+** lock; *s: the newest commit. */
+int writer_follow(kvm_env *e, kvm_state *s)
+{
+    state_load(e, s);
+    int rc = env_follow(e, s);
+    if (!rc && e->sh->open_flush && !(rc = env_flush(e)))
+        e->sh->open_flush = 0;
+    if (!rc && (!e->space || e->space_txnid != s->txnid))
+        rc = space_open(e);
+    if (!rc)
+        lock_sweep(e);
     return rc;
 }
 
@@ -123,9 +144,17 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
             return rc;
         }
     } else {
-        kvm_state s;
-        state_load(e, &s);
+        if ((rc = lock_writer(e, 0))) {
+            free(t);
+            return rc;
+        }
         t->write = 1;
+        kvm_state s;
+        if ((rc = writer_follow(e, &s))) {
+            txn_end(t);
+            free(t);
+            return rc;
+        }
         t->txnid = s.txnid < 1 ? 2 : s.txnid + 1;   /* commits are 2, 3, ...: 0 and 1 are creation's */
         t->root = s.root;
         t->depth = s.depth;
@@ -358,10 +387,10 @@ static int flush(kvm_env *e, const char *what)
 ** newest meta's slot now holds the durable commit.  Under durable_lock. */
 static void now_durable(kvm_env *e, uint64_t txnid, int slot)
 {
-    __atomic_store_n(&e->durable, txnid, __ATOMIC_RELEASE);
-    e->durable_slot = slot;
-    e->unsynced_bytes = 0;
-    e->last_flush_ns = now_ns();
+    __atomic_store_n(&e->sh->durable, txnid, __ATOMIC_RELEASE);
+    e->sh->durable_slot = slot;
+    e->sh->unsynced_bytes = 0;
+    e->sh->last_flush_ns = now_ns();
 }
 
 /* Note the pages of a commit that is not durable as written since the last
@@ -375,7 +404,7 @@ static uint64_t fresh_pages(kvm_env *e, dirty_ent *const *order, size_t n)
     if (pages) {
         for (size_t i = 0; i < n; i++)
             pages[i] = order[i]->pgno;
-        if (space_written(e->space, e->durable, pages, n, &added))
+        if (space_written(e->space, e->sh->durable, pages, n, &added))
             added = n;
         free(pages);
     }
@@ -443,8 +472,8 @@ static int txn_commit(kvm_txn *t, int sync)
     ** commit; otherwise nothing waits for the disk. */
     uint64_t bytes = (ntree + 2) * (uint64_t)e->psize;
     int pages_first = bytes > 4 * e->sync_bytes;
-    int flushing = sync || pages_first || e->unsynced_bytes + bytes >= e->sync_bytes ||
-                   (e->sync_interval_ns && now_ns() - e->last_flush_ns >= e->sync_interval_ns);
+    int flushing = sync || pages_first || e->sh->unsynced_bytes + bytes >= e->sync_bytes ||
+                   (e->sync_interval_ns && now_ns() - e->sh->last_flush_ns >= e->sync_interval_ns);
     kvm_state s = {.txnid = t->txnid, .root = t->root, .entries = t->entries, .depth = t->depth,
                    .flags = flushing ? 0 : M_FLAGS_NOSYNC};
     int rc;
@@ -465,8 +494,8 @@ static int txn_commit(kvm_txn *t, int sync)
         /* The slot of the newest durable commit stays as it is until a newer
         ** commit is durable: it is what open falls back to. */
         pthread_mutex_lock(&e->durable_lock);
-        int slot = 1 - e->durable_slot;
-        s.durable = pages_first ? s.txnid : e->durable;
+        int slot = 1 - e->sh->durable_slot;
+        s.durable = pages_first ? s.txnid : e->sh->durable;
         rc = write_meta(e, &s, slot);
         if (!rc && flushing)
             rc = flush(e, "syncing the meta page (the handle refuses writes until reopened)");
@@ -474,8 +503,8 @@ static int txn_commit(kvm_txn *t, int sync)
             if (flushing)
                 now_durable(e, s.txnid, slot);
             else
-                e->unsynced_bytes += (uint64_t)(fresh_pages(e, order, n) + 1) * e->psize;
-            e->meta_slot = slot;
+                e->sh->unsynced_bytes += (uint64_t)(fresh_pages(e, order, n) + 1) * e->psize;
+            e->sh->meta_slot = slot;
         }
         pthread_mutex_unlock(&e->durable_lock);
     }
@@ -492,6 +521,11 @@ static int txn_commit(kvm_txn *t, int sync)
     if (rc)
         return rc;
     state_publish(e, &s);
+    e->space_txnid = s.txnid;
+    pthread_mutex_lock(&e->cache_lock);
+    if (e->cache_txnid == s.txnid - 1)   /* the cache has this commit's pages as written */
+        e->cache_txnid = s.txnid;
+    pthread_mutex_unlock(&e->cache_lock);
     freelist_adopt(e->space);
     space_begin(e->space);
     t->committed = 1;
@@ -501,34 +535,42 @@ static int txn_commit(kvm_txn *t, int sync)
 
 /* Make every commit so far durable (db.sync(), close): one fdatasync when
 ** some commit is not yet.  A failed sync fails the handle, as in a commit.
+** The durability state is shared by every handle (lock.c): changed under
+** the writer lock, waited for (wait), or else -- a close while another
+** handle writes -- only the fdatasync, leaving the marker to that handle.
 ** With seal, see env_seal. */
-static int env_durable(kvm_env *e, int seal)
+static int env_durable(kvm_env *e, int seal, int wait)
 {
     if (e->readonly)
         return 0;
     if (e->failed)
         return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+    int rc = lock_writer(e, wait);
+    if (rc == KVM_BUSY)
+        return flush(e, "syncing the database file (the handle refuses writes until reopened)");
+    if (rc)
+        return rc;
     pthread_mutex_lock(&e->durable_lock);
     kvm_state s;
     state_load(e, &s);
-    int rc = 0;
-    if (s.txnid > e->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
-        now_durable(e, s.txnid, e->meta_slot);
+    if (s.txnid > e->sh->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
+        now_durable(e, s.txnid, e->sh->meta_slot);
     if (!rc && seal && s.durable < s.txnid && s.txnid >= 2) {
-        int slot = 1 - e->meta_slot;
+        int slot = 1 - e->sh->meta_slot;
         s.durable = s.txnid;
         if (!(rc = write_meta(e, &s, slot)) && !(rc = flush(e, "syncing the meta page"))) {
             state_publish(e, &s);
-            e->meta_slot = e->durable_slot = slot;
+            e->sh->meta_slot = e->sh->durable_slot = slot;
         }
     }
     pthread_mutex_unlock(&e->durable_lock);
+    unlock_writer(e);
     return rc;
 }
 
 int env_flush(kvm_env *e)
 {
-    return env_durable(e, 0);
+    return env_durable(e, 0, 1);
 }
 
 /* At close: every commit durable, and then the newest commit's meta copied,
@@ -537,7 +579,7 @@ int env_flush(kvm_env *e)
 ** never taken for a power loss that rolls the commit back (FORMAT.md §7). */
 int env_seal(kvm_env *e)
 {
-    return env_durable(e, 1);
+    return env_durable(e, 1, 0);
 }
 
 /* A commit may run without the GIL (pyglue.h): claim the transaction while

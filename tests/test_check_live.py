@@ -2,11 +2,11 @@
 
 The checker reads the file with ``pread`` while the writer keeps committing,
 so without care it sees pages of several commits and reports damage that is
-not there.  Until multi-process access exists it detects the writer by its
-lock (a writable handle holds ``flock(LOCK_EX)``): the check refuses
-(``CheckBusy``, exit 2) unless forced, and a forced check that saw the file
-change says so (``changed``, exit 3) instead of listing problems.  It must
-never report damage on a sound file, whatever the writer does.
+not there.  It finds writable handles in the lock file (``<path>-lock``,
+FORMAT.md §9): the check refuses (``CheckBusy``, exit 2) unless forced, holds
+the writer lock while it reads (writers wait), and a forced check that saw
+the file change says so (``changed``, exit 3) instead of listing problems.
+It must never report damage on a sound file, whatever the writer does.
 
 The writer is a separate interpreter (``sys.executable -c``) driven through
 its stdin/stdout: either committing continuously until a stop file appears,
@@ -49,6 +49,7 @@ def commit():
                 del t[k]
 
 n = 0
+held = None                             # "hold": a transaction left open (the writer lock taken)
 print("READY", flush=True)
 if A["mode"] == "continuous":
     while not os.path.exists(A["stop"]):
@@ -57,9 +58,18 @@ if A["mode"] == "continuous":
 else:                                   # "driven": one command per stdin line
     for line in sys.stdin:
         cmd = line.split()
-        if cmd[0] == "commit":
+        if cmd[0] == "hold":
+            held = db.transaction()
+            for k in r.sample(keys, 60):
+                held[k] = r.randbytes(300)
+            print("HELD", flush=True)
+        elif cmd[0] == "commit":
             for _ in range(int(cmd[1])):
-                commit()
+                if held is not None:
+                    held.commit()
+                    held = None
+                else:
+                    commit()
                 n += 1
             print("COMMITTED", flush=True)
         elif cmd[0] == "quit":
@@ -71,7 +81,7 @@ print("CLOSED", n, entries, flush=True)
 
 
 class Writer:
-    """A writer process holding the database open (writable, so LOCK_EX)."""
+    """A writer process holding the database open for writing."""
 
     def __init__(self, path, mode, seed, stop=None):
         self.stop = stop
@@ -93,6 +103,13 @@ class Writer:
         self.p.stdin.write(f"commit {n}\n")
         self.p.stdin.flush()
         self.expect("COMMITTED")
+
+    def hold(self):
+        """Begin a transaction and leave it open: the writer lock is taken,
+        so a forced check cannot hold it off; the next commit ends it."""
+        self.p.stdin.write("hold\n")
+        self.p.stdin.flush()
+        self.expect("HELD")
 
     def close(self):
         """Stop the writer; returns (commits made, entries at close)."""
@@ -189,8 +206,9 @@ def test_live_writer_refused(db_path, writers, tmp_path):
 
 
 def test_writable_handle_in_this_process_is_a_writer(db_path):
-    """flock belongs to the open file description: the checker's own open is
-    a different one, so a writable handle of the checking process counts."""
+    """Locks belong to the open file description: the checker's own open of
+    the lock file is a different one, so a writable handle of the checking
+    process counts."""
     with kvmap.open(str(db_path)) as db:
         db[b"x"] = b"y"
         with pytest.raises(checker.CheckBusy, match="open for writing"):
@@ -244,11 +262,13 @@ def test_writer_stopped_file_checks_ok(db_path, writers, tmp_path):
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_commits_in_mid_check_give_changed_not_damage(db_path, writers, quick):
-    """Deterministic: the writer commits 300 transactions while the check is
-    in its tree walk (from the progress callback).  The pages the check has
+    """Deterministic: the writer, mid-transaction when the forced check
+    starts, commits it and 299 more while the check is in its tree walk
+    (from the progress callback).  The pages the check has
     yet to read are reused by then (the unguarded check reported 3,165
     problems here), yet the report lists none: the file changed."""
     w = writers(db_path, "driven", seed=4)
+    w.hold()                       # mid-transaction: the check cannot take the writer lock
     calls = []
 
     def progress(done, total):
@@ -268,6 +288,7 @@ def test_salvage_forced_while_changing(db_path, writers, tmp_path):
     """salvage is guarded the same way: a changed source gives no damage
     figures, only the warning; an idle writer's file is copied whole."""
     w = writers(db_path, "driven", seed=5)
+    w.hold()
     calls = []
 
     def progress(done, total):
@@ -287,17 +308,18 @@ def test_salvage_forced_while_changing(db_path, writers, tmp_path):
         assert dict(a.items()) == dict(b.items())
 
 
-def test_check_holds_a_shared_lock(db_path):
-    """While the check runs, no writer can open the file (the shared lock);
-    it is released when the check ends."""
+def test_check_holds_the_writer_lock(db_path):
+    """While the check runs, handles open and read, but no commit lands: a
+    write transaction waits for the check (its timeout gives LockedError);
+    the lock is released when the check ends."""
     seen = []
 
     def progress(done, total):
         if not seen:
-            with pytest.raises(kvmap.LockedError):
-                kvmap.open(str(db_path))
-            with kvmap.open(str(db_path), readonly=True) as ro:   # readers may
-                seen.append(len(ro))
+            with kvmap.open(str(db_path)) as db:
+                with pytest.raises(kvmap.LockedError, match="timed out"):
+                    db.transaction(timeout=0.2)
+                seen.append(len(db))
     assert checker.check(db_path, progress=progress).ok
     assert seen == [NKEYS]
     with kvmap.open(str(db_path)) as db:                          # released

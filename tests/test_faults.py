@@ -74,7 +74,7 @@ _no_sync = ffi.callback("int(int)", lambda fd: 0)
 lib.kvm_set_sync_hook(_no_sync)
 
 CALLS = {name: getattr(lib, "KVM_SYS_" + name) for name in (
-    "OPEN", "CLOSE", "FSTAT", "FLOCK", "PREAD", "PWRITE", "FDATASYNC", "FSYNC_DIR",
+    "OPEN", "CLOSE", "FSTAT", "LOCK", "PREAD", "PWRITE", "FDATASYNC", "FSYNC_DIR",
     "FALLOCATE", "FTRUNCATE", "MMAP", "MUNMAP", "MREMAP", "MADVISE")}
 NAMES = {v: k for k, v in CALLS.items()}
 # The errors each call can report (the ones that matter to the engine).
@@ -90,7 +90,7 @@ ERRORS = {
     "PREAD": ["EIO"],
     "FSTAT": ["EIO"],
     "OPEN": ["EACCES"],
-    "FLOCK": ["ENOLCK"],
+    "LOCK": ["ENOLCK"],
     "FSYNC_DIR": ["EIO"],
 }
 SEED = ARGS["seed"]
@@ -629,7 +629,7 @@ def test_open_error_loop(tmp_path, cfg):
     assert_child_ok(rc, stdout, stderr, "OPEN_LOOP_OK")
     data = json.loads(out.read_text())
     print(_report(data))
-    for call in ("OPEN", "FLOCK", "FSTAT", "PREAD"):
+    for call in ("OPEN", "LOCK", "FSTAT", "PREAD"):
         assert call in data["made"], (call, data["made"])
     for call in ("PWRITE", "FDATASYNC", "FSYNC_DIR"):
         assert call in data["made_new"], (call, data["made_new"])

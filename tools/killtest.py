@@ -35,7 +35,7 @@ Some writers also hold snapshots across commits (compared with the model when
 they are released) and run reader threads that iterate snapshots and make
 point reads while the writer commits ("with readers").  After some writer
 kills a second child reopens the crashed file read-write and is killed at its
-k-th open/flock/fstat/pread/mmap/madvise call, or (``sync=False``) at the
+k-th open/lock/fstat/pread/mmap/madvise call, or (``sync=False``) at the
 fdatasync with which a writable open makes the commits it found durable
 ("during reopen").
 
@@ -98,11 +98,11 @@ SYS = {name[8:].lower(): getattr(lib, name) for name in dir(lib)
        if name.startswith("KVM_SYS_") and name != "KVM_SYS_NCALLS"}
 GROWTH_CALLS = {"reserve": ("fallocate", "mmap"), "mremap": ("fallocate", "mremap"),
                 "remap": ("fallocate", "mmap", "munmap"), None: ("fallocate",)}
-CREATE_CALLS = ("open", "flock", "fstat", "fallocate", "pwrite", "fdatasync", "fsync_dir")
+CREATE_CALLS = ("open", "lock", "fstat", "fallocate", "pwrite", "fdatasync", "fsync_dir")
 HANG_SECONDS = 120          # a child silent this long is killed and reported
 YOUNG = 150                 # growth kills are drawn only below this txn count
 DEFAULT_RATE = {"pwrite": 25.0, "fdatasync": 1.0, "pread": 2.3, "madvise": 0.03}
-DEFAULT_OPEN = {"open": 1, "flock": 1, "fstat": 1, "pread": 11, "mmap": 2, "madvise": 1}
+DEFAULT_OPEN = {"open": 1, "lock": 1, "fstat": 1, "pread": 11, "mmap": 2, "madvise": 1}
 
 
 class Workload(crashkit.Workload):
