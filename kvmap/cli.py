@@ -15,8 +15,7 @@ load use the text format of LMDB's ``mdb_dump`` / ``mdb_load``
 
 Exit status (``EXIT_*`` below): 0 done; 1 the key is not there (get,
 delete); 2 nothing done: a usage error, bad hex or base64, a missing or
-unreadable file, not a kvmap file, a file another handle has open for
-writing, bad dump input, or an operating-system failure; 3 the database is
+unreadable file, not a kvmap file, bad dump input, or an operating-system failure; 3 the database is
 damaged (``CorruptionError``: run ``kvmap check PATH``); 130 interrupted.
 check and bench exit with their own statuses.
 """
@@ -76,7 +75,7 @@ exit status:
   0  done
   1  get, delete: the key is not there
   2  nothing done: usage error, bad hex/base64, missing or unreadable file, not a
-     kvmap file, open for writing by another handle, bad dump input (load: the
+     kvmap file, bad dump input (load: the
      pairs it reports loaded stay), or an operating-system error
   3  the database is damaged (run: kvmap check PATH)
   130  interrupted (Ctrl-C): a load keeps the steps it committed, a copy removes DEST
