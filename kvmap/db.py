@@ -258,12 +258,14 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         threads have in flight; afterwards every use of it, of its snapshots,
         iterators and of an open write transaction raises ClosedError (the
         transaction is aborted: nothing of it was written).  Commits made
-        with ``sync=False`` are flushed first; if that fails, the database is
-        closed all the same and IOFailure is raised."""
+        with ``sync=False`` are flushed first (without waiting for another
+        handle's write transaction: that handle then marks them durable); if
+        that fails, the database is closed all the same and IOFailure is
+        raised."""
         h = self._h
         if h is None:
             return
-        rc = 0 if self.readonly or self._forked() else lib.kvm_env_sync_released(h)
+        rc = 0 if self.readonly or self._forked() else lib.kvm_env_sync_released(h, 0)
         self._h = None
         lib.kvm_env_close_released(h)
         if rc and rc not in (lib.KVM_CLOSED, lib.KVM_FAILED):
@@ -459,7 +461,7 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         commits made later are under ``sync=False``'s promise again (README
         "Durability").  A failed sync raises IOFailure and, as in a commit,
         the handle then refuses writes until reopened.  A no-op read-only."""
-        rc = lib.kvm_env_sync_released(self._handle())
+        rc = lib.kvm_env_sync_released(self._handle(), 1)
         if rc:
             raise error_for(rc, self.path)
 

@@ -478,12 +478,12 @@ int env_read_page(kvm_env *e, uint64_t pgno, uint64_t hwm, int type, char *out)
 }
 
 /* Make every commit so far durable (txn.c, env_flush). */
-int kvm_env_sync(kvm_env *e)
+int kvm_env_sync(kvm_env *e, int wait)
 {
     int rc = env_enter(e);
     if (rc)
         return rc;
-    rc = env_flush(e);
+    rc = env_sync(e, wait);
     env_leave(e);
     return rc;
 }

@@ -239,6 +239,7 @@ int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys
                   const void *body, size_t len, uint8_t **out);
 int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
+int  env_sync(kvm_env *e, int wait);               /* the same; wait 0: see kvm_env_sync */
 int  writer_follow(kvm_env *e, kvm_state *s);      /* a writer up to the newest commit (txn.c) */
 int  env_seal(kvm_env *e);                         /* and the newest meta sealed durable (close) */
 

@@ -115,7 +115,10 @@ int64_t  kvm_env_entries(kvm_env *e);
 int64_t  kvm_env_txnid(kvm_env *e);
 int64_t  kvm_env_get(kvm_env *e, const char *key, size_t klen, char *out, size_t cap);
 int      kvm_env_check(kvm_env *e);   /* the free space's invariants (tests) */
-int      kvm_env_sync(kvm_env *e);    /* fdatasync: every commit so far on the disk */
+int      kvm_env_sync(kvm_env *e, int wait);   /* fdatasync: every commit so far on the disk;
+                                               ** wait 0: without waiting for another handle's
+                                               ** write transaction (close), then the durable
+                                               ** marker stays that handle's to move */
 /* Read the database's pages (below its high-water mark) into the OS page
 ** cache, and return once they are there (env.c). */
 int      kvm_env_warm(kvm_env *e);

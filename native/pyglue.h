@@ -19,7 +19,7 @@
 int  kvm_env_open_released(const char *path, const kvm_options *opt, kvm_env **out);
 void kvm_env_close_released(kvm_env *e);
 int  kvm_txn_commit_released(kvm_txn *t, int sync);
-int  kvm_env_sync_released(kvm_env *e);
+int  kvm_env_sync_released(kvm_env *e, int wait);
 int  kvm_env_warm_released(kvm_env *e);
 /* cdef-end */
 
@@ -46,10 +46,10 @@ int kvm_txn_commit_released(kvm_txn *t, int sync)
     return rc;
 }
 
-int kvm_env_sync_released(kvm_env *e)
+int kvm_env_sync_released(kvm_env *e, int wait)
 {
     int rc;
-    KVM_RELEASED(rc = kvm_env_sync(e));
+    KVM_RELEASED(rc = kvm_env_sync(e, wait));
     return rc;
 }
 

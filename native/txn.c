@@ -568,9 +568,14 @@ static int env_durable(kvm_env *e, int seal, int wait)
     return rc;
 }
 
+int env_sync(kvm_env *e, int wait)
+{
+    return env_durable(e, 0, wait);
+}
+
 int env_flush(kvm_env *e)
 {
-    return env_durable(e, 0, 1);
+    return env_sync(e, 1);
 }
 
 /* At close: every commit durable, and then the newest commit's meta copied,
