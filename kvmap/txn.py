@@ -637,12 +637,6 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
 
     def _put_batch(self, ks: list[Any], vs: list[Any]) -> None:
         h = self._handle()
-        mk = self._max_key
-        if set(map(type, ks)) != {bytes}:
-            ks = [as_key(k, mk) for k in ks]
-        klens = array("I", map(len, ks))
-        if min(klens) == 0 or max(klens) > mk:
-            ks = [as_key(k, mk) for k in ks]   # raises for the first bad one
         if set(map(type, vs)) != {bytes}:
             vs = [as_bytes(v, "value") for v in vs]
         vlens = array("Q", map(len, vs))
@@ -651,7 +645,8 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
             self._put_batch(ks[:half], vs[:half])
             self._put_batch(ks[half:], vs[half:])
             return
-        rc = lib.kvm_put_many(h, b"".join(ks), ffi.from_buffer("uint32_t[]", klens),
+        keys, klens = _packed_keys(ks, self._max_key)
+        rc = lib.kvm_put_many(h, keys, ffi.from_buffer("uint32_t[]", klens),
                               b"".join(vs), ffi.from_buffer("uint64_t[]", vlens), len(ks))
         if rc:
             self._fail(rc)

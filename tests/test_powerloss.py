@@ -65,16 +65,18 @@ def test_plan_covers_every_config_with_enough_images():
         assert {"mixed", "churn"} <= {sh for sh, _ in shapes} and powerloss.INTERVAL in {i for _, i in shapes}
 
 
-RECORDED = {}          # group -> the sync points its runs recorded (kind/why)
-
-
 @pytest.fixture(scope="module")
 def group_results(request):
-    """The batches of every selected group of test_power_loss, run together
+    """The batches of every selected group of test_power_loss (of every
+    group when test_every_sync_point_kind_occurs is selected), run together
     two at a time (so no core waits for a group's slowest batch): group ->
     results."""
-    selected = {item.callspec.params["group"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_power_loss" and hasattr(item, "callspec")}
+    items = request.session.items
+    if any(getattr(item, "name", None) == "test_every_sync_point_kind_occurs" for item in items):
+        selected = set(GROUPS)
+    else:
+        selected = {item.callspec.params["group"] for item in items
+                    if getattr(item, "originalname", None) == "test_power_loss" and hasattr(item, "callspec")}
     specs = [s for g in sorted(selected) for s in GROUPS[g]]
     results = powerloss.run_specs(specs, jobs=2)
     out = {}
@@ -89,7 +91,6 @@ def test_power_loss(group, group_results):
     report = powerloss.summarize(results)
     assert not any(r["failures"] or r["problems"] for r in results), report
     assert sum(r["losses"] for r in results) == sum(s["losses"] for s in GROUPS[group]), report
-    RECORDED[group] = set().union(*(r["events"] for r in results))
     modes = set()
     lengths = set()
     outcomes = set()
@@ -118,15 +119,13 @@ def test_power_loss(group, group_results):
         assert {"pages/pages-first", "flush/in db.sync()", "commit/syncing", "seal/in close()"} <= events, report
 
 
-def test_every_sync_point_kind_occurs():
+def test_every_sync_point_kind_occurs(group_results):
     """Over the runs of test_power_loss: sync=True commits that sync once and
     pages-first ones, close()'s seal; sync=False commits that flush because
     sync_bytes were reached or sync_interval passed, pages-first ones,
     db.sync(), close(), one-off syncing commits, and the flushes a
     transaction makes to reuse freed pages."""
-    if not all(g in RECORDED for g in GROUPS):
-        pytest.skip("needs every group of test_power_loss to have run first")
-    kinds = {sync: set().union(*(RECORDED[g] for g in GROUPS if g.endswith("-" + sync)))
+    kinds = {sync: set().union(*(r["events"] for g in GROUPS if g.endswith("-" + sync) for r in group_results[g]))
              for sync in ("sync", "nosync")}
     assert {"commit/sync=True", "pages/pages-first", "commit/pages-first", "seal/in close()"} <= kinds["sync"], \
         kinds["sync"]
