@@ -102,10 +102,17 @@ def main(directory: str) -> None:
             ro[b"x"] = b"y"
         except kvmap.ReadOnlyError as e:
             print("ReadOnlyError:", e)
-        try:
-            kvmap.open(path)                    # a second handle to write with
-        except kvmap.LockedError as e:
-            print("LockedError:", e)
+
+    # Handles share the file, in this process or any other; writers take
+    # turns, and one that waits past its timeout gets LockedError.
+    with kvmap.open(path) as writer, kvmap.open(path) as other:
+        with writer.transaction() as txn:
+            txn[b"x"] = b"y"
+            try:
+                other.transaction(timeout=0.05)
+            except kvmap.LockedError as e:
+                print("LockedError:", e)
+        print("the other handle reads:", other[b"x"])
     try:
         kvmap.open(path, page_size=8192)        # the file has 4096-byte pages
     except kvmap.FormatError as e:

@@ -1213,7 +1213,7 @@ LOCK_HANDLES = 1024
 LOCK_BYTE_WRITER = 1
 LOCK_BYTE_HANDLE = 2
 LOCK_OFF_MAGIC = 0
-LOCK_OFF_WRITABLE = 4248
+LOCK_OFF_WRITABLE = 4264
 
 
 def _byte_lock(fd: int, at: int, kind: int = fcntl.F_WRLCK) -> bool:

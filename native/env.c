@@ -185,7 +185,7 @@ int space_open(kvm_env *e)
 
 /* Release the file and the mapping once no call is in flight.  In a child
 ** after fork() the lock, mapping and file are the parent's: only the
-** child's own copies go (its descriptor and mapping), never the flock, and
+** child's own copies go (its descriptor and mapping), never a lock, and
 ** nothing waits for calls that were in flight in the parent's threads. */
 void kvm_env_close(kvm_env *e)
 {
@@ -318,11 +318,12 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     }
     /* A directory, device or FIFO is refused (before a lock file is made
     ** beside it); the size is read again under the lock. */
-    uint32_t mode;
-    if (kvm_sys.fstat(e->fd, &e->file_size, &mode) != 0) {
+    kvm_filestat fs;
+    if (kvm_sys.fstat(e->fd, &fs) != 0) {
         rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
         goto fail;
     }
+    uint32_t mode = fs.mode;
     if (S_ISDIR(mode)) {
         rc = kvm_err_sys(KVM_IO, EISDIR, "opening the database file");
         goto fail;
@@ -335,8 +336,19 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     }
     if ((rc = lock_open(e, opt->max_readers ? opt->max_readers : 126, opt->mode, &first)))
         goto fail;
-    if (kvm_sys.fstat(e->fd, &e->file_size, NULL) != 0) {
+    if (kvm_sys.fstat(e->fd, &fs) != 0) {
         rc = kvm_err_sys(KVM_IO, errno, "reading the file's status");
+        goto fail;
+    }
+    e->file_size = fs.size;
+    if (first) {
+        e->sh->file_dev = fs.dev;
+        e->sh->file_ino = fs.ino;
+    } else if (e->sh->file_dev != fs.dev || e->sh->file_ino != fs.ino) {
+        /* The handles that hold the region have another file open: the
+        ** one at this path was deleted or replaced under them. */
+        rc = kvm_err(KVM_LOCKED, "%s-lock belongs to handles of another file that was at this path (deleted "
+                     "or replaced while open): close them first", path);
         goto fail;
     }
     if (!first) {

@@ -26,8 +26,9 @@
 **     kernel's lock, not a pid, so a reused pid cannot fool it.  A handle
 **     taking over a dead handle's number clears its slots first.
 **  4. After fork() the child closes its copies of every lock file
-**     descriptor (lock_forget_all): the parent's locks then die with the
-**     parent, not with whichever process closes last.
+**     descriptor and replaces its copies of the regions' mappings by
+**     anonymous memory (lock_forget_all): the parent's locks then die with
+**     the parent, not with whichever process lets go of the file last.
 **  5. A handle opened read-only where the lock file cannot be opened (a
 **     read-only file system, a directory it may not write) gets a private
 **     region: no other process sees its snapshots, so it is safe only while
@@ -48,47 +49,75 @@
 _Static_assert(offsetof(kvm_shared, magic) == LOCK_OFF_MAGIC, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, nreaders) == LOCK_OFF_NREADERS, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, st) == LOCK_OFF_TXNID && offsetof(kvm_state, txnid) == 0, "FORMAT.md §9");
+_Static_assert(offsetof(kvm_shared, file_dev) == LOCK_OFF_FILE_ID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_pid) == LOCK_OFF_PID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_writable) == LOCK_OFF_WRITABLE, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, readers) == LOCK_OFF_READERS, "FORMAT.md §9");
 
 /* ------------------------------------------------------- fork registry */
 
-/* The lock file descriptors of this process's handles, closed in a child
-** after fork() (design note 4).  A fixed table: a handle that finds it full
-** keeps its descriptor across fork, which only delays the release of its
-** locks to the child's exit. */
+/* The lock file descriptors of this process's handles and their regions'
+** mappings, given up in a child after fork() (design note 4): the
+** descriptors closed, the mappings replaced by anonymous memory at the same
+** address (a mapping of the file would keep its open file description, and
+** so the parent's locks, alive for as long as the child lives).  A fixed
+** table: a handle that finds it full keeps both across fork, which only
+** delays the release of its locks to the child's exit. */
 #define FORK_FDS 256
-static int fork_fds[FORK_FDS];
+static struct {
+    int fd;
+    void *sh;
+    size_t len;
+} fork_fds[FORK_FDS];
 static int fork_fds_init;
 
 static void fds_add(int fd)
 {
     if (!__atomic_exchange_n(&fork_fds_init, 1, __ATOMIC_ACQ_REL))
         for (int i = 0; i < FORK_FDS; i++)
-            __atomic_store_n(&fork_fds[i], -1, __ATOMIC_RELEASE);
+            __atomic_store_n(&fork_fds[i].fd, -1, __ATOMIC_RELEASE);
     for (int i = 0; i < FORK_FDS; i++) {
         int expect = -1;
-        if (__atomic_compare_exchange_n(&fork_fds[i], &expect, fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        if (__atomic_compare_exchange_n(&fork_fds[i].fd, &expect, fd, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&fork_fds[i].sh, NULL, __ATOMIC_RELEASE);
             return;
+        }
     }
+}
+
+/* The region of descriptor fd is mapped at sh. */
+static void fds_region(int fd, void *sh, size_t len)
+{
+    for (int i = 0; i < FORK_FDS && fork_fds_init; i++)
+        if (__atomic_load_n(&fork_fds[i].fd, __ATOMIC_ACQUIRE) == fd) {
+            fork_fds[i].len = len;
+            __atomic_store_n(&fork_fds[i].sh, sh, __ATOMIC_RELEASE);
+            return;
+        }
 }
 
 static void fds_remove(int fd)
 {
     for (int i = 0; i < FORK_FDS && fork_fds_init; i++) {
         int expect = fd;
-        if (__atomic_compare_exchange_n(&fork_fds[i], &expect, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        if (__atomic_load_n(&fork_fds[i].fd, __ATOMIC_ACQUIRE) != fd)
+            continue;
+        __atomic_store_n(&fork_fds[i].sh, NULL, __ATOMIC_RELEASE);
+        if (__atomic_compare_exchange_n(&fork_fds[i].fd, &expect, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
             return;
     }
 }
 
 void lock_forget_all(void)
 {
+    /* not through kvm_sys: a child's clean-up, no fault injection */
     for (int i = 0; i < FORK_FDS && fork_fds_init; i++) {
-        int fd = __atomic_exchange_n(&fork_fds[i], -1, __ATOMIC_ACQ_REL);
+        int fd = __atomic_exchange_n(&fork_fds[i].fd, -1, __ATOMIC_ACQ_REL);
+        void *sh = __atomic_exchange_n(&fork_fds[i].sh, NULL, __ATOMIC_ACQ_REL);
+        if (sh)   /* the handle's calls refuse in the child: what the memory holds no longer matters */
+            mmap(sh, fork_fds[i].len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
         if (fd >= 0)
-            close(fd);   /* not through kvm_sys: a child's clean-up, no fault injection */
+            close(fd);
     }
 }
 
@@ -117,6 +146,7 @@ static int region_map(kvm_env *e, size_t len)
     e->sh = p;
     e->sh_len = len;
     e->sh_shared = 1;
+    fds_region(e->lock_fd, p, len);
     return 0;
 }
 
@@ -250,6 +280,10 @@ void lock_close(kvm_env *e, int forked)
         return;
     if (e->registered)
         clear_slots(e, e->handle);
+    /* The mapping of the region keeps the open file description, and so
+    ** its locks, alive after the descriptor closes, until the handle is
+    ** freed (which a snapshot or a traceback may delay): drop them now. */
+    kvm_sys.lock(e->lock_fd, KVM_LK_UNLOCK_ALL, 0);
     fds_remove(e->lock_fd);
     kvm_sys.close(e->lock_fd);
     e->lock_fd = -1;

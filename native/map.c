@@ -151,16 +151,18 @@ static int map_extend(kvm_env *e, uint64_t len)
     return 0;
 }
 
-/* A file cut short under us (by another process: flock is advisory) would
+/* A file cut short under us (by another process: locks are advisory) would
 ** fault in the mapping or be silently extended with holes by the next
 ** write: say so before a transaction starts and before the file grows. */
 int file_intact(kvm_env *e)
 {
     /* Read our size before the file's: a growth in another thread between
     ** the two then only makes the file look larger. */
-    uint64_t need = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE), size;
-    if (kvm_sys.fstat(e->fd, &size, NULL) != 0)
+    uint64_t need = __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE);
+    kvm_filestat fs;
+    if (kvm_sys.fstat(e->fd, &fs) != 0)
         return kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
+    uint64_t size = fs.size;
     if (size < need)
         return kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
                        "needs %llu", e->path, (unsigned long long)size, (unsigned long long)need);
@@ -178,10 +180,11 @@ int env_follow(kvm_env *e, const kvm_state *s)
     if (need > __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE) ||
         (e->backend == KVM_BACKEND_MMAP && need > __atomic_load_n(&e->map_len, __ATOMIC_ACQUIRE))) {
         pthread_mutex_lock(&e->follow_lock);
-        uint64_t size;
-        if (kvm_sys.fstat(e->fd, &size, NULL) != 0)
+        kvm_filestat fs;
+        uint64_t size = 0;
+        if (kvm_sys.fstat(e->fd, &fs) != 0)
             rc = kvm_err_sys(KVM_IO, errno, "checking the size of the database file");
-        else if ((size = size / e->psize * e->psize) < need)
+        else if ((size = fs.size / e->psize * e->psize) < need)
             rc = kvm_err(KVM_CORRUPT, "%s was truncated while open: it has %llu bytes, the database "
                          "needs %llu", e->path, (unsigned long long)size, (unsigned long long)need);
         else {

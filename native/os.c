@@ -105,22 +105,27 @@ static int os_close(int fd)
     FAULT(KVM_SYS_CLOSE, -1);
     return close(fd);
 }
-static int os_fstat(int fd, uint64_t *size, uint32_t *mode)
+static int os_fstat(int fd, kvm_filestat *out)
 {
     FAULT(KVM_SYS_FSTAT, -1);
     struct stat st;
     if (fstat(fd, &st) != 0)
         return -1;
-    *size = (uint64_t)st.st_size;
-    if (mode)
-        *mode = (uint32_t)st.st_mode;
+    out->size = (uint64_t)st.st_size;
+    out->dev = (uint64_t)st.st_dev;
+    out->ino = (uint64_t)st.st_ino;
+    out->mode = (uint32_t)st.st_mode;
     return 0;
 }
 static int os_lock(int fd, int op, off_t at)
 {
-    FAULT(KVM_SYS_LOCK, -1);
-    struct flock fl = {.l_whence = SEEK_SET, .l_start = at, .l_len = 1};
-    fl.l_type = op == KVM_LK_UNLOCK ? F_UNLCK : op == KVM_LK_SHARED || op == KVM_LK_SHARED_WAIT ? F_RDLCK : F_WRLCK;
+    /* Releasing a lock one holds cannot fail in a way a caller could act
+    ** on: only taking one is a fault to inject. */
+    if (op != KVM_LK_UNLOCK && op != KVM_LK_UNLOCK_ALL)
+        FAULT(KVM_SYS_LOCK, -1);
+    struct flock fl = {.l_whence = SEEK_SET, .l_start = op == KVM_LK_UNLOCK_ALL ? 0 : at,
+                       .l_len = op == KVM_LK_UNLOCK_ALL ? 0 : 1};
+    fl.l_type = op == KVM_LK_UNLOCK || op == KVM_LK_UNLOCK_ALL ? F_UNLCK : op == KVM_LK_SHARED || op == KVM_LK_SHARED_WAIT ? F_RDLCK : F_WRLCK;
     int cmd = op == KVM_LK_SHARED_WAIT || op == KVM_LK_EXCL_WAIT ? F_OFD_SETLKW : F_OFD_SETLK;
     int rc;
     while ((rc = fcntl(fd, cmd, &fl)) != 0 && errno == EINTR)

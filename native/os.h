@@ -12,10 +12,16 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+/* What kvm_sys.fstat reports of a file. */
+typedef struct kvm_filestat {
+    uint64_t size, dev, ino;
+    uint32_t mode;
+} kvm_filestat;
+
 typedef struct kvm_os {
     int     (*open)(const char *path, int flags, int mode);    /* O_CLOEXEC; never blocks on a FIFO */
     int     (*close)(int fd);
-    int     (*fstat)(int fd, uint64_t *size, uint32_t *mode);   /* mode may be NULL */
+    int     (*fstat)(int fd, kvm_filestat *out);
     int     (*lock)(int fd, int op, off_t at);   /* KVM_LK_*: an fcntl OFD lock of one byte */
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwritev)(int fd, const struct iovec *iov, int n, off_t off);   /* KVM_SYS_PWRITE */
@@ -33,12 +39,14 @@ extern kvm_os kvm_sys;          /* the table in use */
 
 /* Operations of kvm_sys.lock on byte `at` (lock.c): take it shared or
 ** exclusive (-1 with EAGAIN when another open file description holds it),
-** the same waiting until granted, or release it. */
+** the same waiting until granted, or release it; or release every lock
+** this open file description holds on the file (`at` ignored). */
 #define KVM_LK_SHARED      0
 #define KVM_LK_EXCL        1
 #define KVM_LK_SHARED_WAIT 2
 #define KVM_LK_EXCL_WAIT   3
 #define KVM_LK_UNLOCK      4
+#define KVM_LK_UNLOCK_ALL  5
 
 /* Counters of calls made through the table (process-wide; for stats and
 ** kvmap-bench).  Fault injection (kvm_fault_set, kvmap.h) and its per-call

@@ -28,7 +28,9 @@ def test_typed_usage(tmp_path):
                  "KeyError: b'user:000999'",
                  "ValueError: empty key",
                  f"ReadOnlyError: {tmp_path / 'users.kv'}: database is open read-only",
-                 f"LockedError: {tmp_path / 'users.kv'} is already open in another handle",
+                 f"LockedError: {tmp_path / 'users.kv'}: timed out after 0.05 s waiting for another "
+                 f"handle's write transaction",
+                 "the other handle reads: b'y'",
                  f"FormatError: {tmp_path / 'users.kv'} has 4096-byte pages, not 8192",
                  f"FileNotFoundError: errno 2, {tmp_path / 'absent.kv'}"):
         assert line in out.splitlines(), (line, out)

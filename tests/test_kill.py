@@ -68,7 +68,7 @@ def test_kills_inside_sync_false_flushes(tmp_path):
     the kills of sync=False lanes are a function of the seed: this seed puts
     kills at the fdatasync of commits, of db.sync() and of close() or the
     reopen, and none loses or tears a commit."""
-    p, c = run_killtest(tmp_path, "--no-timing", "--sync", "off", "--kills", "120", "--seed", "21", "--jobs", "2")
+    p, c = run_killtest(tmp_path, "--no-timing", "--sync", "off", "--kills", "120", "--seed", "23", "--jobs", "2")
     assert p.returncode == 0 and c is not None and not c["failures"], describe(p)
     where = c["by_where"]
     for w in ("commit", "db.sync()", "close/reopen"):

@@ -122,16 +122,23 @@ if what == "writer":
 elif what == "reader":
     snap = db.snapshot()
     assert len(snap) > 0
-print("READY", flush=True)
+child = 0
+if len(sys.argv) > 3:         # a forked child that outlives us, inheriting every mapping
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+print("READY", child, flush=True)
 time.sleep(600)
 """
 
 
-def _hold(path, what):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, path, what], stdout=subprocess.PIPE,
+def _hold(path, what, *fork):
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, path, what, *fork], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     assert line.startswith("READY"), (line, p.stderr.read())
+    p.child = int(line.split()[1])
     return p
 
 
@@ -157,6 +164,22 @@ def test_writer_killed_holding_the_lock(tmp_path):
         assert dict(db.items()) == {b"before": b"1", b"after": b"2"}   # nothing of the dead one's
         db._check()
     assert kvmap.check(path).ok
+
+
+def test_writer_killed_while_its_forked_child_lives(tmp_path):
+    """The child of a fork inherits the lock file's mapping and descriptor;
+    it gives both up at the fork, so the locks die with the process that
+    took them, not with the child."""
+    path = str(tmp_path / "db")
+    with kvmap.open(path) as db:
+        p = _hold(path, "writer", "fork")
+        try:
+            _kill(p)
+            with db.transaction(timeout=30) as txn:      # not held by the living child
+                txn[b"after"] = b"2"
+        finally:
+            os.kill(p.child, signal.SIGKILL)
+        assert dict(db.items()) == {b"after": b"2"}
 
 
 def _churn(db, rounds):
@@ -268,6 +291,26 @@ def test_two_writable_handles_in_one_process(tmp_path):
             tb[b"x"] = b"b"
         assert a[b"x"] == b"b"
         a._check()
+
+
+def test_file_replaced_under_open_handles(tmp_path):
+    """A database deleted and created again at its path while a handle has
+    the old one open: the lock file is that handle's, so a handle of the new
+    file is refused with LockedError (never given the old file's state), and
+    opens normally once the old handle closes."""
+    path = str(tmp_path / "db")
+    old = kvmap.open(path)
+    old[b"old"] = b"1"
+    os.unlink(path)
+    with kvmap.open(path + ".new") as db:
+        db[b"new"] = b"2"
+    os.rename(path + ".new", path)
+    with pytest.raises(kvmap.LockedError, match="another file that was at this path"):
+        kvmap.open(path)
+    assert old[b"old"] == b"1"
+    old.close()
+    with kvmap.open(path) as db:
+        assert dict(db.items()) == {b"new": b"2"}
 
 
 READ_ONLY_MEDIA = r"""

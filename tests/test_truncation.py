@@ -1,6 +1,6 @@
 """A database file cut short by another process while it is open.
 
-flock is advisory, so nothing stops another process from truncating the file.
+File locks are advisory, so nothing stops another process from truncating the file.
 Through a MAP_SHARED mapping the pages past the new end raise SIGBUS on access;
 the engine must turn that into a kvmap.Error, never die of it (guard.c), and
 must refuse new snapshots and transactions, and growth, on a file shorter than
