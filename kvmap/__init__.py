@@ -17,14 +17,14 @@ from .db import Database, open
 from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
                      InheritedHandleError, IOFailure, LockedError, MapFullError, ReadersFullError,
                      ReadOnlyError)
-from .txn import Snapshot, Transaction
+from .txn import Savepoint, Snapshot, Transaction
 
 if TYPE_CHECKING:   # at run time __getattr__ below imports them on first use
     from .checker import CheckBusy, CheckReport, CheckUnreadable, check, salvage
 
 __version__ = "0.1.0"
 __all__ = [
-    "open", "Database", "Snapshot", "Transaction", "Error", "FormatError", "CorruptionError",
+    "open", "Database", "Snapshot", "Transaction", "Savepoint", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
     "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy",
 ]

@@ -145,7 +145,8 @@ def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: 
     :param map_size: bytes of address space reserved for ``growth="reserve"``
         (not memory, not disk); the file cannot grow past it.
     :param cache_size: bytes of page cache of the ``pread`` backend.
-    :param max_readers: snapshot slots (each live snapshot or iterator takes one).
+    :param max_readers: snapshot slots shared by every process (each live snapshot
+        or iterator takes one); the first handle to open the file sets the number.
     :param readahead: ``mmap`` backend: let the kernel read ahead around a
         page fault (its default advice), as py-lmdb's ``readahead=True``; a
         cold database then comes into memory in large reads.  False gives the

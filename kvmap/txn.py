@@ -487,7 +487,7 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
     wins, and every later use raises ClosedError.
     """
 
-    __slots__ = ("_db", "_h", "_max_key", "_path", "__weakref__")
+    __slots__ = ("_db", "_h", "_max_key", "_path", "_savepoints", "__weakref__")
     _batch = 1
     _getfn = lib.kvm_get
     _closed_msg = "transaction is finished"
@@ -500,6 +500,7 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         self._h = None
         self._max_key = db._max_key
         self._path = db.path
+        self._savepoints: list[Savepoint] = []   # the open ones, outermost first
         db._begin_write(self, timeout)
 
     def _count(self) -> int:
@@ -651,6 +652,29 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         if rc:
             self._fail(rc)
 
+    def savepoint(self) -> Savepoint:
+        """A point to roll back to without ending the transaction (SQLite's
+        ``SAVEPOINT``; py-lmdb's child transaction).  As a context manager it
+        rolls back what the block changed when the block raises, and keeps it
+        otherwise; savepoints nest.  O(1) to open; its end is O(pages changed
+        in the transaction).
+
+        >>> import kvmap, tempfile, os
+        >>> db = kvmap.open(os.path.join(tempfile.mkdtemp(), "db"))
+        >>> with db.transaction() as txn:
+        ...     txn[b"a"] = b"1"
+        ...     try:
+        ...         with txn.savepoint():
+        ...             txn[b"b"] = b"2"
+        ...             raise ValueError("changed my mind")
+        ...     except ValueError:
+        ...         pass
+        >>> sorted(db.keys())
+        [b'a']
+        >>> db.close()
+        """
+        return Savepoint(self)
+
     @property
     def txnid(self) -> int:
         """The id this transaction's commit will have."""
@@ -688,3 +712,54 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         t = -1 if h is None else lib.kvm_txn_id(h)
         state = f"txnid {t}" if t >= 0 else "finished"
         return f"<kvmap.Transaction {self._path!r} {state}>"
+
+
+class Savepoint(_Handle):
+    """A savepoint of a write transaction (:meth:`Transaction.savepoint`).
+
+    ``rollback()`` undoes what the transaction changed since the savepoint;
+    ``release()`` keeps it.  Either ends this savepoint and every one opened
+    inside it; afterwards its use raises ClosedError, as does any use once
+    the transaction has ended.  A commit keeps what every open savepoint
+    did.  Like the transaction, it cannot be copied or pickled.
+    """
+
+    __slots__ = ("_txn", "_level")
+
+    def __init__(self, txn: Transaction) -> None:
+        level = ffi.new("uint32_t *")
+        rc = lib.kvm_txn_savepoint(txn._handle(), level)
+        if rc:
+            raise error_for(rc, txn._path)
+        self._txn = txn
+        self._level = int(level[0])
+        txn._savepoints.append(self)
+
+    def _end(self, rollback: bool) -> None:
+        txn = self._txn
+        h = txn._handle()
+        if self not in txn._savepoints:
+            raise ClosedError("savepoint is finished")
+        rc = lib.kvm_txn_savepoint_end(h, self._level, int(rollback))
+        if rc:
+            raise error_for(rc, txn._path)
+        del txn._savepoints[self._level - 1:]
+
+    def rollback(self) -> None:
+        """Undo the transaction's changes since this savepoint, and end it."""
+        self._end(True)
+
+    def release(self) -> None:
+        """Keep the changes since this savepoint, and end it."""
+        self._end(False)
+
+    def __enter__(self) -> Savepoint:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self in self._txn._savepoints and self._txn._h is not None:
+            self._end(exc_type is not None)
+
+    def __repr__(self) -> str:
+        state = "open" if self in self._txn._savepoints and self._txn._h is not None else "finished"
+        return f"<kvmap.Savepoint {self._level} of {self._txn!r} {state}>"

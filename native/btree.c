@@ -260,7 +260,7 @@ static int descend(kvm_txn *t, const uint8_t *key, size_t klen, path_t *ph, int 
         if ((rc = pg_check_node(t, p, pg, level_type(t->depth, l))))
             return rc;
         ph->pg[l] = pg;
-        ph->own[l] = (uint8_t)own;
+        ph->own[l] = own == PAGE_WRITABLE;
         ph->ptr[l] = (uint8_t *)p;
         if (l + 1 < ph->depth) {
             if ((rc = branch_search(t, p, pg, key, klen, &ph->idx[l])) ||
@@ -332,7 +332,7 @@ static int overflow_free(kvm_txn *t, const lcell *c)
         /* A damaged next pointer would free a page in use: trust it only
         ** on a committed page whose checksum holds (a verifying pg_read
         ** checked already; this transaction's own pages have none yet). */
-        if (!own && !t->env->verify && (rc = pg_verify(t, p, pg)))
+        if (own == PAGE_COMMITTED && !t->env->verify && (rc = pg_verify(t, p, pg)))
             return rc;
         pgno_t next = rd64(p + PH_NEXT);
         if ((rc = pg_free(t, pg)))

@@ -131,7 +131,17 @@ typedef struct dirty_ent {
     pgno_t   pgno;
     uint8_t *buf;                /* NULL when the page lives in a writable map */
     int      live;               /* 0: freed again in this transaction */
+    uint32_t level;              /* the savepoint level that made it: changed in place only at that level */
 } dirty_ent;
+
+/* What a savepoint restores (txn.c): the tree, and how far the lists of
+** freed pages went when it was taken. */
+typedef struct savepoint {
+    pgno_t   root;
+    uint32_t depth;
+    uint64_t entries;
+    size_t   nfreed, nshadowed;
+} savepoint;
 
 typedef u64vec pgvec;            /* page numbers (space.h) */
 
@@ -156,6 +166,13 @@ struct kvm_txn {
     dirty_ent *dirty;
     size_t     ndirty, dcap;     /* dirty: open-addressing table of dcap slots */
     pgvec      pool, freed;
+    /* savepoints: level = how many are open; shadowed = pages of outer
+    ** levels that an inner level freed (they stay as they were, for a
+    ** rollback, until their own level lets them go) */
+    uint32_t   level;
+    savepoint *saved;
+    size_t     nsaved_cap;
+    pgvec      shadowed;
     uint8_t   *scratch;          /* 5 scratch pages: copies A, B, separator, cell, compaction */
     void      *cells;            /* cell references for splits and merges */
     pgno_t     verified[VCACHE]; /* env->verify: committed pages already checked */
@@ -246,7 +263,15 @@ int  env_seal(kvm_env *e);                         /* and the newest meta sealed
 
 /* page access for the B+tree (page.c) */
 int  pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out);
-int  pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own);  /* own: page of this txn */
+/* What pg_read_own says of a page: committed (checksummed), this
+** transaction's from an outer savepoint level (no checksum yet, copied
+** before a change), or this level's (changed in place). */
+#define PAGE_COMMITTED 0
+#define PAGE_DIRTY     1
+#define PAGE_WRITABLE  2
+int  pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own);
+int  pg_savepoint(kvm_txn *t, uint32_t *level);
+int  pg_savepoint_end(kvm_txn *t, uint32_t level, int rollback);
 int  pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg);
 int  pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pg);
 int  pg_free(kvm_txn *t, pgno_t pg);

@@ -131,6 +131,12 @@ void     kvm_txn_release(kvm_txn *t);
 int      kvm_txn_commit(kvm_txn *t, int sync);
 int64_t  kvm_txn_entries(kvm_txn *t);
 int64_t  kvm_txn_id(kvm_txn *t);
+/* Savepoints of a write transaction (page.c): open one (*level: 1 for the
+** outermost, then 2, ...); end one and every one inside it, rolling back
+** to it (rollback = 1) or keeping what was done since (0).  A commit ends
+** every open savepoint, keeping what they did. */
+int      kvm_txn_savepoint(kvm_txn *t, uint32_t *level);
+int      kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
 /* Looks up n keys, packed (key i is klens[i] bytes of keys, after key i-1),

@@ -11,6 +11,10 @@
 **     changed in place, and freed straight back to the pool.
 **  3. The dirty table is open addressing over its entries; with writemap a
 **     dirty page lives in the mapping itself, else in its own buffer.
+**  4. Savepoints (txn.c): a dirty page belongs to the savepoint level that
+**     made it and is changed in place only at that level; a deeper level
+**     copies it like a committed page, and its free leaves it as it was
+**     (t->shadowed) so that a rollback finds the tree of the savepoint.
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -80,6 +84,7 @@ static int dirty_add(kvm_txn *t, pgno_t pg, dirty_ent **out)
     dirty_ent *d = &t->dirty[k];
     d->pgno = pg;
     d->live = 1;
+    d->level = t->level;
     d->buf = buf;
     t->ndirty++;
     *out = d;
@@ -102,7 +107,7 @@ int pg_read(kvm_txn *t, pgno_t pg, const uint8_t **out)
 int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
 {
     kvm_env *e = t->env;
-    *own = 0;
+    *own = PAGE_COMMITTED;
     if (pg < 2 || pg >= t->limit)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range (database has %llu pages)",
                        (unsigned long long)pg, (unsigned long long)t->limit);
@@ -110,7 +115,7 @@ int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
         dirty_ent *d = dirty_find(t, pg);
         if (d && d->live) {
             *out = dirty_ptr(t, d);
-            *own = 1;
+            *own = d->level == t->level ? PAGE_WRITABLE : PAGE_DIRTY;
             return 0;
         }
     }
@@ -160,9 +165,10 @@ int pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg)
 int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
 {
     dirty_ent *d = dirty_find(t, pg);
-    if (d)
+    if (d) {
         d->live = 1;
-    else {
+        d->level = t->level;
+    } else {
         int rc = dirty_add(t, pg, &d);
         if (rc)
             return rc;
@@ -193,18 +199,19 @@ int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
 int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
 {
     dirty_ent *d = dirty_find(t, pg);
-    if (d && d->live) {
+    if (d && d->live && d->level == t->level) {
         *out = dirty_ptr(t, d);
         *newpg = pg;
         return 0;
     }
     const uint8_t *src;
-    int rc = pg_read(t, pg, &src);
+    int own, rc = pg_read_own(t, pg, &src, &own);
     if (rc)
         return rc;
     /* Copying a damaged page would give it a fresh checksum: verify first
-    ** (a verifying handle's pg_read did already). */
-    if (!t->env->verify && (rc = pg_verify(t, src, pg)))
+    ** (a verifying handle's pg_read did already; a page of an outer
+    ** savepoint level has no checksum yet). */
+    if (own == PAGE_COMMITTED && !t->env->verify && (rc = pg_verify(t, src, pg)))
         return rc;
     uint8_t *dst;
     pgno_t np;
@@ -223,6 +230,8 @@ int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
 int pg_free(kvm_txn *t, pgno_t pg)
 {
     dirty_ent *d = dirty_find(t, pg);
+    if (d && d->live && d->level < t->level)
+        return u64_push(&t->shadowed, pg);   /* an outer level's: kept for a rollback */
     if (d && d->live) {
         d->live = 0;   /* born in this transaction: reuse it right away */
         return u64_push(&t->pool, pg);
@@ -250,5 +259,85 @@ int pg_check_node(kvm_txn *t, const uint8_t *p, pgno_t pg, int type)
                        (unsigned long long)t->txnid);
     if (PH_SIZE + 2u * n > upper || upper > ps || (type == PT_BRANCH && n == 0))
         return kvm_err(KVM_CORRUPT, "page %llu: bad cell count or content offset", (unsigned long long)pg);
+    return 0;
+}
+
+/* ------------------------------------------------------------ savepoints */
+
+/* Room in the pool for n more pages, so that what follows cannot fail
+** half-way. */
+static int pool_room(kvm_txn *t, size_t n)
+{
+    int rc = 0;
+    while (!rc && t->pool.cap < t->pool.n + n)
+        rc = vec_reserve((void **)&t->pool.v, &t->pool.cap, t->pool.cap, sizeof *t->pool.v);
+    return rc;
+}
+
+/* Open savepoint level t->level + 1: the tree as it is now, and how far
+** the lists of freed pages go (design note 4). */
+int pg_savepoint(kvm_txn *t, uint32_t *level)
+{
+    if (t->level == t->nsaved_cap) {
+        size_t cap = t->nsaved_cap ? 2 * t->nsaved_cap : 4;
+        savepoint *s = realloc(t->saved, cap * sizeof *s);
+        if (!s)
+            return kvm_err(KVM_NOMEM, "allocating a savepoint");
+        t->saved = s;
+        t->nsaved_cap = cap;
+    }
+    t->saved[t->level] = (savepoint){.root = t->root, .depth = t->depth, .entries = t->entries,
+                                     .nfreed = t->freed.n, .nshadowed = t->shadowed.n};
+    *level = ++t->level;
+    return 0;
+}
+
+/* Close savepoint `level` and every level inside it.  rollback: the pages
+** those levels made go back to the pool, the pages they freed are in use
+** again, and the tree is the savepoint's.  Else (release) what they made
+** belongs to the level outside, and the outer pages they freed that now
+** belong to it are freed for real.  Fails only before changing anything. */
+int pg_savepoint_end(kvm_txn *t, uint32_t level, int rollback)
+{
+    if (level == 0 || level > t->level)
+        return kvm_err(KVM_INVALID, "savepoint %u is not open (%u are)", level, t->level);
+    const savepoint *s = &t->saved[level - 1];
+    uint32_t outer = level - 1;
+    size_t n = 0;
+    for (size_t i = 0; i < t->dcap; i++)
+        n += t->dirty[i].pgno && t->dirty[i].live && t->dirty[i].level >= level;
+    int rc = pool_room(t, rollback ? n : t->shadowed.n - s->nshadowed);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < t->dcap; i++) {
+        dirty_ent *d = &t->dirty[i];
+        if (!d->pgno || !d->live || d->level < level)
+            continue;
+        if (rollback) {
+            d->live = 0;
+            t->pool.v[t->pool.n++] = d->pgno;
+        } else
+            d->level = outer;
+    }
+    if (rollback) {
+        t->root = s->root;
+        t->depth = s->depth;
+        t->entries = s->entries;
+        t->freed.n = s->nfreed;
+        t->shadowed.n = s->nshadowed;
+        t->mod++;
+    } else {
+        size_t keep = s->nshadowed;
+        for (size_t i = s->nshadowed; i < t->shadowed.n; i++) {
+            dirty_ent *d = dirty_find(t, t->shadowed.v[i]);
+            if (d && d->live && d->level == outer) {
+                d->live = 0;
+                t->pool.v[t->pool.n++] = d->pgno;
+            } else
+                t->shadowed.v[keep++] = t->shadowed.v[i];
+        }
+        t->shadowed.n = keep;
+    }
+    t->level = outer;
     return 0;
 }

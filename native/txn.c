@@ -53,10 +53,15 @@ static int txn_end(kvm_txn *t)
     free(t->dirty);
     free(t->pool.v);
     free(t->freed.v);
+    free(t->shadowed.v);
+    free(t->saved);
     t->dirty = NULL;
-    t->dcap = t->ndirty = 0;
+    t->saved = NULL;
+    t->dcap = t->ndirty = t->nsaved_cap = 0;
+    t->level = 0;
     memset(&t->pool, 0, sizeof t->pool);
     memset(&t->freed, 0, sizeof t->freed);
+    memset(&t->shadowed, 0, sizeof t->shadowed);
     __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
     return 1;
 }
@@ -279,6 +284,22 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
 int64_t kvm_txn_entries(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->entries); }
 int64_t kvm_txn_id(kvm_txn *t) { TXN_CALL(t, int64_t, (int64_t)t->txnid); }
 
+static int savepoint_call(kvm_txn *t, uint32_t *level, uint32_t end, int rollback)
+{
+    if (!t->write)
+        return kvm_err(KVM_READONLY, "savepoints belong to write transactions");
+    if (t->broken)
+        return kvm_err(KVM_IO, "the transaction was interrupted by a bus error (SIGBUS): abort it");
+    return level ? pg_savepoint(t, level) : pg_savepoint_end(t, end, rollback);
+}
+
+int kvm_txn_savepoint(kvm_txn *t, uint32_t *level) { TXN_CALL(t, int, savepoint_call(t, level, 0, 0)); }
+
+int kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback)
+{
+    TXN_CALL(t, int, savepoint_call(t, NULL, level, rollback));
+}
+
 /* A free-space page of the commit (freelist.c), as a dirty page; *out (when
 ** given) is the page. */
 int txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys, uint64_t next,
@@ -460,6 +481,9 @@ static int txn_commit(kvm_txn *t, int sync)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
         return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+    int rc;
+    if (t->level && (rc = pg_savepoint_end(t, 1, 0)))   /* a commit releases every savepoint */
+        return rc;
     size_t ntree = live_pages(t);
     if (!ntree && !t->freed.n) {   /* nothing to write, and no txnid used */
         txn_end(t);
@@ -476,7 +500,6 @@ static int txn_commit(kvm_txn *t, int sync)
                    (e->sync_interval_ns && now_ns() - e->sh->last_flush_ns >= e->sync_interval_ns);
     kvm_state s = {.txnid = t->txnid, .root = t->root, .entries = t->entries, .depth = t->depth,
                    .flags = flushing ? 0 : M_FLAGS_NOSYNC};
-    int rc;
     GUARDED(e, t, rc, freelist_prepare(t, e->space, &s, ntree, pages_first));   /* writemap: pages are mapped */
     if (rc)
         return rc;

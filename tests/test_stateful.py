@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sortedcontainers import SortedDict
 
 from conftest import CONFIGS, CONFIG_IDS, DEFAULT_CFG, PREAD_CFG, make_value, open_db
+import kvmap
 from kvmap.checker import check
 
 MAX_KEY = 1000  # spec: db.max_key_size == 1000 at page_size 4096
@@ -79,6 +80,12 @@ TXN_OP = st.one_of(
     st.tuples(st.just("overwrite_existing"), st.integers(0, 1 << 30), values),
     st.tuples(st.just("pop"), keys),
     st.tuples(st.just("get"), keys),
+    # savepoints: open one; roll back to / release the i-th open one (and
+    # every one inside it); a commit keeps what the open ones did
+    st.tuples(st.just("savepoint")),
+    st.tuples(st.just("savepoint")),
+    st.tuples(st.just("rollback"), st.integers(0, 1 << 30)),
+    st.tuples(st.just("release"), st.integers(0, 1 << 30)),
 )
 
 
@@ -210,7 +217,7 @@ class KVMachine(RuleBasedStateMachine):
 
     # -- transactions ----------------------------------------------------
 
-    @rule(ops=st.lists(TXN_OP, min_size=1, max_size=12),
+    @rule(ops=st.lists(TXN_OP, min_size=1, max_size=16),
           end=st.sampled_from(["commit_exit", "commit_explicit", "abort_exception", "abort_explicit"]))
     def transaction(self, ops, end):
         local = SortedDict(self.model)
@@ -218,11 +225,28 @@ class KVMachine(RuleBasedStateMachine):
         class Abort(Exception):
             pass
 
+        saved = []    # (savepoint, the model when it was taken), outermost first
         try:
             with self.db.transaction() as t:
                 for op in ops:
                     kind = op[0]
-                    if kind == "put":
+                    if kind == "savepoint":
+                        saved.append((t.savepoint(), SortedDict(local)))
+                    elif kind in ("rollback", "release") and saved:
+                        i = op[1] % len(saved)
+                        sp, then = saved[i]
+                        if kind == "rollback":
+                            sp.rollback()
+                            local = then
+                            if len(local) < 3000:
+                                assert list(t.items()) == list(local.items())
+                        else:
+                            sp.release()
+                        for ended, _ in saved[i:]:
+                            with pytest.raises(kvmap.ClosedError):
+                                ended.release()
+                        del saved[i:]
+                    elif kind == "put":
                         t[op[1]] = op[2]
                         local[op[1]] = op[2]
                     elif kind == "del":
