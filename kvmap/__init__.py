@@ -20,16 +20,16 @@ from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedE
 from .txn import Savepoint, Snapshot, Transaction
 
 if TYPE_CHECKING:   # at run time __getattr__ below imports them on first use
-    from .checker import CheckBusy, CheckReport, CheckUnreadable, check, salvage
+    from .checker import CheckReport, CheckUnreadable, check, salvage
 
 __version__ = "0.1.0"
 __all__ = [
     "open", "Database", "Snapshot", "Transaction", "Savepoint", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
-    "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy",
+    "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable",
 ]
 
-_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy")
+_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable")
 
 
 def __getattr__(name: str) -> Any:

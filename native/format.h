@@ -156,8 +156,7 @@
 #define LOCK_OFF_TXNID     24  /* the newest commit's txnid (the state's first field) */
 #define LOCK_OFF_FILE_ID   152 /* u64 st_dev, u64 st_ino of the database file */
 #define LOCK_OFF_PID       168 /* u32 per handle */
-#define LOCK_OFF_WRITABLE  4264   /* u8 per handle: opened for writing */
-#define LOCK_OFF_READERS   5288   /* u64 per reader slot */
+#define LOCK_OFF_READERS   4264   /* u64 per reader slot */
 
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */

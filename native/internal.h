@@ -62,7 +62,6 @@ typedef struct kvm_shared {
     uint32_t  unused;
     uint64_t  file_dev, file_ino;   /* the database file the region is of (st_dev, st_ino) */
     uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
-    uint8_t   handle_writable[LOCK_HANDLES];   /* opened for writing (kvmap-check refuses them) */
     uint64_t  readers[];         /* nreaders slots */
 } kvm_shared;
 

@@ -137,6 +137,23 @@ int64_t  kvm_txn_id(kvm_txn *t);
 ** every open savepoint, keeping what they did. */
 int      kvm_txn_savepoint(kvm_txn *t, uint32_t *level);
 int      kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback);
+/* The whole state of a snapshot's commit: the meta fields (FORMAT.md §2),
+** for kvmap-check, which reads that commit's pages from the file while the
+** snapshot keeps every writer off them.  A snapshot keeps only what reads
+** need (txnid, root, depth, entries, hwm); the other fields are the
+** published state's while that is still the snapshot's commit, so the call
+** returns KVM_BUSY once a newer commit has been published (take a new
+** snapshot), and KVM_INVALID for a write transaction. */
+typedef struct kvm_txninfo {
+    uint64_t txnid, root, entries, hwm, free_index, record;
+    uint64_t free_count, pending_count, floor, durable;
+    uint32_t depth, flags;
+    int      shared;   /* 1: the snapshot's reader slot is in the lock file, where the
+                       ** writers of every process see it; 0: in this handle's memory
+                       ** (the lock file could not be opened: a read-only open on
+                       ** read-only media), so only this handle's writers would */
+} kvm_txninfo;
+int      kvm_txn_state(kvm_txn *t, kvm_txninfo *out);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
 /* Looks up n keys, packed (key i is klens[i] bytes of keys, after key i-1),

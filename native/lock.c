@@ -51,7 +51,6 @@ _Static_assert(offsetof(kvm_shared, nreaders) == LOCK_OFF_NREADERS, "FORMAT.md �
 _Static_assert(offsetof(kvm_shared, st) == LOCK_OFF_TXNID && offsetof(kvm_state, txnid) == 0, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, file_dev) == LOCK_OFF_FILE_ID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_pid) == LOCK_OFF_PID, "FORMAT.md §9");
-_Static_assert(offsetof(kvm_shared, handle_writable) == LOCK_OFF_WRITABLE, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, readers) == LOCK_OFF_READERS, "FORMAT.md §9");
 
 /* ------------------------------------------------------- fork registry */
@@ -241,7 +240,6 @@ static void clear_slots(kvm_env *e, uint32_t h)
                                         __ATOMIC_RELAXED);
     }
     __atomic_store_n(&e->sh->handle_pid[h], 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&e->sh->handle_writable[h], 0, __ATOMIC_RELEASE);
 }
 
 /* Take a handle number: the first whose byte is free.  Slots left by the
@@ -262,7 +260,6 @@ int lock_register(kvm_env *e)
         e->handle = h;
         e->registered = 1;
         __atomic_store_n(&e->sh->handle_pid[h], (uint32_t)getpid(), __ATOMIC_RELEASE);
-        __atomic_store_n(&e->sh->handle_writable[h], (uint8_t)!e->readonly, __ATOMIC_RELEASE);
         return 0;
     }
     return kvm_err(KVM_READERS_FULL, "%s: %u handles are open on this database, the most there can be",

@@ -300,6 +300,28 @@ int kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback)
     TXN_CALL(t, int, savepoint_call(t, NULL, level, rollback));
 }
 
+static int txn_state(kvm_txn *t, kvm_txninfo *out)
+{
+    kvm_env *e = t->env;
+    if (t->write)
+        return kvm_err(KVM_INVALID, "a write transaction's commit has no state until it is made");
+    kvm_state s;
+    state_load(e, &s);
+    if (s.txnid != t->txnid)
+        return kvm_err(KVM_BUSY, "commit %llu was published after the snapshot of commit %llu began: "
+                                 "its state is no longer held (take a new snapshot)",
+                       (unsigned long long)s.txnid, (unsigned long long)t->txnid);
+    /* The same commit: only a seal changes its published state, and only
+    ** its durable field (env_durable). */
+    *out = (kvm_txninfo){.txnid = t->txnid, .root = t->root, .entries = t->entries, .hwm = t->limit,
+                         .free_index = s.free_index, .record = s.record, .free_count = s.free_count,
+                         .pending_count = s.pending_count, .floor = s.floor, .durable = s.durable,
+                         .depth = t->depth, .flags = s.flags, .shared = e->sh_shared};
+    return 0;
+}
+
+int kvm_txn_state(kvm_txn *t, kvm_txninfo *out) { TXN_CALL(t, int, txn_state(t, out)); }
+
 /* A free-space page of the commit (freelist.c), as a dirty page; *out (when
 ** given) is the page. */
 int txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys, uint64_t next,
