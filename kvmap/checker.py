@@ -1356,12 +1356,8 @@ def _register(fd: int, path: StrPath) -> tuple[Optional[_HeldCommit], str]:
     except Error as e:
         return None, f"the engine does not open it ({type(e).__name__}: {e})"
     try:
-        while True:    # until no commit is published between the two calls (microseconds)
-            snap = db.snapshot()
-            state = snap._state()
-            if state is not None:
-                break
-            snap.close()
+        snap = db.snapshot()
+        state = snap._state()
     except Error as e:
         db.close()
         return None, f"no snapshot could be taken ({type(e).__name__}: {e})"

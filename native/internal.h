@@ -158,6 +158,7 @@ struct kvm_txn {
     uint32_t  depth;
     uint64_t  entries;
     uint64_t  limit;             /* pages below this number exist */
+    kvm_state commit;            /* snapshots: the whole state of their commit (kvm_txn_state) */
     uint64_t  mod;               /* bumped by every change (cursors re-seek) */
     int       broken;            /* a write txn hit a SIGBUS mid-change: abort only */
     int       committed;         /* its free space was adopted: an end rolls nothing back */

@@ -139,11 +139,9 @@ int      kvm_txn_savepoint(kvm_txn *t, uint32_t *level);
 int      kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback);
 /* The whole state of a snapshot's commit: the meta fields (FORMAT.md §2),
 ** for kvmap-check, which reads that commit's pages from the file while the
-** snapshot keeps every writer off them.  A snapshot keeps only what reads
-** need (txnid, root, depth, entries, hwm); the other fields are the
-** published state's while that is still the snapshot's commit, so the call
-** returns KVM_BUSY once a newer commit has been published (take a new
-** snapshot), and KVM_INVALID for a write transaction. */
+** snapshot keeps every writer off them: the state as the snapshot took it
+** (`durable` may have grown since: a seal rewrites only that field of the
+** same commit's meta).  KVM_INVALID for a write transaction. */
 typedef struct kvm_txninfo {
     uint64_t txnid, root, entries, hwm, free_index, record;
     uint64_t free_count, pending_count, floor, durable;

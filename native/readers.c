@@ -113,6 +113,7 @@ int snapshot_acquire(kvm_env *e, kvm_txn *t)
         t->depth = s.depth;
         t->entries = s.entries;
         t->limit = s.hwm;
+        t->commit = s;
         int rc = env_follow(e, &s);
         if (rc)
             snapshot_release(e, t);

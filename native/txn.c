@@ -302,21 +302,13 @@ int kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback)
 
 static int txn_state(kvm_txn *t, kvm_txninfo *out)
 {
-    kvm_env *e = t->env;
     if (t->write)
         return kvm_err(KVM_INVALID, "a write transaction's commit has no state until it is made");
-    kvm_state s;
-    state_load(e, &s);
-    if (s.txnid != t->txnid)
-        return kvm_err(KVM_BUSY, "commit %llu was published after the snapshot of commit %llu began: "
-                                 "its state is no longer held (take a new snapshot)",
-                       (unsigned long long)s.txnid, (unsigned long long)t->txnid);
-    /* The same commit: only a seal changes its published state, and only
-    ** its durable field (env_durable). */
-    *out = (kvm_txninfo){.txnid = t->txnid, .root = t->root, .entries = t->entries, .hwm = t->limit,
-                         .free_index = s.free_index, .record = s.record, .free_count = s.free_count,
-                         .pending_count = s.pending_count, .floor = s.floor, .durable = s.durable,
-                         .depth = t->depth, .flags = s.flags, .shared = e->sh_shared};
+    const kvm_state *s = &t->commit;
+    *out = (kvm_txninfo){.txnid = s->txnid, .root = s->root, .entries = s->entries, .hwm = s->hwm,
+                         .free_index = s->free_index, .record = s->record, .free_count = s->free_count,
+                         .pending_count = s->pending_count, .floor = s->floor, .durable = s->durable,
+                         .depth = s->depth, .flags = s->flags, .shared = t->env->sh_shared};
     return 0;
 }
 
