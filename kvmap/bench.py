@@ -45,7 +45,10 @@ procs       the same traffic from separate processes: N reader processes (one
             multiprocessing's spawn.  Once every process has opened the store
             they all run for the same --procs-seconds window (a start time on
             the shared monotonic clock), so start-up and imports are outside
-            it.  A reader reads batches of 100 random gets, one snapshot / read
+            it.  Unlike the other workloads, which run store after store, procs
+            runs on every store in turn, repetition by repetition, so that the
+            load of other processes on the machine falls alike on all stores.
+            A reader reads batches of 100 random gets, one snapshot / read
             transaction each, and checks that every key is found; the writer
             commits transactions of 10 overwrites, sync off, cycling over
             params.mixed_commits prepared ones.  throughput = all readers'
@@ -1006,6 +1009,7 @@ def w_procs(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _restore_overwritten(store, data, chunks)
     syscalls = [f["syscalls"] for f in figures if "syscalls" in f]
     gets = sum(f["ops"] for f in readers) * MIXED_BATCH
+    commit_ns = sorted(writer["lat_ns"])
     result: _Result = {
         "ops": gets,
         "seconds": max(f["seconds"] for f in readers),
@@ -1020,8 +1024,8 @@ def w_procs(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
                   "writer_cpu_us_per_commit": writer["cpu_s"] / writer["ops"] * 1e6,
                   "puts_per_txn": PUTS_PER_TXN, "writer_commits": writer["ops"],
                   "writer_commits_per_s": writer["ops"] / writer["seconds"],
-                  "writer_commit_us": {"p50": _pct(sorted(writer["lat_ns"]), 0.50) / 1e3,  # type: ignore[operator]
-                                       "p99": _pct(sorted(writer["lat_ns"]), 0.99) / 1e3}}}  # type: ignore[operator]
+                  "writer_commit_us": {"p50": _pct(commit_ns, 0.50) / 1e3,  # type: ignore[operator]
+                                       "p99": _pct(commit_ns, 0.99) / 1e3}}}  # type: ignore[operator]
     if syscalls:
         result["syscalls"] = {k: sum(sc[k] for sc in syscalls) for k in syscalls[0]}
     return result
@@ -1053,6 +1057,7 @@ def w_churn(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
 
 def w_growth(store: KvmapStore, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     store.destroy()
+    ctx["loaded"] = False   # a workload after this one loads the data set again
     store.open(False)
     db = store.db
     target = p["growth_mib"] * MIB
@@ -1128,42 +1133,38 @@ WORKLOAD_FUNCS: dict[str, Callable[[Any, Data, _Ctx, _Params], _Result]] = {
 
 # ----------------------------------------------------------------------------- runner
 
-def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
-    fn = WORKLOAD_FUNCS[workload]
-    rates, lat_all, faults, peaks, extra, syscalls = [], [], [], [], {}, None
-    writer_rates = []   # mixed and procs: the writer's commits/s of each repetition
-    for rep in range(p["repeat"]):
-        ctx["rep"] = rep
-        _reset_peak_rss()
-        sc0 = None
-        if isinstance(store, KvmapStore):
-            if store.db is None:
-                store.ensure(False)  # a handle to read the (process-wide) counters
-            sc0 = store.syscalls()
-        f0 = _rusage()
-        r = fn(store, data, ctx, p)
-        f1 = _rusage()
-        if isinstance(store, KvmapStore) and store.db is not None:
-            sc1 = store.syscalls()
-            if sc0 is not None:
-                syscalls = r.get("syscalls") or {k: sc1[k] - sc0.get(k, 0) for k in sc1}
-        # procs: the figures of its processes, not of this one
-        peaks.append(r.get("peak_rss") or _peak_rss())
-        faults.append(r.get("faults") or (f1[0] - f0[0], f1[1] - f0[1]))
-        sec = r["seconds"]
-        rates.append(r["ops"] / sec if sec > 0 else float("inf"))
-        if r.get("lat_ns"):
-            lat_all.extend(r["lat_ns"])
-        extra = r.get("extra", {})
-        if "writer_commits_per_s" in extra:
-            writer_rates.append(extra["writer_commits_per_s"])
-    if syscalls is not None:
-        extra = dict(extra, syscalls=syscalls)
-    if writer_rates:
-        extra = dict(extra, writer_commits_per_s=statistics.median(writer_rates))
-    order = sorted(range(len(rates)), key=lambda i: rates[i])
-    mid = order[len(order) // 2]
-    lat_all.sort()
+def run_repetition(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
+    """One repetition of `workload` (ctx["rep"] is its number): the
+    workload's figures, and the faults, peak RSS and (kvmap) syscalls of
+    this process in it -- procs gives those of its processes instead."""
+    _reset_peak_rss()
+    sc0 = None
+    if isinstance(store, KvmapStore):
+        if store.db is None:
+            store.ensure(False)  # a handle to read the (process-wide) counters
+        sc0 = store.syscalls()
+    f0 = _rusage()
+    r = WORKLOAD_FUNCS[workload](store, data, ctx, p)
+    f1 = _rusage()
+    if isinstance(store, KvmapStore) and store.db is not None and sc0 is not None:
+        sc1 = store.syscalls()
+        r.setdefault("syscalls", {k: sc1[k] - sc0.get(k, 0) for k in sc1})
+    r.setdefault("peak_rss", _peak_rss())
+    r.setdefault("faults", (f1[0] - f0[0], f1[1] - f0[1]))
+    return r
+
+
+def summarize(store: Store, workload: str, reps: list[_Result]) -> _Result:
+    """The result of `workload` on `store` from its repetitions."""
+    rates = [r["ops"] / r["seconds"] if r["seconds"] > 0 else float("inf") for r in reps]
+    lat_all = sorted(ns for r in reps for ns in r.get("lat_ns") or ())
+    extra = dict(reps[-1].get("extra", {}))
+    if "syscalls" in reps[-1]:
+        extra["syscalls"] = reps[-1]["syscalls"]
+    writer_rates = [r["extra"]["writer_commits_per_s"] for r in reps if "writer_commits_per_s" in r.get("extra", {})]
+    if writer_rates:   # mixed and procs
+        extra["writer_commits_per_s"] = statistics.median(writer_rates)
+    mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
     size, alloc = _file_figures(store.files())
     return {
         "workload": workload, "store": store.name,
@@ -1171,9 +1172,17 @@ def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params)
                        "unit": UNITS[workload]},
         "latency_us": ({"p50": _pct(lat_all, 0.50) / 1e3, "p99": _pct(lat_all, 0.99) / 1e3}  # type: ignore[operator]
                        if lat_all else None),
-        "faults": {"minor": faults[mid][0], "major": faults[mid][1]},
-        "peak_rss": max(peaks), "file_size": size, "allocated": alloc, "extra": extra,
+        "faults": {"minor": reps[mid]["faults"][0], "major": reps[mid]["faults"][1]},
+        "peak_rss": max(r["peak_rss"] for r in reps), "file_size": size, "allocated": alloc, "extra": extra,
     }
+
+
+def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
+    reps = []
+    for rep in range(p["repeat"]):
+        ctx["rep"] = rep
+        reps.append(run_repetition(store, workload, data, ctx, p))
+    return summarize(store, workload, reps)
 
 
 def _fmt_rate(x: Optional[float]) -> str:
@@ -1478,47 +1487,103 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-bench") -> int:
     t_start = time.perf_counter()
     data = Data(n, args.key_size, args.value_size, args.seed)
     results = []
-    # procs runs once per reader count: ctx["readers"]
-    variants: dict[str, list[dict[str, int]]] = {w: [{"readers": c} for c in args.procs_readers] if w == "procs" else [{}] for w in workloads}
-    phases = [(s, w, v) for s in stores for w in workloads if not (w in KVMAP_ONLY and s not in BACKENDS)
-              for v in variants[w]]
+    def runs(s: str, w: str) -> bool:
+        return not (w in KVMAP_ONLY and s not in BACKENDS)
+
     for s in stores:
-        skipped = [w for w in workloads if w in KVMAP_ONLY and s not in BACKENDS]
+        skipped = [w for w in workloads if not runs(s, w)]
         if skipped:
             say(f"  {s}: skipping {', '.join(skipped)} (kvmap growth strategies only)")
-    k = 0
+    phases = sum(len(args.procs_readers) if w == "procs" else 1 for s in stores for w in workloads if runs(s, w))
+    live: dict[str, tuple[Store, _Ctx]] = {}   # the stores made and not yet removed, with their context
+
+    def store_of(s: str) -> tuple[Store, _Ctx]:
+        if s not in live:
+            live[s] = (make_store(s, os.path.join(workdir, s.replace(":", "-"))), {"loaded": False})
+        return live[s]
+
+    def finish(s: str) -> None:
+        store, _ = live.pop(s)
+        with contextlib.suppress(Exception):
+            store.close()
+        shutil.rmtree(store.dir, ignore_errors=True)
+
+    def failed(s: str, w: str, variant: dict[str, int], exc: Exception) -> _Result:
+        """The result of a workload that raised; the store is closed (and
+        emptied if the workload was building it) for the next to load."""
+        store, ctx = live[s]
+        r = {"workload": w, "store": s, "throughput": None, "latency_us": None, "faults": None,
+             "peak_rss": None, "file_size": None, "allocated": None, "extra": dict(variant),
+             "error": f"{type(exc).__name__}: {exc}"}
+        print(f"kvmap-bench: {_label(r)} on {s} failed: {r['error']}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            store.close()
+        ctx["loaded"] = False
+        if w in ("bulk", "growth"):
+            with contextlib.suppress(Exception):
+                store.destroy()
+        return r
+
+    def report(r: _Result, t0: float) -> None:
+        results.append(r)
+        if r.get("throughput"):
+            tp = r["throughput"]
+            say(f"[{len(results)}/{phases}] {_label(r):<10} {r['store']:<16} {_fmt_rate(tp['median'])} "
+                f"{tp['unit']}  ({time.perf_counter() - t0:.1f} s)")
+
+    def run_one(s: str, w: str) -> None:
+        if not runs(s, w):
+            return
+        store, ctx = store_of(s)
+        t0 = time.perf_counter()
+        try:
+            r = run_workload(store, w, data, ctx, params)
+        except Exception as exc:
+            r = failed(s, w, {}, exc)
+        report(r, t0)
+
+    def run_procs(variant: dict[str, int]) -> None:
+        """procs with ctx["readers"] = variant's on every store, the
+        repetitions interleaved: the stores take turns, each repetition
+        starting one store further on, so that a change in the machine's
+        load (other processes) falls on all of them, not on one store's
+        block of repetitions as with the other workloads."""
+        t0 = time.perf_counter()
+        reps: dict[str, list[_Result]] = {s: [] for s in stores}
+        errors: dict[str, _Result] = {}
+        for rep in range(args.repeat):
+            for s in stores[rep % len(stores):] + stores[:rep % len(stores)]:
+                if s in errors:
+                    continue
+                store, ctx = store_of(s)
+                ctx.update(variant, rep=rep)
+                try:
+                    reps[s].append(run_repetition(store, "procs", data, ctx, params))
+                except Exception as exc:
+                    errors[s] = failed(s, "procs", variant, exc)
+        for s in stores:
+            report(errors.get(s) or summarize(live[s][0], "procs", reps[s]), t0)
+
+    # Store after store, each through the workloads in order -- but procs
+    # runs on every store in turn at its place in the order, so the stores
+    # wait for it (and are removed after their last workload).
+    procs_at = workloads.index("procs") if "procs" in workloads else len(workloads)
     try:
         for s in stores:
-            store = make_store(s, os.path.join(workdir, s.replace(":", "-")))
-            ctx: _Ctx = {"loaded": False}
-            try:
-                for _, w, variant in (ph for ph in phases if ph[0] == s):
-                    k += 1
-                    ctx.update(variant)
-                    t0 = time.perf_counter()
-                    try:
-                        r = run_workload(store, w, data, ctx, params)
-                    except Exception as exc:
-                        r = {"workload": w, "store": s, "throughput": None, "latency_us": None,
-                             "faults": None, "peak_rss": None, "file_size": None, "allocated": None,
-                             "extra": dict(variant), "error": f"{type(exc).__name__}: {exc}"}
-                        print(f"kvmap-bench: {_label(r)} on {s} failed: {r['error']}", file=sys.stderr)
-                        with contextlib.suppress(Exception):
-                            store.close()
-                        ctx["loaded"] = False
-                        if w in ("bulk", "growth"):
-                            with contextlib.suppress(Exception):
-                                store.destroy()
-                    results.append(r)
-                    if r.get("throughput"):
-                        tp = r["throughput"]
-                        say(f"[{k}/{len(phases)}] {_label(r):<10} {s:<16} {_fmt_rate(tp['median'])} {tp['unit']}"
-                            f"  ({time.perf_counter() - t0:.1f} s)")
-            finally:
-                with contextlib.suppress(Exception):
-                    store.close()
-                shutil.rmtree(store.dir, ignore_errors=True)
+            for w in workloads[:procs_at]:
+                run_one(s, w)
+            if procs_at == len(workloads):
+                finish(s)
+        if procs_at < len(workloads):
+            for readers in args.procs_readers:
+                run_procs({"readers": readers})
+            for s in stores:
+                for w in workloads[procs_at + 1:]:
+                    run_one(s, w)
+                finish(s)
     finally:
+        for s in list(live):
+            finish(s)
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - t_start
     say(f"kvmap-bench: done in {elapsed:.1f} s")
