@@ -2,9 +2,9 @@
 disk, optionally side by side with py-lmdb and sqlite3.
 
 Run ``kvmap-bench`` (or ``python -m kvmap.bench``) with no arguments for the
-default suite (about a minute on a 2-core VM); ``kvmap-bench --help`` lists
-the options.  Progress goes to stderr (one line per phase, ``--quiet`` hides
-it); the comparison table goes to stdout.
+default suite (about 100 s on a 2-core VM, two thirds of it procs);
+``kvmap-bench --help`` lists the options.  Progress goes to stderr (one line
+per phase, ``--quiet`` hides it); the comparison table goes to stdout.
 
 Stores
 ------
