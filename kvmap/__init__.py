@@ -13,7 +13,7 @@ memory mapping.
 
 from typing import TYPE_CHECKING, Any
 
-from .db import Database, open
+from .db import Database, Reader, open
 from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
                      InheritedHandleError, IOFailure, LockedError, MapFullError, ReadersFullError,
                      ReadOnlyError)
@@ -24,7 +24,7 @@ if TYPE_CHECKING:   # at run time __getattr__ below imports them on first use
 
 __version__ = "0.1.0"
 __all__ = [
-    "open", "Database", "Snapshot", "Transaction", "Savepoint", "Error", "FormatError", "CorruptionError",
+    "open", "Database", "Snapshot", "Transaction", "Savepoint", "Reader", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
     "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable",
 ]

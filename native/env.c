@@ -108,6 +108,7 @@ static void fork_child(void)
 {
     __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST);
     lock_forget_all();
+    this_thread_forget();
 }
 static void fork_watch(void) { pthread_atfork(NULL, NULL, fork_child); }
 

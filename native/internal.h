@@ -62,8 +62,11 @@ typedef struct kvm_shared {
     uint32_t  unused;
     uint64_t  file_dev, file_ino;   /* the database file the region is of (st_dev, st_ino) */
     uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
-    uint64_t  readers[];         /* nreaders slots */
+    uint64_t  readers[];         /* nreaders slots, then a u32 thread id per slot */
 } kvm_shared;
+
+/* The thread that took each reader slot (kvm_env_readers), for people. */
+static inline uint32_t *reader_threads(kvm_shared *sh) { return (uint32_t *)(sh->readers + sh->nreaders); }
 
 /* Page cache of the pread backend: CLOCK replacement, chained hash. */
 typedef struct kvm_cache {
@@ -213,7 +216,9 @@ void lock_free(kvm_env *e);
 int  lock_writer(kvm_env *e, int wait);   /* KVM_BUSY: another handle writes (not wait) */
 void unlock_writer(kvm_env *e);
 void lock_sweep(kvm_env *e);
-void lock_forget_all(void);               /* a child after fork(): close the lock descriptors */
+void lock_forget_all(void);
+uint32_t this_thread(void);              /* readers.c: the thread id, cached */
+void this_thread_forget(void);           /* a child after fork() */               /* a child after fork(): close the lock descriptors */
 /* readers.c */
 void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);

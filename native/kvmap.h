@@ -110,6 +110,14 @@ void     kvm_env_close(kvm_env *e);
 void     kvm_env_release(kvm_env *e);
 int      kvm_env_usable(kvm_env *e);
 int      kvm_env_stat(kvm_env *e, kvm_stat *st);
+/* The live snapshots of every process on the database (readers.c): up to
+** cap of them into out (their commit, process and thread); returns how many
+** there are (more than cap: call again with room for them), or an error. */
+typedef struct kvm_reader {
+    uint64_t txnid;
+    uint32_t pid, thread;
+} kvm_reader;
+int64_t  kvm_env_readers(kvm_env *e, kvm_reader *out, size_t cap);
 uint32_t kvm_env_max_key(kvm_env *e);
 int64_t  kvm_env_entries(kvm_env *e);
 int64_t  kvm_env_txnid(kvm_env *e);

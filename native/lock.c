@@ -124,7 +124,7 @@ void lock_forget_all(void)
 
 static size_t region_bytes(uint32_t nreaders)
 {
-    size_t n = sizeof(kvm_shared) + (size_t)nreaders * sizeof(uint64_t);
+    size_t n = sizeof(kvm_shared) + (size_t)nreaders * (sizeof(uint64_t) + sizeof(uint32_t));
     long pg = sysconf(_SC_PAGESIZE);
     return (n + (size_t)pg - 1) / (size_t)pg * (size_t)pg;
 }
