@@ -61,6 +61,9 @@ typedef struct kvm_shared {
                                  ** the first write transaction flushes before it builds on it */
     uint32_t  unused;
     uint64_t  file_dev, file_ino;   /* the database file the region is of (st_dev, st_ino) */
+    uint64_t  meta_pending;      /* the commit whose meta is being written, not yet published
+                                 ** (0: none): a writer that finds it set adopts that commit
+                                 ** if its meta made it to the file (meta.c, meta_adopt_pending) */
     uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
     uint64_t  readers[];         /* nreaders slots, then a u32 thread id per slot */
 } kvm_shared;
@@ -205,6 +208,7 @@ void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s);
 int init_file(kvm_env *e, uint32_t ps);
 int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
 int load_meta(kvm_env *e, uint32_t want_ps);
+int meta_adopt_pending(kvm_env *e);
 /* env.c: the free space from the newest commit (writable handles) */
 int space_open(kvm_env *e);
 /* lock.c */

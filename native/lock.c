@@ -50,6 +50,7 @@ _Static_assert(offsetof(kvm_shared, magic) == LOCK_OFF_MAGIC, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, nreaders) == LOCK_OFF_NREADERS, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, st) == LOCK_OFF_TXNID && offsetof(kvm_state, txnid) == 0, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, file_dev) == LOCK_OFF_FILE_ID, "FORMAT.md §9");
+_Static_assert(offsetof(kvm_shared, meta_pending) == LOCK_OFF_PENDING, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_pid) == LOCK_OFF_PID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, readers) == LOCK_OFF_READERS, "FORMAT.md §9");
 

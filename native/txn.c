@@ -116,8 +116,11 @@ static int make_room(kvm_env *e, uint64_t want)
 ** lock; *s: the newest commit. */
 int writer_follow(kvm_env *e, kvm_state *s)
 {
+    int rc = meta_adopt_pending(e);
+    if (rc)
+        return rc;
     state_load(e, s);
-    int rc = env_follow(e, s);
+    rc = env_follow(e, s);
     if (!rc && e->sh->open_flush && !(rc = env_flush(e)))
         e->sh->open_flush = 0;
     if (!rc && (!e->space || e->space_txnid != s->txnid))
@@ -533,6 +536,7 @@ static int txn_commit(kvm_txn *t, int sync)
         pthread_mutex_lock(&e->durable_lock);
         int slot = 1 - e->sh->durable_slot;
         s.durable = pages_first ? s.txnid : e->sh->durable;
+        e->sh->meta_pending = s.txnid;   /* until published: a writer after a death here adopts it */
         rc = write_meta(e, &s, slot);
         if (!rc && flushing)
             rc = flush(e, "syncing the meta page (the handle refuses writes until reopened)");
@@ -558,6 +562,7 @@ static int txn_commit(kvm_txn *t, int sync)
     if (rc)
         return rc;
     state_publish(e, &s);
+    e->sh->meta_pending = 0;
     e->space_txnid = s.txnid;
     pthread_mutex_lock(&e->cache_lock);
     if (e->cache_txnid == s.txnid - 1)   /* the cache has this commit's pages as written */
