@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
-from conftest import CONFIG_IDS, REPO_ROOT
+import pytest
+
+from conftest import CONFIG_IDS, REPO_ROOT, describe_child, run_python
 
 KILLTEST = os.path.join(REPO_ROOT, "tools", "killtest.py")
 
@@ -102,3 +104,97 @@ def test_harness_catches_a_writer_that_acknowledges_too_early(tmp_path):
     for f in c["failures"]:
         assert "--lane %d" % f["lane"] in f["reproduce"] and "--lie-ack" in f["reproduce"]
         assert os.path.exists(f["kept_file"])
+
+
+# ---------------------------------------------------------------------------
+# ENGINE BUG, open: a commit whose process dies between its meta write and
+# its publication in the lock region.  The survivors keep the region (and a
+# handle that is not the first opener never reads the metas), so they take
+# the meta's slot for the previous commit and the dead commit's pages for
+# free.  A later writer that reuses those pages and dies before its own meta
+# leaves the dead meta in the file with damaged pages; once every handle is
+# gone, the first opener rebuilds the region from the file, picks that meta
+# (the newest), fails to verify it, and falls back to the durable commit it
+# names -- losing every sync=False commit since ("lost"), or, when a close
+# has sealed the previous commit into the other slot meanwhile, finds no
+# usable meta at all: CorruptionError ("unopenable").  A killed process must
+# lose no acknowledged commit, sync=False included (README "Durability").
+# The tests fail until the engine is fixed (strict xfail: a fix makes them
+# pass, and the marker must then go).
+
+DEAD_META = r"""
+import os, time, kvmap
+from kvmap._lib import lib
+path, variant = ARGS["path"], ARGS["variant"]
+
+def run(fn):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+kvmap.open(path).close()
+r, w = os.pipe()
+keeper = os.fork()
+if keeper == 0:     # a read-only handle keeps the lock region: no later opener is the first
+    db = kvmap.open(path, readonly=True)
+    os.write(w, b"k")
+    time.sleep(600)
+    os._exit(0)
+os.read(r, 1)
+
+def acknowledged():         # 5 sync=False commits, then the process ends without close
+    db = kvmap.open(path, sync=False)
+    for i in range(5):
+        with db.transaction() as t:
+            for k in range(50):
+                t[b"acked-%d-%03d" % (i, k)] = b"v" * 300
+    os._exit(0)
+
+def killed_after_its_meta():    # killed at the commit's fdatasync: meta written, not published
+    db = kvmap.open(path, sync=True)
+    t = db.transaction()
+    for k in range(50):
+        t[b"dead-%03d" % k] = b"d" * 300
+    lib.kvm_fault_set(lib.KVM_SYS_FDATASYNC, 1, lib.KVM_FAULT_KILL, 0)
+    t.commit()
+
+def closes():               # flushes, and seals the newest commit into the other slot
+    kvmap.open(path, sync=False).close()
+
+def killed_writing_pages(keys, nth):    # reuses the dead commit's pages, killed before its meta
+    db = kvmap.open(path, sync=False)
+    t = db.transaction()
+    for k in range(keys):
+        t[b"torn-%04d" % k] = b"t" * 300
+    lib.kvm_fault_set(lib.KVM_SYS_PWRITE, nth, lib.KVM_FAULT_KILL, 0)
+    t.commit()
+
+run(acknowledged)
+run(killed_after_its_meta)
+if variant == "lost":
+    run(lambda: killed_writing_pages(400, 2))
+else:
+    run(closes)
+    run(lambda: killed_writing_pages(3000, 5))
+os.kill(keeper, 9)
+os.waitpid(keeper, 0)
+try:
+    db = kvmap.open(path)       # the first opener: the region is rebuilt from the file
+except kvmap.Error as e:
+    print("OPEN FAILED", type(e).__name__, e)
+else:
+    print("ACKED KEYS", sum(k.startswith(b"acked-") for k in db.keys()))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="ENGINE BUG: a commit killed between its meta write and its publication "
+                                       "is later taken for the newest commit (see the comment above)")
+@pytest.mark.parametrize("variant", ["lost", "unopenable"])
+def test_commit_killed_before_publication_loses_no_acknowledged_commit(tmp_path, variant):
+    rc, out, err = run_python(DEAD_META, args=dict(path=str(tmp_path / "db"), variant=variant), timeout=120)
+    assert rc == 0, describe_child(rc, out, err)
+    assert "ACKED KEYS 250" in out, out      # all 5 acknowledged commits, 50 keys each
