@@ -198,3 +198,67 @@ def test_commit_killed_before_publication_loses_no_acknowledged_commit(tmp_path,
     rc, out, err = run_python(DEAD_META, args=dict(path=str(tmp_path / "db"), variant=variant), timeout=120)
     assert rc == 0, describe_child(rc, out, err)
     assert "ACKED KEYS 250" in out, out      # all 5 acknowledged commits, 50 keys each
+
+
+# ---------------------------------------------------------------------------
+# ENGINE BUG, open: with the pread backend, a reader in another process reads
+# pages that a sync=False writer has since rewritten, when the writer's
+# commits are larger than 4 x sync_bytes (each syncs its pages before its
+# meta): its snapshots fail with CorruptionError ("type 2 where a branch page
+# belongs", "not an overflow page of this value") -- and a writer process
+# can build on such pages: the killtest process lane that found it (python
+# tools/killtest.py --seed 77 --lane 62 --procs only, every run) left a file
+# whose tree has fewer entries than its meta says, with leaked pages.  The
+# same run with the mmap backend, with sync=True, or with commits smaller
+# than 4 x sync_bytes reads clean.  Strict xfail: it fails until the engine
+# is fixed, then the marker must go.
+
+PREAD_STALE = r"""
+import os, select, kvmap
+path, commits = ARGS["path"], ARGS["commits"]
+with kvmap.open(path, backend="pread") as db:
+    db.update({b"k%02d" % k: b"0" for k in range(40)})
+
+def value(r, k):            # commit r's value of key k, mostly overflow pages
+    return (b"%d/%d:" % (r, k)) * (50 + (r * 7 + k * 13) % 900)
+
+done_r, done_w = os.pipe()
+out_r, out_w = os.pipe()
+readers = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os.close(done_w)
+        db = kvmap.open(path, readonly=True, backend="pread")
+        bad = ""
+        while not bad and not select.select([done_r], [], [], 0)[0]:
+            try:
+                with db.snapshot() as s:
+                    items = dict(s.items())
+                    rounds = {v.split(b"/")[0] for v in items.values()}
+                    if len(items) != 40 or len(rounds) != 1:
+                        bad = "snapshot txnid %d: %d keys of commits %s" % (s.txnid, len(items), sorted(rounds))
+            except kvmap.Error as e:
+                bad = "%s: %s" % (type(e).__name__, e)
+        os.write(out_w, ("READER %s\n" % (bad or "OK")).encode())
+        os._exit(0)
+    readers.append(pid)
+os.close(out_w)
+with kvmap.open(path, backend="pread", sync=False, sync_bytes=16 << 10) as db:
+    for r in range(1, commits + 1):     # each commit over 4 x sync_bytes: pages synced before the meta
+        with db.transaction() as t:
+            for k in range(40):
+                t[b"k%02d" % k] = value(r, k)
+os.close(done_w)
+for pid in readers:
+    os.waitpid(pid, 0)
+print(os.read(out_r, 4096).decode())
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="ENGINE BUG: pread readers in another process read pages a sync=False "
+                                       "writer rewrote (commits over 4 x sync_bytes; see the comment above)")
+def test_pread_reader_processes_read_clean_snapshots_of_a_sync_false_writer(tmp_path):
+    rc, out, err = run_python(PREAD_STALE, args=dict(path=str(tmp_path / "db"), commits=200), timeout=120)
+    assert rc == 0, describe_child(rc, out, err)
+    assert out.count("READER OK") == 2, out
