@@ -718,9 +718,11 @@ class Harness:
             if procs:
                 self.counts["process lanes"] += 1
                 lane.lie = a.lie_ack
-                before = self.counts["kills"]
+                before, failures = self.counts["kills"], len(self.failures)
                 ProcRun(self, lane, budget).run()
                 self.by_sync["sync=%s" % lane.sync] += self.counts["kills"] - before
+                if len(self.failures) > failures and self.counts["kills"] == before:
+                    break           # failed before its first kill: the next lanes could do the same forever
             while not procs and not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
                 before = self.counts["kills"]
                 self.step(lane)
@@ -750,7 +752,6 @@ PROC_EVERY, PROC_AT = 5, 2      # --procs mix: lane L is a process lane when L %
 WRITER_TIMEOUT = 30.0           # a survivor waiting longer than this for the writer lock: deadlock
 STEP_SECONDS = 60.0             # no wait of a process lane may take longer: a hang, reported
 LANE_SECONDS = 300.0            # nor the whole lane
-PROC_YOUNG = 100                # growth kills are drawn while a writer has made fewer commits
 CHURN_KEYS, CHURN_ROUNDS = 64, 8    # the file-size check at a process lane's end
 PACE = 0.004                    # writers rest up to this long between commits, readers 8x between
                                 # snapshots: the kills and checks, not the commits, are what a lane is for
@@ -806,8 +807,10 @@ class ProcLane(Lane):
                         for w in range(rng.choice((2, 2, 3)))]
         self.nreaders = rng.choice((2, 3))
         self.kills = rng.randint(25, 45)      # one at a time, then the lane's end
-        # small growth steps: the file grows often, so growth kills come soon
-        self.grow_min = rng.choice((64 << 10, 256 << 10, 1 << 20))
+        # the file grows by this much at a time (kvmap.db's GROW_MIN and
+        # GROW_MAX, read at open), not by half its size: it grows often, so
+        # growth kills come soon
+        self.grow_step = rng.choice((64 << 10, 256 << 10, 1 << 20))
         self.board = Board(len(self.writers))
         self.workload_seed = [wl.seed for wl in self.writers]
 
@@ -844,7 +847,7 @@ def proc_writer(fd, ctl, lane, w, acked, seed):
     """Writer w of a process lane.  It opens the file and finds what its
     killed predecessor left of its part: the model after transaction
     ``acked`` or ``acked + 1`` ("M n"; "F" if neither), checks the handle
-    (``db._check()`` while the other writers go on), then commits its
+    (``db._check()`` while the other processes go on), then commits its
     transactions n+1, n+2, ... in turns with them, each bounded by
     WRITER_TIMEOUT (a LockedError is a deadlock), marking each on the pipe
     (B: beginning, L: holding the writer lock, P: in commit(), A: its
@@ -854,7 +857,7 @@ def proc_writer(fd, ctl, lane, w, acked, seed):
     next commit returns, before acknowledging it; ``P`` closes, waits for
     ``G``, and reopens (the checkpoints)."""
     lib.kvm_fault_clear()
-    kvmap.db.GROW_MIN = lane.grow_min
+    kvmap.db.GROW_MIN = kvmap.db.GROW_MAX = lane.grow_step
     control = Control(ctl)
     wl, board = lane.writers[w], lane.board
     db = kvmap.open(lane.path, **lane.open_kw)
@@ -866,7 +869,12 @@ def proc_writer(fd, ctl, lane, w, acked, seed):
         _send(fd, "F", json.dumps("writer %d's part matches neither transaction %d nor %d: %s" % (
             w, acked, acked + 1, difference(part, wl.model(acked)))))
         return
-    db._check()
+    # under the writer lock: db._check() compares the newest commit's page
+    # count with this handle's view of the file size (stats()), which
+    # another process's growth and commit could make stale in between; and
+    # the free space it checks is then the newest commit's
+    with db.transaction(timeout=WRITER_TIMEOUT):
+        db._check()
     board.acked[w] = n
     _send(fd, "M", n)
     rng = random.Random(seed)
@@ -974,7 +982,8 @@ def proc_reader(fd, ctl, lane, seed):
                 for snap, _, _ in list(held) + pinned:
                     snap.close()
                 _send(fd, "I")
-                control.wait("end")         # never comes: the parent kills it
+                while True:                 # the parent kills it
+                    control.poll(None)
         seen = look()
         if len(held) < 2 and rng.random() < 0.25:
             held.append(seen)
@@ -1279,15 +1288,20 @@ class ProcRun:
                     checkpoint += rng.randint(6, 12)
             self.finish()
         except LaneFailure as e:
+            self.stop()         # the file kept is the one the failure saw
             self.h.fail(lane, self.plan, list(lane.board.acked), str(e))
         finally:
-            for c in self.children():
-                if c.alive:
-                    os.kill(c.pid, signal.SIGKILL)
-                    os.close(c.rfd)
-                    os.close(c.ctl)
-                    os.waitpid(c.pid, 0)
-                    c.alive = False
+            self.stop()
+
+    def stop(self):
+        """Kill every child still alive, without waiting on anything else."""
+        for c in self.children():
+            if c.alive:
+                os.kill(c.pid, signal.SIGKILL)
+                os.close(c.rfd)
+                os.close(c.ctl)
+                os.waitpid(c.pid, 0)
+                c.alive = False
 
     def record(self, kind, moment, where=None, got=None):
         counts = self.h.counts
@@ -1317,17 +1331,22 @@ class ProcRun:
         finds of its part against where it was."""
         lane, rng, c, counts = self.lane, self.lane.rng, self.writers[w], self.h.counts
         self.plan = {"step": len(lane.history), "victim": c.name}
+        pin = None          # a reader made to hold a snapshot meanwhile
         r = rng.random()
         if r < 0.5:
-            calls = ["pwrite"] * 4 + ["fdatasync"] * (3 if lane.sync else 5)
+            calls = ["pwrite"] * 4 + ["fdatasync"] * (3 if lane.sync else 5) + ["growth"] * 3
             if lane.cfg.get("backend") == "pread":
                 calls.append("pread")
-            if min(lane.board.acked) < PROC_YOUNG:
-                calls += ["growth"] * 3
             call = rng.choice(calls)
             if call == "growth":
                 call = rng.choice(GROWTH_CALLS[lane.cfg.get("growth")])
                 nth, k = 1, 40
+                # a reader holds a snapshot from now on (it dies next): no
+                # page can be reused, so the file grows a step every few
+                # commits
+                pin = rng.randrange(len(self.readers))
+                self.readers[pin].tell("R")
+                self.wait(lambda: "r" in self.readers[pin].got, "reader %d to take a snapshot" % pin)
             else:
                 k = rng.randint(1, 10)
                 nth = 1 + int(rng.uniform(0, k) * lane.rate[call])
@@ -1336,7 +1355,7 @@ class ProcRun:
             c.doomed = True
             c.tell("K", call, nth)
             self.wait(lambda: not c.alive or c.acks >= start + k + 10, "writer %d's death at %s" % (w, call))
-            moment = "syscall:" + call if not c.alive else "idle"
+            moment = ("syscall:" if not c.alive else "idle:") + call
             if c.alive:
                 self.kill(c)
             if c.acks - start >= 2 and call in lane.rate:
@@ -1364,14 +1383,20 @@ class ProcRun:
         if moment == "ack":
             expect = "acked+1"
         elif where == "in commit" and (not moment.startswith("syscall:") or moment == "syscall:fdatasync"):
-            # killed after the meta write, the commit may be the newest
-            # (published) or not: the survivors keep the lock region
+            # before its meta write (acked), or after it: published before
+            # the kill (acked+1) or not (acked: the survivors' lock region
+            # never saw it, and the next commit takes its slot)
             expect = None
         else:
             expect = "acked"        # nothing written that a meta reaches
         self.plan.update(where=where, expect=expect, acked=acked)
         n = self.start_writer(w, acked)
         got = "acked" if n == acked else "acked+1"
+        if expect and got != expect and lane.writers[w].model(acked) == lane.writers[w].model(acked + 1):
+            # transaction acked+1 changes nothing (deletes only absent keys):
+            # its commit writes nothing, and the writer reports the first match
+            counts["process no-op transaction at the kill"] += 1
+            expect = None
         if expect and got != expect:
             raise LaneFailure("writer %d killed at %s %s: its part is at transaction %d, but the kill point says "
                               "%s (%d)" % (w, moment, where, n, expect, acked + (expect == "acked+1")))
@@ -1384,16 +1409,20 @@ class ProcRun:
         if moment in ("syscall:fallocate", "syscall:mmap", "syscall:mremap", "syscall:munmap"):
             counts["process writer kills at growth calls"] += 1
         self.record("writer", moment, where, got)
+        if pin is not None:
+            self.kill_reader(pin, pinned=True)
 
-    def kill_reader(self, r):
-        """Kill reader r holding a snapshot it took for that, or after a
-        random delay (holding snapshots or not); start it again."""
+    def kill_reader(self, r, pinned=False):
+        """Kill reader r holding a snapshot it took for that (``pinned``:
+        it already holds one), or after a random delay (holding snapshots
+        or not); start it again."""
         rng, c = self.lane.rng, self.readers[r]
         self.plan = {"step": len(self.lane.history), "victim": c.name}
-        if rng.random() < 0.5:
+        if pinned or rng.random() < 0.5:
             moment = "snapshot"
-            c.tell("R")
-            self.wait(lambda: "r" in c.got, "reader %d to take a snapshot" % r)
+            if not pinned:
+                c.tell("R")
+                self.wait(lambda: "r" in c.got, "reader %d to take a snapshot" % r)
         else:
             moment = "time"
         self.plan.update(kind=moment)
