@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Process-kill crash harness for kvmap (issue 5).
+"""Process-kill crash harness for kvmap (issues 5 and 11).
 
     python tools/killtest.py [--kills N] [--long] [--seed S] [--config ID,...]
-                             [--sync on|off|mix] [--jobs J] [--lane L]
-                             [--no-timing] [--json FILE] [--dir DIR] [--keep] [-v]
+                             [--sync on|off|mix] [--procs mix|only|off] [--jobs J]
+                             [--lane L] [--no-timing] [--json FILE] [--dir DIR] [--keep] [-v]
 
 A parent process that has kvmap imported but never a database open forks
 writer children.  A writer opens the database (read-write, so the open of a
@@ -61,11 +61,71 @@ seed S draws every choice from ``Random("S:L")``: ``--lane L`` re-runs just
 that lane, and with ``--no-timing`` (no delay kills, no reader threads) a lane
 is fully deterministic, which is how a failing seed becomes a regression test.
 
+Process lanes (every fifth lane, L % 5 == 2; ``--procs only``: every lane,
+``--procs off`` or ``--no-timing``: none, since how processes interleave is
+up to the scheduler) put two or three writer processes and two or three
+reader processes on one file at once (the writers race to create it):
+
+* writer w commits the transactions of its own workload
+  (``WriterWorkload``: the lane's, lighter, every key under ``w<w>/``), so
+  its part of the file is verified on its own, in turns with the others,
+  each ``db.transaction(timeout=30)``: a survivor that times out is a
+  deadlock, a failure.  It marks on a board shared by the lane (an
+  anonymous shared mapping) the last transaction it began and the last
+  whose commit() returned; ``sync=False`` writers call ``db.sync()`` now
+  and then, and all close and reopen now and then.  The file grows by a
+  fixed step of 64 KiB to 1 MiB (kvmap.db's GROW_MIN and GROW_MAX), not by
+  half its size, so growth comes often;
+* readers (read-only handles, so that kvmap.check can run beside them)
+  take snapshot after snapshot: the txnid never goes backwards, and a
+  writer's part equals its model after a transaction between the one
+  acknowledged before the snapshot began and the one begun after; some
+  snapshots are held across many commits and must read the same when
+  released.
+
+The parent kills one process at a time, the others going on:
+
+* a writer at its n-th pwrite or fdatasync (or pread), at its next
+  fallocate / mmap / mremap / munmap (its own growth, or mapping another's)
+  while a reader holds a snapshot (no page can be reused, so the file
+  grows; that reader is killed next), in the middle of a transaction
+  holding the writer lock (``hold``: the others wait for it), right after
+  a commit returned (``ack``), or after a random delay;
+* a reader holding a snapshot it took for that, or after a random delay.
+
+The process is started again.  A writer started again finds its part at
+its model after transaction ``acked`` or ``acked+1``, and the kill point
+decides which: killed before its commit's meta write (at a pwrite, a growth
+call, outside commit()), ``acked``; after a commit returned, ``acked+1``;
+inside commit() otherwise, either (an unpublished commit is lost: the
+survivors' lock region never saw it); then ``db._check()`` (under the
+writer lock), and it goes on from there.  Every 6 to 12 kills, a
+checkpoint with no writer running: the writers close (the readers go on),
+or everyone is killed at once (the check's open is then the first, and
+builds the lock region from the file); then kvmap.check, every writer's
+part at its model (acked, or acked+1 if killed inside a commit), a writable
+handle's ``db._check()``, kvmap.check again.  At the lane's end the readers
+but one take snapshots, the writers commit twice more and close, the other
+reader drops its snapshots (its handle keeps the lock region), and the
+holders are killed; the check then finds their reader slots, finds none
+after one write transaction (a dead reader pins no page past it), and runs
+a churn that rewrites 64 values of a page 8 times: the pages in use grow by
+at most 64 (the same churn under a live snapshot takes at least 768 more,
+the calibration) -- page counts, not timings.  Once everyone is gone, the
+check again from a first open.  Every wait of the parent is bounded (60 s,
+and 300 s for the lane): a hang is a failure with its reproducer, never a
+stuck run.  ``--lane L`` re-runs a process lane's choices, not its exact
+interleaving.
+
 Counts (kills by moment, by where the writer was, with readers, during
-reopen, matches at acked vs acked+1, per configuration) are printed at the
-end, and written as JSON with ``--json``.  Exit status 1 if any kill lost or tore a commit, the integrity
-check failed, or a child crashed or raised; each failure is printed with its
-reproducer and the crashed file is kept.
+reopen, matches at acked vs acked+1, per configuration; process lanes' kills
+of writers and readers, by moment (``procs:writer:...``, ``procs:reader:...``)
+and where, holding the writer lock, inside commits, at growth calls, readers
+holding snapshots, checkpoints, dead reader slots swept) are printed at the
+end, and written as JSON with ``--json``.  Exit status 1 if any kill lost or
+tore a commit, the integrity check failed, a process lane hung, or a child
+crashed or raised; each failure is printed with its reproducer and the
+crashed file is kept.
 """
 
 import argparse
@@ -1058,7 +1118,7 @@ def proc_check_child(fd, lane, acked, allow_next, holders):
     lib.kvm_fault_clear()
     try:
         crashkit.checked(lane.path, "with no writer running")
-        dead = reader_slots(lane.path)
+        dead = reader_slots(lane.path) if holders is not None else None
         db = kvmap.open(lane.path, **dict(lane.cfg, sync=True))
         try:
             ns = []
@@ -1072,8 +1132,10 @@ def proc_check_child(fd, lane, acked, allow_next, holders):
                             difference(part, wl.model(acked[w]))))
                     ns.append(n)
             db._check()
-            sizes = size_check(db, lane, dead, holders) if holders is not None else None
-            db._check()
+            sizes = None
+            if holders is not None:
+                sizes = size_check(db, lane, dead, holders)
+                db._check()
         finally:
             db.close()
         crashkit.checked(lane.path, "after a writable handle closed")
@@ -1135,6 +1197,7 @@ class ProcRun:
         self.readers = [None] * lane.nreaders
         self.deadline = time.monotonic() + LANE_SECONDS
         self.plan = {}
+        self.crashed = None     # the file as everyone's death left it, while the check of it runs
 
     def children(self):
         return [c for c in self.writers + self.readers if c is not None]
@@ -1289,7 +1352,7 @@ class ProcRun:
             self.finish()
         except LaneFailure as e:
             self.stop()         # the file kept is the one the failure saw
-            self.h.fail(lane, self.plan, list(lane.board.acked), str(e))
+            self.h.fail(lane, self.plan, list(lane.board.acked), str(e), crashed=self.crashed)
         finally:
             self.stop()
 
@@ -1390,7 +1453,15 @@ class ProcRun:
         else:
             expect = "acked"        # nothing written that a meta reaches
         self.plan.update(where=where, expect=expect, acked=acked)
-        n = self.start_writer(w, acked)
+        if expect is None and rng.random() < 0.3:
+            # its commit may be written and not published: kill the others
+            # before they commit past it (a next writer may be writing pages
+            # the region thinks free), and let a first open, which builds
+            # the lock region from the file, judge what the file holds
+            counts["process everyone killed right after a kill inside commit()"] += 1
+            n = self.everyone_killed(0.01)[w]
+        else:
+            n = self.start_writer(w, acked)
         got = "acked" if n == acked else "acked+1"
         if expect and got != expect and lane.writers[w].model(acked) == lane.writers[w].model(acked + 1):
             # transaction acked+1 changes nothing (deletes only absent keys):
@@ -1450,12 +1521,23 @@ class ProcRun:
                 c.tell("G")
             self.wait(lambda: all("g" in c.got for c in self.writers), "the writers' reopen")
             counts["process checkpoints with the writers paused"] += 1
-            return
-        self.sleep(lane.rng.uniform(0, 0.03))
+        else:
+            self.everyone_killed(0.03)
+
+    def everyone_killed(self, delay):
+        """After a random delay up to ``delay`` seconds, kill every process
+        still alive at once; check the file from a first open; start
+        everyone again.  Returns the transaction each writer's part was
+        found at."""
+        lane, board, counts = self.lane, self.lane.board, self.h.counts
+        self.sleep(lane.rng.uniform(0, delay))
         self.kill(*self.children())
         acked = list(board.acked)
         allow = [c.mark == "P" for c in self.writers]       # killed inside a commit
+        shutil.copyfile(lane.path, lane.crash_copy)
+        self.crashed = lane.crash_copy
         ns = self.check(acked, allow)["n"]
+        self.crashed = None
         for w, n in enumerate(ns):
             board.acked[w] = board.begun[w] = n
             self.spawn_writer(w, n)
@@ -1468,6 +1550,7 @@ class ProcRun:
             self.start_reader(r)
         counts["process checkpoints after killing everyone"] += 1
         counts["process matched acked+1 after killing everyone"] += sum(n != a for n, a in zip(ns, acked))
+        return ns
 
     def pause(self):
         for c in self.writers:
@@ -1584,6 +1667,7 @@ def report(args, total, elapsed):
         "process_matched_acked_plus_1": c["process matched acked+1"],
         "process_checkpoints_paused": c["process checkpoints with the writers paused"],
         "process_checkpoints_all_killed": c["process checkpoints after killing everyone"],
+        "process_all_killed_after_commit_kill": c["process everyone killed right after a kill inside commit()"],
         "process_all_killed_matched_acked_plus_1": c["process matched acked+1 after killing everyone"],
         "process_size_checks": c["process size checks"],
         "process_dead_slots_swept": c["process dead reader slots swept"],
@@ -1614,10 +1698,11 @@ def report(args, total, elapsed):
             out["process_writer_kills_at_growth"], out["process_reader_kills"],
             out["process_reader_kills_holding_snapshot"], out["process_commits"], out["process_snapshots"]),
         "    writers started again and verified %d: matched acked %d, acked+1 %d; checkpoints: writers paused %d,"
-        " everyone killed %d; lane ends %d (dead reader slots swept %d, churn growth at most %s pages,"
-        " pinned at least %s)" % (
+        " everyone killed %d (%d right after a writer died inside commit()); lane ends %d (dead reader slots"
+        " swept %d, churn growth at most %s pages, pinned at least %s)" % (
             out["process_verified"], out["process_matched_acked"], out["process_matched_acked_plus_1"],
-            out["process_checkpoints_paused"], out["process_checkpoints_all_killed"], out["process_size_checks"],
+            out["process_checkpoints_paused"], out["process_checkpoints_all_killed"],
+            out["process_all_killed_after_commit_kill"], out["process_size_checks"],
             out["process_dead_slots_swept"], out["process_churn_growth_max"], out["process_churn_pinned_min"]),
         "  verified %d: matched acked %d, acked+1 %d; failures (lost or partial commits, bad checks,"
         " crashes, hangs): %d" % (out["verified"], out["matched_acked"], out["matched_acked_plus_1"], len(failures)),
