@@ -1,11 +1,17 @@
-"""Process kills (issue 5): ``tools/killtest.py`` SIGKILLs writer processes at
-random moments, at exact system calls inside commits, growth and the flushes
-of ``sync=False`` (sync_bytes, db.sync(), close), with reader snapshots open
-and during reopen, and checks after every kill that no acknowledged commit
-was lost or torn and that the integrity check is clean.
+"""Process kills (issues 5 and 11): ``tools/killtest.py`` SIGKILLs writer
+processes at random moments, at exact system calls inside commits, growth and
+the flushes of ``sync=False`` (sync_bytes, db.sync(), close), with reader
+snapshots open and during reopen, and checks after every kill that no
+acknowledged commit was lost or torn and that the integrity check is clean.
+Every fifth lane is a process lane: writer and reader processes on one file,
+killed one at a time (writers inside commits, inside growth, holding the
+writer lock; readers holding snapshots) while the others go on, every wait
+bounded; no acknowledged commit of any writer may be lost, the checks with
+the writers stopped are clean, and a dead reader pins no page past the next
+write transaction.
 
 The harness forks its own children, so it runs here as a subprocess.  Time
-budget: about 20-30 s on the 2-core CI box, nearly all of it the 300-kill run.
+budget: about 15 s on the 2-core CI box, most of it the 300-kill run.
 """
 
 import json
@@ -63,6 +69,25 @@ def test_300_kills_lose_no_commit(tmp_path):
     # harness demanded it, and both occur
     fd = moments["syscall:fdatasync"]
     assert fd.get("acked", 0) > 0 and fd.get("acked+1", 0) > 0, fd
+    # process lanes: writers and readers killed, each writer started again
+    # finds its part at the model the kill point allows; writers killed
+    # holding the writer lock (the others waited, bounded), inside commits
+    # and at growth calls; readers killed holding snapshots
+    assert c["process_lanes"] > 0
+    assert c["kills"] == c["writer_kills"] + c["during_reopen"] + c["right_after_reopen"] + c["process_kills"]
+    assert c["process_kills"] == c["process_writer_kills"] + c["process_reader_kills"]
+    assert c["process_writer_kills"] > 0 and c["process_reader_kills"] > 0
+    assert c["process_verified"] == c["process_writer_kills"]
+    assert c["process_matched_acked"] + c["process_matched_acked_plus_1"] == c["process_verified"]
+    assert c["process_matched_acked_plus_1"] > 0
+    assert c["process_writer_kills_holding_lock"] > 0 and c["process_writer_kills_in_commit"] > 0
+    assert c["process_writer_kills_at_growth"] > 0
+    assert c["process_reader_kills_holding_snapshot"] > 0
+    assert moments.get("procs:writer:hold", {}).get("kills", 0) > 0, moments
+    # every lane end: dead readers' slots there, gone after one write
+    # transaction, and a churn that does not grow the file
+    assert c["process_size_checks"] == c["process_lanes"] and c["process_dead_slots_swept"] > 0
+    assert c["process_checkpoints_paused"] + c["process_checkpoints_all_killed"] > 0
 
 
 def test_kills_inside_sync_false_flushes(tmp_path):
@@ -90,6 +115,20 @@ def test_no_timing_lane_is_deterministic(tmp_path):
         runs.append(c)
     assert runs[0] == runs[1]
     assert runs[0]["kills"] == 20 and runs[0]["transactions"] > 0
+
+
+def test_process_lane_catches_writers_that_acknowledge_too_early(tmp_path):
+    """Self-test of the process lanes' oracle: writer processes that
+    acknowledge each transaction before commit() show readers less than
+    they acknowledged, and lose acknowledged commits when killed in one;
+    the harness must report it (exit status 1, with a reproducer)."""
+    p, c = run_killtest(tmp_path, "--lie-ack", "--seed", "5", "--lane", "2", "--kills", "30")
+    assert p.returncode == 1 and c is not None, describe(p)
+    assert c["process_lanes"] == 1 and len(c["failures"]) == 1, describe(p)
+    f = c["failures"][0]
+    assert any(m in f["message"] for m in ("model after no transaction", "matches neither", "kill point says")), f
+    assert "--lane 2" in f["reproduce"] and "--lie-ack" in f["reproduce"]
+    assert os.path.exists(f["kept_file"])
 
 
 def test_harness_catches_a_writer_that_acknowledges_too_early(tmp_path):
