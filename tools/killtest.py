@@ -104,7 +104,10 @@ checkpoint with no writer running: the writers close (the readers go on),
 or everyone is killed at once (the check's open is then the first, and
 builds the lock region from the file); then kvmap.check, every writer's
 part at its model (acked, or acked+1 if killed inside a commit), a writable
-handle's ``db._check()``, kvmap.check again.  At the lane's end the readers
+handle's ``db._check()``, kvmap.check again.  After a writer died inside
+commit() where either is allowed, three times in ten everyone else is
+killed within 10 ms, before the survivors commit past its perhaps written,
+unpublished commit, and that check, from a first open, verifies it.  At the lane's end the readers
 but one take snapshots, the writers commit twice more and close, the other
 reader drops its snapshots (its handle keeps the lock region), and the
 holders are killed; the check then finds their reader slots, finds none
@@ -1379,6 +1382,9 @@ class ProcRun:
         self.h.by_config[self.lane.cid] += 1
         self.plan["moment"] = moment
         self.lane.history.append(dict(self.plan))
+        if self.h.log:
+            print("%s: %s %s %s%s" % (self.lane.name, self.plan["victim"], moment, where,
+                                      " matched " + got if got else ""), file=sys.stderr)
 
     def step(self):
         rng = self.lane.rng
@@ -1579,7 +1585,9 @@ class ProcRun:
         self.wait(lambda: "I" in keeper.got, "the keeper's snapshots to go")
         self.kill(*holders)
         for c in holders:
+            self.plan = {"step": len(lane.history), "victim": c.name, "kind": "end"}
             self.count_reader(c, "end")
+        self.plan = {"step": len(lane.history), "end": True}
         acked = list(board.acked)
         res = self.check(acked, [False] * len(self.writers), holders=len(holders))
         self.kill(*self.children())
