@@ -1459,7 +1459,7 @@ class ProcRun:
         else:
             expect = "acked"        # nothing written that a meta reaches
         self.plan.update(where=where, expect=expect, acked=acked)
-        if expect is None and rng.random() < 0.3:
+        if rng.random() < 0.3 and expect is None:      # drawn always: the lane's draws follow its seed
             # its commit may be written and not published: kill the others
             # before they commit past it (a next writer may be writing pages
             # the region thinks free), and let a first open, which builds
