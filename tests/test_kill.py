@@ -11,7 +11,7 @@ the writers stopped are clean, and a dead reader pins no page past the next
 write transaction.
 
 The harness forks its own children, so it runs here as a subprocess.  Time
-budget: about 15 s on the 2-core CI box, most of it the 300-kill run.
+budget: about 15-20 s on a quiet 2-core box, most of it the 300-kill run.
 """
 
 import json
