@@ -146,8 +146,9 @@ def test_harness_catches_a_writer_that_acknowledges_too_early(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# ENGINE BUG, open: a commit whose process dies between its meta write and
-# its publication in the lock region.  The survivors keep the region (and a
+# Regression (found by the process lanes, fixed: native/meta.c
+# meta_adopt_pending): a commit whose process dies between its meta write and
+# its publication in the lock region.  The survivors kept the region (and a
 # handle that is not the first opener never reads the metas), so they take
 # the meta's slot for the previous commit and the dead commit's pages for
 # free.  A later writer that reuses those pages and dies before its own meta
@@ -162,9 +163,9 @@ def test_harness_catches_a_writer_that_acknowledges_too_early(tmp_path):
 # a damaged tree ("damaged": kvmap.check reports it; killtest --procs only
 # --sync off --seed 80 found it, the tree with 2 entries fewer than its meta
 # says and pages both reachable and pending).  A killed process must lose no
-# acknowledged commit, sync=False included (README "Durability").
-# The tests fail until the engine is fixed (strict xfail: a fix makes them
-# pass, and the marker must then go).
+# acknowledged commit, sync=False included (README "Durability").  The
+# lock region now notes the commit whose meta is being written; the next
+# writer reads that meta's slot and adopts the commit when its meta is there.
 
 DEAD_META = r"""
 import os, time, kvmap
@@ -238,8 +239,6 @@ except kvmap.Error as e:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE BUG: a commit killed between its meta write and its publication "
-                                       "is later taken for the newest commit (see the comment above)")
 @pytest.mark.parametrize("variant", ["lost", "unopenable", "damaged"])
 def test_commit_killed_before_publication_loses_no_acknowledged_commit(tmp_path, variant):
     rc, out, err = run_python(DEAD_META, args=dict(path=str(tmp_path / "db"), variant=variant), timeout=120)
@@ -249,7 +248,8 @@ def test_commit_killed_before_publication_loses_no_acknowledged_commit(tmp_path,
 
 
 # ---------------------------------------------------------------------------
-# ENGINE BUG, open: with the pread backend, a reader in another process reads
+# Regression (found by the process lanes, fixed: native/freelist.c
+# records_written): with the pread backend, a reader in another process read
 # pages that a sync=False writer has since rewritten, when the writer's
 # commits are larger than 4 x sync_bytes (each syncs its pages before its
 # meta): its snapshots fail with CorruptionError ("type 2 where a branch page
@@ -258,8 +258,9 @@ def test_commit_killed_before_publication_loses_no_acknowledged_commit(tmp_path,
 # tools/killtest.py --seed 77 --lane 62 --procs only, every run) left a file
 # whose tree has fewer entries than its meta says, with leaked pages.  The
 # same run with the mmap backend, with sync=True, or with commits smaller
-# than 4 x sync_bytes reads clean.  Strict xfail: it fails until the engine
-# is fixed, then the marker must go.
+# than 4 x sync_bytes reads clean.  Such a commit's record does not list its
+# pages (they were synced before its meta); the reader's cache now drops
+# everything when a commit since its last look is one of those.
 
 PREAD_STALE = r"""
 import os, select, kvmap
@@ -304,8 +305,6 @@ print(os.read(out_r, 4096).decode())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE BUG: pread readers in another process read pages a sync=False "
-                                       "writer rewrote (commits over 4 x sync_bytes; see the comment above)")
 def test_pread_reader_processes_read_clean_snapshots_of_a_sync_false_writer(tmp_path):
     rc, out, err = run_python(PREAD_STALE, args=dict(path=str(tmp_path / "db"), commits=200), timeout=120)
     assert rc == 0, describe_child(rc, out, err)
