@@ -540,5 +540,6 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
                 prev = k
                 n += 1
             assert n == len(snap), (n, len(snap))
-            st = self.stats()
-            assert st["pages"] <= st["file_size"] // self.page_size
+            # the snapshot's commit, not the newest: another process may have
+            # grown the file since, which this handle has not looked at yet
+            assert snap._state()["hwm"] <= self.stats()["file_size"] // self.page_size
