@@ -383,6 +383,7 @@ int space_give(kvm_space *sp, const uint64_t *pages, size_t n)
         u64_free(&runs);
         return rc;
     }
+    sp->taken -= n < sp->taken ? n : sp->taken;
     return journal_add(sp, J_GIVE, &runs, sp->hwm);
 }
 
@@ -420,6 +421,7 @@ static void undo(kvm_space *sp, journal_ent *j)
         break;
     case J_GIVE:
         kvm_fm_remove(sp->fm, j->runs.v, j->runs.n / 2);
+        sp->taken += runs_total(&j->runs);
         break;
     case J_TRIM:
         sp->hwm = j->old_hwm;
@@ -510,11 +512,10 @@ uint64_t space_room(kvm_space *sp, uint64_t file_pages)
 /* The runs to give back to the file system after a commit, into *out
 ** (empty: none).  The reserve -- the free pages not punched, those the
 ** next takes hand out first -- is `keep` pages, or as many as one of the
-** last 8 commits took when that is more: a workload that frees and takes
-** back many pages at a time (a delete of every key and a reload, whose
-** own copies come and go by the thousand) does not have them punched and
-** allocated again round after round; after 8 commits that took less, the
-** reserve shrinks back.  A pass is due once the free pages beyond the
+** last 8 commits took and kept when that is more: a workload that frees
+** many pages and takes them back (a delete of every key, then a reload)
+** does not have them punched and allocated again round after round; after
+** 8 commits that took less, the reserve shrinks back.  A pass is due once the free pages beyond the
 ** reserve that need no allocation (space_room) are `step` more than after
 ** the last pass (or than since, when reuse lowered them): pages freed and
 ** reused between two passes never trigger one, and a commit pays a few

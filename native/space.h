@@ -144,8 +144,8 @@ typedef struct kvm_space {
     freelist_staged staged;
     kvm_freemap *holes;                /* free pages that may be holes in the file */
     uint64_t     punch_base;           /* space_room beyond the reserve after the last punch pass */
-    uint64_t     taken;                /* pages the write transaction took */
-    uint64_t     taken_recent[8];      /* pages each of the last commits took, a ring */
+    uint64_t     taken;                /* pages the write transaction took and kept */
+    uint64_t     taken_recent[8];      /* the same of each of the last commits, a ring */
     unsigned     taken_next;
     uint64_t     solid_hint;           /* no reusable page but holes in bitmap words below this */
     int          no_punch;             /* the file system cannot punch holes */
