@@ -2,8 +2,10 @@
 then make ten small commits, and report what each store holds on to.
 
 For kvmap (one configuration per run, ``--config``) and, beside it, py-lmdb
-and sqlite3 (``--peers``), each in a process of its own: load about
-``--size-mib`` of data (random keys, values of ``--value-size`` bytes) in
+and sqlite3 (``--peers``), each in a process of its own: load ``--size-mib``
+of data (16-byte random keys, values of ``--value-size`` bytes, 16 bytes of
+cell overhead each; random keys fill pages about 60%, so the default 600 MiB
+make a database of about 1 GiB) in
 transactions of 10,000, read it all once (so the mapping is resident, as
 in a process that used its data), then delete a seeded random 90% of the
 keys in transactions of 10,000 and commit ten small transactions.  Before
@@ -14,8 +16,8 @@ allocated blocks (``st_blocks * 512``), the process's resident set
 runs with durable commits (kvmap ``sync=True``, py-lmdb ``sync=True``,
 sqlite3 ``synchronous=FULL`` in its default rollback-journal mode).
 
-    python bench/space_giveback.py --config mmap-reserve            # 1 GiB
-    python bench/space_giveback.py --config pread --size-mib 128 --peers lmdb
+    python bench/space_giveback.py --config mmap-reserve            # a 1 GiB database
+    python bench/space_giveback.py --config pread --size-mib 64 --peers lmdb
 
 docs/ARCHITECTURE.md §4 has the figures.
 """
@@ -167,7 +169,7 @@ STORES = {"kvmap": Kvmap, "lmdb": Lmdb, "sqlite3": Sqlite}
 
 
 def run_store(store, config, d, size_mib, value_size, seed):
-    n = size_mib * MIB // (value_size + 16 + 16)      # about size_mib of pages with cell overhead
+    n = size_mib * MIB // (value_size + 16 + 16)
     keys = keys_of(seed, n)
     s = STORES[store](d, config)
     t0 = time.perf_counter()
@@ -194,7 +196,8 @@ def run_store(store, config, d, size_mib, value_size, seed):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="mmap-reserve", choices=sorted(CONFIGS))
-    ap.add_argument("--size-mib", type=int, default=1024, help="data to load (default 1024)")
+    ap.add_argument("--size-mib", type=int, default=600,
+                    help="data to load, keys, values and cell overhead (default 600: a database of about 1 GiB)")
     ap.add_argument("--value-size", type=int, default=400, help="value bytes (default 400)")
     ap.add_argument("--peers", default="lmdb,sqlite3", help="comma list of lmdb, sqlite3, or ''")
     ap.add_argument("--dir", default=None, help="where the stores go (default: the system temp dir)")

@@ -276,12 +276,13 @@ void advise_free(kvm_env *e, const u64vec *runs)
 ** file.  What stays allocated is one growth step for the database as it is
 ** now -- what the growth policy would add for a database of the pages in
 ** use (half of them, clamped to grow_min and grow_max), in the free pages
-** the next takes hand out first -- and runs too short to punch.  A pass
-** is due when the free pages not punched grew by grow_min since the last
-** one (or by 1/1024 of the database, which bounds the bitmap scan per page
-** given back).  Advisory, like madvise: a punch that fails leaves the data
-** as it was and is skipped; a file system that cannot punch holes is not
-** asked again. */
+** the next takes hand out first, or more after large commits
+** (space_punch_plan) -- and runs too short to punch.  A pass is due when
+** the free pages beyond that grew by grow_min since the last one (or by
+** 1/1024 of the database, which bounds the bitmap scan per page given
+** back).  Advisory, like madvise: a punch that fails leaves the data as it
+** was and is skipped; a file system that cannot punch holes is not asked
+** again. */
 void env_give_back(kvm_env *e)
 {
     kvm_space *sp = e->space;

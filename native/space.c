@@ -515,11 +515,11 @@ uint64_t space_room(kvm_space *sp, uint64_t file_pages)
 ** last 8 commits took and kept when that is more: a workload that frees
 ** many pages and takes them back (a delete of every key, then a reload)
 ** does not have them punched and allocated again round after round; after
-** 8 commits that took less, the reserve shrinks back.  A pass is due once the free pages beyond the
-** reserve that need no allocation (space_room) are `step` more than after
-** the last pass (or than since, when reuse lowered them): pages freed and
-** reused between two passes never trigger one, and a commit pays a few
-** counts for the check.  It gives back every free run of PUNCH_MIN_RUN
+** 8 commits that took less, the reserve shrinks back.  A pass is due once
+** the free pages beyond the reserve that need no allocation (space_room)
+** are `step` more than after the last pass (or than since, when reuse
+** lowered them): pages freed and reused between two passes never trigger
+** one, and a commit pays a few counts for the check.  It gives back every free run of PUNCH_MIN_RUN
 ** pages or more -- reusable pages and the file past hwm, up to file_pages
 ** -- but for the reserve. */
 int space_punch_plan(kvm_space *sp, uint64_t file_pages, uint64_t keep, uint64_t step, u64vec *out)
@@ -550,13 +550,15 @@ int space_punch_plan(kvm_space *sp, uint64_t file_pages, uint64_t keep, uint64_t
 }
 
 /* Holes of one take closer together than this are allocated by one call
-** over the pages between them, which the take handed out or which are in
-** use (takes hand out the lowest pages first), so allocated already: on
-** ext4 such a call costs about 1 us where it finds nothing to allocate. */
+** over the pages between them.  Those are allocated already: a take hands
+** out the holes lowest first, and only once no other reusable page is
+** left, then the file past hwm, so a page between two of its holes is in
+** use or its own.  On ext4 such a call costs about 1 us where it finds
+** nothing to allocate. */
 #define REFILL_GAP 64
 
 /* The spans to allocate again before the pages of `taken` (the runs of one
-** take, ascending) are used: those that may be holes, into *spans. */
+** take) are used: those that may be holes, ascending, into *spans. */
 int space_holes_of(kvm_space *sp, const u64vec *taken, u64vec *spans)
 {
     if (!kvm_fm_count(sp->holes))

@@ -20,11 +20,12 @@
 ** so an abort or a failed commit puts the free pages back exactly
 ** (space_rollback); release is permanent.
 **
-** Giving disk back (docs/ARCHITECTURE.md §4): after a commit, once
-** enough pages were released since the last time, long free runs are
+** Giving disk back (docs/ARCHITECTURE.md §4): after a commit, when enough
+** free pages piled up beyond a reserve kept for reuse, long free runs are
 ** punched out of the file (space_punch_plan decides, map.c punches).  A
-** page that may be a hole is in `holes`, and a take allocates such pages
-** again before anything writes them (env_take), so a full disk is an error
+** page that may be a hole is in `holes`; takes hand such pages out only
+** once no other reusable page is left, and the taker allocates them again
+** before anything writes them (env_take), so a full disk is an error
 ** there, never a SIGBUS from a store into a writable map.  `holes` holds
 ** the pages this handle punched and, from the moment it loaded the free
 ** space, every reusable page and every page past hwm: another process may
