@@ -16,6 +16,8 @@ allocated again (posix_fallocate) before it is reused.
 * A snapshot held in another process keeps its pages: nothing is punched
   while it lives (those pages are not free) and it reads its data, never
   zeros; once it ends, the disk is given back.
+* A writer in another process, whose free space was loaded before this one
+  punched, allocates the punched pages again when it reuses them.
 * A full disk at reuse (root: a small tmpfs and an ext4 loop file system):
   reusing punched pages raises DiskFullError (never SIGBUS under writemap),
   the handle stays usable, and nothing committed is lost.
@@ -75,11 +77,12 @@ def _mapped_rss(pid, path):
     return total
 
 
-# A process holding the database open (a read-only handle): it answers
-# commands on stdin, one line each, on stdout.
+# A process holding the database open: it answers commands on stdin, one
+# line each, on stdout.
 READER = r"""
-import hashlib, json, sys
+import hashlib, json, os, sys
 import kvmap
+from kvmap._lib import lib
 path, cfg = sys.argv[1], json.loads(sys.argv[2])
 
 
@@ -92,7 +95,7 @@ def digest(items):
     return "%d:%s" % (n, h.hexdigest())
 
 
-db = kvmap.open(path, readonly=True, **cfg)
+db = kvmap.open(path, **cfg)
 held = None
 print("open", flush=True)
 for line in sys.stdin:
@@ -108,6 +111,13 @@ for line in sys.stdin:
     elif cmd == "release":
         held.close()
         out = "released"
+    elif cmd.startswith("put "):       # one transaction of N new keys
+        n = int(cmd.split()[1])
+        lib.kvm_fault_set(lib.KVM_SYS_FALLOCATE, 0, 5, 0)     # count, never fail
+        size = os.path.getsize(path)
+        db.update((b"other-%08d" % i, b"%08d" % i * 40) for i in range(n))
+        out = "%d %d %d" % (lib.kvm_fault_calls(lib.KVM_SYS_FALLOCATE), size, os.path.getsize(path))
+        lib.kvm_fault_clear()
     else:
         break
     print(out, flush=True)
@@ -116,9 +126,11 @@ db.close()
 
 
 class Reader:
-    """A reader process with the database open (see READER)."""
+    """A process with the database open, read-only unless cfg says
+    otherwise (see READER)."""
 
     def __init__(self, path, cfg):
+        cfg = dict(dict(readonly=True), **cfg)
         self.p = subprocess.Popen([sys.executable, "-c", READER, str(path), json.dumps(cfg)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.ask(None) == "open"
@@ -280,6 +292,42 @@ def test_snapshot_in_another_process_keeps_its_pages(tmp_path, cfg):
             db._check()
         finally:
             reader.close()
+    assert kvmap.check(str(p)).ok
+
+
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve-wm", "pread"))
+def test_writer_in_another_process_allocates_what_this_one_punched(tmp_path, cfg):
+    """Another process's writer loaded the free space before this one
+    punched; its next transaction finds that this one committed since, loads
+    the free space again, takes every free page for a possible hole, and
+    allocates the pages it reuses: posix_fallocate calls while the file does
+    not grow, in one transaction, before that process punched anything
+    itself (it punches only after a commit)."""
+    p = tmp_path / "db"
+    pairs = _pairs(41, N // 2)
+    with open_db(p, cfg) as db:
+        _load(db, pairs)
+        other = Reader(p, dict(cfg, readonly=False))
+        try:
+            assert other.ask("put 1").split()[1:] == [str(os.path.getsize(p))] * 2
+            blocks0 = _allocated(p)
+            gone = random.Random(42).sample(list(pairs), int(SHARE * len(pairs)))
+            _delete(db, gone)
+            _small_commits(db, 0)
+            low = _allocated(p)
+            assert blocks0 - low >= GIVEN * SHARE * blocks0, (blocks0, low)
+            calls, before, after = map(int, other.ask("put %d" % TXN).split())
+            print("\n[%s] allocated %.1f -> %.1f -> %.1f MiB, %d posix_fallocate calls in the other "
+                  "process" % (cfg, blocks0 / 2**20, low / 2**20, _allocated(p) / 2**20, calls))
+            assert calls > 0 and before == after == os.path.getsize(p), (calls, before, after)
+            for k in gone:
+                del pairs[k]
+            pairs.update(_small(0))
+            pairs.update((b"other-%08d" % i, b"%08d" % i * 40) for i in range(TXN))
+            assert _digest(db.items()) == _digest(sorted(pairs.items()))
+            db._check()
+        finally:
+            other.close()
     assert kvmap.check(str(p)).ok
 
 
