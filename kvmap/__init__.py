@@ -13,23 +13,23 @@ memory mapping.
 
 from typing import TYPE_CHECKING, Any
 
-from .db import Database, open
+from .db import Database, Reader, open
 from .errors import (ClosedError, CorruptionError, DiskFullError, Error, FailedError, FormatError,
                      InheritedHandleError, IOFailure, LockedError, MapFullError, ReadersFullError,
                      ReadOnlyError)
 from .txn import Savepoint, Snapshot, Transaction
 
 if TYPE_CHECKING:   # at run time __getattr__ below imports them on first use
-    from .checker import CheckBusy, CheckReport, CheckUnreadable, check, salvage
+    from .checker import CheckReport, CheckUnreadable, check, salvage
 
 __version__ = "0.1.0"
 __all__ = [
-    "open", "Database", "Snapshot", "Transaction", "Savepoint", "Error", "FormatError", "CorruptionError",
+    "open", "Database", "Snapshot", "Transaction", "Savepoint", "Reader", "Error", "FormatError", "CorruptionError",
     "DiskFullError", "MapFullError", "LockedError", "ReadOnlyError", "ClosedError",
-    "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy",
+    "ReadersFullError", "FailedError", "IOFailure", "InheritedHandleError", "check", "salvage", "CheckReport", "CheckUnreadable",
 ]
 
-_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable", "CheckBusy")
+_CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable")
 
 
 def __getattr__(name: str) -> Any:

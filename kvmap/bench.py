@@ -2,9 +2,9 @@
 disk, optionally side by side with py-lmdb and sqlite3.
 
 Run ``kvmap-bench`` (or ``python -m kvmap.bench``) with no arguments for the
-default suite (about a minute on a 2-core VM); ``kvmap-bench --help`` lists
-the options.  Progress goes to stderr (one line per phase, ``--quiet`` hides
-it); the comparison table goes to stdout.
+default suite (about 100 s on a 2-core VM, two thirds of it procs);
+``kvmap-bench --help`` lists the options.  Progress goes to stderr (one line
+per phase, ``--quiet`` hides it); the comparison table goes to stdout.
 
 Stores
 ------
@@ -38,6 +38,28 @@ mixed       2 reader threads doing random gets (a fresh snapshot per 100 gets)
             sync off): params.mixed_commits of them, repeated until at least
             0.2 s have passed; throughput = reader gets/s during the writer's
             run, extra.writer_commits_per_s
+procs       the same traffic from separate processes: N reader processes (one
+            result per N of --procs-readers, extra.readers) and one writer
+            process, each opening the store itself (kvmap.open, lmdb.open with
+            its lock file, a sqlite3 connection of its own), started with
+            multiprocessing's spawn.  Once every process has opened the store
+            they all run for the same --procs-seconds window (a start time on
+            the shared monotonic clock), so start-up and imports are outside
+            it.  Unlike the other workloads, which run store after store, procs
+            runs on every store in turn, repetition by repetition, so that the
+            load of other processes on the machine falls alike on all stores.
+            A reader reads batches of 100 random gets, one snapshot / read
+            transaction each, and checks that every key is found; the writer
+            commits transactions of 10 overwrites, sync off, cycling over
+            params.mixed_commits prepared ones.  throughput = all readers'
+            gets/s; extra.reads_per_s_per_reader (each reader's gets/s),
+            extra.writer_commits_per_s, extra.writer_commit_us (p50, p99),
+            extra.reader_cpu_us_per_get and extra.writer_cpu_us_per_commit (CPU
+            time: what an operation costs however many processes share the
+            CPUs); latency_us = per batch (one snapshot of 100 gets, its begin
+            and end included), over every reader; faults
+            (sum) and peak_rss (max) are the child processes', and a kvmap row's
+            extra.syscalls is the sum of their stats()['syscalls'] deltas
 txn_nosync  transactions of 10 new keys, sync off; latency per transaction
 txn_sync    the same with sync on (fewer transactions); extra.fdatasync_per_commit
 churn       delete all keys and reinsert them (one transaction each) for a few
@@ -63,15 +85,17 @@ JSON schema (``--json OUT``), schema 1
   "params":  {"backends": [str], "peers": [str], "workloads": [str], "n": int,
               "key_size": int, "value_size": int, "repeat": int, "seed": int,
               "growth_mib": int, "txn_nosync": int, "txn_sync": int, "cold_sample": int,
-              "range_queries": int, "mixed_commits": int, "churn_rounds": int},
-  "results": [{
+              "range_queries": int, "mixed_commits": int, "churn_rounds": int,
+              "procs_readers": [int], "procs_seconds": float},
+  "results": [{   (one per workload and store; procs: one per workload, store and extra.readers)
       "workload": str, "store": str (a backend name, "lmdb" or "sqlite3"),
       "throughput": {"median": float, "min": float, "max": float, "unit": str},
       "latency_us": {"p50": float, "p99": float} | null   (over all repetitions),
       "faults": {"minor": int, "major": int}   (getrusage delta, median repetition),
       "peak_rss": int bytes (VmHWM, reset before each repetition; max over reps),
       "file_size": int bytes, "allocated": int bytes (st_blocks*512; store files after the workload),
-      "extra": {...} (per workload, see above; from the last repetition; kvmap rows add "syscalls": the
+      "extra": {...} (per workload, see above; from the last repetition, but writer_commits_per_s is
+                      the median of the repetitions; kvmap rows add "syscalls": the
                       stats()['syscalls'] delta of the last repetition),
       "error": str   (only when the workload failed; throughput is then null)
   }]
@@ -84,11 +108,16 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import mmap
+import functools
 import gc
+import itertools
+import mmap
+import multiprocessing
 import json
 import os
+import pickle
 import platform
+import queue
 import random
 import resource
 import shutil
@@ -112,11 +141,11 @@ BACKENDS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_BACKENDS = ["mmap:reserve", "mmap:mremap", "mmap:remap", "pread"]
 PEERS = ["lmdb", "sqlite3"]
-WORKLOADS = ["bulk", "get", "get_cold", "scan", "range", "mixed", "txn_nosync", "txn_sync",
-             "churn", "growth"]
+WORKLOADS = ["bulk", "get", "get_cold", "scan", "range", "mixed", "procs", "txn_nosync",
+             "txn_sync", "churn", "growth"]
 UNITS = {"bulk": "key/s", "get": "get/s", "get_cold": "get/s", "scan": "item/s",
-         "range": "query/s", "mixed": "get/s", "txn_nosync": "txn/s", "txn_sync": "txn/s",
-         "churn": "op/s", "growth": "MiB/s"}
+         "range": "query/s", "mixed": "get/s", "procs": "get/s", "txn_nosync": "txn/s",
+         "txn_sync": "txn/s", "churn": "op/s", "growth": "MiB/s"}
 KVMAP_ONLY = {"growth"}
 
 PUTS_PER_TXN = 10
@@ -124,6 +153,10 @@ RANGE_SPAN = 100
 MIXED_READERS = 2
 MIXED_BATCH = 100
 MIXED_MIN_S = 0.2
+PROCS_READERS = [1, 2, 4]
+PROCS_SECONDS = 1.0
+PROCS_START_DELAY_S = 0.05   # from the last process ready to the window's start: time to wake them all
+PROCS_TIMEOUT_S = 120.0      # a process that says nothing for this long has hung
 LMDB_MAP_SIZE = 8 << 30
 MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -783,22 +816,41 @@ def w_txn_sync(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     return _txn_workload(store, data, ctx, p, True, p["txn_sync"])
 
 
+def _overwrite_chunks(data: Data, rng: random.Random, count: int) -> list[_Pairs]:
+    """`count` small write transactions: PUTS_PER_TXN existing keys each, new values."""
+    return [[(k, rng.randbytes(data.value_size)) for k in rng.sample(data.keys, min(PUTS_PER_TXN, data.n))]
+            for _ in range(count)]
+
+
+def _restore_overwritten(store: Store, data: Data, chunks: list[_Pairs]) -> None:
+    """Put back the values `chunks` overwrote, so later workloads see exactly the data set."""
+    originals = dict(data.pairs)
+    touched = {k for c in chunks for k, _ in c}
+    store.load([(k, originals[k]) for k in touched])
+
+
+def _read_batches(keys: list[bytes], seed: int) -> list[list[bytes]]:
+    """A reader's batches of MIXED_BATCH random keys (len(keys) draws in
+    all), made before the timing starts and cycled: drawing them in the
+    timed loop would cost about as much Python time as the gets themselves."""
+    keys = random.Random(seed).choices(keys, k=max(len(keys), MIXED_BATCH))
+    return [keys[i:i + MIXED_BATCH] for i in range(0, len(keys) - MIXED_BATCH + 1, MIXED_BATCH)]
+
+
 def w_mixed(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     _ensure_loaded(store, data, ctx)
     rng = random.Random(data.seed + 5 + ctx["rep"])
-    commits = p["mixed_commits"]
-    chunks = [[(k, rng.randbytes(data.value_size)) for k in rng.sample(data.keys, min(PUTS_PER_TXN, data.n))]
-              for _ in range(commits)]
+    chunks = _overwrite_chunks(data, rng, p["mixed_commits"])
+    batches = [_read_batches(data.keys, data.seed * 31 + i) for i in range(MIXED_READERS)]
     stop = threading.Event()
     counts = [0] * MIXED_READERS
     errors = []
 
     def reader(i: int) -> None:
-        r = random.Random(data.seed * 31 + i)
-        keys = data.keys
         try:
-            while not stop.is_set():
-                batch = [keys[r.randrange(data.n)] for _ in range(MIXED_BATCH)]
+            for batch in itertools.cycle(batches[i]):
+                if stop.is_set():
+                    break
                 store.read_batch(batch)
                 counts[i] += MIXED_BATCH
         except Exception as exc:  # reported below
@@ -825,13 +877,158 @@ def w_mixed(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
         t.join()
     if errors:
         raise BenchError(f"reader thread failed: {errors[0]!r}")
-    # restore the original values
-    originals = dict(data.pairs)
-    touched = {k for c in chunks for k, _ in c}
-    store.load([(k, originals[k]) for k in touched])
+    _restore_overwritten(store, data, chunks)
     return {"ops": gets, "seconds": dt,
             "extra": {"readers": MIXED_READERS, "writer_commits": commits,
                       "writer_commits_per_s": commits / dt if dt > 0 else 0.0}}
+
+
+# The procs workload.  Its processes are spawned (a fresh interpreter: no
+# handle, lock or thread inherited from this one), so what they run is here
+# at module level; they get the store by its name and directory, and their
+# keys and transactions from a file: a large argument of Process, which
+# start() writes into a pipe the child reads, would block start() for ever
+# if the child died before reading it all.
+
+def _procs_read(store: Store, batch: list[bytes]) -> None:
+    found = store.get_all(batch)
+    if found != len(batch):
+        raise BenchError(f"found {found} of {len(batch)} keys")
+
+
+def _procs_loop(op: Callable[[Any], None], work: list[Any], start_ns: int, end_ns: int) -> _Result:
+    """op on each item of work, cycling, from start_ns until a call ends
+    at end_ns or later (time.monotonic_ns: one clock for every process);
+    returns the calls and their durations, the window they took and this
+    process's CPU time, page faults and peak RSS in it."""
+    clock = time.monotonic_ns
+    time.sleep(max(0, start_ns - clock()) / 1e9)
+    lat: list[int] = []
+    f0 = _rusage()
+    cpu0 = time.process_time()
+    b = clock()
+    for item in itertools.cycle(work):
+        a = clock()
+        op(item)
+        b = clock()
+        lat.append(b - a)
+        if b >= end_ns:
+            break
+    cpu = time.process_time() - cpu0
+    f1 = _rusage()
+    return {"ops": len(lat), "seconds": (b - start_ns) / 1e9, "lat_ns": lat, "cpu_s": cpu,
+            "faults": (f1[0] - f0[0], f1[1] - f0[1]), "peak_rss": _peak_rss()}
+
+
+def _procs_process(role: str, name: str, directory: str, work_path: str, seed: int, seconds: float,
+                   index: int, start: Any, start_ns: Any, out: Any) -> None:
+    """One process of the procs workload: open the store, say so on `out`,
+    wait for `start`, then run `role`'s loop in the window that begins at
+    start_ns.value, and put its figures on `out`.  A "reader" reads batches
+    of the keys in work_path (drawn with `seed`), the "writer" commits its
+    transactions."""
+    try:
+        with open(work_path, "rb") as f:
+            keys, chunks = pickle.load(f)
+        work = chunks if role == "writer" else _read_batches(keys, seed)
+        store = make_store(name, directory)
+        store.open(False)
+        try:
+            out.put(("ready", index, None))
+            if not start.wait(PROCS_TIMEOUT_S):
+                raise BenchError("never told to start")
+            t0 = start_ns.value
+            sc0 = store.syscalls()
+            op: Callable[[Any], None] = store.txn if role == "writer" else functools.partial(_procs_read, store)
+            r = _procs_loop(op, work, t0, t0 + int(seconds * 1e9))
+            sc1 = store.syscalls()
+            if sc0 is not None and sc1 is not None:
+                r["syscalls"] = {k: sc1[k] - sc0.get(k, 0) for k in sc1}
+        finally:
+            store.close()
+        out.put(("done", index, r))
+    except BaseException as exc:  # reported by the parent
+        out.put(("error", index, f"{role} process: {type(exc).__name__}: {exc}"))
+
+
+def _procs_collect(out: Any, procs: list[Any], kind: str) -> list[Any]:
+    """Every process's message of `kind`, in process order; BenchError for
+    an error reported, a process dead without one, or silence."""
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + PROCS_TIMEOUT_S
+    while len(got) < len(procs):
+        try:
+            what, index, payload = out.get(timeout=0.2)
+        except queue.Empty:
+            dead = [pr.exitcode for pr in procs if pr.exitcode not in (None, 0)]
+            if dead:
+                raise BenchError(f"a procs process died (exit status {dead[0]})") from None
+            if time.monotonic() > deadline:
+                raise BenchError(f"procs processes silent for {PROCS_TIMEOUT_S:.0f} s") from None
+            continue
+        if what == "error":
+            raise BenchError(payload)
+        if what == kind:
+            got[index] = payload
+    return [got[i] for i in range(len(procs))]
+
+
+def w_procs(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
+    _ensure_loaded(store, data, ctx)
+    nreaders = ctx["readers"]
+    seconds = p["procs_seconds"]
+    rng = random.Random(data.seed + 7 + ctx["rep"])
+    chunks = _overwrite_chunks(data, rng, p["mixed_commits"])
+    roles = ["writer"] + ["reader"] * nreaders
+    mp = multiprocessing.get_context("spawn")
+    out = mp.Queue()
+    start = mp.Event()
+    start_ns = mp.Value("q", 0, lock=False)   # written once, before start is set
+    with tempfile.TemporaryDirectory(prefix="procs-", dir=os.path.dirname(store.dir)) as tmp:
+        work_path = os.path.join(tmp, "work.pickle")
+        with open(work_path, "wb") as f:
+            pickle.dump((data.keys, chunks), f, protocol=pickle.HIGHEST_PROTOCOL)
+        procs = [mp.Process(target=_procs_process, daemon=True,
+                            args=(role, store.name, store.dir, work_path, data.seed * 31 + i, seconds, i,
+                                  start, start_ns, out))
+                 for i, role in enumerate(roles)]
+        try:
+            for pr in procs:
+                pr.start()
+            _procs_collect(out, procs, "ready")
+            start_ns.value = time.monotonic_ns() + int(PROCS_START_DELAY_S * 1e9)
+            start.set()
+            figures = _procs_collect(out, procs, "done")
+        finally:
+            for pr in procs:
+                pr.join(timeout=10 if start.is_set() else 0)
+                if pr.is_alive():   # a failure elsewhere: it waits for a start that never comes
+                    pr.terminate()
+                    pr.join()
+    writer, readers = figures[0], figures[1:]
+    _restore_overwritten(store, data, chunks)
+    syscalls = [f["syscalls"] for f in figures if "syscalls" in f]
+    gets = sum(f["ops"] for f in readers) * MIXED_BATCH
+    commit_ns = sorted(writer["lat_ns"])
+    result: _Result = {
+        "ops": gets,
+        "seconds": max(f["seconds"] for f in readers),
+        "lat_ns": [ns for f in readers for ns in f["lat_ns"]],
+        "faults": tuple(sum(f["faults"][j] for f in figures) for j in (0, 1)),
+        "peak_rss": max(f["peak_rss"] for f in figures),
+        "extra": {"readers": nreaders, "gets_per_snapshot": MIXED_BATCH, "window_s": seconds,
+                  "latency_per": f"snapshot of {MIXED_BATCH} gets",
+                  "reads_per_s_per_reader": [f["ops"] * MIXED_BATCH / f["seconds"] for f in readers],
+                  # what a get and a commit cost, however many processes share the CPUs
+                  "reader_cpu_us_per_get": sum(f["cpu_s"] for f in readers) / gets * 1e6,
+                  "writer_cpu_us_per_commit": writer["cpu_s"] / writer["ops"] * 1e6,
+                  "puts_per_txn": PUTS_PER_TXN, "writer_commits": writer["ops"],
+                  "writer_commits_per_s": writer["ops"] / writer["seconds"],
+                  "writer_commit_us": {"p50": _pct(commit_ns, 0.50) / 1e3,  # type: ignore[operator]
+                                       "p99": _pct(commit_ns, 0.99) / 1e3}}}  # type: ignore[operator]
+    if syscalls:
+        result["syscalls"] = {k: sum(sc[k] for sc in syscalls) for k in syscalls[0]}
+    return result
 
 
 def w_churn(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
@@ -860,6 +1057,7 @@ def w_churn(store: Store, data: Data, ctx: _Ctx, p: _Params) -> _Result:
 
 def w_growth(store: KvmapStore, data: Data, ctx: _Ctx, p: _Params) -> _Result:
     store.destroy()
+    ctx["loaded"] = False   # a workload after this one loads the data set again
     store.open(False)
     db = store.db
     target = p["growth_mib"] * MIB
@@ -929,42 +1127,44 @@ def w_growth(store: KvmapStore, data: Data, ctx: _Ctx, p: _Params) -> _Result:
 # (Any: w_growth takes only a KvmapStore)
 WORKLOAD_FUNCS: dict[str, Callable[[Any, Data, _Ctx, _Params], _Result]] = {
     "bulk": w_bulk, "get": w_get, "get_cold": w_get_cold, "scan": w_scan, "range": w_range,
-    "mixed": w_mixed, "txn_nosync": w_txn_nosync, "txn_sync": w_txn_sync, "churn": w_churn,
+    "mixed": w_mixed, "procs": w_procs, "txn_nosync": w_txn_nosync, "txn_sync": w_txn_sync, "churn": w_churn,
     "growth": w_growth}
 
 
 # ----------------------------------------------------------------------------- runner
 
-def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
-    fn = WORKLOAD_FUNCS[workload]
-    rates, lat_all, faults, peaks, extra, syscalls = [], [], [], [], {}, None
-    for rep in range(p["repeat"]):
-        ctx["rep"] = rep
-        _reset_peak_rss()
-        sc0 = None
-        if isinstance(store, KvmapStore):
-            if store.db is None:
-                store.ensure(False)  # a handle to read the (process-wide) counters
-            sc0 = store.syscalls()
-        f0 = _rusage()
-        r = fn(store, data, ctx, p)
-        f1 = _rusage()
-        if isinstance(store, KvmapStore) and store.db is not None:
-            sc1 = store.syscalls()
-            if sc0 is not None:
-                syscalls = {k: sc1[k] - sc0.get(k, 0) for k in sc1}
-        peaks.append(_peak_rss())
-        faults.append((f1[0] - f0[0], f1[1] - f0[1]))
-        sec = r["seconds"]
-        rates.append(r["ops"] / sec if sec > 0 else float("inf"))
-        if r.get("lat_ns"):
-            lat_all.extend(r["lat_ns"])
-        extra = r.get("extra", {})
-    if syscalls is not None:
-        extra = dict(extra, syscalls=syscalls)
-    order = sorted(range(len(rates)), key=lambda i: rates[i])
-    mid = order[len(order) // 2]
-    lat_all.sort()
+def run_repetition(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
+    """One repetition of `workload` (ctx["rep"] is its number): the
+    workload's figures, and the faults, peak RSS and (kvmap) syscalls of
+    this process in it -- procs gives those of its processes instead."""
+    _reset_peak_rss()
+    sc0 = None
+    if isinstance(store, KvmapStore):
+        if store.db is None:
+            store.ensure(False)  # a handle to read the (process-wide) counters
+        sc0 = store.syscalls()
+    f0 = _rusage()
+    r = WORKLOAD_FUNCS[workload](store, data, ctx, p)
+    f1 = _rusage()
+    if isinstance(store, KvmapStore) and store.db is not None and sc0 is not None:
+        sc1 = store.syscalls()
+        r.setdefault("syscalls", {k: sc1[k] - sc0.get(k, 0) for k in sc1})
+    r.setdefault("peak_rss", _peak_rss())
+    r.setdefault("faults", (f1[0] - f0[0], f1[1] - f0[1]))
+    return r
+
+
+def summarize(store: Store, workload: str, reps: list[_Result]) -> _Result:
+    """The result of `workload` on `store` from its repetitions."""
+    rates = [r["ops"] / r["seconds"] if r["seconds"] > 0 else float("inf") for r in reps]
+    lat_all = sorted(ns for r in reps for ns in r.get("lat_ns") or ())
+    extra = dict(reps[-1].get("extra", {}))
+    if "syscalls" in reps[-1]:
+        extra["syscalls"] = reps[-1]["syscalls"]
+    writer_rates = [r["extra"]["writer_commits_per_s"] for r in reps if "writer_commits_per_s" in r.get("extra", {})]
+    if writer_rates:   # mixed and procs
+        extra["writer_commits_per_s"] = statistics.median(writer_rates)
+    mid = sorted(range(len(rates)), key=lambda i: rates[i])[len(rates) // 2]
     size, alloc = _file_figures(store.files())
     return {
         "workload": workload, "store": store.name,
@@ -972,9 +1172,17 @@ def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params)
                        "unit": UNITS[workload]},
         "latency_us": ({"p50": _pct(lat_all, 0.50) / 1e3, "p99": _pct(lat_all, 0.99) / 1e3}  # type: ignore[operator]
                        if lat_all else None),
-        "faults": {"minor": faults[mid][0], "major": faults[mid][1]},
-        "peak_rss": max(peaks), "file_size": size, "allocated": alloc, "extra": extra,
+        "faults": {"minor": reps[mid]["faults"][0], "major": reps[mid]["faults"][1]},
+        "peak_rss": max(r["peak_rss"] for r in reps), "file_size": size, "allocated": alloc, "extra": extra,
     }
+
+
+def run_workload(store: Store, workload: str, data: Data, ctx: _Ctx, p: _Params) -> _Result:
+    reps = []
+    for rep in range(p["repeat"]):
+        ctx["rep"] = rep
+        reps.append(run_repetition(store, workload, data, ctx, p))
+    return summarize(store, workload, reps)
 
 
 def _fmt_rate(x: Optional[float]) -> str:
@@ -992,16 +1200,31 @@ def _fmt_bytes(x: Optional[int]) -> str:
     return f"{x / MIB:.1f}M"
 
 
+def _label(r: _Result) -> str:
+    """A result's row in the tables: its workload, and procs's reader processes."""
+    readers = r["extra"].get("readers") if r["workload"] == "procs" else None
+    return f"procs {readers}r" if readers else str(r["workload"])
+
+
+def _labels(results: list[_Result], workloads: list[str]) -> list[tuple[str, str]]:
+    """(row label, workload) of the results, in the order of workloads."""
+    return list(dict.fromkeys((_label(r), w) for w in workloads for r in results if r["workload"] == w))
+
+
 def render_table(results: list[_Result], stores: list[str], workloads: list[str], kvmap_stores: list[str],
                  peers: list[str]) -> str:
     """The comparison table (rows workloads, columns stores, best kvmap marked '*')."""
-    by = {(r["workload"], r["store"]): r for r in results}
+    by = {(_label(r), r["store"]): r for r in results}
     rows: list[tuple[str, str, Callable[[_Result], Optional[float]], str]] = []
-    for w in workloads:
-        rows.append((w, w, lambda r: r["throughput"]["median"] if r.get("throughput") else None,
+    for label, w in _labels(results, workloads):
+        rows.append((label, label, lambda r: r["throughput"]["median"] if r.get("throughput") else None,
                      UNITS[w]))
-        if w == "mixed":
-            rows.append(("mixed:writer", w,
+        if w == "procs":
+            rows.append((f"{label}/reader", label,
+                         lambda r: r["throughput"]["median"] / r["extra"]["readers"] if r.get("throughput") else None,
+                         UNITS[w]))
+        if w in ("mixed", "procs"):
+            rows.append((f"{label}:writer", label,
                          lambda r: r["extra"].get("writer_commits_per_s") if r.get("throughput") else None,
                          "commit/s"))
     header = ["workload"] + list(stores) + [f"best kvmap / {p}" for p in peers]
@@ -1040,17 +1263,20 @@ def render_details(results: list[_Result]) -> str:
     """Latency, growth and churn details (secondary table)."""
     out = []
     stores = list(dict.fromkeys(r["store"] for r in results))
-    lat_w = list(dict.fromkeys(r["workload"] for r in results if r.get("latency_us")))
+    lat_w = list(dict.fromkeys((_label(r), r["extra"].get("latency_per")) for r in results if r.get("latency_us")))
     if lat_w:
-        by = {(r["workload"], r["store"]): r for r in results}
+        by = {(_label(r), r["store"]): r for r in results}
         rows = []
-        for w in lat_w:
-            cells = [f"{w} p50/p99 us"]
-            for s in stores:
-                r = by.get((w, s))
-                lu = r.get("latency_us") if r else None
-                cells.append(f"{lu['p50']:.1f}/{lu['p99']:.1f}" if lu else "-")
-            rows.append(cells)
+        for w, per in lat_w:
+            # procs: the readers' latency per snapshot, then the writer's per commit
+            lat_rows: list[tuple[str, Callable[[_Result], Any]]] = [
+                (f"{w} p50/p99 us" + (f" per {per}" if per else ""), lambda r: r.get("latency_us")),
+                (f"{w}:writer p50/p99 us per commit", lambda r: r["extra"].get("writer_commit_us"))]
+            for label, lat_of in lat_rows:
+                lats = {s: lat_of(by[w, s]) if (w, s) in by else None for s in stores}
+                if any(lats.values()):
+                    rows.append([label] + [f"{lu['p50']:.1f}/{lu['p99']:.1f}" if lu else "-"
+                                           for lu in lats.values()])
             if any("fdatasync_per_commit" in (by.get((w, s)) or {}).get("extra", {}) for s in stores):
                 cells = [f"{w} fdatasync/commit"]
                 for s in stores:
@@ -1101,18 +1327,19 @@ def write_plot(path: str, results: list[_Result], stores: list[str], workloads: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by = {(r["workload"], r["store"]): r for r in results if r.get("throughput")}
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(workloads)), 9))
+    by = {(_label(r), r["store"]): r for r in results if r.get("throughput")}
+    labels = [label for label, _ in _labels(results, workloads)]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.2 * len(labels)), 9))
     width = 0.8 / max(1, len(stores))
     for j, s in enumerate(stores):
         ys = []
-        for w in workloads:
+        for w in labels:
             best = max((by[w, t]["throughput"]["median"] for t in stores if (w, t) in by), default=0)
             r = by.get((w, s))
             ys.append(r["throughput"]["median"] / best if r and best else 0)
-        ax1.bar([i + j * width for i in range(len(workloads))], ys, width, label=s)
-    ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))])
-    ax1.set_xticklabels(workloads, rotation=20)
+        ax1.bar([i + j * width for i in range(len(labels))], ys, width, label=s)
+    ax1.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+    ax1.set_xticklabels(labels, rotation=20)
     ax1.set_ylabel("throughput / best in workload")
     ax1.set_title("kvmap-bench: throughput per store, normalised per workload")
     ax1.legend(fontsize=8)
@@ -1165,6 +1392,16 @@ def _csv(choices: list[str], what: str) -> Callable[[str], list[str]]:
     return parse
 
 
+def _positive_ints(text: str) -> list[int]:
+    try:
+        items = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        items = []
+    if not items or min(items) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, not {text!r}")
+    return list(dict.fromkeys(items))
+
+
 def build_parser(prog: str = "kvmap-bench") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog,
@@ -1189,6 +1426,12 @@ def build_parser(prog: str = "kvmap-bench") -> argparse.ArgumentParser:
                     help="write a PNG chart (needs matplotlib)")
     ap.add_argument("--growth-mib", type=int, default=256,
                     help="target size of the growth workload in MiB (default 256)")
+    ap.add_argument("--procs-readers", type=_positive_ints, default=PROCS_READERS,
+                    help="procs workload: comma list of reader process counts, one run each "
+                         "(default %s)" % ",".join(map(str, PROCS_READERS)))
+    ap.add_argument("--procs-seconds", type=float, default=PROCS_SECONDS,
+                    help="procs workload: the measured window of each run in seconds (default %g)"
+                         % PROCS_SECONDS)
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -1196,8 +1439,10 @@ def build_parser(prog: str = "kvmap-bench") -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None, prog: str = "kvmap-bench") -> int:
     args = build_parser(prog).parse_args(argv)
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1:
-        print("kvmap-bench: -n, --key-size, --repeat and --growth-mib must be positive", file=sys.stderr)
+    if (args.n < 1 or args.key_size < 1 or args.value_size < 0 or args.repeat < 1 or args.growth_mib < 1
+            or not args.procs_seconds > 0):
+        print("kvmap-bench: -n, --key-size, --repeat, --growth-mib and --procs-seconds must be positive",
+              file=sys.stderr)
         return 2
     if args.key_size < 8 and 256 ** args.key_size < 2 * args.n:
         print("kvmap-bench: --key-size too small for -n distinct keys", file=sys.stderr)
@@ -1229,7 +1474,8 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-bench") -> int:
               "seed": args.seed, "growth_mib": args.growth_mib,
               "txn_nosync": max(10, min(2000, n // 5)), "txn_sync": max(10, min(200, n // 10)),
               "cold_sample": min(n, 2000), "range_queries": max(10, min(2000, n // 10)),
-              "mixed_commits": max(10, min(500, n // 10)), "churn_rounds": 3}
+              "mixed_commits": max(10, min(500, n // 10)), "churn_rounds": 3,
+              "procs_readers": args.procs_readers, "procs_seconds": args.procs_seconds}
 
     base = args.dir if args.dir else None
     if base:
@@ -1241,45 +1487,103 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-bench") -> int:
     t_start = time.perf_counter()
     data = Data(n, args.key_size, args.value_size, args.seed)
     results = []
-    phases = [(s, w) for s in stores for w in workloads if not (w in KVMAP_ONLY and s not in BACKENDS)]
+    def runs(s: str, w: str) -> bool:
+        return not (w in KVMAP_ONLY and s not in BACKENDS)
+
     for s in stores:
-        skipped = [w for w in workloads if w in KVMAP_ONLY and s not in BACKENDS]
+        skipped = [w for w in workloads if not runs(s, w)]
         if skipped:
             say(f"  {s}: skipping {', '.join(skipped)} (kvmap growth strategies only)")
-    k = 0
+    phases = sum(len(args.procs_readers) if w == "procs" else 1 for s in stores for w in workloads if runs(s, w))
+    live: dict[str, tuple[Store, _Ctx]] = {}   # the stores made and not yet removed, with their context
+
+    def store_of(s: str) -> tuple[Store, _Ctx]:
+        if s not in live:
+            live[s] = (make_store(s, os.path.join(workdir, s.replace(":", "-"))), {"loaded": False})
+        return live[s]
+
+    def finish(s: str) -> None:
+        store, _ = live.pop(s)
+        with contextlib.suppress(Exception):
+            store.close()
+        shutil.rmtree(store.dir, ignore_errors=True)
+
+    def failed(s: str, w: str, variant: dict[str, int], exc: Exception) -> _Result:
+        """The result of a workload that raised; the store is closed (and
+        emptied if the workload was building it) for the next to load."""
+        store, ctx = live[s]
+        r = {"workload": w, "store": s, "throughput": None, "latency_us": None, "faults": None,
+             "peak_rss": None, "file_size": None, "allocated": None, "extra": dict(variant),
+             "error": f"{type(exc).__name__}: {exc}"}
+        print(f"kvmap-bench: {_label(r)} on {s} failed: {r['error']}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            store.close()
+        ctx["loaded"] = False
+        if w in ("bulk", "growth"):
+            with contextlib.suppress(Exception):
+                store.destroy()
+        return r
+
+    def report(r: _Result, t0: float) -> None:
+        results.append(r)
+        if r.get("throughput"):
+            tp = r["throughput"]
+            say(f"[{len(results)}/{phases}] {_label(r):<10} {r['store']:<16} {_fmt_rate(tp['median'])} "
+                f"{tp['unit']}  ({time.perf_counter() - t0:.1f} s)")
+
+    def run_one(s: str, w: str) -> None:
+        if not runs(s, w):
+            return
+        store, ctx = store_of(s)
+        t0 = time.perf_counter()
+        try:
+            r = run_workload(store, w, data, ctx, params)
+        except Exception as exc:
+            r = failed(s, w, {}, exc)
+        report(r, t0)
+
+    def run_procs(variant: dict[str, int]) -> None:
+        """procs with ctx["readers"] = variant's on every store, the
+        repetitions interleaved: the stores take turns, each repetition
+        starting one store further on, so that a change in the machine's
+        load (other processes) falls on all of them, not on one store's
+        block of repetitions as with the other workloads."""
+        t0 = time.perf_counter()
+        reps: dict[str, list[_Result]] = {s: [] for s in stores}
+        errors: dict[str, _Result] = {}
+        for rep in range(args.repeat):
+            for s in stores[rep % len(stores):] + stores[:rep % len(stores)]:
+                if s in errors:
+                    continue
+                store, ctx = store_of(s)
+                ctx.update(variant, rep=rep)
+                try:
+                    reps[s].append(run_repetition(store, "procs", data, ctx, params))
+                except Exception as exc:
+                    errors[s] = failed(s, "procs", variant, exc)
+        for s in stores:
+            report(errors.get(s) or summarize(live[s][0], "procs", reps[s]), t0)
+
+    # Store after store, each through the workloads in order -- but procs
+    # runs on every store in turn at its place in the order, so the stores
+    # wait for it (and are removed after their last workload).
+    procs_at = workloads.index("procs") if "procs" in workloads else len(workloads)
     try:
         for s in stores:
-            store = make_store(s, os.path.join(workdir, s.replace(":", "-")))
-            ctx = {"loaded": False}
-            try:
-                for w in workloads:
-                    if w in KVMAP_ONLY and s not in BACKENDS:
-                        continue
-                    k += 1
-                    t0 = time.perf_counter()
-                    try:
-                        r = run_workload(store, w, data, ctx, params)
-                    except Exception as exc:
-                        r = {"workload": w, "store": s, "throughput": None, "latency_us": None,
-                             "faults": None, "peak_rss": None, "file_size": None, "allocated": None,
-                             "extra": {}, "error": f"{type(exc).__name__}: {exc}"}
-                        print(f"kvmap-bench: {w} on {s} failed: {r['error']}", file=sys.stderr)
-                        with contextlib.suppress(Exception):
-                            store.close()
-                        ctx["loaded"] = False
-                        if w in ("bulk", "growth"):
-                            with contextlib.suppress(Exception):
-                                store.destroy()
-                    results.append(r)
-                    if r.get("throughput"):
-                        tp = r["throughput"]
-                        say(f"[{k}/{len(phases)}] {w:<10} {s:<16} {_fmt_rate(tp['median'])} {tp['unit']}"
-                            f"  ({time.perf_counter() - t0:.1f} s)")
-            finally:
-                with contextlib.suppress(Exception):
-                    store.close()
-                shutil.rmtree(store.dir, ignore_errors=True)
+            for w in workloads[:procs_at]:
+                run_one(s, w)
+            if procs_at == len(workloads):
+                finish(s)
+        if procs_at < len(workloads):
+            for readers in args.procs_readers:
+                run_procs({"readers": readers})
+            for s in stores:
+                for w in workloads[procs_at + 1:]:
+                    run_one(s, w)
+                finish(s)
     finally:
+        for s in list(live):
+            finish(s)
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - t_start
     say(f"kvmap-bench: done in {elapsed:.1f} s")

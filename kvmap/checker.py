@@ -1,9 +1,10 @@
 """kvmap-check: an integrity checker for kvmap files (format v2, docs/FORMAT.md;
 native/format.h).
 
-It never trusts the file: it reads it with ``os.pread`` only (never through the
-engine's mapping or open path; of the C core it uses only the checksum
-function), every loop is
+It never trusts the file: it reads its pages with ``os.pread`` only (never
+through the engine's mapping or page cache; of the engine it uses the
+checksum function and, to hold the commit it checks, a read-only handle with
+one snapshot), every loop is
 bounded by page counts, chain lengths or the tree depth, and its memory is
 bounded by one byte per page of the file (an owner code per page), not by
 what the file says (the meta choice adds the runs that the records of the
@@ -17,29 +18,31 @@ Library (``kvmap.check`` and ``kvmap.salvage`` are this module's)::
     report.ok, report.problems, report.summary, report.to_json()
 
 Command line (exit 0: sound, 1: damage found, 2: not checked -- unreadable
-file, open for writing by another handle, or usage error -- 3: with
-``--force``, the file changed during the check: no verdict)::
+file or usage error -- 3: a check of the file at rest saw it change: no
+verdict)::
 
-    kvmap-check PATH [--json] [--quick] [--max-errors N] [--force] [--salvage OUT [--unverified OUT2]]
+    kvmap-check PATH [--json] [--quick] [--max-errors N] [--salvage OUT [--unverified OUT2]]
     python -m kvmap.checker ...          # the same
 
-A live writer: a check that reads the file while commits go on sees pages of
-several commits and would report damage that is not there.  Every kvmap
-handle, in any process, registers in the lock file beside the database
-(``<path>-lock``, FORMAT.md §9), saying whether it was opened for writing.
-The check refuses a file that a live writable handle has open -- in another
-process or in this one -- with :class:`CheckBusy` (exit 2) unless
-``force=True`` / ``--force``; and it holds the lock file's writer lock while
-it reads, so no commit can land meanwhile (writers wait for it, as for
-another writer's transaction).  A forced check while a write transaction
-runs cannot take that lock and reads anyway.
-Always, forced or not, it compares the file size and the raw meta pages
-before and after its reads: if they differ, a commit landed meanwhile and
-the report says ``changed`` (``ok`` False, no problems listed; exit 3)
-instead of giving a verdict on a mix of commits.  If they are equal, no
-commit completed during the check and the report stands.
+A database in use: handles in other processes may commit while the check
+reads, and pages of several commits would look like damage.  So the check
+reads one commit, held by a snapshot that it takes through the engine
+(``kvmap.open(path, readonly=True)``): the snapshot's reader slot is in the
+lock file beside the database (``<path>-lock``, FORMAT.md §9), and no writer
+in any process reuses a page that commit reaches while it lives.  Writers
+go on meanwhile; the report names the transaction checked.  The engine
+gives that commit's meta fields, the checker reads its pages itself; the
+meta pages, which later commits rewrite, are checked where they still hold
+the snapshot's commit (see ``_Checker.snapshot_metas``).  The file is read
+at rest, without a snapshot, only when none can be registered: the engine
+does not open the file (so no writer can either), or the lock file cannot be
+opened.  Such a check compares the file size and the raw meta pages before
+and after its reads: if they differ, a commit landed meanwhile and the
+report says ``changed`` (``ok`` False, no problems listed; exit 3) instead
+of giving a verdict on a mix of commits.
 
-It checks the meta the engine's open would use, chosen as the engine
+It checks the meta the engine's open would use (the snapshot's commit,
+when no commit lands while the meta pages are read), chosen as the engine
 chooses it: the newest valid meta if its commits not known durable verify
 against their records, its tree's edge paths verify and the file is long
 enough for it, else the durable commit that meta names (what a crash leaves
@@ -60,6 +63,10 @@ as far as it can be read intact (from leaves and overflow pages whose
 checksums match), into a new database at OUT, written with the engine; the
 source is only read.  Case by case:
 
+* a database in use, sound or not: the snapshot's commit, the newest when
+  the salvage began, read under the snapshot while writers go on (a newer
+  meta that the engine passes over, below, is read as at rest: a commit
+  landing meanwhile gives ``changed`` and no damage figures);
 * newest meta damaged (torn, zeroed, bad fields): the older meta's tree;
 * a version 1 file: its newest meta's tree (its free list is not read, so
   only orphan leaves of its newest commit are proven current);
@@ -81,8 +88,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import dataclasses
-import errno
-import fcntl
 import json
 import os
 import struct
@@ -94,19 +99,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optio
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, StrPath
 
-    from .db import Database
+    from .txn import Snapshot
 
 from ._kvmap_cffi import ffi as _ffi, lib as _lib
+from .db import Database, open as _open_engine
 from .errors import Error
 
 __all__ = ["check", "salvage", "SalvageResult", "main", "CheckReport", "Problem", "CheckUnreadable",
-           "CheckBusy", "crc32c", "EXIT_OK", "EXIT_DAMAGE", "EXIT_UNCHECKED", "EXIT_CHANGED"]
+           "crc32c", "EXIT_OK", "EXIT_DAMAGE", "EXIT_UNCHECKED", "EXIT_CHANGED"]
 
 # kvmap-check's exit status
 EXIT_OK = 0          # sound
 EXIT_DAMAGE = 1      # damage found
-EXIT_UNCHECKED = 2   # not checked: unreadable, open for writing (without --force), usage error
-EXIT_CHANGED = 3     # --force and the file changed during the check: no verdict
+EXIT_UNCHECKED = 2   # not checked: unreadable, usage error
+EXIT_CHANGED = 3     # a check of the file at rest saw it change: no verdict
 CHANGED_MESSAGE = "file changed during check: no verdict; re-run when the writer is idle"
 
 MAGIC = b"\x89KVM\r\n\x1a\n"
@@ -164,7 +170,7 @@ _Walk = tuple[int, int, Optional[bytes], Optional[bytes], str]
 
 # ---------------------------------------------------------------- CRC-32C
 # The checksum is pure computation, so the checker uses the C core's (it
-# reads nothing through the engine: no mapping, no open path, no page cache).
+# reads no page through the engine: no mapping, no page cache).
 
 def crc32c(data: ReadableBuffer, crc: int = 0) -> int:
     """CRC-32C (Castagnoli) of ``data``, continuing from ``crc``."""
@@ -189,14 +195,6 @@ class CheckUnreadable(Error):
     meta page is a valid kvmap meta.  A :class:`kvmap.Error`."""
 
 
-class CheckBusy(CheckUnreadable):
-    """The file is open for writing by another kvmap handle (of another
-    process or of this one), so it was not checked: a check would read pages
-    of several commits.  Close the writer, or pass ``force=True`` (CLI:
-    ``--force``) to check anyway.  A subclass of :class:`CheckUnreadable`,
-    so callers that catch that one still do."""
-
-
 @dataclass
 class Problem:
     kind: str
@@ -215,12 +213,16 @@ class CheckReport:
     # prints them with --verbose.  meta_notes are what a crash or damage left.
     details: List[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
-    # The file changed while it was read (a writer committed; only possible
-    # with force=True, or with a writer that ignores the lock): no verdict.
-    # ``ok`` is False and ``problems`` empty; re-run when the writer is idle.
+    # The transaction (commit) checked, and how it was read: through a
+    # snapshot registered in the lock file (writers in every process went on
+    # committing, and reused none of its pages), or as the file at rest (no
+    # snapshot could be registered; meta_notes say why).
+    txnid: Optional[int] = None
+    snapshot: bool = False
+    # A check at rest saw the file change while it read it (a writer
+    # committed): no verdict.  ``ok`` is False and ``problems`` empty;
+    # re-run when the writer is idle.
     changed: bool = False
-    # A writer held the file open during the check (it ran with force=True).
-    live_writer: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,6 +280,17 @@ def _decode_meta(buf: bytes, offset: Optional[int] = None) -> tuple[Optional[_Me
 def _recency(m: _Meta) -> tuple[int, int]:
     """Sort key of a valid meta: newer commit, then the one known durable."""
     return m["txnid"], m.get("durable", 0)
+
+
+# The meta fields that say what a commit's state is: all but ``durable``,
+# which the seal at close rewrites for the same commit (FORMAT.md §7).
+_COMMIT_FIELDS = ("page_size", "txnid", "root", "depth", "flags", "entries", "hwm", "free_index",
+                  "record", "free_count", "pending_count", "floor")
+
+
+def _differing(m: _Meta, state: _Meta) -> list[str]:
+    """The commit fields in which meta ``m`` differs from ``state``."""
+    return [k for k in _COMMIT_FIELDS if m.get(k) != state[k]]
 
 
 # ---------------------------------------------------------------- commit records
@@ -400,8 +413,8 @@ class _Checker:
     # Set by read_metas, setup, the walks, and salvage (_salvage_tree &co.).
     meta: _Meta
     metas: list[Any]          # two, None where invalid
-    newest: int
-    meta_used: int
+    newest: Optional[int]     # the newest valid meta (live_metas: meta_used, the newest it judges)
+    meta_used: Optional[int]  # the meta checked; None: a snapshot's commit no meta holds any more
     ps: int
     hwm: int
     npages: int
@@ -656,6 +669,88 @@ class _Checker:
         self.meta_used = chosen
         self.meta = cm
         return self.meta
+
+    def snapshot_metas(self, held: _HeldCommit) -> None:
+        """The commit ``held`` (its meta fields are the engine's) and the
+        meta pages beside it.  When the meta pages make read_metas choose
+        that commit too, and no commit lands while they are read (the commit
+        state and the newest published commit unchanged), they are checked
+        as at rest: the choice with its notes, both metas' fields, the edge
+        paths and the records of the commits not known durable.  Otherwise a
+        later commit has rewritten a meta page, perhaps while it was read,
+        and what read_metas found is dropped: live_metas checks what still
+        belongs to the snapshot's commit."""
+        state = held.state
+        slots, before = _commit_state(self.fd)
+        try:
+            m = self.read_metas()
+            at_rest = (not _differing(m, state) and held.newest_txnid() == state["txnid"]
+                       and _commit_state(self.fd, slots)[1] == before)
+        except CheckUnreadable:
+            at_rest = False
+        if not at_rest:
+            self.problems, self.total, self.notes, self.details = [], 0, [], []
+            self.live_metas(state)
+
+    def live_metas(self, state: _Meta) -> None:
+        """The meta pages beside a snapshot of commit ``state`` of a database
+        in use.  Later commits may have rewritten either slot, or be
+        rewriting it as it is read, so a slot is checked against the
+        snapshot's fields only where it holds the snapshot's commit; a later
+        commit's meta is not judged (its pages are not the snapshot's and may
+        be changing), nor is one that fails its checksum (a write caught half
+        done reads so; so do a crash's tear and damage, which a check at rest
+        only notes as well).  A slot that is no kvmap meta, or fails its field
+        checks, is damage as at rest: no meta write reads so, whole or half
+        done (every meta has the same magic, version and page size)."""
+        ps, txnid = state["page_size"], state["txnid"]
+        self.meta = dict(state, version=VERSION)
+        self.metas = [None, None]
+        holding = []                # the slots that hold the snapshot's commit
+        rewritten = False           # a slot holds a later commit's meta, or one being written
+        for slot in (0, 1):
+            m, why = _decode_meta(os.pread(self.fd, META_SIZE, slot * ps), slot * ps if slot else None)
+            self.metas[slot] = m
+            if m is None and why == "checksum mismatch":
+                rewritten = True
+                self.notes.append(f"meta {slot} fails its checksum: a commit was writing it as it "
+                                  f"was read, or a crash tore it, or it is damaged; not checked")
+            elif m is None:
+                crash = self._crash_left(slot, why, self.meta)
+                if crash:
+                    self.notes.append(f"meta {slot} {crash}")
+                else:
+                    self.add("meta-damaged", slot, f"meta {slot} is damaged ({why})")
+            elif m["txnid"] > txnid:
+                rewritten = True
+                self.details.append(f"meta {slot} holds commit {m['txnid']}, made after the "
+                                    f"snapshot's: not checked")
+            elif m["txnid"] < txnid:
+                self.details.append(f"meta {slot} holds the older commit {m['txnid']}: its fields "
+                                    f"are valid; its pages are not the snapshot's, not checked")
+            elif _differing(m, state):
+                self.add("meta-damaged", slot, f"meta {slot} holds commit {txnid}, the snapshot's, "
+                         f"with other {', '.join(_differing(m, state))} than the engine has for it")
+            else:
+                holding.append(slot)
+        if holding:
+            self.meta_used = max(holding, key=lambda i: _recency(self.metas[i]))
+            self.details.append(f"meta {self.meta_used} holds commit {txnid}, the snapshot's: its "
+                                f"fields are the engine's")
+        else:
+            self.meta_used = None
+            if rewritten:
+                self.details.append(f"no meta page holds commit {txnid}, the snapshot's, any more: "
+                                    f"later commits rewrote them; its fields are the engine's")
+            else:
+                self.add("meta-damaged", None, f"neither meta page holds commit {txnid}, the "
+                         f"snapshot's, nor a later commit")
+        self.newest = self.meta_used            # salvage copies the snapshot's commit
+        if state["hwm"] * ps > self.file_size:
+            first_missing = self.file_size // ps
+            self.add("truncated", first_missing,
+                     f"file is {self.file_size} bytes, shorter than hwm {state['hwm']} x page size "
+                     f"{ps} of commit {txnid}; pages from {first_missing} are missing")
 
     # ------------------------------------------------------------ pages
 
@@ -1147,12 +1242,18 @@ def _note(agg: _Agg, kind: str, msg: str) -> None:
         agg[kind] = [msg, 1]
 
 
-def _run(fd: int, path: StrPath, quick: bool, max_errors: int,
-         progress: Optional[Progress]) -> tuple[CheckReport, _Checker]:
+def _run(fd: int, path: StrPath, quick: bool, max_errors: int, progress: Optional[Progress],
+         held: Optional[_HeldCommit] = None) -> tuple[CheckReport, _Checker]:
+    """Check the commit ``held``, or without it the file at rest."""
+    if progress:
+        progress(0, 1)        # begun: the commit to check is held, nothing read yet
     try:
         size = os.fstat(fd).st_size
         c = _Checker(fd, path, size, quick, max(0, int(max_errors)), progress)
-        c.read_metas()
+        if held is None:
+            c.read_metas()
+        else:
+            c.snapshot_metas(held)
         c.setup()
         c.walk_tree()
         if c.entries != c.meta["entries"]:
@@ -1169,7 +1270,8 @@ def _run(fd: int, path: StrPath, quick: bool, max_errors: int,
     if progress:
         progress(1, 1)
     rep = CheckReport(ok=c.total == 0, problems=c.problems, total_problems=c.total,
-                      meta_used=c.meta_used, meta_notes=c.notes, details=c.details, summary=summary)
+                      meta_used=c.meta_used, meta_notes=c.notes, details=c.details, summary=summary,
+                      txnid=c.meta["txnid"], snapshot=held is not None)
     return rep, c
 
 
@@ -1180,16 +1282,26 @@ def _open(path: StrPath) -> int:
         raise CheckUnreadable(f"cannot open {path}: {e.strerror or e}") from None
 
 
-# ---------------------------------------------------------------- a live writer
+# ---------------------------------------------------------------- a database in use
 #
-# The lock file (FORMAT.md §9; native/lock.c) lists the handles open on the
-# database, each with a byte of the file that it holds locked (fcntl OFD
-# locks) while it lives, and a flag saying it was opened for writing.  The
-# checker takes the writer lock (byte LOCK_BYTE_WRITER) on its own open of the
-# lock file, so no commit lands while it reads, and looks for a live
-# writable handle: one whose flag is set and whose byte it cannot lock.
+# A snapshot is what a handle takes to read one commit while writers go on,
+# so the check takes one, whether or not other handles have the file open:
+# the engine registers its reader slot in the lock file (FORMAT.md §9), and
+# until it ends no writer in any process reuses a page that the commit
+# reaches -- its tree, and its free-space pages and records, which later
+# commits free when they replace them (docs/ARCHITECTURE.md §4).  The pages
+# are then read here, with pread, as at rest; only the meta pages can change
+# under the check (_Checker.snapshot_metas).  Nothing less would do when
+# nobody has the file open either: holding the lock file's open byte shared,
+# as a handle does, lets a writer open the file and commit during the check;
+# holding it exclusive makes every open wait for the check.
 #
-# Whether or not it got the lock, it compares the file's "commit state"
+# The file is read at rest, without a snapshot, only when none can be
+# registered: the engine does not open the file (no meta page it would
+# open: then no handle can open it to write either), or its lock file cannot
+# be opened (read-only media, or one this user may not write: a writer
+# elsewhere would not see the snapshot), or the engine fails otherwise (every
+# reader slot taken, ...).  Such a check compares the file's "commit state"
 # before and after its reads: the size and the raw first 128 bytes of both
 # metas.  Equal states mean no commit completed in between, so every page
 # that either meta reaches was left alone (FORMAT.md: a page is never
@@ -1208,76 +1320,58 @@ def _open(path: StrPath) -> int:
 # truncation by anyone) changes the size, which is compared too.
 
 _META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be
-LOCK_MAGIC = 0x31306B6C706D766B                      # native/format.h: the lock file
-LOCK_HANDLES = 1024
-LOCK_BYTE_WRITER = 1
-LOCK_BYTE_HANDLE = 2
-LOCK_OFF_MAGIC = 0
-LOCK_OFF_WRITABLE = 4264
 
 
-def _byte_lock(fd: int, at: int, kind: int = fcntl.F_WRLCK) -> bool:
-    """An fcntl OFD lock of byte ``at`` without waiting; False if another
-    open file description holds it."""
+class _HeldCommit:
+    """The commit a check reads, held by a snapshot of a read-only handle;
+    ``state``: its meta fields (and page_size), as the engine has them."""
+
+    def __init__(self, db: Database, snap: Snapshot, state: _Meta) -> None:
+        self.db, self.snap, self.state = db, snap, state
+
+    def newest_txnid(self) -> int:
+        """The newest commit published now, by any handle."""
+        txnid: int = self.db.stats()["txnid"]
+        return txnid
+
+    def close(self) -> None:
+        self.snap.close()
+        self.db.close()
+
+
+def _register(fd: int, path: StrPath) -> tuple[Optional[_HeldCommit], str]:
+    """A snapshot of the newest commit of the database at ``path``, its
+    reader slot in the lock file; or (None, why the file is read at rest)."""
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", kind, os.SEEK_SET, at, 1, 0))
-        return True
+        kvmap_file = any(os.pread(fd, len(MAGIC), o) == MAGIC for o in (0,) + _META_SLOTS)
     except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-
-
-def _live_writable(lfd: int) -> bool:
-    """Whether a live handle opened for writing is registered in the lock
-    file: its flag set, its byte held (we cannot lock it)."""
-    head = os.pread(lfd, 8, LOCK_OFF_MAGIC)
-    if len(head) < 8 or struct.unpack("<Q", head)[0] != LOCK_MAGIC:
-        return False
-    flags = os.pread(lfd, LOCK_HANDLES, LOCK_OFF_WRITABLE)
-    for h, writable in enumerate(flags):
-        if writable:
-            if not _byte_lock(lfd, LOCK_BYTE_HANDLE + h):
-                return True
-            _byte_lock(lfd, LOCK_BYTE_HANDLE + h, fcntl.F_UNLCK)
-    return False
-
-
-def _lock(path: StrPath, force: bool) -> tuple[Optional[int], bool, Optional[str]]:
-    """Hold the database's writer lock, and refuse a live writer.  Returns
-    (lock_fd, live_writer, note): lock_fd holds the writer lock (None when
-    it could not be taken); live_writer is True when a writable handle is open
-    (only with ``force``; otherwise :class:`CheckBusy` is raised); note says
-    why nothing could be locked."""
-    try:   # made if missing beside a kvmap file (as a handle would), so a handle opened meanwhile waits too
-        with open(path, "rb") as f:
-            create = os.O_CREAT if f.read(len(MAGIC)) == MAGIC else 0
-        mode = os.stat(path).st_mode & 0o666
-        lfd = os.open(os.fspath(path) + "-lock", os.O_RDWR | create | os.O_CLOEXEC, mode)
-    except FileNotFoundError:
-        return None, False, None
-    except OSError as e:
-        return None, False, (f"the lock file could not be opened ({e.strerror or e}): a writer would "
-                             f"go unseen, but a commit during the check would still be detected")
+        raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
+    if not kvmap_file:
+        # no meta the engine could open: no lock file is made beside a file not kvmap's
+        return None, "it holds no kvmap meta page"
     try:
-        held = _byte_lock(lfd, LOCK_BYTE_WRITER)
-        live = not held or _live_writable(lfd)
-    except OSError as e:
-        os.close(lfd)
-        return None, False, (f"the lock file could not be locked ({e.strerror or e}): a writer would "
-                             f"go unseen, but a commit during the check would still be detected")
-    if not live:
-        return lfd, False, None
-    if force:
-        if held:
-            return lfd, True, None
-        os.close(lfd)
-        return None, True, None
-    os.close(lfd)
-    raise CheckBusy(f"{path} is open for writing by another process (or by another handle of "
-                    f"this one): a check now could read pages of several commits and report "
-                    f"damage that is not there; close the writer, or check anyway with "
-                    f"force=True (kvmap-check --force)")
+        # The check reads no page through this handle: pread and the smallest
+        # cache, so no mapping (and no SIGBUS handler put in the caller's process).
+        db = _open_engine(os.fspath(path), readonly=True, backend="pread", cache_size=0)
+    except Error as e:
+        return None, f"the engine does not open it ({type(e).__name__}: {e})"
+    try:
+        snap = db.snapshot()
+        state = snap._state()
+    except Error as e:
+        db.close()
+        return None, f"no snapshot could be taken ({type(e).__name__}: {e})"
+    if not state.pop("shared"):
+        snap.close()
+        db.close()
+        return None, ("its lock file cannot be opened, so writers in other processes would not "
+                      "see a snapshot")
+    return _HeldCommit(db, snap, dict(state, page_size=db.page_size)), ""
+
+
+def _at_rest_note(why: str) -> str:
+    return (f"checked the file at rest, not a snapshot of it: {why}; a commit during the check "
+            f"would have given 'changed'")
 
 
 def _commit_state(fd: int, slots: Optional[tuple[int, ...]] = None) -> tuple[tuple[int, ...], tuple[object, ...]]:
@@ -1296,17 +1390,15 @@ def _commit_state(fd: int, slots: Optional[tuple[int, ...]] = None) -> tuple[tup
     return slots, (size, raw0) + tuple(os.pread(fd, META_SIZE, o) for o in slots)
 
 
-class _Guard:
-    """The checker's hold on the file: the lock, and the commit state read
-    before the check, to compare with the one after it."""
+class _Unchanged:
+    """The file's commit state when reads began, to tell whether a commit
+    landed before they ended."""
 
-    def __init__(self, fd: int, path: StrPath, force: bool) -> None:
+    def __init__(self, fd: int, path: StrPath) -> None:
         self.fd = fd
-        self.lock_fd, self.live_writer, self.note = _lock(path, force)
         try:
             self.slots, self.before = _commit_state(fd)
         except OSError as e:
-            self.release()
             raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
 
     def changed(self) -> bool:
@@ -1316,50 +1408,39 @@ class _Guard:
         except OSError:
             return True
 
-    def report(self, rep: CheckReport) -> CheckReport:
-        """``rep`` as it stands, or the no-verdict report if the file changed."""
-        if self.changed():
-            return CheckReport(ok=False, changed=True, live_writer=self.live_writer)
-        rep.live_writer = self.live_writer
-        if self.note:
-            rep.meta_notes.append(self.note)
-        if self.live_writer:
-            rep.meta_notes.append("a writer had the file open (checked with force): it "
-                                  "committed nothing during the check, so this report stands")
-        return rep
-
-    def release(self) -> None:
-        """Let writers commit again (closing the lock file drops the lock)."""
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
-
 
 def check(path: StrPath, *, quick: bool = False, max_errors: int = 100,
-          progress: Optional[Progress] = None, force: bool = False) -> CheckReport:
+          progress: Optional[Progress] = None) -> CheckReport:
     """Check the kvmap file at ``path``; returns a :class:`CheckReport`.
 
-    Raises :class:`CheckUnreadable` when the file cannot be opened or has no
-    valid meta page, and :class:`CheckBusy` (a CheckUnreadable) when another
-    handle has it open for writing, unless ``force``: then the check runs,
-    and if the writer commits meanwhile the report says ``changed`` (``ok``
+    It checks the newest commit through a snapshot registered in the lock
+    file, so writers in other processes go on committing (and the report's
+    ``txnid`` names the commit checked); the file at rest when no snapshot
+    can be registered (``snapshot`` False, a note says why): then if a
+    commit lands during the check the report says ``changed`` (``ok``
     False, no problems: no verdict) instead of listing damage that a mix of
-    commits would show.  The check holds a shared lock on the file while it
-    runs (a writer cannot open it meanwhile).  ``progress(done, total)`` is
-    called now and then."""
+    commits would show.  Raises :class:`CheckUnreadable` when the file
+    cannot be opened or has no valid meta page.  ``progress(done, total)``
+    is called now and then."""
     fd = _open(path)
     try:
-        g = _Guard(fd, path, force)
-        try:
+        held, why = _register(fd, path)
+        if held is not None:
             try:
-                rep = _run(fd, path, quick, max_errors, progress)[0]
-            except CheckUnreadable:
-                if g.changed():       # e.g. a file being created: not unreadable
-                    return CheckReport(ok=False, changed=True, live_writer=g.live_writer)
-                raise
-            return g.report(rep)
-        finally:
-            g.release()
+                return _run(fd, path, quick, max_errors, progress, held)[0]
+            finally:
+                held.close()
+        unchanged = _Unchanged(fd, path)
+        try:
+            rep = _run(fd, path, quick, max_errors, progress)[0]
+        except CheckUnreadable:
+            if unchanged.changed():       # e.g. a file being created: not unreadable
+                return CheckReport(ok=False, changed=True)
+            raise
+        if unchanged.changed():
+            return CheckReport(ok=False, changed=True)
+        rep.meta_notes.append(_at_rest_note(why))
+        return rep
     finally:
         os.close(fd)
 
@@ -1409,14 +1490,17 @@ class SalvageResult:
 
 
 def _salvage_state(c: _Checker) -> _Checker:
-    """The checker state salvage reads by: the check's own when it used the
-    newest valid meta; else the newest meta's free space, walked afresh."""
-    if c.meta_used == c.newest:
+    """The checker state salvage reads by: the check's own when it checked
+    the newest valid meta, or a snapshot's commit beside meta pages that
+    later commits rewrote (live_metas: no newer meta is judged); else the
+    newest meta's free space, walked afresh."""
+    newest = c.newest
+    if c.meta_used == newest or newest is None:
         s = c
     else:
         s = _Checker(c.fd, c.path, c.file_size, True, 0, None)
-        s.metas, s.newest, s.meta_used = c.metas, c.newest, c.newest
-        s.meta = c.metas[c.newest]
+        s.metas, s.newest, s.meta_used = c.metas, newest, newest
+        s.meta = c.metas[newest]
         s.notes = []
         s.setup()
         s.walk_free()
@@ -1651,19 +1735,20 @@ class _Sink:
 
 
 def salvage(path: StrPath, out: StrPath, *, unverified: Optional[StrPath] = None,
-            progress: Optional[Progress] = None, batch: int = 10_000, force: bool = False) -> SalvageResult:
+            progress: Optional[Progress] = None, batch: int = 10_000) -> SalvageResult:
     """Copy every key/value of the newest committed state of ``path`` that
     can be read intact into a new database at ``out`` (which must not
     exist); the source is only read.  ``unverified``: an optional path for a
     second new database that receives the entries of intact orphan leaves
     that cannot be proven current (they may be older versions or deleted
     keys); without it they are only counted.  Raises CheckUnreadable if the
-    source has no valid meta, CheckBusy (a CheckUnreadable) if another
-    handle has it open for writing and ``force`` is not given,
-    FileExistsError if an output exists.
+    source has no valid meta, FileExistsError if an output exists.
 
-    With ``force`` and a writer that commits during the salvage, the
-    result's ``report.changed`` is True and it reports no damage (``lost``,
+    A database in use is read through a snapshot, as :func:`check` reads it,
+    and its commit copied while writers go on.  Where the salvage reads
+    outside a snapshot (the file at rest, or a newest meta that the engine
+    passes over) and a commit lands meanwhile, the result's
+    ``report.changed`` is True and it reports no damage (``lost``,
     ``damaged_leaves``, ``lost_values`` and ``missing_ranges`` are 0): the
     outputs were copied from a changing file and may mix commits or miss
     entries; delete them and salvage again when the writer is idle."""
@@ -1672,45 +1757,49 @@ def salvage(path: StrPath, out: StrPath, *, unverified: Optional[StrPath] = None
             raise FileExistsError(f"{o} already exists")
     fd = _open(path)
     try:
-        g = _Guard(fd, path, force)
+        held, why = _register(fd, path)
         try:
+            unchanged = _Unchanged(fd, path)
             try:
-                res = _salvage(fd, path, out, unverified, progress, batch)
+                res, outside = _salvage(fd, path, out, unverified, progress, batch, held)
             except CheckUnreadable:
-                if not g.changed():
+                if held is not None or not unchanged.changed():
                     raise
                 return SalvageResult(
-                    report=CheckReport(ok=False, changed=True, live_writer=g.live_writer),
+                    report=CheckReport(ok=False, changed=True),
                     out=os.fspath(out), meta_used=None, recovered=0, lost=0,
                     notes=["the file changed during the salvage (a writer committed) before a "
                            "meta could be read: nothing was written; salvage again when the "
                            "writer is idle"])
-            if g.changed():
-                res.report = CheckReport(ok=False, changed=True, live_writer=g.live_writer)
+            if outside and unchanged.changed():
+                res.report = CheckReport(ok=False, changed=True)
                 res.lost = res.lost_values = res.missing_ranges = 0
                 res.damaged_leaves = []
                 outs = " and ".join(o for o in (res.out, res.unverified_out) if o)
                 res.notes = [f"the file changed during the salvage (a writer committed): "
                              f"{outs} may mix commits or miss entries; delete and salvage "
                              f"again when the writer is idle"]
-            else:
-                k = len(res.report.meta_notes)
-                res.report = g.report(res.report)
-                res.notes[k:k] = res.report.meta_notes[k:]
+            elif held is None:
+                note = _at_rest_note(why)
+                res.notes.insert(len(res.report.meta_notes), note)
+                res.report.meta_notes.append(note)
             return res
         finally:
-            g.release()
+            if held is not None:
+                held.close()
     finally:
         os.close(fd)
 
 
 def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath],
-             progress: Optional[Progress], batch: int) -> SalvageResult:
-    """salvage() on the open, locked ``fd``."""
-    rep, c = _run(fd, path, False, 100, progress)
+             progress: Optional[Progress], batch: int,
+             held: Optional[_HeldCommit]) -> tuple[SalvageResult, bool]:
+    """salvage() on the open ``fd``, of the commit ``held`` if given; and whether
+    it read a tree outside the snapshot (there is none, or the tree salvaged
+    is the newest meta's, not the snapshot's commit)."""
+    rep, c = _run(fd, path, False, 100, progress, held)
     s = _salvage_state(c)
-    import kvmap                                   # the engine only writes the outputs
-    db = kvmap.open(os.fspath(out), sync=True)
+    db = _open_engine(os.fspath(out), sync=True)
     udb = None
     try:
         sink = _Sink(db, batch, False)
@@ -1733,7 +1822,7 @@ def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath]
             unv_pairs += len(pairs)
             if unverified is not None:
                 if usink is None:
-                    udb = kvmap.open(os.fspath(unverified), sync=True)
+                    udb = _open_engine(os.fspath(unverified), sync=True)
                     usink = _Sink(udb, batch, True)
                 usink.add(pairs)
         sink.flush()
@@ -1773,7 +1862,7 @@ def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath]
                          missing_ranges=len(s.missing) + s.dead, unverified=unv_pairs,
                          unverified_leaves=sorted(unv_leaves),
                          unverified_out=None if unverified is None else os.fspath(unverified),
-                         notes=notes)
+                         notes=notes), held is None or s is not c
 
 
 # ---------------------------------------------------------------- CLI
@@ -1805,10 +1894,11 @@ class _Bar:
 def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
     ap = argparse.ArgumentParser(
         prog=prog, description="Check the integrity of a kvmap database file.",
-        epilog="exit status: 0 sound; 1 damage found; 2 not checked: the file is unreadable, "
-               "or open for writing by another process or handle (see --force), or a usage "
-               "error; 3 (with --force) the file changed during the check: no verdict, re-run "
-               "when the writer is idle")
+        epilog="A database in use is checked through a snapshot of its newest commit, while "
+               "writers go on; the report names the transaction checked.  Exit status: 0 "
+               "sound; 1 damage found; 2 not checked: the file is unreadable, or a usage "
+               "error; 3 a check of the file at rest (no snapshot could be registered) saw it "
+               "change: no verdict, re-run when the writer is idle")
     ap.add_argument("path")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("-v", "--verbose", action="store_true",
@@ -1817,11 +1907,6 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
                     help="skip page checksums and overflow payloads")
     ap.add_argument("--max-errors", type=int, default=100, metavar="N",
                     help="list at most N problems (default 100)")
-    ap.add_argument("--force", action="store_true",
-                    help="check even if a writer has the file open (by default that is refused "
-                         "with exit 2: a check then reads pages of several commits); if the "
-                         "writer commits during the check, the result is 'file changed during "
-                         "check' (exit 3), never a damage report")
     ap.add_argument("--salvage", metavar="OUT",
                     help="copy every intact key/value of the newest committed state into a "
                          "new database OUT")
@@ -1848,22 +1933,18 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
     sal = None
     try:
         if args.salvage:
-            sal = salvage(args.path, args.salvage, unverified=args.unverified, progress=bar,
-                          force=args.force)
+            sal = salvage(args.path, args.salvage, unverified=args.unverified, progress=bar)
             rep = sal.report
             rep.problems = rep.problems[:args.max_errors]
         else:
-            rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar,
-                        force=args.force)
-    except CheckUnreadable as e:   # or CheckBusy: a writer has the file open
+            rep = check(args.path, quick=args.quick, max_errors=args.max_errors, progress=bar)
+    except CheckUnreadable as e:
         if bar:
             bar.finish()
-        busy = isinstance(e, CheckBusy)
         if args.json:
-            print(json.dumps({"ok": False, "busy" if busy else "unreadable": True, "error": str(e)}))
+            print(json.dumps({"ok": False, "unreadable": True, "error": str(e)}))
         else:
-            print(f"kvmap-check: {args.path}: {'not checked' if busy else 'unreadable'}: {e}",
-                  file=sys.stderr)
+            print(f"kvmap-check: {args.path}: unreadable: {e}", file=sys.stderr)
         return EXIT_UNCHECKED
     if bar:
         bar.finish()
@@ -1891,9 +1972,12 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
                   + (f", written to {sal.unverified_out}" if sal.unverified_out else ""))
         for note in sal.notes[len(rep.meta_notes):]:
             print(f"salvage: {note}")
+    checked = (f"checked transaction {rep.txnid} ("
+               + ("a snapshot of the live database" if rep.snapshot else "the file at rest") + ")")
     if rep.ok:
         types = ", ".join(f"{k} {v}" for k, v in s["pages_by_type"].items())
         print("ok")
+        print(f"  {checked}")
         print(f"  {s['entries']} entries, depth {s['depth']}, {s['hwm']} pages of "
               f"{s['page_size']} bytes (file {s['file_size']} bytes), txnid {s['txnid']}")
         print(f"  pages: {types}")
@@ -1906,7 +1990,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "kvmap-check") -> int:
     shown = len(rep.problems)
     if rep.total_problems > shown:
         print(f"... and {rep.total_problems - shown} more")
-    print(f"{rep.total_problems} problem(s) found")
+    print(f"{rep.total_problems} problem(s) found; {checked}")
     return EXIT_DAMAGE
 
 

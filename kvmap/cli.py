@@ -53,9 +53,11 @@ if TYPE_CHECKING:
         max_readers: int
 
     class _StatFigures(Stats):
-        """What stat prints: db.stats() and two figures of the handle."""
+        """What stat prints: db.stats(), two figures of the handle and the
+        live snapshots of every process (db.readers(), as lists)."""
         path: str
         max_key_size: int
+        readers: list[list[int]]
 
 __all__ = ["main", "EXIT_OK", "EXIT_NOT_FOUND", "EXIT_ERROR", "EXIT_DAMAGED", "TXN_BYTES"]
 
@@ -194,7 +196,8 @@ class _Writer:
 def _cmd_stat(args: argparse.Namespace, out: BinaryIO) -> int:
     with _open(args.path, "r") as db:
         st: _StatFigures = {"path": db.path,  # type: ignore[typeddict-item]   # a str: args.path is
-                            "max_key_size": db.max_key_size, **db.stats()}
+                            "max_key_size": db.max_key_size, **db.stats(),
+                            "readers": [list(r) for r in db.readers()]}
     if args.json:
         out.write(json.dumps(st).encode() + b"\n")
         return EXIT_OK
@@ -209,6 +212,8 @@ def _cmd_stat(args: argparse.Namespace, out: BinaryIO) -> int:
         f"  file size      {_size(st['file_size'])} ({st['file_size']:,} bytes)",
         f"  txnid          {st['txnid']} (durable {st['durable_txnid']}, meta slot {st['meta_slot']})",
     ]
+    lines.append(f"  snapshots      {len(st['readers'])} live in any process"
+                 + "".join(f"\n    txnid {t} (process {p}, thread {th})" for t, p, th in st["readers"]))
     if st["meta_fallback"]:
         lines.append("  note: the newest commit was not complete on disk; opened the one before")
     out.write("\n".join(lines).encode() + b"\n")

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import MutableMapping
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, TypedDict, TypeVar, Union,
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, NamedTuple, TypedDict, TypeVar, Union,
                     overload)
 
 from ._lib import MISSING, BytesLike, error_for, ffi, fork_generation, lib
@@ -61,6 +61,13 @@ class SyscallStats(TypedDict):
     mremap: int
     munmap: int
     madvise: int
+
+
+class Reader(NamedTuple):
+    """A live snapshot of some process on the database (:meth:`Database.readers`)."""
+    txnid: int     #: the commit it sees: pages freed after it are not reused while it lives
+    pid: int       #: its process
+    thread: int    #: its thread, as ``threading.get_native_id()`` gives it in that process
 
 
 class Stats(TypedDict):
@@ -478,6 +485,22 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
             raise error_for(rc, self.path)
 
     # --------------------------------------------------------------- stats
+
+    def readers(self) -> list[Reader]:
+        """The live snapshots (and iterators) of every process on this
+        database, oldest commit first: what holds freed pages back from
+        reuse, as py-lmdb's ``env.readers()`` or ``mdb_stat -r`` tell.  A
+        picture of a moment; a reader of a process that died is cleared by
+        the next write transaction.  O(max_readers)."""
+        cap = 64
+        while True:
+            out = ffi.new("kvm_reader[]", cap)
+            n = lib.kvm_env_readers(self._handle(), out, cap)
+            if n < 0:
+                raise error_for(n, self.path)
+            if n <= cap:
+                return sorted(Reader(r.txnid, r.pid, r.thread) for r in out[0:n])
+            cap = n
 
     def stats(self) -> Stats:
         """Figures of the committed state and of the file and mapping.

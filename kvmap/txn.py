@@ -449,6 +449,19 @@ class Snapshot(_Closing, _Reads, Mapping[bytes, bytes]):
         """The id of the commit this snapshot shows."""
         return _checked(lib.kvm_txn_id(self._handle()), self._path)
 
+    def _state(self) -> dict[str, int]:
+        """The whole state of the commit this snapshot shows, as the
+        snapshot took it, for kvmap-check: the meta fields of FORMAT.md §2
+        (txnid, root, entries, hwm, free_index, record, free_count,
+        pending_count, floor, durable, depth, flags) and ``shared`` (1: the
+        snapshot's reader slot is in the lock file, seen by the writers of
+        every process)."""
+        info = ffi.new("kvm_txninfo *")
+        rc = lib.kvm_txn_state(self._handle(), info)
+        if rc:
+            raise error_for(rc, self._path)
+        return {name: getattr(info, name) for name, _ in ffi.typeof("kvm_txninfo").fields}
+
     def close(self) -> None:
         """Release the snapshot (idempotent; its iterators then raise
         ClosedError)."""

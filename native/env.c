@@ -108,6 +108,7 @@ static void fork_child(void)
 {
     __atomic_add_fetch(&kvm_fork_gen, 1, __ATOMIC_SEQ_CST);
     lock_forget_all();
+    this_thread_forget();
 }
 static void fork_watch(void) { pthread_atfork(NULL, NULL, fork_child); }
 
@@ -378,8 +379,9 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     if (!rc && first)
         e->sh->open_flush = e->sh->st.txnid > e->sh->durable;
     /* A writable first opener does that now, and loads its free space, so
-    ** damage there is an error at open -- unless the writer lock is taken
-    ** (a kvmap-check in progress): then the first write does it. */
+    ** damage there is an error at open -- unless something that is not a
+    ** handle holds the writer byte (a handle would hold byte 0 too): then
+    ** the first write does it. */
     if (!rc && first && !e->readonly && !(rc = lock_writer(e, 0))) {
         kvm_state s;
         rc = writer_follow(e, &s);

@@ -155,9 +155,9 @@
 #define LOCK_OFF_NREADERS  12
 #define LOCK_OFF_TXNID     24  /* the newest commit's txnid (the state's first field) */
 #define LOCK_OFF_FILE_ID   152 /* u64 st_dev, u64 st_ino of the database file */
-#define LOCK_OFF_PID       168 /* u32 per handle */
-#define LOCK_OFF_WRITABLE  4264   /* u8 per handle: opened for writing */
-#define LOCK_OFF_READERS   5288   /* u64 per reader slot */
+#define LOCK_OFF_PENDING   168 /* u64: the commit whose meta is being written, 0 when none */
+#define LOCK_OFF_PID       176 /* u32 per handle */
+#define LOCK_OFF_READERS   4272   /* u64 per reader slot */
 
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */

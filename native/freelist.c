@@ -258,13 +258,17 @@ static int each_written(kvm_env *e, const kvm_state *s, kvm_record *r, void *ctx
 {
     (void)s;
     const written_walk *w = ctx;
+    if (r->flags & R_FLAGS_PAGES_DURABLE)
+        return 1;   /* its pages were synced before its meta: the record does not list them */
     for (size_t i = 0; i < r->nwritten; i++)
         w->fn(e, rd64(rec_written(r, i)));
     return 0;
 }
 
 /* fn for every page the commits (stop, s->txnid] wrote, as their records
-** list them; those records must be live (stop >= s->floor). */
+** list them; those records must be live (stop >= s->floor).  Non-zero when
+** a record could not be read, or does not list its pages (a commit that
+** synced them before its meta): the caller cannot know what changed. */
 int records_written(kvm_env *e, const kvm_state *s, uint64_t stop, void (*fn)(kvm_env *e, uint64_t pg))
 {
     written_walk w = {fn};

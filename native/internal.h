@@ -61,10 +61,15 @@ typedef struct kvm_shared {
                                  ** the first write transaction flushes before it builds on it */
     uint32_t  unused;
     uint64_t  file_dev, file_ino;   /* the database file the region is of (st_dev, st_ino) */
+    uint64_t  meta_pending;      /* the commit whose meta is being written, not yet published
+                                 ** (0: none): a writer that finds it set adopts that commit
+                                 ** if its meta made it to the file (meta.c, meta_adopt_pending) */
     uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
-    uint8_t   handle_writable[LOCK_HANDLES];   /* opened for writing (kvmap-check refuses them) */
-    uint64_t  readers[];         /* nreaders slots */
+    uint64_t  readers[];         /* nreaders slots, then a u32 thread id per slot */
 } kvm_shared;
+
+/* The thread that took each reader slot (kvm_env_readers), for people. */
+static inline uint32_t *reader_threads(kvm_shared *sh) { return (uint32_t *)(sh->readers + sh->nreaders); }
 
 /* Page cache of the pread backend: CLOCK replacement, chained hash. */
 typedef struct kvm_cache {
@@ -159,6 +164,7 @@ struct kvm_txn {
     uint32_t  depth;
     uint64_t  entries;
     uint64_t  limit;             /* pages below this number exist */
+    kvm_state commit;            /* snapshots: the whole state of their commit (kvm_txn_state) */
     uint64_t  mod;               /* bumped by every change (cursors re-seek) */
     int       broken;            /* a write txn hit a SIGBUS mid-change: abort only */
     int       committed;         /* its free space was adopted: an end rolls nothing back */
@@ -202,6 +208,7 @@ void meta_encode(uint8_t *m, uint32_t psize, const kvm_state *s);
 int init_file(kvm_env *e, uint32_t ps);
 int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
 int load_meta(kvm_env *e, uint32_t want_ps);
+int meta_adopt_pending(kvm_env *e);
 /* env.c: the free space from the newest commit (writable handles) */
 int space_open(kvm_env *e);
 /* lock.c */
@@ -213,7 +220,9 @@ void lock_free(kvm_env *e);
 int  lock_writer(kvm_env *e, int wait);   /* KVM_BUSY: another handle writes (not wait) */
 void unlock_writer(kvm_env *e);
 void lock_sweep(kvm_env *e);
-void lock_forget_all(void);               /* a child after fork(): close the lock descriptors */
+void lock_forget_all(void);
+uint32_t this_thread(void);              /* readers.c: the thread id, cached */
+void this_thread_forget(void);           /* a child after fork() */               /* a child after fork(): close the lock descriptors */
 /* readers.c */
 void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);

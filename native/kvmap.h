@@ -110,6 +110,14 @@ void     kvm_env_close(kvm_env *e);
 void     kvm_env_release(kvm_env *e);
 int      kvm_env_usable(kvm_env *e);
 int      kvm_env_stat(kvm_env *e, kvm_stat *st);
+/* The live snapshots of every process on the database (readers.c): up to
+** cap of them into out (their commit, process and thread); returns how many
+** there are (more than cap: call again with room for them), or an error. */
+typedef struct kvm_reader {
+    uint64_t txnid;
+    uint32_t pid, thread;
+} kvm_reader;
+int64_t  kvm_env_readers(kvm_env *e, kvm_reader *out, size_t cap);
 uint32_t kvm_env_max_key(kvm_env *e);
 int64_t  kvm_env_entries(kvm_env *e);
 int64_t  kvm_env_txnid(kvm_env *e);
@@ -137,6 +145,21 @@ int64_t  kvm_txn_id(kvm_txn *t);
 ** every open savepoint, keeping what they did. */
 int      kvm_txn_savepoint(kvm_txn *t, uint32_t *level);
 int      kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback);
+/* The whole state of a snapshot's commit: the meta fields (FORMAT.md §2),
+** for kvmap-check, which reads that commit's pages from the file while the
+** snapshot keeps every writer off them: the state as the snapshot took it
+** (`durable` may have grown since: a seal rewrites only that field of the
+** same commit's meta).  KVM_INVALID for a write transaction. */
+typedef struct kvm_txninfo {
+    uint64_t txnid, root, entries, hwm, free_index, record;
+    uint64_t free_count, pending_count, floor, durable;
+    uint32_t depth, flags;
+    int      shared;   /* 1: the snapshot's reader slot is in the lock file, where the
+                       ** writers of every process see it; 0: in this handle's memory
+                       ** (the lock file could not be opened: a read-only open on
+                       ** read-only media), so only this handle's writers would */
+} kvm_txninfo;
+int      kvm_txn_state(kvm_txn *t, kvm_txninfo *out);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
 /* Looks up n keys, packed (key i is klens[i] bytes of keys, after key i-1),

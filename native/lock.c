@@ -50,8 +50,8 @@ _Static_assert(offsetof(kvm_shared, magic) == LOCK_OFF_MAGIC, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, nreaders) == LOCK_OFF_NREADERS, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, st) == LOCK_OFF_TXNID && offsetof(kvm_state, txnid) == 0, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, file_dev) == LOCK_OFF_FILE_ID, "FORMAT.md §9");
+_Static_assert(offsetof(kvm_shared, meta_pending) == LOCK_OFF_PENDING, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_pid) == LOCK_OFF_PID, "FORMAT.md §9");
-_Static_assert(offsetof(kvm_shared, handle_writable) == LOCK_OFF_WRITABLE, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, readers) == LOCK_OFF_READERS, "FORMAT.md §9");
 
 /* ------------------------------------------------------- fork registry */
@@ -125,7 +125,7 @@ void lock_forget_all(void)
 
 static size_t region_bytes(uint32_t nreaders)
 {
-    size_t n = sizeof(kvm_shared) + (size_t)nreaders * sizeof(uint64_t);
+    size_t n = sizeof(kvm_shared) + (size_t)nreaders * (sizeof(uint64_t) + sizeof(uint32_t));
     long pg = sysconf(_SC_PAGESIZE);
     return (n + (size_t)pg - 1) / (size_t)pg * (size_t)pg;
 }
@@ -241,7 +241,6 @@ static void clear_slots(kvm_env *e, uint32_t h)
                                         __ATOMIC_RELAXED);
     }
     __atomic_store_n(&e->sh->handle_pid[h], 0, __ATOMIC_RELEASE);
-    __atomic_store_n(&e->sh->handle_writable[h], 0, __ATOMIC_RELEASE);
 }
 
 /* Take a handle number: the first whose byte is free.  Slots left by the
@@ -262,7 +261,6 @@ int lock_register(kvm_env *e)
         e->handle = h;
         e->registered = 1;
         __atomic_store_n(&e->sh->handle_pid[h], (uint32_t)getpid(), __ATOMIC_RELEASE);
-        __atomic_store_n(&e->sh->handle_writable[h], (uint8_t)!e->readonly, __ATOMIC_RELEASE);
         return 0;
     }
     return kvm_err(KVM_READERS_FULL, "%s: %u handles are open on this database, the most there can be",

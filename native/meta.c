@@ -271,6 +271,34 @@ static int meta_usable(kvm_env *e, const kvm_state *s, int slot)
     return rc;
 }
 
+/* A writer that died after writing its commit's meta and before publishing
+** it (sh->meta_pending) left a complete commit: its pages were all written
+** before its meta, and a process's death tears no write.  It is the newest
+** commit -- the first opener would take it -- so it is taken now, before a
+** writer reuses its pages as free or overwrites its slot.  Under the
+** writer lock (txn.c, writer_follow). */
+int meta_adopt_pending(kvm_env *e)
+{
+    uint64_t pending = e->sh->meta_pending;
+    if (!pending)
+        return 0;
+    int slot = 1 - e->sh->durable_slot;   /* where a commit writes its meta (txn.c) */
+    kvm_state s;
+    uint32_t ps = 0;
+    const char *why = "";
+    int rc = meta_read(e, (uint64_t)slot * e->psize, &s, &ps, &why);
+    if (rc == KVM_IO)
+        return rc;
+    if (!rc && ps == e->psize && s.txnid == pending) {
+        if ((rc = env_follow(e, &s)))   /* the file as that writer grew it */
+            return rc;
+        state_publish(e, &s);
+        e->sh->meta_slot = slot;
+    }
+    e->sh->meta_pending = 0;
+    return 0;
+}
+
 int load_meta(kvm_env *e, uint32_t want_ps)
 {
     kvm_state s[2];

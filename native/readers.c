@@ -25,6 +25,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* ----------------------------------------------------------- state publish */
@@ -79,6 +80,19 @@ void state_publish(kvm_env *e, const kvm_state *s)
 
 /* ------------------------------------------------------------ reader table */
 
+/* This thread's id, cached (a system call otherwise); the thread that
+** forks forgets it in the child (env.c, fork_child), the only thread there. */
+static __thread uint32_t cached_thread;
+
+uint32_t this_thread(void)
+{
+    if (!cached_thread)
+        cached_thread = (uint32_t)syscall(SYS_gettid);
+    return cached_thread;
+}
+
+void this_thread_forget(void) { cached_thread = 0; }
+
 int snapshot_acquire(kvm_env *e, kvm_txn *t)
 {
     kvm_shared *sh = e->sh;
@@ -107,12 +121,14 @@ int snapshot_acquire(kvm_env *e, kvm_txn *t)
             __atomic_store_n(&sh->readers[slot], READER_FREE, __ATOMIC_RELEASE);
             continue;
         }
+        __atomic_store_n(&reader_threads(sh)[slot], this_thread(), __ATOMIC_RELAXED);
         t->slot = slot;
         t->txnid = s.txnid;
         t->root = s.root;
         t->depth = s.depth;
         t->entries = s.entries;
         t->limit = s.hwm;
+        t->commit = s;
         int rc = env_follow(e, &s);
         if (rc)
             snapshot_release(e, t);
@@ -130,6 +146,38 @@ void snapshot_release(kvm_env *e, kvm_txn *t)
         env_leave(e);
     }
     t->slot = -1;
+}
+
+/* The live snapshots of every process: up to cap of them into out; the
+** number there are.  Slots change meanwhile: a picture for people (kvmap
+** stat), never a basis for a decision. */
+static int64_t env_readers(kvm_env *e, kvm_reader *out, size_t cap)
+{
+    kvm_shared *sh = e->sh;
+    size_t n = 0;
+    for (uint32_t i = 0; i < sh->nreaders; i++) {
+        uint64_t v = __atomic_load_n(&sh->readers[i], __ATOMIC_ACQUIRE);
+        if (v == READER_FREE)
+            continue;
+        if (n < cap) {
+            uint32_t h = READER_HANDLE(v);
+            out[n] = (kvm_reader){.txnid = READER_TXNID(v),
+                                  .pid = h < LOCK_HANDLES ? __atomic_load_n(&sh->handle_pid[h], __ATOMIC_RELAXED) : 0,
+                                  .thread = __atomic_load_n(&reader_threads(sh)[i], __ATOMIC_RELAXED)};
+        }
+        n++;
+    }
+    return (int64_t)n;
+}
+
+int64_t kvm_env_readers(kvm_env *e, kvm_reader *out, size_t cap)
+{
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    int64_t n = env_readers(e, out, cap);
+    env_leave(e);
+    return n;
 }
 
 uint64_t env_oldest_reader(kvm_env *e)

@@ -118,8 +118,11 @@ static int make_room(kvm_env *e, uint64_t want)
 ** lock; *s: the newest commit. */
 int writer_follow(kvm_env *e, kvm_state *s)
 {
+    int rc = meta_adopt_pending(e);
+    if (rc)
+        return rc;
     state_load(e, s);
-    int rc = env_follow(e, s);
+    rc = env_follow(e, s);
     if (!rc && e->sh->open_flush && !(rc = env_flush(e)))
         e->sh->open_flush = 0;
     if (!rc && (!e->space || e->space_txnid != s->txnid))
@@ -309,6 +312,20 @@ int kvm_txn_savepoint_end(kvm_txn *t, uint32_t level, int rollback)
 {
     TXN_CALL(t, int, savepoint_call(t, NULL, level, rollback));
 }
+
+static int txn_state(kvm_txn *t, kvm_txninfo *out)
+{
+    if (t->write)
+        return kvm_err(KVM_INVALID, "a write transaction's commit has no state until it is made");
+    const kvm_state *s = &t->commit;
+    *out = (kvm_txninfo){.txnid = s->txnid, .root = s->root, .entries = s->entries, .hwm = s->hwm,
+                         .free_index = s->free_index, .record = s->record, .free_count = s->free_count,
+                         .pending_count = s->pending_count, .floor = s->floor, .durable = s->durable,
+                         .depth = s->depth, .flags = s->flags, .shared = t->env->sh_shared};
+    return 0;
+}
+
+int kvm_txn_state(kvm_txn *t, kvm_txninfo *out) { TXN_CALL(t, int, txn_state(t, out)); }
 
 /* A free-space page of the commit (freelist.c), as a dirty page; *out (when
 ** given) is the page. */
@@ -529,6 +546,7 @@ static int txn_commit(kvm_txn *t, int sync)
         pthread_mutex_lock(&e->durable_lock);
         int slot = 1 - e->sh->durable_slot;
         s.durable = pages_first ? s.txnid : e->sh->durable;
+        e->sh->meta_pending = s.txnid;   /* until published: a writer after a death here adopts it */
         rc = write_meta(e, &s, slot);
         if (!rc && flushing)
             rc = flush(e, "syncing the meta page (the handle refuses writes until reopened)");
@@ -554,6 +572,7 @@ static int txn_commit(kvm_txn *t, int sync)
     if (rc)
         return rc;
     state_publish(e, &s);
+    e->sh->meta_pending = 0;
     e->space_txnid = s.txnid;
     pthread_mutex_lock(&e->cache_lock);
     if (e->cache_txnid == s.txnid - 1)   /* the cache has this commit's pages as written */

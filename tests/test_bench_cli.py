@@ -15,19 +15,39 @@ import pytest
 from kvmap import bench
 
 ALL_BACKENDS = list(bench.BACKENDS)
-TINY = ["-n", "300", "--repeat", "1", "--growth-mib", "8", "--quiet"]
+# procs: one run of 1 reader process, a short window (its readers' counts: test_procs_*)
+TINY = ["-n", "300", "--repeat", "1", "--growth-mib", "8", "--procs-readers", "1", "--procs-seconds", "0.05",
+        "--quiet"]
 
 RESULT_KEYS = {"workload", "store", "throughput", "latency_us", "faults", "peak_rss", "file_size",
                "allocated", "extra"}
 MACHINE_KEYS = {"kernel", "python", "filesystem", "page_size", "cpu_count", "kvmap_version",
                 "lmdb_version", "sqlite_version"}
 PARAM_KEYS = {"backends", "peers", "workloads", "n", "key_size", "value_size", "repeat", "seed",
-              "growth_mib"}
-LATENCY_WORKLOADS = {"get_cold", "range", "txn_nosync", "txn_sync"}
+              "growth_mib", "procs_readers", "procs_seconds"}
+LATENCY_WORKLOADS = {"get_cold", "range", "procs", "txn_nosync", "txn_sync"}
+PROCS_EXTRA = {"readers", "gets_per_snapshot", "window_s", "latency_per", "reads_per_s_per_reader",
+               "writer_commits", "writer_commits_per_s", "writer_commit_us", "reader_cpu_us_per_get",
+               "writer_cpu_us_per_commit", "puts_per_txn"}
 
 
 def _positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _check_procs(r, readers):
+    """A procs result of `readers` reader processes has its figures."""
+    e = r["extra"]
+    assert PROCS_EXTRA <= set(e), (r["store"], set(e))
+    assert e["readers"] == readers
+    assert len(e["reads_per_s_per_reader"]) == readers
+    assert all(_positive(x) for x in e["reads_per_s_per_reader"])
+    assert e["writer_commits"] >= 1
+    for k in ("writer_commits_per_s", "reader_cpu_us_per_get", "writer_cpu_us_per_commit"):
+        assert _positive(e[k]), (k, e)
+    for lat in (r["latency_us"], e["writer_commit_us"]):
+        assert _positive(lat["p50"]) and _positive(lat["p99"]) and lat["p50"] <= lat["p99"]
+    assert r["faults"]["minor"] >= 0 and _positive(r["peak_rss"])
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +70,9 @@ def test_json_has_every_workload_and_backend(full_run):
     assert PARAM_KEYS <= set(doc["params"])
     assert doc["params"]["backends"] == ALL_BACKENDS
     assert doc["params"]["workloads"] == bench.WORKLOADS
+    assert doc["params"]["procs_readers"] == [1]
     results = {(r["workload"], r["store"]): r for r in doc["results"]}
-    assert len(results) == len(doc["results"])
+    assert len(results) == len(doc["results"])   # procs: one reader count, one result
     for w in bench.WORKLOADS:
         for b in ALL_BACKENDS:
             r = results.get((w, b))
@@ -76,6 +97,7 @@ def test_json_has_every_workload_and_backend(full_run):
         assert g["first_read_minflt"] >= 0 and g["reread_minflt"] >= 0
         assert results["txn_sync", b]["extra"]["fdatasync_per_commit"] > 0
         assert _positive(results["mixed", b]["extra"]["writer_commits_per_s"])
+        _check_procs(results["procs", b], 1)
         ch = results["churn", b]["extra"]
         assert _positive(ch["before"]["file_size"]) and _positive(ch["after"]["rss"])
     # the temporary stores are removed
@@ -88,6 +110,9 @@ def test_table_renders(tmp_path, capsys):
     out = capsys.readouterr().out
     for w in bench.WORKLOADS:
         assert w in out
+    for row in ("procs 1r ", "procs 1r/reader ", "procs 1r:writer ", "procs 1r p50/p99 us per snapshot",
+                "procs 1r:writer p50/p99 us per commit"):
+        assert row in out, row
     assert "mmap:reserve" in out and "pread" in out
     assert "*" in out
     assert "best kvmap / " not in out  # no peers, no ratio columns
@@ -130,6 +155,51 @@ def test_peers_add_rows(tmp_path, capsys):
                 assert (w, peer) in stores, (w, peer)
     for r in doc["results"]:
         assert _positive(r["throughput"]["median"]), r
+
+
+def test_procs_reader_counts_with_lmdb(tmp_path, capsys):
+    """procs runs once per reader count, for kvmap and py-lmdb alike, each
+    process with its own handle."""
+    if importlib.util.find_spec("lmdb") is None:
+        pytest.skip("py-lmdb not installed (pip install lmdb)")
+    out = tmp_path / "procs.json"
+    rc = bench.main(TINY + ["--workloads", "procs", "--procs-readers", "1,2", "--backends", "mmap:reserve",
+                            "--peers", "lmdb", "--dir", str(tmp_path / "stores"), "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for row in ("procs 1r ", "procs 2r ", "procs 2r/reader ", "procs 2r:writer "):
+        assert row in text, row
+    assert "best kvmap / lmdb" in text
+    doc = json.loads(out.read_text())
+    assert doc["params"]["procs_readers"] == [1, 2] and doc["params"]["procs_seconds"] == 0.05
+    got = {(r["store"], r["extra"]["readers"]): r for r in doc["results"]}
+    assert sorted(got) == [("lmdb", 1), ("lmdb", 2), ("mmap:reserve", 1), ("mmap:reserve", 2)]
+    for (store, readers), r in got.items():
+        assert r["workload"] == "procs" and "error" not in r, r.get("error")
+        assert r["throughput"]["unit"] == "get/s" and _positive(r["throughput"]["median"])
+        _check_procs(r, readers)
+    assert "syscalls" in got["mmap:reserve", 2]["extra"] and "syscalls" not in got["lmdb", 2]["extra"]
+
+
+def test_procs_without_lmdb(tmp_path, monkeypatch, capsys):
+    """Peers are optional: without py-lmdb, --peers lmdb is skipped and
+    procs runs on kvmap alone."""
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # import raises ImportError
+    out = tmp_path / "procs.json"
+    rc = bench.main(TINY + ["--workloads", "procs", "--backends", "pread", "--peers", "lmdb",
+                            "--dir", str(tmp_path), "--json", str(out)])
+    assert rc == 0
+    assert "peer lmdb skipped" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert [(r["store"], r["workload"]) for r in doc["results"]] == [("pread", "procs")]
+    _check_procs(doc["results"][0], 1)
+
+
+@pytest.mark.parametrize("readers", ["0", "1,x", ""])
+def test_procs_readers_must_be_positive(readers):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--procs-readers", readers])
+    assert exc.value.code == 2
 
 
 def test_bad_option_and_module_entry(tmp_path):

@@ -26,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -180,6 +181,46 @@ def test_writer_killed_while_its_forked_child_lives(tmp_path):
         finally:
             os.kill(p.child, signal.SIGKILL)
         assert dict(db.items()) == {b"after": b"2"}
+
+
+def test_readers_of_every_process(tmp_path):
+    """db.readers() lists the live snapshots of every process (commit,
+    process, thread); a killed process's go at the next write transaction.
+    A forked child that opens the file names its own thread, not the thread
+    of the parent that forked it."""
+    path = str(tmp_path / "db")
+    with kvmap.open(path) as db:
+        db[b"a"] = b"1"
+        p = _hold(path, "reader")
+        try:
+            held = {}
+            t = threading.Thread(target=lambda: held.update(snap=db.snapshot(), tid=threading.get_native_id()))
+            t.start()
+            t.join()
+            db[b"b"] = b"2"
+            with db.snapshot():
+                pass                                      # this thread's id is known (cached) before the fork
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:       # the forking thread's id was cached: the child's must be its own
+                with kvmap.open(path) as own, own.snapshot():
+                    os.write(w, repr(own.readers()).encode())
+                os._exit(0)
+            os.close(w)
+            _, status = os.waitpid(child, 0)
+            seen_by_child = os.read(r, 4096).decode()
+            os.close(r)
+            assert os.WEXITSTATUS(status) == 0
+            assert f"pid={child}, thread={child})" in seen_by_child, seen_by_child
+            readers = db.readers()
+            assert kvmap.Reader(2, os.getpid(), held["tid"]) in readers, readers
+            assert any(x.pid == p.pid and x.txnid == 2 for x in readers), readers
+        finally:
+            _kill(p)
+        db[b"c"] = b"3"                                   # this write transaction clears the dead one's slot
+        assert db.readers() == [kvmap.Reader(2, os.getpid(), held["tid"])]
+        held["snap"].close()
+        assert db.readers() == []
 
 
 def _churn(db, rounds):

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Process-kill crash harness for kvmap (issue 5).
+"""Process-kill crash harness for kvmap (issues 5 and 11).
 
     python tools/killtest.py [--kills N] [--long] [--seed S] [--config ID,...]
-                             [--sync on|off|mix] [--jobs J] [--lane L]
-                             [--no-timing] [--json FILE] [--dir DIR] [--keep] [-v]
+                             [--sync on|off|mix] [--procs mix|only|off] [--jobs J]
+                             [--lane L] [--no-timing] [--json FILE] [--dir DIR] [--keep] [-v]
 
 A parent process that has kvmap imported but never a database open forks
 writer children.  A writer opens the database (read-write, so the open of a
@@ -61,22 +61,88 @@ seed S draws every choice from ``Random("S:L")``: ``--lane L`` re-runs just
 that lane, and with ``--no-timing`` (no delay kills, no reader threads) a lane
 is fully deterministic, which is how a failing seed becomes a regression test.
 
+Process lanes (every fifth lane, L % 5 == 2; ``--procs only``: every lane,
+``--procs off`` or ``--no-timing``: none, since how processes interleave is
+up to the scheduler) put two or three writer processes and two or three
+reader processes on one file at once (the writers race to create it):
+
+* writer w commits the transactions of its own workload
+  (``WriterWorkload``: the lane's, lighter, every key under ``w<w>/``), so
+  its part of the file is verified on its own, in turns with the others,
+  each ``db.transaction(timeout=30)``: a survivor that times out is a
+  deadlock, a failure.  It marks on a board shared by the lane (an
+  anonymous shared mapping) the last transaction it began and the last
+  whose commit() returned; ``sync=False`` writers call ``db.sync()`` now
+  and then, and all close and reopen now and then.  The file grows by a
+  fixed step of 64 KiB to 1 MiB (kvmap.db's GROW_MIN and GROW_MAX), not by
+  half its size, so growth comes often;
+* readers (read-only handles, so that kvmap.check can run beside them)
+  take snapshot after snapshot: the txnid never goes backwards, and a
+  writer's part equals its model after a transaction between the one
+  acknowledged before the snapshot began and the one begun after; some
+  snapshots are held across many commits and must read the same when
+  released.
+
+The parent kills one process at a time, the others going on:
+
+* a writer at its n-th pwrite or fdatasync (or pread), at its next
+  fallocate / mmap / mremap / munmap (its own growth, or mapping another's)
+  while a reader holds a snapshot (no page can be reused, so the file
+  grows; that reader is killed next), in the middle of a transaction
+  holding the writer lock (``hold``: the others wait for it), right after
+  a commit returned (``ack``), or after a random delay;
+* a reader holding a snapshot it took for that, or after a random delay.
+
+The process is started again.  A writer started again finds its part at
+its model after transaction ``acked`` or ``acked+1``, and the kill point
+decides which: killed before its commit's meta write (at a pwrite, a growth
+call, outside commit()), ``acked``; after a commit returned, ``acked+1``;
+inside commit() otherwise, either (an unpublished commit is lost: the
+survivors' lock region never saw it); then ``db._check()`` (under the
+writer lock), and it goes on from there.  Every 6 to 12 kills, a
+checkpoint with no writer running: the writers close (the readers go on),
+or everyone is killed at once (the check's open is then the first, and
+builds the lock region from the file); then kvmap.check, every writer's
+part at its model (acked, or acked+1 if killed inside a commit), a writable
+handle's ``db._check()``, kvmap.check again.  After a writer died inside
+commit() where either is allowed, three times in ten everyone else is
+killed within 10 ms, before the survivors commit past its perhaps written,
+unpublished commit, and that check, from a first open, verifies it.  At the lane's end the readers
+but one take snapshots, the writers commit twice more and close, the other
+reader drops its snapshots (its handle keeps the lock region), and the
+holders are killed; the check then finds their reader slots, finds none
+after one write transaction (a dead reader pins no page past it), and runs
+a churn that rewrites 64 values of a page 8 times: the pages in use grow by
+at most 64 (the same churn under a live snapshot takes at least 768 more,
+the calibration) -- page counts, not timings.  Once everyone is gone, the
+check again from a first open.  Every wait of the parent is bounded (60 s,
+and 300 s for the lane): a hang is a failure with its reproducer, never a
+stuck run.  ``--lane L`` re-runs a process lane's choices, not its exact
+interleaving.
+
 Counts (kills by moment, by where the writer was, with readers, during
-reopen, matches at acked vs acked+1, per configuration) are printed at the
-end, and written as JSON with ``--json``.  Exit status 1 if any kill lost or tore a commit, the integrity
-check failed, or a child crashed or raised; each failure is printed with its
-reproducer and the crashed file is kept.
+reopen, matches at acked vs acked+1, per configuration; process lanes' kills
+of writers and readers, by moment (``procs:writer:...``, ``procs:reader:...``)
+and where, holding the writer lock, inside commits, at growth calls, readers
+holding snapshots, checkpoints, dead reader slots swept) are printed at the
+end, and written as JSON with ``--json``.  Exit status 1 if any kill lost or
+tore a commit, the integrity check failed, a process lane hung, or a child
+crashed or raised; each failure is printed with its reproducer and the
+crashed file is kept.
 """
 
 import argparse
 import collections
 import ctypes
 import json
+import mmap
 import os
 import random
+import re
 import select
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -138,6 +204,27 @@ class Workload(crashkit.Workload):
         for k in sorted(self._recent)[:-4]:
             del self._recent[k]
         return m
+
+
+class WriterWorkload(Workload):
+    """Writer w's transactions in a process lane: the lane workload's, with
+    every key under the writer's own prefix, so that each writer's part of
+    the file is a model of its own, verified on its own."""
+
+    def __init__(self, seed, prefix, **kw):
+        super().__init__(seed, **kw)
+        self.prefix = prefix
+
+    def ops(self, i):
+        return [(op[0], self.prefix + op[1]) + tuple(op[2:]) for op in super().ops(i)]
+
+
+def difference(got, want):
+    """What a writer's part holds against its model, in short."""
+    missing = sorted(k for k in want if k not in got)[:5]
+    extra = sorted(k for k in got if k not in want)[:5]
+    changed = sorted(k for k in want if k in got and got[k] != want[k])[:5]
+    return "missing %s, extra %s, changed %s" % (missing, extra, changed)
 
 
 # --------------------------------------------------------------------------
@@ -380,6 +467,7 @@ class Lane:
             self.sync = sync_policy == "on"
         self.workload = Workload(self.rng.randrange(1 << 30),
                                  clear_every=self.rng.choice((0, 0, 30, 70)))
+        self.workload_seed = self.workload.seed
         self.length = self.rng.randint(150, 350)
         # sync=False flushes often: a small sync_bytes (a commit that brings
         # the unsynced bytes to it flushes; one over 4x syncs its pages
@@ -401,6 +489,7 @@ class Lane:
         self.open_counts = dict(DEFAULT_OPEN)
         self.history = []
         self.done = False
+        self.lie = False             # --lie-ack (process lanes; the single writer gets it in its plan)
 
     @property
     def name(self):
@@ -418,6 +507,7 @@ class Harness:
         self.by_sync = collections.Counter()
         self.by_where = collections.Counter()
         self.failures = []
+        self.process_sizes = []   # size_check's page counts, one per process lane
         self.txn_time = {}        # (cid, sync) -> seconds per transaction (EMA)
         self.start_time = {}      # (cid, sync) -> seconds to the child's open (EMA)
         self.log = args.verbose
@@ -659,14 +749,15 @@ class Harness:
         crashed = crashed or lane.path
         if os.path.exists(crashed):
             shutil.copyfile(crashed, keep)
-        cmd = "python tools/killtest.py --seed %s --lane %d%s%s%s%s" % (
+        cmd = "python tools/killtest.py --seed %s --lane %d%s%s%s%s%s" % (
             self.args.seed, lane.index,
+            " --procs %s" % self.args.procs if self.args.procs != "mix" else "",
             " --page-size %d" % self.args.page_size if self.args.page_size else "",
             " --config %s" % self.args.config if self.args.config else "",
             " --sync %s" % self.args.sync if self.args.sync != "mix" else "",
             " --lie-ack" if self.args.lie_ack else "")
         f = {"lane": lane.index, "config": lane.cid, "sync": lane.sync,
-             "workload_seed": lane.workload.seed, "plan": {k: v for k, v in plan.items() if k != "rng"},
+             "workload_seed": lane.workload_seed, "plan": {k: v for k, v in plan.items() if k != "rng"},
              "acked": acked, "message": message, "kept_file": keep,
              "reproduce": cmd + (" --no-timing" if not self.timing else "") + "   (lane step %d)" % len(lane.history),
              "history_tail": lane.history[-8:]}
@@ -682,15 +773,24 @@ class Harness:
         a = self.args
         index = first
         while self.counts["kills"] < budget:
-            lane = Lane(index, a.seed, self.configs[index % len(self.configs)], a.dir, a.sync, a.page_size,
-                        timing=self.timing)
+            procs = self.process_lane(index)
+            lane = (ProcLane if procs else Lane)(index, a.seed, self.configs[index % len(self.configs)], a.dir,
+                                                 a.sync, a.page_size, timing=self.timing)
             self.counts["lanes"] += 1
             self.counts["lanes sync=%s" % lane.sync] += 1
-            while not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
+            if procs:
+                self.counts["process lanes"] += 1
+                lane.lie = a.lie_ack
+                before, failures = self.counts["kills"], len(self.failures)
+                ProcRun(self, lane, budget).run()
+                self.by_sync["sync=%s" % lane.sync] += self.counts["kills"] - before
+                if len(self.failures) > failures and self.counts["kills"] == before:
+                    break           # failed before its first kill: the next lanes could do the same forever
+            while not procs and not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
                 before = self.counts["kills"]
                 self.step(lane)
                 self.by_sync["sync=%s" % lane.sync] += self.counts["kills"] - before
-            for p in (lane.path, lane.crash_copy):
+            for p in (lane.path, lane.path + "-lock", lane.crash_copy):
                 if os.path.exists(p) and not a.keep:
                     os.unlink(p)
             if a.lane is not None:
@@ -698,13 +798,809 @@ class Harness:
             index += step
         return {"counts": dict(self.counts), "by_moment": {m: dict(v) for m, v in self.by_moment.items()},
                 "by_config": dict(self.by_config), "by_sync": dict(self.by_sync),
-                "by_where": dict(self.by_where), "failures": self.failures}
+                "by_where": dict(self.by_where), "process_sizes": self.process_sizes, "failures": self.failures}
+
+    def process_lane(self, index):
+        """Whether lane ``index`` is a process lane (--procs; never without
+        timing: processes interleave as the scheduler lets them)."""
+        if not self.timing or self.args.procs == "off":
+            return False
+        return self.args.procs == "only" or index % PROC_EVERY == PROC_AT
+
+
+# --------------------------------------------------------------------------
+# process lanes: several writer and reader processes on one file
+
+PROC_EVERY, PROC_AT = 5, 2      # --procs mix: lane L is a process lane when L % 5 == 2
+WRITER_TIMEOUT = 30.0           # a survivor waiting longer than this for the writer lock: deadlock
+STEP_SECONDS = 60.0             # no wait of a process lane may take longer: a hang, reported
+LANE_SECONDS = 300.0            # nor the whole lane
+CHURN_KEYS, CHURN_ROUNDS = 64, 8    # the file-size check at a process lane's end
+PACE = 0.004                    # writers rest up to this long between commits, readers 8x between
+                                # snapshots: the kills and checks, not the commits, are what a lane is for
+
+
+def _lock_offsets():
+    """Where the lock file keeps its reader slots (FORMAT.md §9), as
+    native/format.h defines it."""
+    with open(os.path.join(REPO, "native", "format.h")) as f:
+        text = f.read()
+    return [int(re.search(r"#define\s+%s\s+(\d+)" % name, text).group(1))
+            for name in ("LOCK_OFF_NREADERS", "LOCK_OFF_READERS")]
+
+
+LOCK_OFF_NREADERS, LOCK_OFF_READERS = _lock_offsets()
+
+
+def reader_slots(path):
+    """The occupied reader slots of the database's lock file, read raw:
+    (txnid, handle) each."""
+    with open(path + "-lock", "rb") as f:
+        data = f.read()
+    n = struct.unpack_from("<I", data, LOCK_OFF_NREADERS)[0]
+    return [(slot >> 16, slot & 0xFFFF) for slot in struct.unpack_from("<%dQ" % n, data, LOCK_OFF_READERS)
+            if slot != (1 << 64) - 1]
+
+
+class Board:
+    """What the processes of a process lane share beside the database: for
+    each writer, the last transaction it began and the last whose commit()
+    returned, in an anonymous shared mapping made before the forks.  A
+    reader reads ``acked`` before it takes a snapshot and ``begun`` after:
+    the writer's part of the snapshot must be its model after a transaction
+    in between.  Aligned 8-byte stores and loads: never torn."""
+
+    def __init__(self, writers):
+        self.mem = mmap.mmap(-1, 16 * writers)
+        self.begun = (ctypes.c_int64 * writers).from_buffer(self.mem)
+        self.acked = (ctypes.c_int64 * writers).from_buffer(self.mem, 8 * writers)
+
+
+class ProcLane(Lane):
+    """A lane of several writer processes, each with its own key prefix and
+    workload (derived from the lane's), and reader processes, on one file."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        rng = self.rng
+        # lighter transactions than a single writer's (a lane makes thousands)
+        big, grow_every = rng.choice(((64 << 10, 10), (256 << 10, 25)))
+        self.writers = [WriterWorkload("%d:w%d" % (self.workload.seed, w), b"w%d/" % w, max_ops=20, big=big,
+                                       grow_every=grow_every, clear_every=self.workload.clear_every)
+                        for w in range(rng.choice((2, 2, 3)))]
+        self.nreaders = rng.choice((2, 3))
+        self.kills = rng.randint(25, 45)      # one at a time, then the lane's end
+        # the file grows by this much at a time (kvmap.db's GROW_MIN and
+        # GROW_MAX, read at open), not by half its size: it grows often, so
+        # growth kills come soon
+        self.grow_step = rng.choice((64 << 10, 256 << 10, 1 << 20))
+        self.board = Board(len(self.writers))
+        self.workload_seed = [wl.seed for wl in self.writers]
+
+    @property
+    def name(self):
+        return "process lane %d (%s, sync=%s, %d writers, %d readers)" % (
+            self.index, self.cid, self.sync, len(self.writers), self.nreaders)
+
+
+class Control:
+    """A child's end of its command pipe from the parent: a command a line."""
+
+    def __init__(self, fd):
+        self.fd, self.buf = fd, b""
+
+    def poll(self, wait=0.0):
+        """The commands that came, each a list of words; ``wait`` None
+        blocks until one comes."""
+        ready, _, _ = select.select([self.fd], [], [], wait)
+        if ready:
+            data = os.read(self.fd, 4096)
+            if not data:                # the parent is gone
+                os._exit(0)
+            self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        return [line.decode().split() for line in lines]
+
+    def wait(self, word):
+        while not any(c[0] == word for c in self.poll(None)):
+            pass
+
+
+def proc_writer(fd, ctl, lane, w, acked, seed):
+    """Writer w of a process lane.  It opens the file and finds what its
+    killed predecessor left of its part: the model after transaction
+    ``acked`` or ``acked + 1`` ("M n"; "F" if neither), checks the handle
+    (``db._check()`` while the other processes go on), then commits its
+    transactions n+1, n+2, ... in turns with them, each bounded by
+    WRITER_TIMEOUT (a LockedError is a deadlock), marking each on the pipe
+    (B: beginning, L: holding the writer lock, P: in commit(), A: its
+    commit returned) and on the board.  Commands, between transactions:
+    ``K call nth`` arms a kill at that call; ``H`` holds the writer lock in
+    the next transaction until the parent kills it; ``Q`` dies after the
+    next commit returns, before acknowledging it; ``P`` closes, waits for
+    ``G``, and reopens (the checkpoints)."""
+    lib.kvm_fault_clear()
+    kvmap.db.GROW_MIN = kvmap.db.GROW_MAX = lane.grow_step
+    control = Control(ctl)
+    wl, board = lane.writers[w], lane.board
+    db = kvmap.open(lane.path, **lane.open_kw)
+    _send(fd, "O")
+    with db.snapshot() as snap:
+        part = dict(snap.prefix_items(wl.prefix))
+    n = next((k for k in (acked, acked + 1) if part == wl.model(k)), None)
+    if n is None:
+        _send(fd, "F", json.dumps("writer %d's part matches neither transaction %d nor %d: %s" % (
+            w, acked, acked + 1, difference(part, wl.model(acked)))))
+        return
+    # under the writer lock: db._check() compares the newest commit's page
+    # count with this handle's view of the file size (stats()), which
+    # another process's growth and commit could make stale in between; and
+    # the free space it checks is then the newest commit's
+    with db.transaction(timeout=WRITER_TIMEOUT):
+        db._check()
+    board.acked[w] = n
+    _send(fd, "M", n)
+    rng = random.Random(seed)
+    call, hold, die_after_commit = None, False, False
+    i = n + 1
+    while True:
+        for cmd in control.poll():
+            if cmd[0] == "K":
+                call = cmd[1]
+                _arm(call, int(cmd[2]))
+            elif cmd[0] == "H":
+                hold = True
+            elif cmd[0] == "Q":
+                die_after_commit = True
+            elif cmd[0] == "P":
+                db.close()
+                _send(fd, "p")
+                control.wait("G")
+                db = kvmap.open(lane.path, **lane.open_kw)
+                _send(fd, "g")
+        ops = wl.ops(i)
+        board.begun[w] = i
+        _send(fd, "B", i)
+        with db.transaction(timeout=WRITER_TIMEOUT) as txn:
+            _send(fd, "L", i)
+            for j, op in enumerate(ops):
+                if hold and j == len(ops) // 2:
+                    _send(fd, "H", i)
+                    time.sleep(10 * STEP_SECONDS)      # until the parent kills it
+                if op[0] == "put":
+                    txn.put(op[1], op[2])
+                else:
+                    txn.pop(op[1], None)
+            if lane.lie:            # self-test: a writer that acknowledges too early
+                board.acked[w] = i
+            _send(fd, "P", i)
+        if die_after_commit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        board.acked[w] = i
+        _send(fd, "A", i, lib.kvm_fault_calls(SYS[call]) if call else 0)
+        i += 1
+        r = rng.random()
+        if not lane.sync and r < 0.1:
+            _send(fd, "S")
+            db.sync()
+            _send(fd, "s")
+        elif r > 0.98:
+            _send(fd, "C")
+            db.close()
+            db = kvmap.open(lane.path, **lane.open_kw)
+            _send(fd, "c")
+        time.sleep(rng.uniform(0, PACE))
+
+
+def proc_reader(fd, ctl, lane, seed):
+    """A reader process of a process lane (a read-only handle, so that the
+    checkpoints' kvmap.check may run beside it).  Snapshot after snapshot:
+    its txnid never goes backwards, and a writer's part (each writer in
+    turn: reading a part is most of a reader's work) equals the writer's
+    model after a transaction between the one acknowledged before the
+    snapshot began and the one begun after; a quarter of them are held
+    across more (up to two at a time, for a long while) and must read the
+    same when released.  Marks: "S txnid" a snapshot taken, "s" one
+    released.  Commands: ``R`` takes a snapshot and holds it until the
+    parent kills the reader ("r"); ``I`` releases every snapshot ("I") and
+    waits for the end, holding the handle."""
+    lib.kvm_fault_clear()
+    control = Control(ctl)
+    db = kvmap.open(lane.path, readonly=True, **lane.cfg)
+    _send(fd, "O")
+    rng = random.Random(seed)
+    board, wls = lane.board, lane.writers
+    last, turn = [0], [rng.randrange(len(wls))]
+
+    def look():
+        w = turn[0] = (turn[0] + 1) % len(wls)
+        wl = wls[w]
+        lo = board.acked[w]
+        snap = db.snapshot()
+        _send(fd, "S", snap.txnid)
+        hi = board.begun[w]
+        if snap.txnid < last[0]:
+            raise AssertionError("snapshot txnid %d after %d: backwards" % (snap.txnid, last[0]))
+        last[0] = snap.txnid
+        part = dict(snap.prefix_items(wl.prefix))
+        if not any(part == wl.model(k) for k in range(lo, hi + 1)):
+            raise AssertionError("snapshot txnid %d: writer %d's part is its model after no transaction from %d "
+                                 "(acknowledged) to %d (begun): vs %d: %s" % (
+                                     snap.txnid, w, lo, hi, lo, difference(part, wl.model(lo))))
+        return snap, wl, part
+
+    def release(snap, wl, part):
+        if dict(snap.prefix_items(wl.prefix)) != part:
+            raise AssertionError("snapshot txnid %d changed while it was held" % snap.txnid)
+        snap.close()
+        _send(fd, "s")
+
+    held, pinned = collections.deque(), []
+    while True:
+        for cmd in control.poll():
+            if cmd[0] == "R":
+                pinned.append(look())
+                _send(fd, "r")
+            elif cmd[0] == "I":
+                for snap, _, _ in list(held) + pinned:
+                    snap.close()
+                _send(fd, "I")
+                while True:                 # the parent kills it
+                    control.poll(None)
+        seen = look()
+        if len(held) < 2 and rng.random() < 0.25:
+            held.append(seen)
+        else:
+            release(*seen)
+        while held and rng.random() < 0.15:
+            release(*held.popleft())
+        time.sleep(rng.uniform(0, 8 * PACE))
+
+
+def size_check(db, lane, dead, holders):
+    """A dead reader pins no page past the next write transaction, and the
+    file then stops growing (the lane's end: ``holders`` readers were
+    killed holding snapshots, no writer has the file open, the reader that
+    keeps the lock region holds no snapshot, ``dead`` were the occupied
+    reader slots before this handle opened).  Page counts, not timings:
+    nothing else runs.
+
+    * the dead holders' slots are there: at least ``holders``;
+    * after one write transaction no slot is occupied;
+    * a churn rewriting CHURN_KEYS values of a page each (two or more pages
+      each), CHURN_ROUNDS times, leaves the pages in use or pending
+      (hwm - free) within CHURN_KEYS of where two warm-up rounds left them
+      (this handle syncs: each round reuses the pages the one before freed);
+    * calibration: the same churn under a live snapshot takes at least
+      CHURN_ROUNDS - 2 rounds' worth (each >= 2 x CHURN_KEYS pages) more,
+      so a slot left behind could not pass."""
+    if len(dead) < holders:
+        raise crashkit.CrashCheckFailed("%d readers died holding snapshots, but only %d reader slots are "
+                                        "occupied: %s" % (holders, len(dead), dead))
+    with db.transaction(timeout=WRITER_TIMEOUT) as txn:
+        txn[b"~sweep"] = b"the next write transaction"
+    left = reader_slots(lane.path)
+    if left:
+        raise crashkit.CrashCheckFailed("after a write transaction, reader slots of dead processes remain "
+                                        "(txnid, handle): %s (before it: %s)" % (left, dead))
+
+    def churn(rounds):
+        for r in range(rounds):
+            with db.transaction(timeout=WRITER_TIMEOUT) as txn:
+                for k in range(CHURN_KEYS):
+                    txn[b"~churn%03d" % k] = bytes([r % 251]) * db.page_size
+
+    def in_use():
+        st = db.stats()
+        return st["pages"] - st["free_pages"]
+    churn(2)
+    c0 = in_use()
+    churn(CHURN_ROUNDS)
+    c1 = in_use()
+    with db.snapshot():
+        churn(CHURN_ROUNDS)
+        c2 = in_use()
+    if c1 - c0 > CHURN_KEYS:
+        raise crashkit.CrashCheckFailed("the file keeps growing with no reader: %d rounds of the churn took %d "
+                                        "more pages (bound %d)" % (CHURN_ROUNDS, c1 - c0, CHURN_KEYS))
+    if c2 - c1 < (CHURN_ROUNDS - 2) * 2 * CHURN_KEYS:
+        raise crashkit.CrashCheckFailed("calibration: the churn under a live snapshot took only %d more pages"
+                                        % (c2 - c1))
+    return {"dead": len(dead), "growth": c1 - c0, "pinned": c2 - c1}
+
+
+def proc_check_child(fd, lane, acked, allow_next, holders):
+    """A process lane's check while no writer has the file open (readers
+    may, read-only; or no process at all, and this open rebuilds the lock
+    region from the file): kvmap.check; a writable open finds every
+    writer's part at its model after transaction ``acked[w]`` (or
+    ``acked[w] + 1`` where ``allow_next[w]``: the writer was killed inside
+    a commit); ``db._check()``; with ``holders`` not None the lane's end,
+    ``size_check``; kvmap.check again.  Says "M" and the counts found, as
+    JSON."""
+    lib.kvm_fault_clear()
+    try:
+        crashkit.checked(lane.path, "with no writer running")
+        dead = reader_slots(lane.path) if holders is not None else None
+        db = kvmap.open(lane.path, **dict(lane.cfg, sync=True))
+        try:
+            ns = []
+            with db.snapshot() as snap:
+                for w, wl in enumerate(lane.writers):
+                    part = dict(snap.prefix_items(wl.prefix))
+                    n = next((k for k in (acked[w], acked[w] + 1)[:1 + allow_next[w]] if part == wl.model(k)), None)
+                    if n is None:
+                        raise crashkit.CrashCheckFailed("writer %d's part matches neither transaction %d%s: %s" % (
+                            w, acked[w], " nor %d" % (acked[w] + 1) if allow_next[w] else "",
+                            difference(part, wl.model(acked[w]))))
+                    ns.append(n)
+            db._check()
+            sizes = None
+            if holders is not None:
+                sizes = size_check(db, lane, dead, holders)
+                db._check()
+        finally:
+            db.close()
+        crashkit.checked(lane.path, "after a writable handle closed")
+    except Exception as e:
+        kind = "F" if isinstance(e, (crashkit.CrashCheckFailed, kvmap.Error)) else "X"
+        text = "%s: %s" % (type(e).__name__, e)
+        if kind == "X":
+            text += "\n" + traceback.format_exc()
+        _send(fd, kind, json.dumps(text[-3000:]))
+        return
+    _send(fd, "M", json.dumps({"n": ns, "sizes": sizes}, separators=(",", ":")))
+
+
+class LaneFailure(Exception):
+    """A process lane failed: the message says how."""
+
+
+class ProcChild:
+    """A process of a process lane, as the parent sees it."""
+
+    def __init__(self, role, slot, pid, rfd, ctl):
+        self.role, self.slot, self.pid, self.rfd, self.ctl = role, slot, pid, rfd, ctl
+        self.alive, self.status = True, None
+        self.doomed = False     # its death is the parent's doing (a kill, or an armed one)
+        self.buf = b""
+        self.mark = None        # writer: the last of B L H P A S s C c, where it is
+        self.held = 0           # reader: snapshots open
+        self.acks = 0           # writer: commits acknowledged
+        self.calls = 0          # writer: calls of the armed system call, at the last acknowledgement
+        self.got = {}           # replies: "O", "M", "H", "r", "p", "g", "I" -> the rest of the line
+        self.error = None
+
+    @property
+    def name(self):
+        return "%s %d" % (self.role, self.slot)
+
+    def tell(self, *words):
+        try:
+            os.write(self.ctl, (" ".join(str(w) for w in words) + "\n").encode())
+        except BrokenPipeError:     # died meanwhile: the wait that follows finds out
+            pass
+
+
+WRITER_MARKS = set("BLHPASsCc")
+WHERE = {"B": "at begin", "L": "holding the writer lock", "H": "holding the writer lock",
+         "P": "in commit", "S": "in db.sync()", "C": "in close/reopen"}
+
+
+class ProcRun:
+    """The parent's side of one process lane: the writers and readers are
+    started, then killed one at a time (``step``) and started again, with
+    checkpoints now and then and the checks of the lane's end (``finish``).
+    Every wait is bounded (STEP_SECONDS, and LANE_SECONDS for the lane):
+    a hang is a failure, never a stuck run."""
+
+    def __init__(self, harness, lane, budget):
+        self.h, self.lane, self.budget = harness, lane, budget
+        self.writers = [None] * len(lane.writers)
+        self.readers = [None] * lane.nreaders
+        self.deadline = time.monotonic() + LANE_SECONDS
+        self.plan = {}
+        self.crashed = None     # the file as everyone's death left it, while the check of it runs
+
+    def children(self):
+        return [c for c in self.writers + self.readers if c is not None]
+
+    # ---- processes
+    def warm(self):
+        """Bring every writer's model up to its acknowledged count, for the
+        children to inherit: a process started late in a lane would replay
+        thousands of transactions to build it."""
+        for w, wl in enumerate(self.lane.writers):
+            wl.model(self.lane.board.acked[w])
+
+    def spawn(self, role, slot, fn, *args):
+        self.warm()
+        inherited = [fd for c in self.children() if c.alive for fd in (c.rfd, c.ctl)]
+        r, w = os.pipe()
+        cr, cw = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in [r, cw] + inherited:
+                    os.close(fd)
+                _die_with_parent()
+                fn(w, cr, *args)
+            except BaseException:
+                _send_error(w, "%s %d" % (role, slot))
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.close(cr)
+        c = ProcChild(role, slot, pid, r, cw)
+        (self.writers if role == "writer" else self.readers)[slot] = c
+        return c
+
+    def spawn_writer(self, w, acked):
+        return self.spawn("writer", w, proc_writer, self.lane, w, acked, self.lane.rng.randrange(1 << 30))
+
+    def spawn_reader(self, r):
+        return self.spawn("reader", r, proc_reader, self.lane, self.lane.rng.randrange(1 << 30))
+
+    def pump(self, wait):
+        """Read what the children say, for up to ``wait`` seconds; reap the
+        dead."""
+        live = {c.rfd: c for c in self.children() if c.alive}
+        if not live:
+            time.sleep(wait)
+            return
+        ready, _, _ = select.select(list(live), [], [], wait)
+        for fd in ready:
+            c = live[fd]
+            data = os.read(fd, 1 << 16)
+            if not data:
+                os.close(c.rfd)
+                os.close(c.ctl)
+                _, c.status = os.waitpid(c.pid, 0)
+                c.alive = False
+                continue
+            c.buf += data
+            *lines, c.buf = c.buf.split(b"\n")
+            for line in lines:
+                self.heard(c, *line.decode().split(" ", 1))
+
+    def heard(self, c, word, rest=""):
+        if word in ("X", "F"):
+            c.error = c.error or json.loads(rest)
+            return
+        if c.role == "writer" and word in WRITER_MARKS:
+            c.mark = word
+            if word == "A":
+                c.acks += 1
+                c.calls = int(rest.split()[1])
+                self.h.counts["process commits"] += 1
+        elif c.role == "reader" and word in ("S", "s"):
+            c.held += 1 if word == "S" else -1
+            self.h.counts["process snapshots taken by readers"] += word == "S"
+        c.got[word] = rest
+
+    def trouble(self):
+        for c in self.children():
+            if c.error:
+                return "%s: %s" % (c.name, c.error)
+            if not c.alive and not c.doomed:
+                return "%s %s" % (c.name, describe_status(c.status))
+            if not c.alive and not (os.WIFSIGNALED(c.status) and os.WTERMSIG(c.status) == signal.SIGKILL):
+                return "%s %s, not by the kill" % (c.name, describe_status(c.status))
+        return None
+
+    def wait(self, done, what, bound=STEP_SECONDS):
+        """Pump until ``done()``; LaneFailure if a child reports a failure or
+        dies unbidden, or when ``bound`` seconds (or the lane's) pass
+        first: a hang."""
+        limit = min(time.monotonic() + bound, self.deadline)
+        while True:
+            problem = self.trouble()
+            if problem:
+                raise LaneFailure(problem)
+            if done():
+                return
+            now = time.monotonic()
+            if now >= limit:
+                raise LaneFailure("hang: %s took more than %.0f s%s" % (
+                    what, bound, " (the lane's bound)" if limit == self.deadline else ""))
+            self.pump(min(0.01, limit - now))
+
+    def sleep(self, seconds):
+        end = time.monotonic() + seconds
+        self.wait(lambda: time.monotonic() >= end, "a pause of %.3f s" % seconds)
+
+    def kill(self, *victims):
+        victims = [c for c in victims if c.alive]
+        for c in victims:
+            c.doomed = True
+            os.kill(c.pid, signal.SIGKILL)
+        self.wait(lambda: not any(c.alive for c in victims), "the death of " + ", ".join(c.name for c in victims))
+
+    def start_writer(self, w, acked):
+        """Start writer w again; returns the transaction its part was found at."""
+        c = self.spawn_writer(w, acked)
+        self.wait(lambda: "M" in c.got, "writer %d's open and check" % w)
+        return int(c.got["M"])
+
+    def start_reader(self, r):
+        c = self.spawn_reader(r)
+        self.wait(lambda: "O" in c.got, "reader %d's open" % r)
+
+    def check(self, acked, allow_next, holders=None):
+        """Run proc_check_child (readers go on meanwhile); its result."""
+        self.warm()
+        msgs, status, killed, _ = run_child(proc_check_child, (self.lane, acked, allow_next, holders))
+        res = [m for m in msgs if m[0] in ("M", "F", "X")]
+        if status != 0 or killed or not res or res[0][0] != "M":
+            raise LaneFailure("check with no writer running (%s%s): %s" % (
+                describe_status(status), ", hung" if killed else "", payload(res[0]) if res else "no verdict"))
+        return json.loads(" ".join(res[0][1:]))
+
+    # ---- the lane
+    def run(self):
+        lane, rng, counts = self.lane, self.lane.rng, self.h.counts
+        try:
+            for w in range(len(self.writers)):      # all at once: they race to create the file
+                self.spawn_writer(w, 0)
+            self.wait(lambda: all("M" in c.got for c in self.writers), "the writers' first open")
+            for r in range(len(self.readers)):
+                self.start_reader(r)
+            done, checkpoint = 0, rng.randint(6, 12)
+            while done < lane.kills and counts["kills"] < self.budget:
+                self.step()
+                done += 1
+                if done == checkpoint and done < lane.kills:
+                    self.checkpoint()
+                    checkpoint += rng.randint(6, 12)
+            self.finish()
+        except LaneFailure as e:
+            self.stop()         # the file kept is the one the failure saw
+            self.h.fail(lane, self.plan, list(lane.board.acked), str(e), crashed=self.crashed)
+        finally:
+            self.stop()
+
+    def stop(self):
+        """Kill every child still alive, without waiting on anything else."""
+        for c in self.children():
+            if c.alive:
+                os.kill(c.pid, signal.SIGKILL)
+                os.close(c.rfd)
+                os.close(c.ctl)
+                os.waitpid(c.pid, 0)
+                c.alive = False
+
+    def record(self, kind, moment, where=None, got=None):
+        counts = self.h.counts
+        counts["kills"] += 1
+        counts["process kills"] += 1
+        counts["process %s kills" % kind] += 1
+        self.h.by_moment["procs:%s:%s" % (kind, moment)]["kills"] += 1
+        if got:
+            self.h.by_moment["procs:%s:%s" % (kind, moment)][got] += 1
+        if where:
+            self.h.by_where["procs: %s %s %s (sync=%s)" % (kind, moment, where, self.lane.sync)] += 1
+        self.h.by_config[self.lane.cid] += 1
+        self.plan["moment"] = moment
+        self.lane.history.append(dict(self.plan))
+        if self.h.log:
+            print("%s: %s %s %s%s" % (self.lane.name, self.plan["victim"], moment, where,
+                                      " matched " + got if got else ""), file=sys.stderr)
+
+    def step(self):
+        rng = self.lane.rng
+        if rng.random() < 0.6:
+            self.kill_writer(rng.randrange(len(self.writers)))
+        else:
+            self.kill_reader(rng.randrange(len(self.readers)))
+
+    def kill_writer(self, w):
+        """Kill writer w at a system call (inside a commit, inside growth, in
+        a flush), while it holds the writer lock, right after a commit
+        returned, or after a random delay; start it again and check what it
+        finds of its part against where it was."""
+        lane, rng, c, counts = self.lane, self.lane.rng, self.writers[w], self.h.counts
+        self.plan = {"step": len(lane.history), "victim": c.name}
+        pin = None          # a reader made to hold a snapshot meanwhile
+        r = rng.random()
+        if r < 0.5:
+            calls = ["pwrite"] * 4 + ["fdatasync"] * (3 if lane.sync else 5) + ["growth"] * 3
+            if lane.cfg.get("backend") == "pread":
+                calls.append("pread")
+            call = rng.choice(calls)
+            if call == "growth":
+                call = rng.choice(GROWTH_CALLS[lane.cfg.get("growth")])
+                nth, k = 1, 40
+                # a reader holds a snapshot from now on (it dies next): no
+                # page can be reused, so the file grows a step every few
+                # commits
+                pin = rng.randrange(len(self.readers))
+                self.readers[pin].tell("R")
+                self.wait(lambda: "r" in self.readers[pin].got, "reader %d to take a snapshot" % pin)
+            else:
+                k = rng.randint(1, 10)
+                nth = 1 + int(rng.uniform(0, k) * lane.rate[call])
+            self.plan.update(kind="syscall", call=call, nth=nth)
+            start = c.acks
+            c.doomed = True
+            c.tell("K", call, nth)
+            self.wait(lambda: not c.alive or c.acks >= start + k + 10, "writer %d's death at %s" % (w, call))
+            moment = ("syscall:" if not c.alive else "idle:") + call
+            if c.alive:
+                self.kill(c)
+            if c.acks - start >= 2 and call in lane.rate:
+                lane.rate[call] = 0.5 * lane.rate[call] + 0.5 * c.calls / (c.acks - start)
+        elif r < 0.7:
+            self.plan.update(kind="hold")
+            c.tell("H")
+            self.wait(lambda: "H" in c.got, "writer %d to hold the writer lock" % w)
+            self.sleep(rng.uniform(0, 0.02))        # the others wait for it meanwhile
+            self.kill(c)
+            moment = "hold"
+        elif r < 0.8:
+            self.plan.update(kind="ack")
+            c.doomed = True
+            c.tell("Q")
+            self.wait(lambda: not c.alive, "writer %d's death after a commit" % w)
+            moment = "ack"
+        else:
+            self.plan.update(kind="time")
+            self.sleep(rng.uniform(0, 0.05))
+            self.kill(c)
+            moment = "time"
+        acked = lane.board.acked[w]
+        where = WHERE.get(c.mark, "between transactions")
+        if moment == "ack":
+            expect = "acked+1"
+        elif where == "in commit" and (not moment.startswith("syscall:") or moment == "syscall:fdatasync"):
+            # before its meta write (acked), or after it: published before
+            # the kill (acked+1) or not (acked: the survivors' lock region
+            # never saw it, and the next commit takes its slot)
+            expect = None
+        else:
+            expect = "acked"        # nothing written that a meta reaches
+        self.plan.update(where=where, expect=expect, acked=acked)
+        if rng.random() < 0.3 and expect is None:      # drawn always: the lane's draws follow its seed
+            # its commit may be written and not published: kill the others
+            # before they commit past it (a next writer may be writing pages
+            # the region thinks free), and let a first open, which builds
+            # the lock region from the file, judge what the file holds
+            counts["process everyone killed right after a kill inside commit()"] += 1
+            n = self.everyone_killed(0.01)[w]
+        else:
+            n = self.start_writer(w, acked)
+        got = "acked" if n == acked else "acked+1"
+        if expect and got != expect and lane.writers[w].model(acked) == lane.writers[w].model(acked + 1):
+            # transaction acked+1 changes nothing (deletes only absent keys):
+            # its commit writes nothing, and the writer reports the first match
+            counts["process no-op transaction at the kill"] += 1
+            expect = None
+        if expect and got != expect:
+            raise LaneFailure("writer %d killed at %s %s: its part is at transaction %d, but the kill point says "
+                              "%s (%d)" % (w, moment, where, n, expect, acked + (expect == "acked+1")))
+        counts["process verified"] += 1
+        counts["process matched " + got] += 1
+        if where in ("holding the writer lock", "in commit"):
+            counts["process writer kills holding the writer lock"] += 1
+        if where == "in commit":
+            counts["process writer kills in commit"] += 1
+        if moment in ("syscall:fallocate", "syscall:mmap", "syscall:mremap", "syscall:munmap"):
+            counts["process writer kills at growth calls"] += 1
+        self.record("writer", moment, where, got)
+        if pin is not None:
+            self.kill_reader(pin, pinned=True)
+
+    def kill_reader(self, r, pinned=False):
+        """Kill reader r holding a snapshot it took for that (``pinned``:
+        it already holds one), or after a random delay (holding snapshots
+        or not); start it again."""
+        rng, c = self.lane.rng, self.readers[r]
+        self.plan = {"step": len(self.lane.history), "victim": c.name}
+        if pinned or rng.random() < 0.5:
+            moment = "snapshot"
+            if not pinned:
+                c.tell("R")
+                self.wait(lambda: "r" in c.got, "reader %d to take a snapshot" % r)
+        else:
+            moment = "time"
+        self.plan.update(kind=moment)
+        self.sleep(rng.uniform(0, 0.05))
+        self.kill(c)
+        self.count_reader(c, moment)
+        self.start_reader(r)
+
+    def count_reader(self, c, moment):
+        if c.held > 0:
+            self.h.counts["process reader kills holding a snapshot"] += 1
+        self.record("reader", moment, "holding a snapshot" if c.held > 0 else "between snapshots")
+
+    def checkpoint(self):
+        """Every writer stopped: either paused (closed; the readers go on)
+        or everyone killed at once (then the check's open is the first and
+        rebuilds the lock region from the file); the check; everyone goes
+        on."""
+        lane, board, counts = self.lane, self.lane.board, self.h.counts
+        self.plan = {"step": len(lane.history), "checkpoint": True}
+        if lane.rng.random() < 0.5:
+            self.pause()
+            self.check(list(board.acked), [False] * len(self.writers))
+            for c in self.writers:
+                c.tell("G")
+            self.wait(lambda: all("g" in c.got for c in self.writers), "the writers' reopen")
+            counts["process checkpoints with the writers paused"] += 1
+        else:
+            self.everyone_killed(0.03)
+
+    def everyone_killed(self, delay):
+        """After a random delay up to ``delay`` seconds, kill every process
+        still alive at once; check the file from a first open; start
+        everyone again.  Returns the transaction each writer's part was
+        found at."""
+        lane, board, counts = self.lane, self.lane.board, self.h.counts
+        self.sleep(lane.rng.uniform(0, delay))
+        self.kill(*self.children())
+        acked = list(board.acked)
+        allow = [c.mark == "P" for c in self.writers]       # killed inside a commit
+        shutil.copyfile(lane.path, lane.crash_copy)
+        self.crashed = lane.crash_copy
+        ns = self.check(acked, allow)["n"]
+        self.crashed = None
+        for w, n in enumerate(ns):
+            board.acked[w] = board.begun[w] = n
+            self.spawn_writer(w, n)
+        self.wait(lambda: all("M" in c.got for c in self.writers), "the writers' open after everyone died")
+        for w, c in enumerate(self.writers):
+            if int(c.got["M"]) != ns[w]:
+                raise LaneFailure("writer %d finds its part at transaction %s, the check found %d" % (
+                    w, c.got["M"], ns[w]))
+        for r in range(len(self.readers)):
+            self.start_reader(r)
+        counts["process checkpoints after killing everyone"] += 1
+        counts["process matched acked+1 after killing everyone"] += sum(n != a for n, a in zip(ns, acked))
+        return ns
+
+    def pause(self):
+        for c in self.writers:
+            c.got.pop("g", None)
+            c.tell("P")
+        self.wait(lambda: all("p" in c.got for c in self.writers), "the writers' pause")
+        for c in self.writers:
+            c.got.pop("p")
+
+    def finish(self):
+        """The lane's end: every reader but one takes a snapshot, the writers
+        commit twice more each (the snapshots are old) and stop, the other
+        reader lets its snapshots go (its handle keeps the lock region), the
+        holders are killed; then the check with size_check, and, everyone
+        gone, the check again from a first open."""
+        lane, board, counts = self.lane, self.lane.board, self.h.counts
+        self.plan = {"step": len(lane.history), "end": True}
+        keeper, holders = self.readers[0], self.readers[1:]
+        for c in holders:
+            c.tell("R")
+        self.wait(lambda: all("r" in c.got for c in holders), "the readers' snapshots")
+        base = [c.acks for c in self.writers]
+        self.wait(lambda: all(c.acks >= b + 2 for c, b in zip(self.writers, base)), "two more commits each")
+        self.pause()
+        keeper.tell("I")
+        self.wait(lambda: "I" in keeper.got, "the keeper's snapshots to go")
+        self.kill(*holders)
+        for c in holders:
+            self.plan = {"step": len(lane.history), "victim": c.name, "kind": "end"}
+            self.count_reader(c, "end")
+        self.plan = {"step": len(lane.history), "end": True}
+        acked = list(board.acked)
+        res = self.check(acked, [False] * len(self.writers), holders=len(holders))
+        self.kill(*self.children())
+        self.check(acked, [False] * len(self.writers))
+        counts["process size checks"] += 1
+        counts["process dead reader slots swept"] += res["sizes"]["dead"]
+        self.h.process_sizes.append(res["sizes"])
 
 
 def merge(parts):
     total = {"counts": collections.Counter(), "by_moment": collections.defaultdict(collections.Counter),
              "by_config": collections.Counter(), "by_sync": collections.Counter(),
-             "by_where": collections.Counter(), "failures": []}
+             "by_where": collections.Counter(), "process_sizes": [], "failures": []}
     for p in parts:
         total["counts"].update(p["counts"])
         for m, v in p["by_moment"].items():
@@ -712,6 +1608,7 @@ def merge(parts):
         total["by_config"].update(p["by_config"])
         total["by_sync"].update(p["by_sync"])
         total["by_where"].update(p["by_where"])
+        total["process_sizes"].extend(p["process_sizes"])
         total["failures"].extend(p["failures"])
     return total
 
@@ -768,6 +1665,23 @@ def report(args, total, elapsed):
         "noop_txn_at_kill": c["no-op transaction at the kill"],
         "either_allowed": c["kill point allows either"],
         "during_flush": c["during flush"],
+        "process_lanes": c["process lanes"], "process_kills": c["process kills"],
+        "process_writer_kills": c["process writer kills"], "process_reader_kills": c["process reader kills"],
+        "process_writer_kills_holding_lock": c["process writer kills holding the writer lock"],
+        "process_writer_kills_in_commit": c["process writer kills in commit"],
+        "process_writer_kills_at_growth": c["process writer kills at growth calls"],
+        "process_reader_kills_holding_snapshot": c["process reader kills holding a snapshot"],
+        "process_verified": c["process verified"], "process_matched_acked": c["process matched acked"],
+        "process_matched_acked_plus_1": c["process matched acked+1"],
+        "process_checkpoints_paused": c["process checkpoints with the writers paused"],
+        "process_checkpoints_all_killed": c["process checkpoints after killing everyone"],
+        "process_all_killed_after_commit_kill": c["process everyone killed right after a kill inside commit()"],
+        "process_all_killed_matched_acked_plus_1": c["process matched acked+1 after killing everyone"],
+        "process_size_checks": c["process size checks"],
+        "process_dead_slots_swept": c["process dead reader slots swept"],
+        "process_commits": c["process commits"], "process_snapshots": c["process snapshots taken by readers"],
+        "process_churn_growth_max": max((z["growth"] for z in total["process_sizes"]), default=None),
+        "process_churn_pinned_min": min((z["pinned"] for z in total["process_sizes"]), default=None),
         "by_moment": {m: dict(v) for m, v in sorted(total["by_moment"].items())},
         "by_config": dict(sorted(total["by_config"].items())),
         "by_sync": dict(sorted(total["by_sync"].items())),
@@ -785,16 +1699,29 @@ def report(args, total, elapsed):
         "  reopen kills %d: during open %d, right after it %d" % (
             out["during_reopen"] + out["right_after_reopen"], out["during_reopen"],
             out["right_after_reopen"]),
+        "  process lanes %d: kills %d, of writers %d (holding the writer lock %d, in commit %d, at growth calls"
+        " %d), of readers %d (holding a snapshot %d); %d commits, %d reader snapshots" % (
+            out["process_lanes"], out["process_kills"], out["process_writer_kills"],
+            out["process_writer_kills_holding_lock"], out["process_writer_kills_in_commit"],
+            out["process_writer_kills_at_growth"], out["process_reader_kills"],
+            out["process_reader_kills_holding_snapshot"], out["process_commits"], out["process_snapshots"]),
+        "    writers started again and verified %d: matched acked %d, acked+1 %d; checkpoints: writers paused %d,"
+        " everyone killed %d (%d right after a writer died inside commit()); lane ends %d (dead reader slots"
+        " swept %d, churn growth at most %s pages, pinned at least %s)" % (
+            out["process_verified"], out["process_matched_acked"], out["process_matched_acked_plus_1"],
+            out["process_checkpoints_paused"], out["process_checkpoints_all_killed"],
+            out["process_all_killed_after_commit_kill"], out["process_size_checks"],
+            out["process_dead_slots_swept"], out["process_churn_growth_max"], out["process_churn_pinned_min"]),
         "  verified %d: matched acked %d, acked+1 %d; failures (lost or partial commits, bad checks,"
-        " crashes): %d" % (out["verified"], out["matched_acked"], out["matched_acked_plus_1"], len(failures)),
+        " crashes, hangs): %d" % (out["verified"], out["matched_acked"], out["matched_acked_plus_1"], len(failures)),
         "  by moment (kills / matched acked / acked+1):",
     ]
     for m, v in out["by_moment"].items():
-        lines.append("    %-20s %6d %6d %6d" % (m, v.get("kills", 0), v.get("acked", 0), v.get("acked+1", 0)))
+        lines.append("    %-34s %6d %6d %6d" % (m, v.get("kills", 0), v.get("acked", 0), v.get("acked+1", 0)))
     lines.append("  by config: " + ", ".join("%s %d" % kv for kv in out["by_config"].items()))
     lines.append("  by sync: " + ", ".join("%s %d" % kv for kv in out["by_sync"].items()))
-    lines.append("  system-call kills by where the writer was:")
-    lines += ["    %-50s %6d" % kv for kv in out["by_where"].items()]
+    lines.append("  system-call kills by where the writer was (procs: process lanes, every kill):")
+    lines += ["    %-66s %6d" % kv for kv in out["by_where"].items()]
     print("\n".join(lines))
     for f in failures:
         print("FAILURE: lane %d (%s, sync=%s): %s\n  reproduce: %s\n  kept: %s" % (
@@ -826,6 +1753,9 @@ def main(argv=None):
     p.add_argument("--page-size", type=int, default=None, help="page size of new files (default: the engine's)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, each running every jobs-th lane")
     p.add_argument("--lane", type=int, default=None, help="run only this lane (a reproducer)")
+    p.add_argument("--procs", choices=("mix", "only", "off"), default="mix",
+                   help="process lanes (writer and reader processes on one file): every %dth lane (mix), "
+                        "every lane (only), none (off; also with --no-timing)" % PROC_EVERY)
     p.add_argument("--no-timing", action="store_true",
                    help="no delay kills and no reader threads: every lane is deterministic")
     p.add_argument("--lie-ack", action="store_true",
@@ -837,6 +1767,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.kills is None:
         a.kills = 10000 if a.long else 300
+    if a.no_timing and a.procs == "only":
+        p.error("--procs only needs timing: process lanes are not deterministic")
     configs = CONFIGS
     if a.config:
         want = a.config.split(",")

@@ -9,10 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-mkdir -p "$out/kvmap"
-cp kvmap/*.py "$out/kvmap/"
-cp -r tests tools native "$out/"
-[ -f pyproject.toml ] && cp pyproject.toml "$out/"
+# the whole checkout (tests read README, docs, examples and the package
+# data), less git's files and what a build of the C core left
+tar --exclude=./.git --exclude=./work --exclude='*.so' --exclude=__pycache__ -cf - . | tar -xf - -C "$out"
 KVM_CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 KVM_LDFLAGS="-fsanitize=address,undefined" \
     python3 native/build_kvmap.py "$out" > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
