@@ -403,6 +403,8 @@ int freelist_load(kvm_env *e, kvm_space *sp, const kvm_state *s)
     }
     if (!rc && (space_free_count(sp) != s->free_count || sp->pending_count != s->pending_count))
         rc = kvm_err(KVM_CORRUPT, "free-space counts disagree with the meta page");
+    if (!rc)
+        rc = space_holes_load(sp, e->file_size / e->psize);
     if (sp->dirty)
         memset(sp->dirty, 0, sp->dirty_cap);
 out:
@@ -525,7 +527,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
             continue;
         }
         u64vec runs = {0};
-        rc = space_take(sp, pl.need - have.n, &runs);
+        rc = env_take(e, pl.need - have.n, &runs);
         for (size_t i = 0; i < runs.n && !rc; i += 2)
             for (uint64_t p = runs.v[i]; p < runs.v[i] + runs.v[i + 1] && !rc; p++)
                 rc = u64_push(&have, p);
@@ -534,8 +536,6 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
         if (rc)
             goto fail;
     }
-    if ((rc = env_ensure_pages(e, sp->hwm)))
-        goto fail;
     size_t next = 0;
     const u64vec *old = &sp->bitmap_pages;
     for (uint64_t r = 0; r < pl.nranges && !rc; r++)
@@ -595,6 +595,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
     st->nwritten = pl.nwritten;
     st->flags = pages_durable ? R_FLAGS_PAGES_DURABLE : 0;
     st->txnid = t->txnid;
+    st->env = e;
     st->valid = 1;
     u64_free(&have);
     s->hwm = sp->hwm;
@@ -695,5 +696,9 @@ void freelist_adopt(kvm_space *sp)
     u64_free(&sp->early);   /* in this commit's record */
     if (sp->dirty)
         memset(sp->dirty, 0, sp->dirty_cap);
+    kvm_env *e = st->env;
     freelist_staged_clear(st);
+    /* Published: a handle that writes next loads the free space again, or
+    ** is this one, so it knows of the holes (space.h). */
+    env_give_back(e);
 }

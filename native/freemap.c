@@ -121,18 +121,65 @@ int kvm_fm_remove(kvm_freemap *fm, const uint64_t *runs, size_t nruns)
     return 0;
 }
 
-/* Take up to n of the lowest free pages, as at most cap runs; returns the
-** number of runs written (their counts add up to min(n, free pages) unless
-** cap runs were not enough). */
-size_t kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap)
+/* Set (on) or clear every bit of pages [lo, hi), whatever it was: unlike
+** add and remove, for a set that may hold any of them already (space.c's
+** holes).  Fails only for memory. */
+int kvm_fm_set(kvm_freemap *fm, uint64_t lo, uint64_t hi, int on)
+{
+    if (lo >= hi)
+        return 0;
+    if (on) {
+        int rc = fm_reserve(fm, hi);
+        if (rc)
+            return rc;
+        if (lo / 64 < fm->hint)
+            fm->hint = lo / 64;
+    } else if (hi > fm->nwords * 64) {
+        hi = fm->nwords * 64;
+    }
+    for (uint64_t p = lo; p < hi;) {
+        uint64_t wi = p / 64, top = hi - wi * 64 < 64 ? hi - wi * 64 : 64;
+        uint64_t m = run_mask(p % 64, top), was = fm->w[wi] & m;
+        fm->w[wi] = on ? fm->w[wi] | m : fm->w[wi] & ~m;
+        fm->count += on ? (uint64_t)__builtin_popcountll(m & ~was) : 0;
+        fm->count -= on ? 0 : (uint64_t)__builtin_popcountll(was);
+        p = (wi + 1) * 64;
+    }
+    return 0;
+}
+
+/* The first page in [lo, hi) whose bit is `on`, or hi if none is. */
+uint64_t kvm_fm_find(kvm_freemap *fm, uint64_t lo, uint64_t hi, int on)
+{
+    uint64_t end = fm->nwords * 64;
+    for (uint64_t p = lo; p < hi;) {
+        if (p >= end)
+            return on ? hi : p;
+        uint64_t w = (on ? fm->w[p / 64] : ~fm->w[p / 64]) >> (p % 64);
+        if (w) {
+            p += (uint64_t)__builtin_ctzll(w);
+            return p < hi ? p : hi;
+        }
+        p = (p / 64 + 1) * 64;
+    }
+    return hi;
+}
+
+/* Take up to n of the lowest free pages whose bit is clear in `but` (when
+** given), as at most cap runs; returns the number of runs written (their
+** counts add up to min(n, such pages) unless cap runs were not enough).
+** *hint: no such page lies in words below it; advanced past the words
+** found without one. */
+static size_t take(kvm_freemap *fm, const kvm_freemap *but, uint64_t n, uint64_t *runs, size_t cap,
+                   uint64_t *hint)
 {
     size_t k = 0;
-    uint64_t wi = fm->hint;
+    uint64_t wi = *hint;
     while (n > 0 && k < cap && wi < fm->nwords) {
-        uint64_t w = fm->w[wi];
+        uint64_t w = fm->w[wi] & (but && wi < but->nwords ? ~but->w[wi] : ~0ull);
         if (!w) {
             wi++;
-            fm->hint = wi;
+            *hint = wi;
             continue;
         }
         uint64_t lo = (uint64_t)__builtin_ctzll(w);
@@ -155,6 +202,21 @@ size_t kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap)
         }
     }
     return k;
+}
+
+size_t kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap)
+{
+    return take(fm, NULL, n, runs, cap, &fm->hint);
+}
+
+/* kvm_fm_take of the pages not in `but`; *from is the caller's hint for
+** them (kept by the caller: lowered whenever it adds pages to fm). */
+size_t kvm_fm_take_but(kvm_freemap *fm, const kvm_freemap *but, uint64_t n, uint64_t *runs, size_t cap,
+                       uint64_t *from)
+{
+    if (*from < fm->hint)
+        *from = fm->hint;
+    return take(fm, but, n, runs, cap, from);
 }
 
 /* Length of the free run that ends right below page `end` (0 if none). */

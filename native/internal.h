@@ -232,6 +232,8 @@ int map_open(kvm_env *e, uint64_t map_size);
 int env_follow(kvm_env *e, const kvm_state *s);   /* up to a commit another handle may have made */
 int file_intact(kvm_env *e);
 void advise_free(kvm_env *e, const u64vec *runs);
+void env_give_back(kvm_env *e);                     /* punch free runs, after a commit */
+int env_refill(kvm_env *e, const u64vec *taken);    /* allocate the holes among taken pages */
 /* cache.c */
 int cache_init(kvm_cache *c, uint64_t pages, uint32_t psize);
 void cache_free(kvm_cache *c);
@@ -265,6 +267,7 @@ int  env_ensure_pages(kvm_env *e, uint64_t pages);                    /* grow by
 int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys, uint64_t next,
                   const void *body, size_t len, uint8_t **out);
 int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
+int  env_take(kvm_env *e, uint64_t n, u64vec *runs);   /* n pages from the free space, ready to write */
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
 int  env_sync(kvm_env *e, int wait);               /* the same; wait 0: see kvm_env_sync */
 int  writer_follow(kvm_env *e, kvm_state *s);      /* a writer up to the newest commit (txn.c) */

@@ -224,7 +224,8 @@ void     kvm_page_checksums(const char *pages, size_t page_size, size_t count, u
 #define KVM_SYS_MUNMAP    11
 #define KVM_SYS_MREMAP    12
 #define KVM_SYS_MADVISE   13
-#define KVM_SYS_NCALLS    14
+#define KVM_SYS_PUNCH     14   /* fallocate(PUNCH_HOLE): free runs given back to the file system */
+#define KVM_SYS_NCALLS    15
 #define KVM_FAULT_KILL    -1
 typedef int (*kvm_sync_hook)(int fd);
 int      kvm_fault_set(int call, uint64_t nth, int err, int persistent);

@@ -270,3 +270,54 @@ void advise_free(kvm_env *e, const u64vec *runs)
     }
     op_leave(e);
 }
+
+/* After a commit (freelist_adopt, under the writer lock): give the file
+** system back the free runs space_punch_plan chooses, punched out of the
+** file.  What stays allocated is one growth step for the database as it is
+** now -- what the growth policy would add for a database of the pages in
+** use (half of them, clamped to grow_min and grow_max), in the free pages
+** the next takes hand out first, or more after large commits
+** (space_punch_plan) -- and runs too short to punch.  A pass is due when
+** the free pages beyond that grew by grow_min since the last one (or by
+** 1/1024 of the database, which bounds the bitmap scan per page given
+** back).  Advisory, like madvise: a punch that fails leaves the data as it
+** was and is skipped; a file system that cannot punch holes is not asked
+** again. */
+void env_give_back(kvm_env *e)
+{
+    kvm_space *sp = e->space;
+    uint64_t ps = e->psize, used = sp->hwm - space_free_count(sp) - sp->pending_count;
+    uint64_t keep = used * ps / 2, step = e->grow_min / ps;
+    keep = (keep < e->grow_min ? e->grow_min : keep > e->grow_max ? e->grow_max : keep) / ps;
+    if (step < sp->hwm / 1024)
+        step = sp->hwm / 1024;
+    u64vec runs = {0};
+    if (!space_punch_plan(sp, e->file_size / ps, keep, step, &runs))
+        for (size_t i = 0; i < runs.n; i += 2)
+            if (kvm_sys.punch(e->fd, (off_t)(runs.v[i] * ps), (off_t)(runs.v[i + 1] * ps)) != 0 &&
+                (errno == EOPNOTSUPP || errno == ENOSYS)) {
+                sp->no_punch = 1;
+                break;
+            }
+    u64_free(&runs);
+}
+
+/* Allocate again the pages of `taken` (the runs of one take, before
+** anything writes them) that may be holes (space.h): a full disk is then
+** DiskFullError here, not a SIGBUS when a writable map or the kernel's
+** writeback stores into the page. */
+int env_refill(kvm_env *e, const u64vec *taken)
+{
+    u64vec spans = {0};
+    int rc = space_holes_of(e->space, taken, &spans);
+    for (size_t i = 0; i < spans.n && !rc; i += 2) {
+        uint64_t s = spans.v[i], n = spans.v[i + 1];
+        int en = kvm_sys.posix_fallocate(e->fd, (off_t)(s * e->psize), (off_t)(n * e->psize));
+        if (en)
+            rc = kvm_err_sys(space_code(en), en, "allocating free pages again");
+        else
+            kvm_fm_set(e->space->holes, s, s + n, 0);   /* clearing needs no memory */
+    }
+    u64_free(&spans);
+    return rc;
+}

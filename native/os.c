@@ -15,6 +15,7 @@
 #include "os.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -213,9 +214,16 @@ static int os_madvise(void *a, size_t l, int adv)
     COUNT(madvise);
     return madvise(a, l, adv);
 }
+/* Deallocate a range of the file: it reads as zeros, its page-cache pages
+** and every process's mappings of them are dropped, and its size stays. */
+static int os_punch(int fd, off_t o, off_t l)
+{
+    FAULT(KVM_SYS_PUNCH, -1);
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l);
+}
 
 kvm_os kvm_sys = {
     os_open, os_close, os_fstat, os_lock, os_pread, os_pwritev,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
-    os_mmap, os_munmap, os_mremap, os_madvise,
+    os_mmap, os_munmap, os_mremap, os_madvise, os_punch,
 };

@@ -33,6 +33,7 @@ typedef struct kvm_os {
     int     (*munmap)(void *addr, size_t len);
     void   *(*mremap)(void *old, size_t oldlen, size_t newlen, int flags);
     int     (*madvise)(void *addr, size_t len, int advice);
+    int     (*punch)(int fd, off_t off, off_t len);   /* a hole; the file keeps its size */
 } kvm_os;
 
 extern kvm_os kvm_sys;          /* the table in use */

@@ -19,6 +19,21 @@
 ** Every change a write transaction makes is journaled (take, give, trim),
 ** so an abort or a failed commit puts the free pages back exactly
 ** (space_rollback); release is permanent.
+**
+** Giving disk back (docs/ARCHITECTURE.md §4): after a commit, when enough
+** free pages piled up beyond a reserve kept for reuse, long free runs are
+** punched out of the file (space_punch_plan decides, map.c punches).  A
+** page that may be a hole is in `holes`; takes hand such pages out only
+** once no other reusable page is left, and the taker allocates them again
+** before anything writes them (env_take), so a full disk is an error
+** there, never a SIGBUS from a store into a writable map.  `holes` holds
+** the pages this handle punched and, from the moment it loaded the free
+** space, every reusable page and every page past hwm: another process may
+** have punched any of them.  Nothing is lost by not knowing more: punching
+** happens only after a commit is published, so a handle whose free space
+** is current (no other handle committed since it was loaded or made) has
+** seen every punch since, its own.  The set is not journaled: a page
+** leaves it only once allocated, which no abort undoes.
 */
 #ifndef KVM_SPACE_H
 #define KVM_SPACE_H
@@ -38,10 +53,14 @@ uint64_t kvm_fm_count(kvm_freemap *fm);
 int      kvm_fm_add(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
 int      kvm_fm_remove(kvm_freemap *fm, const uint64_t *runs, size_t nruns);
 size_t   kvm_fm_take(kvm_freemap *fm, uint64_t n, uint64_t *runs, size_t cap);
+size_t   kvm_fm_take_but(kvm_freemap *fm, const kvm_freemap *but, uint64_t n, uint64_t *runs, size_t cap,
+                         uint64_t *from);
 uint64_t kvm_fm_tail(kvm_freemap *fm, uint64_t end);
 void     kvm_fm_encode(kvm_freemap *fm, uint64_t first, uint64_t nbits, char *out);
 int64_t  kvm_fm_decode(kvm_freemap *fm, uint64_t first, uint64_t nbits, const char *in, uint64_t limit);
 size_t   kvm_fm_runs(kvm_freemap *fm, uint64_t lo, uint64_t hi, uint64_t *runs, size_t cap);
+int      kvm_fm_set(kvm_freemap *fm, uint64_t lo, uint64_t hi, int on);
+uint64_t kvm_fm_find(kvm_freemap *fm, uint64_t lo, uint64_t hi, int on);
 
 /* A growable array of u64 (page numbers, or pairs: runs (start, count),
 ** index entries (page, txnid)). */
@@ -85,6 +104,7 @@ typedef struct freelist_staged {
     uint64_t    nwritten;              /* pages the record lists */
     uint32_t    flags;                 /* R_FLAGS_* of the record */
     int         valid;
+    struct kvm_env *env;               /* the committing handle: adopt gives its file back free runs */
 } freelist_staged;
 
 /* A commit record read back from the file (freelist.c). */
@@ -123,6 +143,13 @@ typedef struct kvm_space {
     journal_ent *journal;
     size_t       njournal, journal_cap;
     freelist_staged staged;
+    kvm_freemap *holes;                /* free pages that may be holes in the file */
+    uint64_t     punch_base;           /* space_room beyond the reserve after the last punch pass */
+    uint64_t     taken;                /* pages the write transaction took and kept */
+    uint64_t     taken_recent[8];      /* the same of each of the last commits, a ring */
+    unsigned     taken_next;
+    uint64_t     solid_hint;           /* no reusable page but holes in bitmap words below this */
+    int          no_punch;             /* the file system cannot punch holes */
 } kvm_space;
 
 #define J_TAKE 1
@@ -145,6 +172,10 @@ void     space_rollback(kvm_space *sp);
 int      space_add(kvm_space *sp, const uint64_t *runs, size_t nruns);
 int      space_mark(kvm_space *sp, const uint64_t *runs, size_t nruns);
 int      space_check(kvm_space *sp);
+int      space_holes_load(kvm_space *sp, uint64_t file_pages);
+uint64_t space_room(kvm_space *sp, uint64_t file_pages);
+int      space_punch_plan(kvm_space *sp, uint64_t file_pages, uint64_t keep, uint64_t step, u64vec *runs);
+int      space_holes_of(kvm_space *sp, const u64vec *taken, u64vec *spans);
 
 /* freelist.c: the encoding (FORMAT.md §6) */
 int  freelist_load(struct kvm_env *e, kvm_space *sp, const struct kvm_state *s);

@@ -80,10 +80,11 @@ static int reclaim(kvm_env *e)
     return rc;
 }
 
-/* Before the file grows for `want` pages, flush instead when the pages
-** held for the commits since the last flush -- the pages they freed, which
-** sync=False keeps until a flush, and their records, freed one commit after
-** it -- are an eighth of the pages in use and at least FLUSH_MIN_BYTES: a
+/* Before the file grows for `want` pages, or punched pages are allocated
+** again for them, flush instead when the pages held for the commits since
+** the last flush -- the pages they freed, which sync=False keeps until a
+** flush, and their records, freed one commit after it -- are an eighth of
+** the pages in use and at least FLUSH_MIN_BYTES: a
 ** churning database's file stays within about 1.5 times its data, a small
 ** one flushes at most once per FLUSH_MIN_BYTES held, and a growing one
 ** grows.  Called when a write transaction begins (for its commit's
@@ -94,7 +95,8 @@ static int make_room(kvm_env *e, uint64_t want)
 {
     kvm_space *sp = e->space;
     uint64_t free_now = space_free_count(sp);
-    if (free_now >= want || sp->hwm + (want - free_now) <= e->file_size / e->psize)
+    /* punched pages count as growth: they are allocated again before use */
+    if (space_room(sp, e->file_size / e->psize) >= want)
         return 0;
     uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     space_held(sp, durable, env_oldest_reader(e), &pending, &records);
@@ -258,26 +260,34 @@ static int pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
     return 0;
 }
 
+/* Take n pages from the free space into *runs (empty), ready to be
+** written: the file grown for those past its end, and those that may be
+** holes (punched: space.h) allocated again.  So a full disk is an error
+** here, never a SIGBUS later.  On failure nothing is taken. */
+int env_take(kvm_env *e, uint64_t n, u64vec *runs)
+{
+    kvm_space *sp = e->space;
+    int rc = space_take(sp, n, runs);
+    if (!rc && ((rc = env_ensure_pages(e, sp->hwm)) || (rc = env_refill(e, runs))))
+        space_undo_take(sp);   /* the take just made: cannot fail */
+    if (rc)
+        runs->n = 0;
+    return rc;
+}
+
 /* At least `need` pages in the transaction's pool, before an operation
 ** changes anything (so running out never leaves a change half made): a
-** chunk of 64 when the file has room for it, else exactly `need`.  The file
-** grows first, so a full disk is an error here, never a SIGBUS later. */
+** chunk of 64 when the file has room for it, else exactly `need`. */
 int txn_pool_ensure(kvm_txn *t, uint64_t need)
 {
     if (t->pool.n >= need)
         return 0;
     kvm_env *e = t->env;
-    kvm_space *sp = e->space;
     u64vec runs = {0};
     uint64_t want = need > 64 ? need : 64;
     int rc = make_room(e, want);
-    if (!rc)
-        rc = space_take(sp, want, &runs);
-    if (!rc && (rc = env_ensure_pages(e, sp->hwm)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need) {
-        runs.n = 0;
-        if (!(rc = space_undo_take(sp)) && !(rc = space_take(sp, need, &runs)))
-            rc = env_ensure_pages(e, sp->hwm);
-    }
+    if (!rc && (rc = env_take(e, want, &runs)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need)
+        rc = env_take(e, need, &runs);
     if (!rc)
         rc = pool_add(t, runs.v, runs.n / 2);
     u64_free(&runs);

@@ -2,8 +2,9 @@
 system-call table (native/os.c, ``lib.kvm_fault_set``).
 
 For every engine configuration and every system call the write workload
-makes in it (counted in a dry run: pwrite, fdatasync, posix_fallocate,
-mmap, mremap, munmap, madvise, and pread under the pread backend), for
+makes in it (counted in a dry run: pwrite, fdatasync, posix_fallocate --
+growth, and allocating punched pages again before reuse --, mmap, mremap,
+munmap, madvise, punch, and pread under the pread backend), for
 every error that call can report, once and persistently, the loop makes the
 N-th call fail for N = 1, 2, 3 ... until the workload completes without
 reaching the fault.  ``ftruncate`` runs only to undo a failed growth, so it
@@ -13,7 +14,7 @@ file really did grow and must be cut back).  Each time:
 
 * the failing operation raises the ``kvmap.Error`` subclass the table in
   docs/ARCHITECTURE.md ("Crash testing: failing system calls") promises,
-  or, for the advisory calls (madvise, munmap), nothing at all; a single
+  or, for the advisory calls (madvise, munmap, punch), nothing at all; a single
   failure may also be absorbed by a retry (a growth retried at the exact
   size), never a persistent one;
 * the process does not crash (the loops run in child processes, so a crash
@@ -74,7 +75,7 @@ lib.kvm_set_sync_hook(_no_sync)
 
 CALLS = {name: getattr(lib, "KVM_SYS_" + name) for name in (
     "OPEN", "CLOSE", "FSTAT", "LOCK", "PREAD", "PWRITE", "FDATASYNC", "FSYNC_DIR",
-    "FALLOCATE", "FTRUNCATE", "MMAP", "MUNMAP", "MREMAP", "MADVISE")}
+    "FALLOCATE", "FTRUNCATE", "MMAP", "MUNMAP", "MREMAP", "MADVISE", "PUNCH")}
 NAMES = {v: k for k, v in CALLS.items()}
 # The errors each call can report (the ones that matter to the engine).
 ERRORS = {
@@ -86,6 +87,9 @@ ERRORS = {
     "MREMAP": ["ENOMEM"],
     "MUNMAP": ["ENOMEM"],
     "MADVISE": ["ENOMEM", "EINVAL"],
+    # a punch can fail for I/O, for space (splitting an extent), or because
+    # the file system cannot punch holes (then it is not asked again)
+    "PUNCH": ["EIO", "ENOSPC", "EOPNOTSUPP"],
     "PREAD": ["EIO"],
     "FSTAT": ["EIO"],
     "OPEN": ["EACCES"],
@@ -192,7 +196,7 @@ def expected(call, err):
         return "MapFullError", False
     if call == "PREAD":
         return "IOFailure", False
-    if call in ("MADVISE", "MUNMAP"):
+    if call in ("MADVISE", "MUNMAP", "PUNCH"):
         return None, False
     return "Error", None        # a call this table does not know yet: any kvmap.Error
 
@@ -359,7 +363,8 @@ def summarise(call, err, persistent, extra, runs):
                 sync=KW["sync"], sync_failed=syncs,
                 iterations=len(runs), calls=len(runs) - 1, outcomes=outcomes,
                 resumed=sum(r["resumed"] for r in runs),
-                growth_stopped=sum(bool(r.get("growth_stopped")) for r in runs), extra_injected=sum(r["extra_injected"] for r in runs))
+                growth_stopped=sum(bool(r.get("growth_stopped")) for r in runs), extra_injected=sum(r["extra_injected"] for r in runs),
+                refills=sum("allocating free pages again" in r.get("msg", "") for r in runs))
 
 
 base = make_base()
@@ -571,13 +576,13 @@ print("OPEN_LOOP_OK")
 # Calls the write loop must reach, per configuration (the issue's list, where
 # the configuration makes the call).
 REQUIRED = {
-    "mmap-reserve": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MADVISE"},
-    "mmap-reserve-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MADVISE"},
-    "mmap-mremap": {"PWRITE", "FDATASYNC", "FALLOCATE", "MREMAP", "MADVISE"},
-    "mmap-mremap-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MREMAP", "MADVISE"},
-    "mmap-remap": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MUNMAP", "MADVISE"},
-    "mmap-remap-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MUNMAP", "MADVISE"},
-    "pread": {"PWRITE", "FDATASYNC", "FALLOCATE", "PREAD"},
+    "mmap-reserve": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MADVISE", "PUNCH"},
+    "mmap-reserve-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MADVISE", "PUNCH"},
+    "mmap-mremap": {"PWRITE", "FDATASYNC", "FALLOCATE", "MREMAP", "MADVISE", "PUNCH"},
+    "mmap-mremap-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MREMAP", "MADVISE", "PUNCH"},
+    "mmap-remap": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MUNMAP", "MADVISE", "PUNCH"},
+    "mmap-remap-wm": {"PWRITE", "FDATASYNC", "FALLOCATE", "MMAP", "MUNMAP", "MADVISE", "PUNCH"},
+    "pread": {"PWRITE", "FDATASYNC", "FALLOCATE", "PREAD", "PUNCH"},
 }
 
 
@@ -614,6 +619,12 @@ def test_io_error_loop(tmp_path, cfg, request):
     assert REQUIRED[cid] <= looped
     assert any(r["extra"] == ["FTRUNCATE"] and r["extra_injected"] for r in data["results"]), \
         "ftruncate was never failed"
+    # posix_fallocate failed where it allocates punched pages again before
+    # their reuse (the copy was reopened: any free page may be a hole), not
+    # only in growth: DiskFullError / IOFailure, and the handle went on
+    for err in ("ENOSPC", "EIO"):
+        assert any(r["call"] == "FALLOCATE" and r["err"] == err and r["refills"] for r in data["results"]), \
+            "no posix_fallocate before reuse failed with %s" % err
     # fdatasync failed on both sides of a meta write (the commit lost, or
     # in the page cache and shown after the reopen), with sync=True and in
     # the flushes of sync=False, db.sync()'s included
