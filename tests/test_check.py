@@ -46,7 +46,8 @@ def crc(data):
 
 
 def test_crc_reference():
-    from kvmap.checker import _page_crcs, crc32c
+    from kvmap.checker import crc32c
+    from kvmap.checker.pagelayout import page_crcs
     assert crc(b"123456789") == 0xE3069283
     assert crc32c(b"123456789") == 0xE3069283
     r = random.Random(5)
@@ -59,7 +60,7 @@ def test_crc_reference():
     for cut in (1, 4080, 4081, 8999):   # chained: crc(a + b) from crc(a) and b
         assert lib.kvm_crc32c(lib.kvm_crc32c(0, d[:cut], cut), d[cut:], len(d) - cut) == crc(d), cut
     pages = r.randbytes(4096 * 6)
-    assert _page_crcs(pages, 4096, 6) == [crc(pages[i * 4096 + 4:(i + 1) * 4096]) for i in range(6)]
+    assert page_crcs(pages, 4096, 6) == [crc(pages[i * 4096 + 4:(i + 1) * 4096]) for i in range(6)]
 
 
 class _Layout:
@@ -410,8 +411,8 @@ def test_valid_database_matches_engine(tmp_path, page_size, snapshot):
 
 
 def test_library_entry_points(base):
-    """kvmap.check / kvmap.salvage are the checker's (the module is
-    kvmap.checker, so that ``python -m kvmap.checker`` runs it cleanly)."""
+    """kvmap.check / kvmap.salvage are the checker's: the package
+    kvmap.checker, which ``python -m kvmap.checker`` runs."""
     import kvmap.checker
     assert kvmap.check is kvmap.checker.check and kvmap.salvage is kvmap.checker.salvage
     assert kvmap.check(base[0]).ok
