@@ -16,10 +16,10 @@ from conftest import REPO_ROOT
 FORMAT_H = os.path.join(REPO_ROOT, "native", "format.h")
 
 
-def c_defines():
-    """{NAME: value} of the integer and string #defines of format.h."""
+def c_defines(path=FORMAT_H):
+    """{NAME: value} of the integer and string #defines of a header (format.h)."""
     out = {}
-    with open(FORMAT_H) as f:
+    with open(path) as f:
         for line in f:
             m = re.match(r"#define\s+(\w+)\s+(.+?)\s*(/\*.*)?$", line)
             if not m:
@@ -67,8 +67,8 @@ def offsets(fmt):
     ("R_FLAGS_PAGES_DURABLE", layout.R_FLAGS_PAGES_DURABLE),
     ("R_WRITTEN_SIZE", layout.R_WRITTEN_SIZE),
     ("R_RUN_SIZE", layout.R_RUN_SIZE),
-    ("LEAF_HDR", layout.leaf_cell_head.size),    # the checker's leaf cell header
-    ("BRANCH_HDR", struct.calcsize("<HQ")),
+    ("LEAF_HDR", layout.LEAF_HDR),               # the checker's cell headers (native/checkpage.h)
+    ("BRANCH_HDR", layout.BRANCH_HDR),
 ])
 def test_checker_constant(c_name, py_value):
     assert C[c_name] == py_value
@@ -130,3 +130,13 @@ def test_other_readers_constants():
     assert test_badfiles.M_PAGESIZE == C["M_PAGESIZE"]
     assert test_badfiles.M_CHECKSUM == C["M_CHECKSUM"]
     assert test_badfiles.PS == test_defects.PS == C["KVM_MIN_PAGE"]
+
+
+def test_checkpage_layout():
+    """kvmap-check's C reader (native/checkpage.h) writes the layout down a
+    second time, as its Python does: the same offsets as format.h's."""
+    ckp = c_defines(os.path.join(REPO_ROOT, "native", "checkpage.h"))
+    names = ["PH_SIZE", "PH_CHECKSUM", "PH_TYPE", "PH_NKEYS", "PH_TXNID", "PH_PGNO", "PH_UPPER", "PH_NEXT",
+             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW"]
+    assert {n: ckp["CKP_" + n] for n in names} == {n: C[n] for n in names}
+

@@ -1,13 +1,14 @@
 """kvmap-check: an integrity checker for kvmap files (format v2, docs/FORMAT.md;
 native/format.h).
 
-It never trusts the file: it reads its pages with ``os.pread`` only (never
-through the engine's mapping or page cache; of the engine it uses the
-checksum function and, to hold the commit it checks, a read-only handle with
-one snapshot), every loop is
-bounded by page counts, chain lengths or the tree depth, and its memory is
-bounded by one byte per page of the file (an owner code per page), not by
-what the file says (the meta choice adds the runs that the records of the
+It never trusts the file: it reads its pages with ``pread`` only, from
+Python and from its own C reader, native/checkpage.c (never through the
+engine's mapping or page cache; of the engine it uses the checksum function
+and, to hold the commit it checks, a read-only handle with one snapshot),
+every loop is bounded by page counts, chain lengths or the tree depth, and
+its memory is bounded by three bytes per page of the file (an owner code, a
+checksum state, listed free or not) and buffers sized by the page size, not
+by what the file says (the meta choice adds the runs that the records of the
 commits not known durable list freed; salvage adds two bytes per page, and
 the first and last key and a (txnid, page) pair of each candidate orphan
 leaf).
@@ -83,9 +84,10 @@ source is only read.  Case by case:
   / ``--unverified OUT2``, written to a second new database.
 
 The package, by concept: ``pagelayout`` (the format's byte offsets, as the
-checker reads them), ``report`` (what a check reports), ``records`` (commit
-records), ``metas`` (which meta), ``snapshot`` (the commit read: a snapshot,
-or the file at rest), ``walk`` (the walks and :func:`check`), ``salvaging``
+checker reads them, and its C reader, which does the byte work of the
+walks), ``report`` (what a check reports), ``records`` (commit records),
+``metas`` (which meta), ``snapshot`` (the commit read: a snapshot, or the
+file at rest), ``walk`` (the walks and :func:`check`), ``salvaging``
 (:func:`salvage`) and ``cli`` (the command line).
 """
 

@@ -7,8 +7,9 @@ the salvage decode pages only through this module.
 
 from __future__ import annotations
 
+import os
 import struct
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -42,7 +43,6 @@ record_run = struct.Struct("<QQ")         # start, count; range, bitmap page
 u16 = struct.Struct("<H").unpack_from
 u32 = struct.Struct("<I").unpack_from
 u64 = struct.Struct("<Q").unpack_from
-leaf_cell_head = struct.Struct("<HI")     # klen, vlen
 page_header = struct.Struct("<IBBHQQQ")   # crc type flags nkeys txnid pgno next/upper
 meta_fields = struct.Struct("<8sIIQQIIQQQQQQQQ")
 header = page_header.unpack_from
@@ -60,15 +60,6 @@ def crc32c(data: ReadableBuffer, crc: int = 0) -> int:
     mv = memoryview(data).cast("B")
     value: int = _lib.kvm_crc32c(crc, _ffi.from_buffer(mv), len(mv))
     return value
-
-
-def page_crcs(buf: ReadableBuffer, page_size: int, count: int) -> list[int]:
-    """Checksums (bytes [4, page_size) of each page) of ``count`` whole pages
-    in ``buf``, as a list of ints."""
-    out = _ffi.new("uint32_t[]", count)
-    _lib.kvm_page_checksums(_ffi.from_buffer(buf), page_size, count, out)
-    crcs: list[int] = _ffi.unpack(out, count)
-    return crcs
 
 
 # ---------------------------------------------------------------- meta
@@ -116,3 +107,156 @@ def decode_meta(buf: bytes, offset: Optional[int] = None) -> tuple[Optional[Meta
     return dict(tree, free_index=free_index, record=record, free_count=free_count,
                 pending_count=pending_count, floor=floor, durable=durable), None
 
+
+
+# ---------------------------------------------------------------- the C reader
+# native/checkpage.c does the byte work: reading pages, vetting headers,
+# checking cells, following overflow chains, verifying checksums.  Its codes
+# (checkpage.h) come back here; the check words them.
+
+# (the codes the check words by name; the last of a kind comes as "else")
+PAGE_OK, PAGE_SHORT, PAGE_MISPLACED, PAGE_TYPE, PAGE_DEPTH, PAGE_COUNTS = (
+    _lib.CKP_PAGE_OK, _lib.CKP_PAGE_SHORT, _lib.CKP_PAGE_MISPLACED, _lib.CKP_PAGE_TYPE, _lib.CKP_PAGE_DEPTH,
+    _lib.CKP_PAGE_COUNTS)
+CELL_OFFSET, KEY_PAST_END, CELL_PAST_END, KEY_LENGTH, OVERFLOW, FIRST_KEY, KEY_ORDER = (
+    _lib.CKP_CELL_OFFSET, _lib.CKP_KEY_PAST_END, _lib.CKP_CELL_PAST_END, _lib.CKP_KEY_LENGTH,
+    _lib.CKP_OVERFLOW, _lib.CKP_FIRST_KEY, _lib.CKP_KEY_ORDER)
+CHAIN_RANGE, CHAIN_TAKEN, CHAIN_PAGE, CHAIN_LONG, CHAIN_CUT = (
+    _lib.CKP_CHAIN_RANGE, _lib.CKP_CHAIN_TAKEN, _lib.CKP_CHAIN_PAGE, _lib.CKP_CHAIN_LONG, _lib.CKP_CHAIN_CUT)
+BITS_END, BITS_OUTSIDE = _lib.CKP_BITS_END, _lib.CKP_BITS_OUTSIDE
+SUM_HOLDS, SUM_FAILS = _lib.CKP_SUM_HOLDS, _lib.CKP_SUM_FAILS
+LEAF_HDR, BRANCH_HDR = _lib.CKP_LEAF_HDR, _lib.CKP_BRANCH_HDR     # a cell's bytes before its key
+NO_TXNID_LIMIT = 2 ** 64 - 1
+BATCH_BYTES = 8 << 20            # pages read by one call: a bottom branch's leaves, a checksum run
+
+
+def _failed(rc: int) -> int:
+    """``rc`` of a reading call; an OSError when it is -errno."""
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
+class PageReader:
+    """native/checkpage.c for one check: the geometry of its pages, and the
+    buffers its calls fill (reused: a result is read before the next call).
+    ``txnid``: a page written later is newer than the meta (salvage: no
+    limit); ``checksums``: verify those of the branch and leaf pages read
+    (the batches of leaves record them in ``sums``, a byte per page);
+    ``every_key``: salvage's cell rules (checkpage.h)."""
+
+    def __init__(self, fd: int, page_size: int, npages: int, txnid: int, checksums: bool,
+                 sums: Optional[bytearray] = None, every_key: bool = False) -> None:
+        self.fd = fd
+        self._sums = _ffi.NULL if sums is None or not checksums else uint8_array(sums)
+        self.ps = page_size
+        self.usable = page_size - HDR
+        self.max_cell = self.usable // 4
+        self.max_key = self.max_cell - 16
+        self.geometry = _ffi.new("ckp_geometry *", dict(
+            page_size=page_size, max_key=self.max_key, max_cell=self.max_cell, npages=npages,
+            txnid=txnid, checksums=checksums, every_key=every_key))
+        self.batch = max(4, BATCH_BYTES // page_size)
+        self.buf = bytearray(self.batch * page_size)
+        self._buf = _ffi.from_buffer("uint8_t[]", self.buf)
+        self.results = _ffi.new("ckp_page[]", self.batch)
+        self.page = _ffi.new("ckp_page *")   # tree_page's result
+        most = _lib.ckp_max_events(page_size)
+        self.event_cap = max(2 * most, 1 << 16)
+        self.events = _ffi.new("ckp_event[]", self.event_cap)
+        self.cells = _ffi.new("ckp_cell[]", (page_size - HDR) // 2)
+        self.chain = _ffi.new("ckp_chain *")
+
+    def tree_page(self, page: int, buf: bytes, leaf: bool, lo: Optional[bytes],
+                  hi: Optional[bytes]) -> Any:
+        """Check branch or leaf page ``page`` whose bytes ``buf`` holds:
+        its ckp_page, with the events in ``events`` and the cells in
+        ``cells``."""
+        _failed(_lib.ckp_tree_page(self.geometry, page, _ffi.from_buffer(buf), len(buf), leaf, *_key(lo),
+                                   *_key(hi), self.page, self.events, self.event_cap, self.cells))
+        return self.page
+
+    def leaves(self, branch: bytes, nkeys: int, lo: Optional[bytes], hi: Optional[bytes]) -> Iterator[int]:
+        """Read and check the leaves that the sound cells (in ``cells``) of
+        bottom branch ``branch`` (``nkeys`` cells, between ``lo`` and
+        ``hi``) point to, a batch a call: yields n for the n next leaves,
+        that ``buf`` and ``results`` then hold (leaf j at j * page size,
+        results[j]: with its page, cell and upper bound's cell).  Their
+        checksums, when verified, go to ``sums``."""
+        branch_c = _ffi.from_buffer(branch)
+        lo_c, lo_n = _key(lo)
+        hi_c, hi_n = _key(hi)
+        cell = 0
+        while cell < nkeys:
+            n = _failed(_lib.ckp_leaves_released(
+                self.fd, self.geometry, branch_c, self.cells, nkeys, cell, lo_c, lo_n, hi_c, hi_n,
+                self.batch, self._buf, self.results, self.events, self.event_cap, self._sums))
+            if not n:
+                return
+            yield n
+            cell = self.results[n - 1].cell + 1
+
+    def header_verdict(self, page: int, buf: bytes, types: tuple[int, ...]) -> int:
+        """PAGE_OK, or what is wrong with the page header in ``buf`` (the
+        whole page) for a page of one of ``types``."""
+        verdict: int = _lib.ckp_header_verdict(self.geometry, page, _ffi.from_buffer(buf), len(buf),
+                                               self.ps, sum(1 << t for t in types))
+        return verdict
+
+    def overflow_chain(self, first: int, pieces: int, owner: Any, code: int) -> Any:
+        """Follow the overflow chain of ``pieces`` pages from ``first``,
+        claiming its pages with ``code`` in ``owner`` (a uint8 array): a
+        ckp_chain, where and why it ends."""
+        _failed(_lib.ckp_overflow_chain_released(self.fd, self.geometry, first, pieces, owner, code,
+                                                 self.chain))
+        return self.chain
+
+    def chain_header(self) -> bytes:
+        """The header of the page where the last overflow chain ended."""
+        return bytes(_ffi.buffer(self.chain.header))
+
+    def checksums(self, want: Any, sums: Any, start: int, end: int) -> None:
+        """Verify the checksums of the pages in [start, end) that ``want``
+        marks and ``sums`` does not know yet, into ``sums`` (uint8
+        arrays)."""
+        _failed(_lib.ckp_checksums_released(self.fd, self.ps, want, sums, start, end, self._buf,
+                                            self.batch))
+
+
+def claim_run(owner: Any, freed: Any, start: int, count: int, code: int, most: int) -> int:
+    """Claim pages [start, start + count) for ``code`` in ``owner`` and mark
+    them in ``freed`` (uint8 arrays), in order, at most ``most`` of them:
+    how many, up to the first that has an owner."""
+    claimed: int = _lib.ckp_claim_run(owner, freed, start, count, code, most)
+    return claimed
+
+
+class BitmapClaims:
+    """The set bits of a free-space bitmap page's body, from bit ``bit``:
+    each for a page in [2, hwm) counted, claimed for ``code`` in ``owner``
+    below ``npages`` and marked in ``freed``, up to the next bit a caller
+    must report (``next``)."""
+
+    def __init__(self, body: bytes, first: int, hwm: int, npages: int, owner: Any, freed: Any,
+                 code: int) -> None:
+        self.args = (_ffi.from_buffer(body), len(body), first, hwm, npages, owner, freed, code)
+        self.place = _ffi.new("uint64_t[2]")     # the bit, the bits counted
+
+    def next(self) -> tuple[int, int, int]:
+        """(BITS_END / BITS_OUTSIDE / BITS_TAKEN, the bit it stops at, the
+        bits counted on the way, that one included when TAKEN); the next
+        call goes on after that bit."""
+        stop: int = _lib.ckp_bitmap_claims(*self.args, self.place, self.place + 1)
+        bit, counted = self.place[0], self.place[1]
+        self.place[0] = bit + 1
+        return stop, bit, counted
+
+
+def _key(key: Optional[bytes]) -> tuple[Any, int]:
+    """A bound for the C reader: pointer and length, -1 for none."""
+    return (_ffi.NULL, -1) if key is None else (_ffi.from_buffer(key), len(key))
+
+
+def uint8_array(buf: Any) -> Any:
+    """A uint8_t[] over a bytearray or bytes, for the C reader."""
+    return _ffi.from_buffer("uint8_t[]", buf)

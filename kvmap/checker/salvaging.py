@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional
 
 from ..db import Database, open as open_engine
-from .pagelayout import HDR, PT_BRANCH, PT_LEAF, PT_OVERFLOW, crc32c, header, u16, u32, u64
+from .pagelayout import (CELL_PAST_END, HDR, NO_TXNID_LIMIT, OVERFLOW, PAGE_OK, PT_LEAF, PT_OVERFLOW, SUM_HOLDS,
+                         PageReader, crc32c, header, u32, uint8_array)
 from .report import CheckReport, CheckUnreadable
 from .snapshot import HeldCommit, Unchanged, at_rest_note, open_file, register
 from .walk import FREE_SPACE_PAGES, Checker, Progress, run
@@ -77,6 +78,7 @@ def _salvage_state(c: Checker) -> Checker:
         s.setup()
         s.walk_free()
     s.free_complete = s.free_complete and _free_pages_intact(s)
+    s.intact = PageReader(s.fd, s.ps, s.npages, NO_TXNID_LIMIT, True, every_key=True)
     return s
 
 
@@ -87,45 +89,34 @@ def _free_pages_intact(s: Checker) -> bool:
     """Do the checksums of all the free-space pages (index, bitmaps, live
     records) match?"""
     want = s.owner.translate(_FREE_SPACE_CODES)
+    s.reader.checksums(uint8_array(want), s.sums_c, 2, s.npages)
     p = want.find(1, 2)
     while p != -1:
-        buf = os.pread(s.fd, s.ps, p * s.ps)
-        if len(buf) < s.ps or crc32c(memoryview(buf)[4:]) != u32(buf, 0)[0]:
+        if s.sums[p] != SUM_HOLDS:
             return False
         p = want.find(1, p + 1)
     return True
 
 
-def _node(s: Checker, buf: bytes, page: int, ptype: int) -> Optional[tuple[list[bytes], list[int]]]:
-    """The keys and cell offsets of an intact branch or leaf page
-    (checksum, page number, type, bounds, keys strictly increasing), or None."""
-    ps = s.ps
-    if len(buf) < ps:
+# A cell of an intact page: key, status (CELL_PAST_END: its value runs past
+# the page), inline value offset (0: in overflow pages), value length, page
+# (a branch's child, a leaf's first overflow page).
+_Cell = tuple[bytes, int, int, int, int]
+
+
+def _intact_cells(s: Checker, buf: bytes, page: int, leaf: bool) -> Optional[list[_Cell]]:
+    """The cells of an intact branch or leaf page (checksum, page number,
+    type, bounds, keys strictly increasing: checkpage.c with salvage's
+    rules), or None."""
+    res = s.intact.tree_page(page, buf, leaf, None, None)
+    if res.verdict != PAGE_OK or res.checksum != 1:
         return None
-    crc, t, _, nkeys, _, pgno, _ = header(buf, 0)
-    upper = u32(buf, 24)[0]
-    if (t != ptype or pgno != page or not HDR + 2 * nkeys <= upper <= ps
-            or (ptype == PT_BRANCH and nkeys < 1) or crc32c(memoryview(buf)[4:]) != crc):
+    events, cells = s.intact.events, s.intact.cells
+    if any(events[j].kind not in (CELL_PAST_END, OVERFLOW)
+           for j in range(res.first_event, res.first_event + res.nevents)):
         return None
-    hdr = 10 if ptype == PT_BRANCH else 6
-    keys: list[bytes] = []
-    offs: list[int] = []
-    for i in range(nkeys):
-        off = u16(buf, HDR + 2 * i)[0]
-        if off < upper or off + hdr > ps:
-            return None
-        klen = u16(buf, off)[0]
-        if off + hdr + klen > ps or (ptype == PT_LEAF and not 1 <= klen <= s.max_key):
-            return None
-        key = bytes(buf[off + hdr:off + hdr + klen])
-        if ptype == PT_BRANCH and i == 0:
-            if key:
-                return None
-        elif keys and not keys[-1] < key:
-            return None
-        keys.append(key)
-        offs.append(off)
-    return keys, offs
+    return [(bytes(buf[c.key:c.key + c.key_length]), c.status, c.value, c.value_length, c.page)
+            for c in (cells[i] for i in range(res.nkeys))]
 
 
 def _salvage_tree(s: Checker) -> Iterator[tuple[bytes, bytes]]:
@@ -152,8 +143,8 @@ def _salvage_tree(s: Checker) -> Iterator[tuple[bytes, bytes]]:
             s.missing.append((lo, hi))         # one page behind two pointers
             continue
         buf = os.pread(fd, ps, page * ps) if inside else b""
-        node = _node(s, buf, page, PT_LEAF if leaf else PT_BRANCH) if inside else None
-        if node is None:                       # past the end, out of range or damaged
+        cells = _intact_cells(s, buf, page, leaf) if inside else None
+        if cells is None:                      # past the end, out of range or damaged
             if not leaf:
                 s.missing.append((lo, hi))
             else:
@@ -161,24 +152,23 @@ def _salvage_tree(s: Checker) -> Iterator[tuple[bytes, bytes]]:
                 if inside:
                     s.damaged_leaves.append(page)
             continue
-        keys, offs = node
+        keys = [c[0] for c in cells]
         if any(k < lo or (hi is not None and k >= hi) for k in keys[1 if not leaf else 0:]):
             s.missing.append((lo, hi))         # in the wrong place: a bad pointer
             continue
         if leaf:
             s.taken[page] = 1
-            yield from _leaf_pairs(s, buf, len(keys))
+            yield from _leaf_pairs(s, buf, cells)
             continue
         seen[page] = 1
         for i in range(len(keys) - 1, -1, -1):
-            child = u64(buf, offs[i] + 2)[0]
-            stack.append((child, level + 1, keys[i] if i else lo,
+            stack.append((cells[i][4], level + 1, keys[i] if i else lo,
                           keys[i + 1] if i + 1 < len(keys) else hi))
 
 
-def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield (page, buf, verified) for each orphan leaf that lies in one
-    missing range and that no newer leaf version overlaps (see above)."""
+def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, list[_Cell], bool]]:
+    """Yield (page, buf, cells, verified) for each orphan leaf that lies in
+    one missing range and that no newer leaf version overlaps (see above)."""
     if not s.missing:
         return
     ps, T = s.ps, s.meta["txnid"]
@@ -215,10 +205,10 @@ def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, bool]]:
         spans = []
         for _, pg in cands[i:j]:
             buf = os.pread(s.fd, ps, pg * ps)
-            node = _node(s, buf, pg, PT_LEAF)
-            if node is None:
+            cells = _intact_cells(s, buf, pg, True)
+            if cells is None:
                 continue
-            a, b = node[0][0], node[0][-1]
+            a, b = cells[0][0], cells[-1][0]
             spans.append((a, b))
             k = bisect.bisect_right(los, b) - 1
             if k >= 0 and his[k] >= a:
@@ -226,7 +216,7 @@ def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, bool]]:
             k = bisect.bisect_right(rlo, a) - 1
             if k < 0 or (rhi[k] is not None and b >= rhi[k]):  # type: ignore[operator]   # not None
                 continue                         # not inside one missing range
-            yield pg, buf, s.free_complete or t == T
+            yield pg, buf, cells, s.free_complete or t == T
         for a, b in spans:                       # same txnid: no conflict among them
             lo_i = bisect.bisect_left(his, a)
             hi_i = bisect.bisect_right(los, b)
@@ -237,28 +227,21 @@ def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, bool]]:
         i = j
 
 
-def _leaf_pairs(c: Checker, buf: bytes, nkeys: int) -> Iterator[tuple[bytes, bytes]]:
-    ps = c.ps
-    for i in range(nkeys):
-        off = u16(buf, HDR + 2 * i)[0]
-        if off + 6 > ps:
+def _leaf_pairs(c: Checker, buf: bytes, cells: list[_Cell]) -> Iterator[tuple[bytes, bytes]]:
+    """The pairs of an intact leaf (its bytes ``buf``, its ``cells``) that
+    can be read whole: a cell within the page, the value's overflow pages
+    intact."""
+    for key, status, value, vlen, first in cells:
+        if status:
             continue
-        klen, vlen = u16(buf, off)[0], u32(buf, off + 2)[0]
-        if not 1 <= klen <= c.max_key or off + 6 + klen > ps:
+        if value:
+            yield key, bytes(buf[value:value + vlen])
             continue
-        key = bytes(buf[off + 6:off + 6 + klen])
-        if 8 + klen + vlen <= c.max_cell:
-            if off + 6 + klen + vlen > ps:
-                continue
-            yield key, bytes(buf[off + 6 + klen:off + 6 + klen + vlen])
-            continue
-        if off + 14 + klen > ps:
-            continue
-        value = _read_chain(c, u64(buf, off + 6 + klen)[0], vlen)
-        if value is None:
+        whole = _read_chain(c, first, vlen)
+        if whole is None:
             c.lost_values += 1
         else:
-            yield key, value
+            yield key, whole
 
 
 def _read_chain(c: Checker, p: int, vlen: int) -> Optional[bytes]:
@@ -382,14 +365,14 @@ def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath]
         s.orphans, unv_leaves, unv_pairs = [], [], 0
         sink.new_only = True
         usink = None
-        for pg, buf, verified in _salvage_orphans(s):
+        for pg, buf, cells, verified in _salvage_orphans(s):
             if verified:
                 s.orphans.append(pg)
-                sink.add(_leaf_pairs(s, buf, u16(buf, 6)[0]))
+                sink.add(_leaf_pairs(s, buf, cells))
                 continue
             unv_leaves.append(pg)
             lost_values = s.lost_values
-            pairs = list(_leaf_pairs(s, buf, u16(buf, 6)[0]))
+            pairs = list(_leaf_pairs(s, buf, cells))
             s.lost_values = lost_values
             unv_pairs += len(pairs)
             if unverified is not None:

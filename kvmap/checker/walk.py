@@ -5,13 +5,16 @@ meta chosen (metas.py), every page checked to have exactly one owner, and
 from __future__ import annotations
 
 import os
-import struct
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .metas import MetaChoice
-from .pagelayout import (HDR, PT_BRANCH, PT_FREE_BITMAP, PT_FREE_INDEX, PT_LEAF, PT_OVERFLOW, PT_RECORD,
-                         R_FLAGS_PAGES_DURABLE, TYPE_NAMES, VERSION, Meta, header, leaf_cell_head,
-                         page_crcs, u16, u32, u64)
+from .pagelayout import (BRANCH_HDR, CELL_OFFSET, CELL_PAST_END, CHAIN_CUT, CHAIN_LONG, CHAIN_PAGE,
+                         CHAIN_RANGE, CHAIN_TAKEN, FIRST_KEY, HDR, KEY_LENGTH, KEY_ORDER, KEY_PAST_END,
+                         LEAF_HDR, OVERFLOW, PAGE_COUNTS, PAGE_DEPTH, PAGE_MISPLACED, PAGE_OK, PAGE_SHORT,
+                         PAGE_TYPE, PT_BRANCH, PT_FREE_BITMAP, PT_FREE_INDEX, PT_LEAF, PT_OVERFLOW,
+                         PT_RECORD, R_FLAGS_PAGES_DURABLE, SUM_FAILS, SUM_HOLDS, TYPE_NAMES, VERSION, Meta,
+                         BITS_END, BITS_OUTSIDE, BitmapClaims, PageReader, claim_run, header, u16, u64,
+                         uint8_array)
 from .records import Read, RecordFault, Runs, record_items
 from .report import CheckReport, CheckUnreadable
 from .snapshot import HeldCommit, Unchanged, at_rest_note, open_file, register
@@ -29,11 +32,10 @@ OWNER_NAMES = {O_META: "meta", O_BRANCH: "branch", O_LEAF: "leaf", O_OVERFLOW: "
 FREE_SPACE_PAGES = (O_FREE_INDEX, O_FREE_BITMAP, O_RECORD)
 CHECKED = (O_BRANCH, O_LEAF, O_OVERFLOW) + FREE_SPACE_PAGES
 REACHABLE = CHECKED + (O_META,)
+_CHECKED_CODES = bytes(1 if c in CHECKED else 0 for c in range(256))    # owner.translate: 1 per page to verify
 
 # progress(done, total)
 Progress = Callable[[int, int], object]
-# per kind of problem: [the first message, how many]
-Agg = dict[str, list[Any]]
 # the tree walk's stack: page, level, lo, hi, what
 Walk = tuple[int, int, Optional[bytes], Optional[bytes], str]
 
@@ -54,6 +56,7 @@ class Checker(MetaChoice):
     missing: list[tuple[bytes, Optional[bytes]]]
     dead: int
     taken: bytearray
+    intact: PageReader        # salvage's rules: an intact page (checksum, every key in order)
 
     def __init__(self, fd: int, path: StrPath, file_size: int, quick: bool, max_errors: int,
                  progress: Optional[Progress]) -> None:
@@ -70,41 +73,35 @@ class Checker(MetaChoice):
         self.file_pages = self.file_size // ps
         self.npages = min(self.hwm, self.file_pages)       # pages we can account for
         self.owner = bytearray(self.npages)
-        self.bad = bytearray(self.npages)                  # 1: checksum mismatch (full mode)
+        self.sums = bytearray(self.npages)                 # checksum states (SUM_*), full mode
         self.freed = bytearray(self.npages)                # 1: listed free or pending
         for i in range(min(2, self.npages)):
             self.owner[i] = O_META
-        self.usable = ps - HDR
-        self.max_cell = self.usable // 4
-        self.max_key = self.max_cell - 16
+        self.reader = PageReader(self.fd, ps, self.npages, m["txnid"], not self.quick, self.sums)
+        self.owner_c, self.sums_c, self.freed_c = (uint8_array(self.owner), uint8_array(self.sums),
+                                                   uint8_array(self.freed))
+        self.usable = self.reader.usable
 
     def checksum_pass(self) -> None:
         """Full mode, after the walks: verify the checksum of every page the
         tree and the free space reach (free and pending pages hold whatever
-        they held; they are not checked), reading the file in large
-        sequential chunks."""
-        ps, n, owner = self.ps, self.npages, self.owner
-        checked = bytes(1 if c in CHECKED else 0 for c in range(256))
-        want = owner.translate(checked)            # 1 per page to verify
-        batch = max(4, (8 << 20) // ps)
+        they held; they are not checked): those the tree walk read whole
+        are known already, the others are read in large sequential runs."""
+        n, owner = self.npages, self.owner
+        want = owner.translate(_CHECKED_CODES)            # 1 per page to verify
+        want_c = uint8_array(want)
         p = 2
         while p < n:
-            cnt = min(batch, n - p)
-            sel = [i for i in range(cnt) if want[p + i]]
-            if sel:
-                buf = os.pread(self.fd, cnt * ps, p * ps)
-                mv = memoryview(buf)
-                pages = b"".join(mv[i * ps:(i + 1) * ps] for i in sel if (i + 1) * ps <= len(buf))
-                crcs = page_crcs(pages, ps, len(pages) // ps)
-                for j, c in enumerate(crcs):
-                    if c != u32(pages, j * ps)[0]:
-                        pg = p + sel[j]
-                        self.bad[pg] = 1
-                        self.add("bad-checksum", pg, f"page {pg} "
-                                 f"({OWNER_NAMES[owner[pg]]}): checksum mismatch")
+            cnt = min(self.reader.batch, n - p)
+            self.reader.checksums(want_c, self.sums_c, p, p + cnt)
             p += cnt
             if self.progress:
                 self.progress(n + p, 2 * n)
+        pg = self.sums.find(SUM_FAILS, 2)
+        while pg != -1:
+            if want[pg]:
+                self.add("bad-checksum", pg, f"page {pg} ({OWNER_NAMES[owner[pg]]}): checksum mismatch")
+            pg = self.sums.find(SUM_FAILS, pg + 1)
 
     def ref_ok(self, page: int, what: str) -> bool:
         """Is ``page`` a possible target?  Reports out-of-range otherwise."""
@@ -139,207 +136,221 @@ class Checker(MetaChoice):
                      f"also {what}")
         return False
 
-    def read_page(self, page: int, expect_types: tuple[int, ...], what: str,
-                  header_only: bool = False) -> Optional[bytes]:
-        """Read and vet one page: header page number, type, checksum.
+    def read_page(self, page: int, expect_types: tuple[int, ...], what: str) -> Optional[bytes]:
+        """Read and vet one page: header page number, type, transaction.
         Returns the bytes or None if it must not be trusted further."""
-        ps = self.ps
-        buf = os.pread(self.fd, HDR if header_only else ps, page * ps)
-        if len(buf) < (HDR if header_only else ps):
-            self.add("out-of-range", page, f"page {page} ({what}) cannot be read whole")
+        buf = os.pread(self.fd, self.ps, page * self.ps)
+        verdict = self.reader.header_verdict(page, buf, expect_types)
+        if verdict != PAGE_OK:
+            self.unvetted(page, what, verdict, buf, expect_types)
             return None
-        crc, ptype, flags, nkeys, txnid, pgno, nxt = header(buf, 0)
-        if pgno != page:
+        return buf
+
+    def unvetted(self, page: int, what: str, verdict: int, buf: Any, expect_types: tuple[int, ...]) -> None:
+        """Report the header ``verdict`` on ``page`` (its header at the
+        start of ``buf``)."""
+        if verdict == PAGE_SHORT:
+            self.add("out-of-range", page, f"page {page} ({what}) cannot be read whole")
+            return
+        _, ptype, _, _, txnid, pgno, _ = header(buf, 0)
+        if verdict == PAGE_MISPLACED:
             self.add("bad-header", page,
                      f"page {page} ({what}): header says page {pgno} (misplaced or damaged page)")
-            return None
-        if ptype not in expect_types:
+        elif verdict == PAGE_TYPE:
             exp = "/".join(TYPE_NAMES[t] for t in expect_types)
             self.add("bad-type", page, f"page {page} ({what}): type {ptype} "
                      f"({TYPE_NAMES.get(ptype, 'unknown')}), expected {exp}")
-            return None
-        if txnid > self.meta["txnid"]:
+        else:                                      # PAGE_NEWER
             self.add("newer-than-meta", page,
                      f"page {page} ({what}): written by transaction {txnid}, after the meta's "
                      f"{self.meta['txnid']} (a page reused after a commit that a crash lost, or damage)")
-            return None
-        return buf
 
     # ------------------------------------------------------------ tree
 
     def walk_tree(self) -> None:
+        """The tree, depth first and left to right, from the meta's root:
+        each page claimed, read and checked (checkpage.c), its cells' events
+        reported; a branch's children pushed, or, when they are leaves, read
+        and checked in batches."""
         m = self.meta
         root, depth = m["root"], m["depth"]
         self.entries = 0
         self.leaf_used = 0
         self.nleaves = 0
+        self.visited = 0
         if root == 0:
             return
-        ps = self.ps
-        leaf_level = depth - 1
+        ps, leaf_level = self.ps, depth - 1
         stack: list[Walk] = [(root, 0, None, None, "meta root")]
-        visited = 0
-        limit = self.npages
         while stack:
             page, level, lo, hi, what = stack.pop()
-            visited += 1
-            if visited > limit:                             # cannot happen: claim() dedups
+            if not self.visit():
                 break
-            if self.progress and visited % 1024 == 0:
-                self.progress(min(visited, self.npages), 2 * self.npages)
             if not self.ref_ok(page, what):
                 continue
             code = O_LEAF if level == leaf_level else O_BRANCH
             if not self.claim(page, code, f"referenced by {what}"):
                 continue
-            buf = self.read_page(page, (PT_BRANCH, PT_LEAF), what)
-            if buf is None:
+            buf = os.pread(self.fd, ps, page * ps)
+            res = self.reader.tree_page(page, buf, level == leaf_level, lo, hi)
+            if res.checksum >= 0:
+                self.sums[page] = SUM_HOLDS if res.checksum else SUM_FAILS
+            if not self.tree_page_sound(page, what, level, res, buf):
                 continue
-            ptype = buf[4]
-            if (ptype == PT_LEAF) != (level == leaf_level):
-                self.add("depth-mismatch", page,
-                         f"page {page} ({what}) is a {TYPE_NAMES[ptype]} at level {level}; "
-                         f"leaves are at level {leaf_level} (depth {depth})")
+            if level == leaf_level:
+                self.leaf(page, res, buf, 0, lo, hi)
                 continue
-            nkeys = u16(buf, 6)[0]
-            upper = u32(buf, 24)[0]
-            if not (HDR + 2 * nkeys <= upper <= ps) or (ptype == PT_BRANCH and nkeys < 1):
-                self.add("cell-out-of-bounds", page,
-                         f"page {page}: nkeys {nkeys} / upper {upper} inconsistent")
-                continue
-            if ptype == PT_LEAF:
-                self.leaf(page, buf, nkeys, upper, lo, hi)
-            else:
-                self.branch(page, buf, nkeys, upper, lo, hi, level, stack)
+            self.cell_events(page, res, buf, 0, lo, hi)
+            if level + 1 < leaf_level:
+                # so that the walk visits them left to right
+                stack.extend(reversed(self.children(page, level, res.nkeys, buf, lo, hi)))
+            elif not self.leaves(page, res.nkeys, buf, lo, hi):
+                break
 
-    def _cell_key(self, page: int, buf: bytes, i: int, upper: int,
-                  hdr: int) -> tuple[Optional[int], Optional[bytes]]:
-        off = u16(buf, HDR + 2 * i)[0]
-        if off < upper or off + hdr > self.ps:
+    def visit(self) -> bool:
+        """Count a page the walk takes up (False: more than the file has,
+        which only many references to the same pages make: stop there)."""
+        self.visited += 1
+        if self.visited > self.npages:
+            return False
+        if self.progress and self.visited % 1024 == 0:
+            self.progress(min(self.visited, self.npages), 2 * self.npages)
+        return True
+
+    def tree_page_sound(self, page: int, what: str, level: int, res: Any, buf: Any, base: int = 0) -> bool:
+        """Report the verdict ``res`` on branch or leaf ``page`` at ``level``
+        (its bytes at ``base`` in ``buf``); is it sound enough for its cells?"""
+        verdict = res.verdict
+        if verdict == PAGE_OK:
+            return True
+        if verdict == PAGE_DEPTH:
+            ptype = buf[base + 4]
+            self.add("depth-mismatch", page,
+                     f"page {page} ({what}) is a {TYPE_NAMES[ptype]} at level {level}; "
+                     f"leaves are at level {self.meta['depth'] - 1} (depth {self.meta['depth']})")
+        elif verdict == PAGE_COUNTS:
             self.add("cell-out-of-bounds", page,
-                     f"page {page} cell {i}: offset {off} outside [{upper}, {self.ps - hdr}]")
-            return None, None
-        klen = u16(buf, off)[0]
-        if off + hdr + klen > self.ps:
-            self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key of {klen} bytes "
-                     f"at {off} runs past the page end")
-            return None, None
-        return off, bytes(buf[off + hdr:off + hdr + klen])
+                     f"page {page}: nkeys {res.nkeys} / upper {res.upper} inconsistent")
+        else:
+            self.unvetted(page, what, verdict, memoryview(buf)[base:base + HDR], (PT_BRANCH, PT_LEAF))
+        return False
 
-    def _order(self, page: int, i: int, key: bytes, prev: Optional[bytes], lo: Optional[bytes],
-               hi: Optional[bytes], agg: Agg) -> None:
-        """Order checks of one cell; ``agg`` collects, per kind, the first
-        violation in the page and how many cells violate it (one problem per
-        page and kind, see _flush)."""
-        if prev is not None and not prev < key:
-            _note(agg, "key-order", f"page {page} cell {i}: key {key[:40]!r} is not greater "
-                  f"than the previous key {prev[:40]!r}")
-        if (lo is not None and key < lo) or (hi is not None and key >= hi):
-            _note(agg, "key-range", f"page {page} cell {i}: key {key[:40]!r} outside the range "
-                  f"[{lo if lo is None else lo[:40]!r}, {hi if hi is None else hi[:40]!r}) "
-                  f"set by its ancestors")
-
-    def _flush(self, page: int, agg: Agg) -> None:
-        for kind, (msg, n) in agg.items():
-            self.add(kind, page, msg + (f" (and {n - 1} more cells)" if n > 1 else ""))
-
-    def leaf(self, page: int, buf: bytes, nkeys: int, upper: int, lo: Optional[bytes],
-             hi: Optional[bytes]) -> None:
-        # The hot loop of a full check (one pass per cell): plain locals, and
-        # the helpers above only to word a problem once one is seen.
-        ps, max_cell, max_key = self.ps, self.max_cell, self.max_key
-        self.nleaves += 1
-        used = 2 * nkeys
-        entries = 0
-        prev = None
-        agg: Agg = {}
-        for i, off in enumerate(struct.unpack_from(f"<{nkeys}H", buf, HDR)):
-            if off < upper or off + 6 > ps:
-                self._cell_key(page, buf, i, upper, 6)      # reports it
-                continue
-            klen, vlen = leaf_cell_head.unpack_from(buf, off)
-            end = off + 6 + klen
-            if end > ps:
-                self._cell_key(page, buf, i, upper, 6)
-                continue
-            key = bytes(buf[off + 6:end])
-            inline = 8 + klen + vlen <= max_cell
-            clen = 6 + klen + (vlen if inline else 8)
-            if off + clen > ps:
+    def cell_events(self, page: int, res: Any, buf: Any, base: int, lo: Optional[bytes],
+                    hi: Optional[bytes]) -> None:
+        """Report the events of the cells of branch or leaf ``page`` (its
+        bytes at ``base`` in ``buf``, between ``lo`` and ``hi``), and follow
+        its overflow chains, in cell order."""
+        ps, events = self.ps, self.reader.events
+        hdr = LEAF_HDR if buf[base + 4] == PT_LEAF else BRANCH_HDR
+        for j in range(res.first_event, res.first_event + res.nevents):
+            e = events[j]
+            kind, i, off = e.kind, e.cell, e.offset
+            if kind == OVERFLOW:
+                self.overflow(page, i, e.page, e.length)
+            elif kind == CELL_OFFSET:
                 self.add("cell-out-of-bounds", page,
-                         f"page {page} cell {i}: cell of {clen} bytes at {off} runs past the page end")
-                continue
-            used += clen
-            entries += 1
-            if not 1 <= klen <= max_key:
-                self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key length {klen}")
-            if ((prev is not None and not prev < key) or (lo is not None and key < lo)
-                    or (hi is not None and key >= hi)):
-                self._order(page, i, key, prev, lo, hi, agg)
-            prev = key
-            if not inline:
-                self.overflow(page, i, u64(buf, end)[0], vlen)
-        self.entries += entries
-        self._flush(page, agg)
-        self.leaf_used += used
+                         f"page {page} cell {i}: offset {off} outside [{res.upper}, {ps - hdr}]")
+            elif kind == KEY_PAST_END:
+                self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key of {e.length} bytes "
+                         f"at {off} runs past the page end")
+            elif kind == CELL_PAST_END:
+                self.add("cell-out-of-bounds", page,
+                         f"page {page} cell {i}: cell of {e.length} bytes at {off} runs past the page end")
+            elif kind == KEY_LENGTH:
+                self.add("cell-out-of-bounds", page, f"page {page} cell {i}: key length {e.length}")
+            elif kind == FIRST_KEY:
+                self.add("key-order", page,
+                         f"page {page} cell 0: has a {e.length}-byte key; it must be empty")
+            else:                                  # KEY_ORDER, KEY_RANGE
+                key = bytes(buf[base + off:base + off + min(e.length, 40)])
+                if kind == KEY_ORDER:
+                    prev = bytes(buf[base + e.prev:base + e.prev + min(e.prev_length, 40)])
+                    msg = f"key {key!r} is not greater than the previous key {prev!r}"
+                else:
+                    msg = (f"key {key!r} outside the range [{lo if lo is None else lo[:40]!r}, "
+                           f"{hi if hi is None else hi[:40]!r}) set by its ancestors")
+                more = f" (and {e.count - 1} more cells)" if e.count > 1 else ""
+                self.add("key-order" if kind == KEY_ORDER else "key-range", page,
+                         f"page {page} cell {i}: {msg}{more}")
 
-    def branch(self, page: int, buf: bytes, nkeys: int, upper: int, lo: Optional[bytes],
-               hi: Optional[bytes], level: int, stack: list[Walk]) -> None:
-        cells: list[Optional[tuple[Optional[bytes], int]]] = []
-        prev = None
-        agg: Agg = {}
-        for i in range(nkeys):
-            off, key = self._cell_key(page, buf, i, upper, 10)
-            if off is None:
-                cells.append(None)
-                continue
-            child = u64(buf, off + 2)[0]
-            if i == 0:
-                if key:
-                    self.add("key-order", page,
-                             f"page {page} cell 0: has a {len(key)}-byte key; it must be empty")
-                key = lo
-            else:
-                self._order(page, i, key, prev, lo, hi, agg)  # type: ignore[arg-type]   # bytes: off is set
-                prev = key
-            cells.append((key, child))
-        self._flush(page, agg)
-        # children in reverse so that the walk visits them left to right
-        for i in range(nkeys - 1, -1, -1):
-            c = cells[i]
-            if c is None:
-                continue
-            key, child = c
-            nhi = hi
-            for j in range(i + 1, nkeys):
-                if cells[j] is not None:
-                    nhi = cells[j][0]  # type: ignore[index]   # not None
-                    break
-            stack.append((child, level + 1, key, nhi, f"branch {page} cell {i}"))
+    def cell_key(self, buf: bytes, i: int) -> bytes:
+        """The key of sound cell ``i`` of the branch in ``buf`` (tree_page's cells)."""
+        cell = self.reader.cells[i]
+        return buf[cell.key:cell.key + cell.key_length]
+
+    def children(self, page: int, level: int, nkeys: int, buf: bytes, lo: Optional[bytes],
+                 hi: Optional[bytes]) -> list[Walk]:
+        """The children of branch ``page`` in its sound cells, left to
+        right, each with the range its cell and the next sound one set (the
+        first cell's: from ``lo``; the last one's: to ``hi``)."""
+        cells = self.reader.cells
+        sound = [i for i in range(nkeys) if not cells[i].status]
+        keys = [lo if i == 0 else self.cell_key(buf, i) for i in sound]
+        keys.append(hi)
+        return [(cells[i].page, level + 1, keys[k], keys[k + 1], f"branch {page} cell {i}")
+                for k, i in enumerate(sound)]
+
+    def leaves(self, branch: int, nkeys: int, buf: bytes, lo: Optional[bytes], hi: Optional[bytes]) -> bool:
+        """The leaves that the sound cells of bottom branch ``branch`` (its
+        bytes in ``buf``) point to, in order, as the walk would take them up
+        one by one from its stack; their pages read and checked in batches
+        (checkpage.c).  False when the walk must stop (visit)."""
+        ps, npages, owner, reader = self.ps, self.npages, self.owner, self.reader
+        level = self.meta["depth"] - 1
+        for n in reader.leaves(buf, nkeys, lo, hi):
+            results = reader.results
+            for j in range(n):
+                if not self.visit():
+                    return False
+                res = results[j]
+                page = res.pgno
+                if not 2 <= page < npages or owner[page]:
+                    # out of range, or a page with an owner: as the walk reports them
+                    what = f"branch {branch} cell {res.cell}"
+                    if self.ref_ok(page, what):
+                        self.claim(page, O_LEAF, f"referenced by {what}")
+                    continue
+                owner[page] = O_LEAF
+                if res.verdict and not self.tree_page_sound(page, f"branch {branch} cell {res.cell}", level,
+                                                            res, reader.buf, j * ps):
+                    continue
+                if res.nevents:      # the leaf's range, for the problems that name it
+                    self.leaf(page, res, reader.buf, j * ps,
+                              lo if res.cell == 0 else self.cell_key(buf, res.cell),
+                              hi if res.next_cell < 0 else self.cell_key(buf, res.next_cell))
+                else:
+                    self.leaf(page, res, reader.buf, j * ps, None, None)
+        return True
+
+    def leaf(self, page: int, res: Any, buf: Any, base: int, lo: Optional[bytes], hi: Optional[bytes]) -> None:
+        """A leaf sound enough for its cells: their events reported, its
+        entries counted."""
+        self.nleaves += 1
+        if res.nevents:
+            self.cell_events(page, res, buf, base, lo, hi)
+        self.entries += res.entries
+        self.leaf_used += res.used
 
     def overflow(self, leaf: int, cell: int, first: int, vlen: int) -> None:
+        """The overflow chain of a value of ``vlen`` bytes (checkpage.c
+        follows it and claims its pages; here what ends it is reported)."""
         n = -(-vlen // self.usable)
         what = f"leaf {leaf} cell {cell}"
-        p = first
-        for k in range(n):
-            if not self.ref_ok(p, f"overflow chain of {what} (piece {k})"):
-                return
-            if not self.claim(p, O_OVERFLOW, f"overflow piece {k} of {what}"):
-                return
-            buf = self.read_page(p, (PT_OVERFLOW,), f"overflow piece {k} of {what}",
-                                 header_only=True)
-            if buf is None:
-                return
-            nxt = u64(buf, 24)[0]
-            if k == n - 1:
-                if nxt != 0:
-                    self.add("overflow-chain", p, f"page {p}: last overflow page of {what} "
-                             f"({n} pages for {vlen} bytes) has next {nxt}, not 0")
-            elif nxt == 0:
-                self.add("overflow-chain", p, f"page {p}: overflow chain of {what} ends after "
-                         f"{k + 1} pages; {vlen} bytes need {n}")
-                return
-            p = nxt
+        chain = self.reader.overflow_chain(first, n, self.owner_c, O_OVERFLOW)
+        end, k, p = chain.end, chain.piece, chain.page
+        if end == CHAIN_RANGE:
+            self.ref_ok(p, f"overflow chain of {what} (piece {k})")
+        elif end == CHAIN_TAKEN:
+            self.claim(p, O_OVERFLOW, f"overflow piece {k} of {what}")
+        elif end == CHAIN_PAGE:
+            self.unvetted(p, f"overflow piece {k} of {what}", chain.verdict, self.reader.chain_header(),
+                          (PT_OVERFLOW,))
+        elif end == CHAIN_LONG:
+            self.add("overflow-chain", p, f"page {p}: last overflow page of {what} "
+                     f"({n} pages for {vlen} bytes) has next {chain.next}, not 0")
+        elif end == CHAIN_CUT:
+            self.add("overflow-chain", p, f"page {p}: overflow chain of {what} ends after "
+                     f"{k + 1} pages; {vlen} bytes need {n}")
 
     # ------------------------------------------------------------ free space
 
@@ -477,11 +488,19 @@ class Checker(MetaChoice):
                      f"is empty or outside [2, {self.hwm})")
             return marked
         self.pending_pages += count
-        for pg in range(start, min(start + count, self.npages)):
+        pg, end = start, min(start + count, self.npages)
+        while pg < end:
+            # every page of the run is marked, at most npages of all the runs
+            claimed = claim_run(self.owner_c, self.freed_c, pg, end - pg, O_PENDING,
+                                max(0, self.npages - marked))
+            marked, pg = marked + claimed, pg + claimed
+            if pg == end:
+                break
             marked += 1
             if marked > self.npages:                      # garbage: stop marking
                 return marked
-            self.claim(pg, O_PENDING, f"listed freed in record page {record}")
+            self.claim(pg, O_PENDING, f"listed freed in record page {record}")    # it has an owner
+            pg += 1
         return marked
 
     def _bitmaps(self, hwm: int, B: int, bitmaps: list[int]) -> None:
@@ -499,20 +518,17 @@ class Checker(MetaChoice):
             if first != r * B:
                 self.add("free-list", bm, f"bitmap page {bm}: first {first}, expected {r * B}")
                 continue
-            body = buf[HDR:]
-            for j, byte in enumerate(body):
-                if not byte:
-                    continue
-                for b in range(8):
-                    if byte >> b & 1:
-                        pg = first + 8 * j + b
-                        if pg < 2 or pg >= hwm:
-                            self.add("free-list", bm,
-                                     f"bitmap page {bm}: bit set for page {pg}, outside [2, {hwm})")
-                            continue
-                        self.free_bits += 1
-                        if pg < self.npages:
-                            self.claim(pg, O_FREE, f"set in bitmap page {bm}")
+            bits = BitmapClaims(buf[HDR:], first, hwm, self.npages, self.owner_c, self.freed_c, O_FREE)
+            while True:
+                stop, bit, counted = bits.next()
+                self.free_bits += counted
+                if stop == BITS_END:
+                    break
+                pg = first + bit
+                if stop == BITS_OUTSIDE:
+                    self.add("free-list", bm, f"bitmap page {bm}: bit set for page {pg}, outside [2, {hwm})")
+                else:                              # BITS_TAKEN: a page with an owner
+                    self.claim(pg, O_FREE, f"set in bitmap page {bm}")
 
     # ------------------------------------------------------------ ownership
 
@@ -542,13 +558,6 @@ class Checker(MetaChoice):
             fill_factor=round(self.leaf_used / cap, 4) if cap else 0.0,
             mode="quick" if self.quick else "full",
         )
-
-
-def _note(agg: Agg, kind: str, msg: str) -> None:
-    if kind in agg:
-        agg[kind][1] += 1
-    else:
-        agg[kind] = [msg, 1]
 
 
 def run(fd: int, path: StrPath, quick: bool, max_errors: int, progress: Optional[Progress],
