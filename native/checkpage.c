@@ -4,7 +4,8 @@
 ** overflow chains and verifying checksums.  The checker's Python
 ** (kvmap/checker/) keeps the structure -- which pages to read, what owns
 ** each page, how a problem is worded -- and calls these functions for the
-** loops over pages and cells, which in Python cost 2 s of a 2.3 s check.
+** loops over pages and cells, which in Python took 2.0 s of a 2.5 s full
+** check of 1.25 M entries (0.3 s in all now, bench/check_vs_sqlite.py).
 **
 ** Design and invariants:
 **
@@ -27,9 +28,10 @@
 **   order events (the first cell breaking a rule, and how many) close the
 **   list, key order before key range when they start at the same cell.
 ** * Bounded: each loop is bounded by a page's cell count (itself bounded by
-**   the page size), by the caller's page count or chain length, and the
-**   caller's arrays are never written past the capacities it passes
-**   (-ENOBUFS instead).  The functions allocate nothing.
+**   the page size), by the caller's page count, by a bitmap's bits, or by a
+**   chain's length and the pages it can claim (each once), and the caller's
+**   arrays are never written past the capacities it passes (-ENOBUFS
+**   instead).  The functions allocate nothing.
 ** * Failure: a function that reads returns -errno when pread fails (EINTR
 **   is retried); a short read is not a failure but a verdict (SHORT) or an
 **   unknown checksum, as the Python reads gave.

@@ -131,21 +131,57 @@ typedef struct {
 
 /* The most events one page can give: two per cell and the two order events. */
 size_t   ckp_max_events(uint32_t page_size);
+
+/* The verdict on the header of page pgno in buf (got bytes read, need
+** wanted), for a page of one of the types whose bits are set in types. */
 int      ckp_header_verdict(const ckp_geometry *g, uint64_t pgno, const uint8_t *buf, size_t got,
                             size_t need, unsigned types);
+
+/* Check branch or leaf page pgno in buf (got bytes read): a leaf if leaf,
+** else a branch; its keys within [lo, hi) (a length of -1: no bound).  The
+** verdict and counts go to *page, the events to events (room for
+** ckp_max_events), the cells, unless cells is NULL, to cells (room for
+** (page_size - 32) / 2).  0, or -ENOBUFS when event_cap is too small. */
 int      ckp_tree_page(const ckp_geometry *g, uint64_t pgno, const uint8_t *buf, size_t got, int leaf,
                        const uint8_t *lo, int64_t lo_length, const uint8_t *hi, int64_t hi_length,
                        ckp_page *page, ckp_event *events, size_t event_cap, ckp_cell *cells);
+
+/* Read and check the leaves that the sound cells of a bottom branch point
+** to, from cell `from` on: the branch's bytes and cells (from its
+** ckp_tree_page), its bounds lo and hi.  Leaf k of the call goes to
+** buf + k * page_size and out[k], at most n of them, and as many as the
+** events fit (all their events in events); full mode records each checksum
+** in sums[page] (CKP_SUM_*).  The leaves done (0: no sound cell left), or
+** -errno. */
 int64_t  ckp_leaves(int fd, const ckp_geometry *g, const uint8_t *branch, const ckp_cell *cells, uint32_t nkeys,
                     uint32_t from, const uint8_t *lo, int64_t lo_length, const uint8_t *hi, int64_t hi_length,
                     size_t n, uint8_t *buf, ckp_page *out, ckp_event *events, size_t event_cap,
                     uint8_t *sums);
+
+/* Follow the overflow chain of `pieces` pages from page first, claiming
+** each page for code in owner (a byte per page, npages of them) and reading
+** its header, until it ends (*out).  0 or -errno. */
 int      ckp_overflow_chain(int fd, const ckp_geometry *g, uint64_t first, uint64_t pieces,
                             uint8_t *owner, uint8_t code, ckp_chain *out);
+
+/* Claim pages [start, start + count) for code in owner, marking each in
+** freed, at most `most` of them: how many, up to the first that has an owner
+** (marked in freed, not claimed).  The caller keeps the run below npages. */
 uint64_t ckp_claim_run(uint8_t *owner, uint8_t *freed, uint64_t start, uint64_t count, uint8_t code,
                        uint64_t most);
+
+/* The set bits of a free-space bitmap page's body (len bytes; bit b stands
+** for page first + b) from bit *bit: a page in [2, hwm) is counted, and
+** below npages claimed for code in owner and marked in freed; it stops at
+** a bit the caller reports (CKP_BITS_OUTSIDE, CKP_BITS_TAKEN: counted),
+** leaving it in *bit, or at the end.  *counted: the bits counted. */
 int      ckp_bitmap_claims(const uint8_t *body, size_t len, uint64_t first, uint64_t hwm, uint64_t npages,
                            uint8_t *owner, uint8_t *freed, uint8_t code, uint64_t *bit, uint64_t *counted);
+
+/* Verify the checksums of the pages in [from, to) that want marks and sums
+** does not know yet (CKP_SUM_UNKNOWN), into sums, reading runs of them into
+** buf (buf_pages pages).  A page past the end of the file stays unknown.
+** 0 or -errno. */
 int      ckp_checksums(int fd, uint32_t page_size, const uint8_t *want, uint8_t *sums, uint64_t from,
                        uint64_t to, uint8_t *buf, size_t buf_pages);
 /* cdef-end */
