@@ -150,11 +150,10 @@ class PageReader:
         self.fd = fd
         self._sums = _ffi.NULL if sums is None or not checksums else uint8_array(sums)
         self.ps = page_size
-        self.usable = page_size - HDR
-        self.max_cell = self.usable // 4
-        self.max_key = self.max_cell - 16
+        self.usable = page_size - HDR            # a page's bytes after its header
+        max_cell = self.usable // 4              # FORMAT.md §4: four cells fit in any page
         self.geometry = _ffi.new("ckp_geometry *", dict(
-            page_size=page_size, max_key=self.max_key, max_cell=self.max_cell, npages=npages,
+            page_size=page_size, max_key=max_cell - 16, max_cell=max_cell, npages=npages,
             txnid=txnid, checksums=checksums, every_key=every_key))
         self.batch = max(4, BATCH_BYTES // page_size)
         self.buf = bytearray(self.batch * page_size)
@@ -232,10 +231,10 @@ def claim_run(owner: Any, freed: Any, start: int, count: int, code: int, most: i
 
 
 class BitmapClaims:
-    """The set bits of a free-space bitmap page's body, from bit ``bit``:
-    each for a page in [2, hwm) counted, claimed for ``code`` in ``owner``
-    below ``npages`` and marked in ``freed``, up to the next bit a caller
-    must report (``next``)."""
+    """The set bits of a free-space bitmap page's body (bit b: page
+    ``first`` + b), in order: each for a page in [2, hwm) counted, claimed
+    for ``code`` in ``owner`` below ``npages`` and marked in ``freed``, up to
+    the next bit a caller must report (``next``)."""
 
     def __init__(self, body: bytes, first: int, hwm: int, npages: int, owner: Any, freed: Any,
                  code: int) -> None:
