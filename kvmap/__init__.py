@@ -33,8 +33,8 @@ _CHECKER = ("check", "salvage", "CheckReport", "CheckUnreadable")
 
 
 def __getattr__(name: str) -> Any:
-    # kvmap.check & co. load the checker on first use, so that
-    # ``python -m kvmap.checker`` does not find it imported already.
+    # kvmap.check & co. load the checker on first use: ``import kvmap``
+    # does not pay for it.
     if name in _CHECKER:
         from . import checker
         return getattr(checker, name)

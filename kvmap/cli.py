@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack   # typing's from Python 3.11
 
-    from .checker import _Bar
+    from .checker.cli import ProgressBar
     from .db import Database, Stats
 
     class _OpenOptions(TypedDict, total=False):
@@ -150,13 +150,11 @@ def _open(path: str, flag: Literal["r", "w", "c"], **options: Unpack[_OpenOption
     return kvmap.open(path, flag, verify_checksums=True, **options)
 
 
-def _progress_bar() -> _Bar | None:
-    """kvmap-check's progress bar on stderr, if stderr is a terminal."""
-    from .checker import _Bar
-    try:
-        return _Bar(sys.stderr) if sys.stderr.isatty() else None
-    except (AttributeError, ValueError):
-        return None
+def _progress_bar() -> ProgressBar | None:
+    """kvmap-check's progress bar on stderr, if stderr is a terminal (the
+    checker is loaded only by the commands that draw it)."""
+    from .checker.cli import progress_bar
+    return progress_bar()
 
 
 class _Writer:
@@ -326,7 +324,7 @@ def _cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
         total = _input_size(src)
         bar = _progress_bar() if total else None
         with _open(args.path, "c", page_size=ps if new and ps in PAGE_SIZES else None, sync=False) as db:
-            # the ignore: bar is None or a _Bar (never false), and total is an int when bar is set
+            # the ignore: bar is None or a ProgressBar (never false), and total is an int when bar is set
             writer = _Writer(db, bar and (lambda n: bar(src.tell(), total)))  # type: ignore[arg-type]
             writer.write(reader.pairs(db.max_key_size))
         if bar:
@@ -368,7 +366,7 @@ def _cmd_copy(args: argparse.Namespace, out: BinaryIO) -> int:
         dst = kvmap.open(args.dest, "n", page_size=src.page_size, sync=False)
         try:
             with dst:
-                # the ignore: bar is None or a _Bar, never false
+                # the ignore: bar is None or a ProgressBar, never false
                 n = _Writer(dst, bar and (lambda n: bar(n, total))).write(snap.items())  # type: ignore[arg-type]
         except BaseException:
             os.unlink(args.dest)    # no half copy left behind

@@ -1,9 +1,10 @@
 """cffi builder for the C core (out-of-line API mode).
 
 setup.py names ``native/build_kvmap.py:ffibuilder`` in ``cffi_modules``.  The
-declarations come from the cdef sections of ``kvmap.h`` and ``pyglue.h`` (the
-module's preamble, which decides which calls release the GIL), so the C
-headers are the one description of the API.  Run as a script it builds the module into a
+declarations come from the cdef sections of ``kvmap.h``, ``checkpage.h``
+(kvmap-check's own page reader) and ``pyglue.h`` (the module's preamble,
+which decides which calls release the GIL), so the C headers are the one
+description of the API.  Run as a script it builds the module into a
 directory of its own, with extra flags from KVM_CFLAGS / KVM_LDFLAGS
 (tools/sanitize.sh uses this for an ASan/UBSan build).
 """
@@ -14,7 +15,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["os.c", "crc32c.c", "guard.c", "env.c", "lock.c", "meta.c", "readers.c", "map.c", "cache.c", "page.c",
-           "txn.c", "btree.c", "freemap.c", "space.c", "freelist.c"]
+           "txn.c", "btree.c", "freemap.c", "space.c", "freelist.c", "checkpage.c"]
 WARNINGS = ["-Wall", "-Wextra", "-std=gnu11"]
 
 
@@ -27,6 +28,7 @@ def make_builder(absolute=False, cflags=("-O2",), ldflags=()):
     here = HERE if absolute else os.path.relpath(HERE)
     builder = FFI()
     builder.cdef(_cdef("kvmap.h"))
+    builder.cdef(_cdef("checkpage.h"))
     builder.cdef(_cdef("pyglue.h"))
     builder.set_source(
         "kvmap._kvmap_cffi",

@@ -108,9 +108,3 @@ uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len)
 #endif
     return ~crc_sw(crc, buf, len);
 }
-
-void kvm_page_checksums(const char *pages, size_t page_size, size_t count, uint32_t *out)
-{
-    for (size_t i = 0; i < count; i++)
-        out[i] = kvm_crc32c(0, pages + i * page_size + 4, page_size - 4);
-}

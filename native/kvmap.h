@@ -196,10 +196,9 @@ int      kvm_cursor_seek(kvm_cursor *c, const char *key, size_t klen, int mode);
 int64_t  kvm_cursor_fetch(kvm_cursor *c, char *buf, size_t cap, uint32_t max_n, int flags,
                           const char *stop, size_t stoplen, char *fmt, size_t fmtcap, size_t *fmtlen);
 size_t   kvm_cursor_need(kvm_cursor *c);
-/* CRC-32C as the file format uses it (crc32c.c), for the integrity checker:
-** one value, or the checksum of bytes [4, page_size) of count whole pages. */
+/* CRC-32C as the file format uses it (crc32c.c); the integrity checker's
+** (checkpage.c, kvmap/checker/pagelayout.py) too. */
 uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len);
-void     kvm_page_checksums(const char *pages, size_t page_size, size_t count, uint32_t *out);
 
 /* Fault injection, for tests (os.c).  Every system call of the core goes
 ** through one table; kvm_fault_set(call, nth, err, persistent) makes the

@@ -11,8 +11,10 @@
 ** GIL, and the calls that wait on the disk release it themselves: open,
 ** close, a syncing commit, sync() (fdatasync) and warm() (reads the file).
 ** Like Python's own mmap objects, a read that faults a page in from disk
-** holds the GIL meanwhile.
+** holds the GIL meanwhile.  kvmap-check's reads (checkpage.c) release it
+** too: each reads a batch of pages, or an overflow chain, with pread.
 */
+#include "checkpage.h"
 #include "kvmap.h"
 
 /* cdef-begin */
@@ -21,6 +23,14 @@ void kvm_env_close_released(kvm_env *e);
 int  kvm_txn_commit_released(kvm_txn *t, int sync);
 int  kvm_env_sync_released(kvm_env *e, int wait);
 int  kvm_env_warm_released(kvm_env *e);
+int64_t ckp_leaves_released(int fd, const ckp_geometry *g, const uint8_t *branch, const ckp_cell *cells,
+                            uint32_t nkeys, uint32_t from, const uint8_t *lo, int64_t lo_length,
+                            const uint8_t *hi, int64_t hi_length, size_t n, uint8_t *buf, ckp_page *out,
+                            ckp_event *events, size_t event_cap, uint8_t *sums);
+int  ckp_overflow_chain_released(int fd, const ckp_geometry *g, uint64_t first, uint64_t pieces,
+                                 uint8_t *owner, uint8_t code, ckp_chain *out);
+int  ckp_checksums_released(int fd, uint32_t page_size, const uint8_t *want, uint8_t *sums,
+                            uint64_t from, uint64_t to, uint8_t *buf, size_t buf_pages);
 /* cdef-end */
 
 #define KVM_RELEASED(call) \
@@ -57,6 +67,33 @@ int kvm_env_warm_released(kvm_env *e)
 {
     int rc;
     KVM_RELEASED(rc = kvm_env_warm(e));
+    return rc;
+}
+
+int64_t ckp_leaves_released(int fd, const ckp_geometry *g, const uint8_t *branch, const ckp_cell *cells,
+                            uint32_t nkeys, uint32_t from, const uint8_t *lo, int64_t lo_length,
+                            const uint8_t *hi, int64_t hi_length, size_t n, uint8_t *buf, ckp_page *out,
+                            ckp_event *events, size_t event_cap, uint8_t *sums)
+{
+    int64_t rc;
+    KVM_RELEASED(rc = ckp_leaves(fd, g, branch, cells, nkeys, from, lo, lo_length, hi, hi_length, n, buf, out,
+                                 events, event_cap, sums));
+    return rc;
+}
+
+int ckp_overflow_chain_released(int fd, const ckp_geometry *g, uint64_t first, uint64_t pieces, uint8_t *owner,
+                                uint8_t code, ckp_chain *out)
+{
+    int rc;
+    KVM_RELEASED(rc = ckp_overflow_chain(fd, g, first, pieces, owner, code, out));
+    return rc;
+}
+
+int ckp_checksums_released(int fd, uint32_t page_size, const uint8_t *want, uint8_t *sums, uint64_t from,
+                           uint64_t to, uint8_t *buf, size_t buf_pages)
+{
+    int rc;
+    KVM_RELEASED(rc = ckp_checksums(fd, page_size, want, sums, from, to, buf, buf_pages));
     return rc;
 }
 

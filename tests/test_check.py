@@ -45,8 +45,9 @@ def crc(data):
     return c ^ 0xFFFFFFFF
 
 
-def test_crc_reference():
-    from kvmap.checker import _page_crcs, crc32c
+def test_crc_reference(tmp_path):
+    from kvmap.checker import crc32c
+    from kvmap.checker.pagelayout import SUM_FAILS, SUM_HOLDS, PageReader, uint8_array
     assert crc(b"123456789") == 0xE3069283
     assert crc32c(b"123456789") == 0xE3069283
     r = random.Random(5)
@@ -58,8 +59,21 @@ def test_crc_reference():
     d = r.randbytes(9000)
     for cut in (1, 4080, 4081, 8999):   # chained: crc(a + b) from crc(a) and b
         assert lib.kvm_crc32c(lib.kvm_crc32c(0, d[:cut], cut), d[cut:], len(d) - cut) == crc(d), cut
-    pages = r.randbytes(4096 * 6)
-    assert _page_crcs(pages, 4096, 6) == [crc(pages[i * 4096 + 4:(i + 1) * 4096]) for i in range(6)]
+    # the checker's page checksums (bytes [4, page_size) against the first
+    # four): pages holding the reference value, and pages one bit off it
+    for ps in (4096, 65536):
+        pages = bytearray(r.randbytes(ps * 6))
+        for i in range(6):
+            struct.pack_into("<I", pages, i * ps, crc(pages[i * ps + 4:(i + 1) * ps]) ^ (i & 1))
+        path = tmp_path / f"pages{ps}"
+        path.write_bytes(pages)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            sums = bytearray(6)
+            PageReader(fd, ps, 6, 0, True).checksums(uint8_array(b"\x01" * 6), uint8_array(sums), 0, 6)
+        finally:
+            os.close(fd)
+        assert list(sums) == [SUM_FAILS if i & 1 else SUM_HOLDS for i in range(6)], ps
 
 
 class _Layout:
@@ -410,8 +424,8 @@ def test_valid_database_matches_engine(tmp_path, page_size, snapshot):
 
 
 def test_library_entry_points(base):
-    """kvmap.check / kvmap.salvage are the checker's (the module is
-    kvmap.checker, so that ``python -m kvmap.checker`` runs it cleanly)."""
+    """kvmap.check / kvmap.salvage are the checker's: the package
+    kvmap.checker, which ``python -m kvmap.checker`` runs."""
     import kvmap.checker
     assert kvmap.check is kvmap.checker.check and kvmap.salvage is kvmap.checker.salvage
     assert kvmap.check(base[0]).ok
@@ -1157,6 +1171,35 @@ def test_record_page_damaged(copy, tmp_path, original, damage):
     with kvmap.open(str(p), readonly=True) as db:      # reads do not need the free space
         assert dict(db.items()) == original
     assert_salvaged(p, tmp_path, original, set(), L)    # a record holds no entries
+
+
+def test_freed_runs_longer_than_the_file(copy, original):
+    """Two freed runs of the newest record (checksum fixed) each list every
+    page: the first marks them all pending (the pages in use are reachable
+    and free), the second stops after the pages that bring the pages marked
+    to the file's count -- marking is bounded by the file, not by what the
+    records say -- and so do the runs after it."""
+    p = copy()
+    L = _Layout(p)
+    rec = L.records[0]
+    assert len(rec["freed"]) > 2
+    pg = rec["pages"][0]
+    off = pg * L.ps + 32 + RECORD_FIXED + 12 * len(rec["written"])   # the first freed run
+    for i in range(2):
+        struct.pack_into("<QQ", L.data, off + 16 * i, 2, L.hwm - 2)
+    L.fix(pg)
+    L.save(p)
+    for quick in (False, True):
+        rep = check(p, quick=quick, max_errors=10 ** 6)
+        assert [(x.kind, x.page) for x in rep.problems if x.kind == "double-reference"] == [
+            ("double-reference", 2), ("double-reference", 3)]
+        assert {x.kind for x in rep.problems} == {"reachable-and-free", "double-reference", "free-count",
+                                                  "pending-count"}
+        assert rep.summary["pages_by_type"]["pending"] + sum(
+            n for k, n in rep.summary["pages_by_type"].items() if k != "pending") == L.hwm
+    assert _cli(p) == 1
+    with kvmap.open(str(p), readonly=True) as db:      # reads do not need the free space
+        assert dict(db.items()) == original
 
 
 @pytest.mark.parametrize("prev", ["zero", "older"])

@@ -10,16 +10,16 @@ import struct
 
 import pytest
 
-import kvmap.checker as checker
+from kvmap.checker import pagelayout as layout
 from conftest import REPO_ROOT
 
 FORMAT_H = os.path.join(REPO_ROOT, "native", "format.h")
 
 
-def c_defines():
-    """{NAME: value} of the integer and string #defines of format.h."""
+def c_defines(path=FORMAT_H):
+    """{NAME: value} of the integer and string #defines of a header (format.h)."""
     out = {}
-    with open(FORMAT_H) as f:
+    with open(path) as f:
         for line in f:
             m = re.match(r"#define\s+(\w+)\s+(.+?)\s*(/\*.*)?$", line)
             if not m:
@@ -49,26 +49,26 @@ def offsets(fmt):
 
 
 @pytest.mark.parametrize("c_name, py_value", [
-    ("KVM_MAGIC", checker.MAGIC),
-    ("KVM_VERSION", checker.VERSION),
-    ("KVM_MIN_PAGE", checker.MIN_PAGE),
-    ("KVM_MAX_PAGE", checker.MAX_PAGE),
-    ("KVM_MAX_DEPTH", checker.MAX_DEPTH),
-    ("META_SIZE", checker.META_SIZE),
-    ("PH_SIZE", checker.HDR),
-    ("M_FLAGS_NOSYNC", checker.M_FLAGS_NOSYNC),
-    ("PT_BRANCH", checker.PT_BRANCH),
-    ("PT_LEAF", checker.PT_LEAF),
-    ("PT_OVERFLOW", checker.PT_OVERFLOW),
-    ("PT_FREE_INDEX", checker.PT_FREE_INDEX),
-    ("PT_FREE_BITMAP", checker.PT_FREE_BITMAP),
-    ("PT_RECORD", checker.PT_RECORD),
-    ("PF_CONTINUED", checker.PF_CONTINUED),
-    ("R_FLAGS_PAGES_DURABLE", checker.R_FLAGS_PAGES_DURABLE),
-    ("R_WRITTEN_SIZE", checker.R_WRITTEN_SIZE),
-    ("R_RUN_SIZE", checker.R_RUN_SIZE),
-    ("LEAF_HDR", struct.calcsize("<HI")),        # the checker's leaf cell header
-    ("BRANCH_HDR", struct.calcsize("<HQ")),
+    ("KVM_MAGIC", layout.MAGIC),
+    ("KVM_VERSION", layout.VERSION),
+    ("KVM_MIN_PAGE", layout.MIN_PAGE),
+    ("KVM_MAX_PAGE", layout.MAX_PAGE),
+    ("KVM_MAX_DEPTH", layout.MAX_DEPTH),
+    ("META_SIZE", layout.META_SIZE),
+    ("PH_SIZE", layout.HDR),
+    ("M_FLAGS_NOSYNC", layout.M_FLAGS_NOSYNC),
+    ("PT_BRANCH", layout.PT_BRANCH),
+    ("PT_LEAF", layout.PT_LEAF),
+    ("PT_OVERFLOW", layout.PT_OVERFLOW),
+    ("PT_FREE_INDEX", layout.PT_FREE_INDEX),
+    ("PT_FREE_BITMAP", layout.PT_FREE_BITMAP),
+    ("PT_RECORD", layout.PT_RECORD),
+    ("PF_CONTINUED", layout.PF_CONTINUED),
+    ("R_FLAGS_PAGES_DURABLE", layout.R_FLAGS_PAGES_DURABLE),
+    ("R_WRITTEN_SIZE", layout.R_WRITTEN_SIZE),
+    ("R_RUN_SIZE", layout.R_RUN_SIZE),
+    ("LEAF_HDR", layout.LEAF_HDR),               # the checker's cell headers (native/checkpage.h)
+    ("BRANCH_HDR", layout.BRANCH_HDR),
 ])
 def test_checker_constant(c_name, py_value):
     assert C[c_name] == py_value
@@ -79,7 +79,7 @@ def test_checker_meta_layout():
     format.h puts them, and the reserved bytes follow them up to the
     checksum."""
     fmt = "<8sIIQQIIQQQQQQQQ"
-    assert checker._meta.__self__.format == fmt
+    assert layout.meta_fields.format == fmt
     names = ["M_MAGIC", "M_VERSION", "M_PAGESIZE", "M_TXNID", "M_ROOT", "M_DEPTH", "M_FLAGS",
              "M_ENTRIES", "M_HWM", "M_FREE_INDEX", "M_RECORD", "M_FREE_COUNT",
              "M_PENDING_COUNT", "M_FLOOR", "M_DURABLE"]
@@ -95,14 +95,14 @@ def test_checker_record_layout():
     struct at the start of the record's stream (byte 32 of its first page),
     sit where format.h puts them; the entries follow them."""
     fmt = "<QIIIIII"
-    assert checker._record_head.__self__.format == fmt
+    assert layout.record_head.format == fmt
     names = ["R_PREV", "R_NWRITTEN", "R_NFREED", "R_NRELEASED", "R_NOVERRIDE", "R_FLAGS"]
     assert [C[n] - C["PH_SIZE"] for n in names] == offsets(fmt)[:len(names)]
     assert C["PH_SIZE"] + struct.calcsize(fmt) == C["R_BODY"]
-    assert checker._written.__self__.size == C["R_WRITTEN_SIZE"]      # u64 page, u32 checksum
-    assert checker._written.__self__.format == "<QI"
-    assert checker._run_pair.__self__.size == C["R_RUN_SIZE"]         # u64, u64
-    assert checker._run_pair.__self__.format == "<QQ"
+    assert layout.record_written.size == C["R_WRITTEN_SIZE"]      # u64 page, u32 checksum
+    assert layout.record_written.format == "<QI"
+    assert layout.record_run.size == C["R_RUN_SIZE"]         # u64, u64
+    assert layout.record_run.format == "<QQ"
 
 
 def test_record_spare_pages():
@@ -110,12 +110,12 @@ def test_record_spare_pages():
     bound, which the checker applies too."""
     with open(os.path.join(REPO_ROOT, "native", "freelist.c")) as f:
         m = re.search(r"#define\s+RECORD_SPARE_MAX\s+(\d+)", f.read())
-    assert m and int(m.group(1)) == checker.RECORD_SPARE_MAX
+    assert m and int(m.group(1)) == layout.RECORD_SPARE_MAX
 
 
 def test_checker_page_header_layout():
     fmt = "<IBBHQQQ"
-    assert checker._hdr.__self__.format == fmt
+    assert layout.page_header.format == fmt
     names = ["PH_CHECKSUM", "PH_TYPE", "PH_FLAGS", "PH_NKEYS", "PH_TXNID", "PH_PGNO", "PH_NEXT"]
     assert [C[n] for n in names] == offsets(fmt)
     assert C["PH_UPPER"] == C["PH_NEXT"]
@@ -130,3 +130,13 @@ def test_other_readers_constants():
     assert test_badfiles.M_PAGESIZE == C["M_PAGESIZE"]
     assert test_badfiles.M_CHECKSUM == C["M_CHECKSUM"]
     assert test_badfiles.PS == test_defects.PS == C["KVM_MIN_PAGE"]
+
+
+def test_checkpage_layout():
+    """kvmap-check's C reader (native/checkpage.h) writes the layout down a
+    second time, as its Python does: the same offsets as format.h's."""
+    ckp = c_defines(os.path.join(REPO_ROOT, "native", "checkpage.h"))
+    names = ["PH_SIZE", "PH_CHECKSUM", "PH_TYPE", "PH_NKEYS", "PH_TXNID", "PH_PGNO", "PH_UPPER", "PH_NEXT",
+             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW"]
+    assert {n: ckp["CKP_" + n] for n in names} == {n: C[n] for n in names}
+

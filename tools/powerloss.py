@@ -311,8 +311,7 @@ def record_lists(buf, first, page_size):
         pg = struct.unpack_from("<Q", p, 24)[0]
     # the record's fixed fields and entries as the checker reads them
     # (tests/test_format_constants.py holds them to format.h)
-    from kvmap import checker
-    head, entry = checker._record_head.__self__, checker._written.__self__
+    from kvmap.checker.pagelayout import record_head as head, record_written as entry
     nwritten = head.unpack_from(stream, 0)[1]
     return pages, [entry.unpack_from(stream, head.size + entry.size * i)[0] for i in range(nwritten)]
 
@@ -321,13 +320,13 @@ def durable_pages(buf, scratch, problems, where):
     """The pages the state in ``buf`` (a whole file, every commit of it
     durable) uses: its tree, free-space pages and records, by the checker's
     ownership map; a problem if the file does not check clean."""
-    from kvmap import checker
+    from kvmap.checker import walk
     with open(scratch, "wb") as f:
         f.write(buf)
     fd = os.open(scratch, os.O_RDONLY)
     try:
-        rep, c = checker._run(fd, scratch, True, 10, None)
-    except checker.CheckUnreadable as e:
+        rep, c = walk.run(fd, scratch, True, 10, None)
+    except walk.CheckUnreadable as e:
         problems.append("%r: the durable state is unreadable: %s" % (where, e))
         return {}
     finally:
@@ -336,7 +335,7 @@ def durable_pages(buf, scratch, problems, where):
     if not rep.ok:
         problems.append("%r: the durable state does not check clean: %s" % (where, "; ".join(
             "%s page %s: %s" % (p.kind, p.page, p.message) for p in rep.problems[:3])))
-    return {pg: checker.OWNER_NAMES[o] for pg, o in enumerate(c.owner) if o in checker._CHECKED}
+    return {pg: walk.OWNER_NAMES[o] for pg, o in enumerate(c.owner) if o in walk.CHECKED}
 
 
 def annotate(events, spp, problems, scratch=None, reuse=True):
