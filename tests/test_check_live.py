@@ -352,6 +352,21 @@ def _leaf_holding(path, key):
     return page, ps, struct.unpack_from("<H", data, o + 6)[0], struct.unpack_from("<I", data, o + 24)[0]
 
 
+def _damage_leaf_gap(db_path, key):
+    """Flip one byte of the unused middle of the leaf holding key (after the
+    cell pointers, below the cells): its checksum fails, nothing else.
+    Returns the leaf's page number."""
+    leaf, ps, nkeys, upper = _leaf_holding(db_path, key)
+    gap = leaf * ps + 32 + 2 * nkeys
+    assert gap < leaf * ps + upper
+    with open(db_path, "r+b") as f:
+        f.seek(gap)
+        b = f.read(1)
+        f.seek(gap)
+        f.write(bytes([b[0] ^ 0x5A]))
+    return leaf
+
+
 def test_damage_found_on_a_live_file(db_path, writers):
     """A leaf of the newest commit's tree damaged (one byte of its unused
     middle: its checksum fails, nothing else) while a writer has the file
@@ -361,14 +376,7 @@ def test_damage_found_on_a_live_file(db_path, writers):
     w = writers(db_path, "driven", seed=6, keys_below=NKEYS // 2)
     w.commit(5)
     txnid, _ = newest(db_path)
-    leaf, ps, nkeys, upper = _leaf_holding(db_path, b"key-%06d" % (NKEYS * 3 // 4))
-    gap = leaf * ps + 32 + 2 * nkeys                  # after the cell pointers, below the cells
-    assert gap < leaf * ps + upper
-    with open(db_path, "r+b") as f:
-        f.seek(gap)
-        b = f.read(1)
-        f.seek(gap)
-        f.write(bytes([b[0] ^ 0x5A]))
+    leaf = _damage_leaf_gap(db_path, b"key-%06d" % (NKEYS * 3 // 4))
     progress, _ = mid_check(lambda: w.commit(100), lambda: w.commit(200))
     rep = checker.check(db_path, progress=progress)
     assert {(p.kind, p.page) for p in rep.problems} == {("bad-checksum", leaf)}, rep.problems[:5]
@@ -492,14 +500,7 @@ def test_a_file_the_engine_refuses_is_checked_at_rest(db_path):
     """A damaged page on an edge path of the durable commit's tree: the
     engine refuses the file, so no handle can open it to write either, and
     the check reads it at rest and reports the damage."""
-    leaf, ps, nkeys, upper = _leaf_holding(db_path, b"key-000000")     # the leftmost leaf
-    gap = leaf * ps + 32 + 2 * nkeys
-    assert gap < leaf * ps + upper
-    with open(db_path, "r+b") as f:
-        f.seek(gap)
-        b = f.read(1)
-        f.seek(gap)
-        f.write(bytes([b[0] ^ 0x5A]))
+    leaf = _damage_leaf_gap(db_path, b"key-000000")     # the leftmost leaf
     with pytest.raises(kvmap.CorruptionError):
         kvmap.open(str(db_path), readonly=True)
     rep = checker.check(db_path)

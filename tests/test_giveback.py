@@ -50,13 +50,18 @@ def _pairs(seed, n):
     return {k: rng.randbytes(rng.randrange(150, 550)) for k in keys}
 
 
-def _digest(items):
+# The contents' digest, here and in the reader process (one source for both).
+DIGEST = '''
+def digest(items):
     h = hashlib.sha256()
     n = 0
     for k, v in items:
         h.update(b"%d:%d:" % (len(k), len(v)) + k + v)
         n += 1
     return "%d:%s" % (n, h.hexdigest())
+'''
+exec(DIGEST)
+_digest = digest  # noqa: F821 -- defined by the exec above
 
 
 def _allocated(path):
@@ -84,16 +89,7 @@ import hashlib, json, os, sys
 import kvmap
 from kvmap._lib import lib
 path, cfg = sys.argv[1], json.loads(sys.argv[2])
-
-
-def digest(items):
-    h = hashlib.sha256()
-    n = 0
-    for k, v in items:
-        h.update(b"%d:%d:" % (len(k), len(v)) + k + v)
-        n += 1
-    return "%d:%s" % (n, h.hexdigest())
-
+""" + DIGEST + r"""
 
 db = kvmap.open(path, **cfg)
 held = None

@@ -234,6 +234,16 @@ def _send(fd, *words):
     os.write(fd, (" ".join(str(w) for w in words) + "\n").encode())
 
 
+def _send_verdict(fd, e):
+    """A verifier's failure: F for a broken promise (the oracle's or the
+    engine's error), X with the traceback for anything else (a harness bug)."""
+    kind = "F" if isinstance(e, (crashkit.CrashCheckFailed, kvmap.Error)) else "X"
+    text = "%s: %s" % (type(e).__name__, e)
+    if kind == "X":
+        text += "\n" + traceback.format_exc()
+    _send(fd, kind, json.dumps(text[-3000:]))
+
+
 def _send_error(fd, where):
     text = "%s: %s" % (where, traceback.format_exc())
     try:
@@ -381,11 +391,7 @@ def verifier_child(fd, lane, acked):
     try:
         n = crashkit.verify(lane.path, lane.workload, acked, open_kw=lane.open_kw)
     except Exception as e:
-        kind = "F" if isinstance(e, (crashkit.CrashCheckFailed, kvmap.Error)) else "X"
-        text = "%s: %s" % (type(e).__name__, e)
-        if kind == "X":
-            text += "\n" + traceback.format_exc()
-        _send(fd, kind, json.dumps(text[-3000:]))
+        _send_verdict(fd, e)
         return
     lib.kvm_fault_clear()          # count the calls of a plain reopen
     db = kvmap.open(lane.path, **lane.open_kw)
@@ -1143,11 +1149,7 @@ def proc_check_child(fd, lane, acked, allow_next, holders):
             db.close()
         crashkit.checked(lane.path, "after a writable handle closed")
     except Exception as e:
-        kind = "F" if isinstance(e, (crashkit.CrashCheckFailed, kvmap.Error)) else "X"
-        text = "%s: %s" % (type(e).__name__, e)
-        if kind == "X":
-            text += "\n" + traceback.format_exc()
-        _send(fd, kind, json.dumps(text[-3000:]))
+        _send_verdict(fd, e)
         return
     _send(fd, "M", json.dumps({"n": ns, "sizes": sizes}, separators=(",", ":")))
 
