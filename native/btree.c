@@ -105,6 +105,8 @@ static int cell_span(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, unsign
     }
     if (off + sz > e->psize || klen > e->max_key)
         return corrupt_cell(pg, i);
+    if (klen == 0 && p[PH_TYPE] != PT_BRANCH)   /* a branch's cell 0 stands for minus infinity */
+        return kvm_err(KVM_CORRUPT, "page %llu: cell %u: a leaf cell with an empty key", (unsigned long long)pg, i);
     *size = (unsigned)sz;
     return 0;
 }
