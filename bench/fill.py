@@ -6,8 +6,8 @@
 Each store gets the same N pairs (16-byte random keys, 100-byte values) in one
 transaction, sync off, in random order or in key order, through its plain
 put call (kvmap ``txn.put``, py-lmdb ``txn.put``, SQLite ``INSERT`` in
-``executemany``; ``db.update`` is not used: it sorts its batch, which would
-make every load a key-order one).  Then, per store:
+``executemany``; not ``db.update``, which applies each batch of 4,096 pairs
+in key order, so that its random-order load is not quite random).  Then, per store:
 
 * kvmap: ``kvmap.check`` walks the file.  ``fill`` is its ``fill_factor``:
   the bytes of the leaves' cells and cell offsets over the bytes the leaves
@@ -17,8 +17,11 @@ make every load a key-order one).  Then, per store:
 * SQLite (``WITHOUT ROWID``, 4 KiB pages): the ``dbstat`` table's leaf pages
   and cells; ``fill`` is 1 - unused bytes / (page less its 8-byte header).
 
-``MB`` is the file's size in 10^6 bytes.  The loads are not timed (see
-bench/README.md for the speed benchmarks).
+``MB`` is the file's size in 10^6 bytes.  kvmap grows its file in steps of
+half its size (native/map.c), so for kvmap ``used MB`` also gives the bytes of
+the pages in use, up to its high-water mark (the other stores' files hold just
+their pages).  The loads are not timed (see bench/README.md for the
+speed benchmarks).
 """
 
 import argparse
@@ -57,7 +60,8 @@ def load_kvmap(path, pairs):
         entries = len(db)
     s = kvmap.check(path).summary
     leaves = s["pages_by_type"]["leaf"]
-    return dict(entries=entries, leaf_pages=leaves, fill=s["fill_factor"], per_leaf=round(s["entries"] / leaves, 1), depth=s["depth"],
+    return dict(entries=entries, leaf_pages=leaves, fill=s["fill_factor"], used=s["hwm"] * s["page_size"],
+                per_leaf=round(s["entries"] / leaves, 1), depth=s["depth"],
                 bytes=os.path.getsize(path))
 
 
@@ -112,7 +116,7 @@ def main(argv=None):
     stores = ["kvmap"] + [p for p in a.peers.split(",") if p and p != "none"]
     rows = []
     print(f"{'n':>9} {'order':>6} {'store':>6} {'entries':>9} {'leaves':>7} {'per leaf':>8} "
-          f"{'fill':>6} {'MB':>7}")
+          f"{'fill':>6} {'MB':>7} {'used MB':>7}")
     for n in (int(x) for x in a.n.split(",")):
         keys, values = dataset(n, a.seed)
         for order in a.orders.split(","):
@@ -128,8 +132,9 @@ def main(argv=None):
                 r.update(n=n, order=order, store=store)
                 rows.append(r)
                 fill = f"{r['fill']:.3f}" if "fill" in r else "-"
+                used = f"{r['used'] / 1e6:.1f}" if "used" in r else "-"
                 print(f"{n:>9} {order:>6} {store:>6} {r['entries']:>9} {r['leaf_pages']:>7} "
-                      f"{r['per_leaf']:>8} {fill:>6} {r['bytes'] / 1e6:>7.1f}", flush=True)
+                      f"{r['per_leaf']:>8} {fill:>6} {r['bytes'] / 1e6:>7.1f} {used:>7}", flush=True)
             del pairs
     if a.json:
         with open(a.json, "w") as f:

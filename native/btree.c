@@ -421,12 +421,18 @@ static void node_compact(kvm_txn *t, uint8_t *p)
     node_rebuild(t->env, p, refs, n);
 }
 
+/* 1 if a cell of `size` bytes and its offset fit in the page's gap. */
+static inline int gap_fits(const uint8_t *p, unsigned size)
+{
+    return rd32(p + PH_UPPER) >= PH_SIZE + 2 * nkeys(p) + size + 2;
+}
+
 /* Insert a cell at idx if it fits (compacting if need be); 1 if inserted. */
 static int node_insert(kvm_txn *t, uint8_t *p, unsigned idx, const uint8_t *cell, unsigned size)
 {
     const kvm_env *e = t->env;
     unsigned n = nkeys(p), upper = rd32(p + PH_UPPER);
-    if (upper < PH_SIZE + 2 * n + size + 2) {
+    if (!gap_fits(p, size)) {
         if (node_used(e, p) + size + 2 > usable(e))
             return 0;
         node_compact(t, p);
@@ -714,7 +720,10 @@ static int spread_split(kvm_txn *t, path_t *ph, int level, cellref *refs, unsign
 }
 
 /*
-** The full leaf at `level` is to take a cell at idx.  Split on its own, a
+** The leaf at `level` is to take a cell at idx, and its gap is too small.
+** If the cells fit in the page with it (dead cells took the room), the leaf
+** is rebuilt with them (node_insert would compact it: its cells are
+** gathered here anyway).  Else it is full.  Split on its own, a
 ** leaf of random-order inserts is two thirds full on average; sharing its
 ** cells with its neighbours under the same parent first, as SQLite's
 ** balance does, keeps them about 87% full:
@@ -747,16 +756,6 @@ static int spread(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t
     pgno_t ppg = ph->pg[level - 1], npg;
     unsigned pn = nkeys(pp), i = ph->idx[level - 1], b[SPREAD + 1], bound[2] = {0, 0};
     int has[2] = {i > 0, i + 1 < pn}, renew[SPREAD], rc;
-    if ((!has[0] && !has[1]) || (idx == nkeys(ph->ptr[level]) && !has[1]))
-        return 1;
-    for (int s = 0; s < 2; s++) {
-        const uint8_t *np;
-        if (has[s]) {
-            if ((rc = child_read(t, ph, level, s ? i + 1 : i - 1, PT_LEAF, &npg, &np)))
-                return rc;
-            bound[s] = used_bound(e, np);
-        }
-    }
     /* refs[0] and refs[n + 1] stand for the neighbours.  At most SPREAD
     ** leaves of cells, one more and the two stand-ins: fewer than t->cells
     ** holds (a page's worth of references; a cell takes at least 9 bytes). */
@@ -767,6 +766,21 @@ static int spread(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t
     refs[1 + idx].size = csize;
     n++;
     unsigned total = refs_bytes(refs + 1, n);
+    if (total <= usable(e)) {   /* dead cells took the room: compacted, it fits */
+        node_rebuild(e, ph->ptr[level], refs + 1, n);
+        *right = 0;
+        return 0;
+    }
+    if ((!has[0] && !has[1]) || (idx == n - 1 && !has[1]))
+        return 1;
+    for (int s = 0; s < 2; s++) {
+        const uint8_t *np;
+        if (has[s]) {
+            if ((rc = child_read(t, ph, level, s ? i + 1 : i - 1, PT_LEAF, &npg, &np)))
+                return rc;
+            bound[s] = used_bound(e, np);
+        }
+    }
     refs[0] = (cellref){NULL, bound[0]};
     refs[n + 1] = (cellref){NULL, bound[1]};
     int emptier = has[1] && (!has[0] || bound[1] < bound[0]);
@@ -804,11 +818,12 @@ static int insert_at(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint
 {
     for (;;) {
         uint8_t *p = ph->ptr[level];
-        if (node_insert(t, p, idx, cell, csize))
+        int leaf = level > 0 && p[PH_TYPE] == PT_LEAF;   /* and not the root: it spreads */
+        if ((!leaf || gap_fits(p, csize)) && node_insert(t, p, idx, cell, csize))
             return 0;
         pgno_t right;
         unsigned seplen = 0, at = level > 0 ? ph->idx[level - 1] + 1 : 0;
-        int rc = level > 0 && p[PH_TYPE] == PT_LEAF ? spread(t, ph, level, idx, cell, csize, &right, &seplen, &at) : 1;
+        int rc = leaf ? spread(t, ph, level, idx, cell, csize, &right, &seplen, &at) : 1;
         if (rc == 1)
             rc = split(t, ph->pg[level], idx, cell, csize, &right, &seplen);
         if (rc)
