@@ -1,6 +1,6 @@
 """kvmap as a dbm module: ``kvmap.dbm.open(file, flag="r", mode=0o666)`` and
 ``kvmap.dbm.error``, with what the standard library's dbm modules share
-(CPython's ``Lib/test/test_dbm.py`` and ``test_dbm_sqlite3.py`` are the
+(CPython's ``Lib/test/test_dbm.py`` and ``Lib/test/test_dbm_sqlite3.py`` are the
 checklist; tests/test_dbm.py runs the checks that apply).
 
 It differs from :func:`kvmap.open` only where dbm differs from a mapping:

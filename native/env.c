@@ -184,6 +184,18 @@ int space_open(kvm_env *e)
     return rc;
 }
 
+/* The last handle to close cuts the file to the pages the metas reach: the
+** growth overshoot (the file grows by half its size at a time, map.c) and
+** a free tail are not kept on disk while nobody has the file open.  No
+** other handle has it open (lock_alone) to be reading past the new end,
+** and both metas fit in it.  A failure leaves the file longer: harmless. */
+static void trim_tail(kvm_env *e)
+{
+    uint64_t need = meta_pages_needed(e) * e->psize;
+    if (need >= 2ull * e->psize && need < e->file_size && kvm_sys.ftruncate(e->fd, (off_t)need) == 0)
+        e->file_size = need;
+}
+
 /* Release the file and the mapping once no call is in flight.  In a child
 ** after fork() the lock, mapping and file are the parent's: only the
 ** child's own copies go (its descriptor and mapping), never a lock, and
@@ -198,11 +210,14 @@ void kvm_env_close(kvm_env *e)
     /* Commits made with sync=False become durable at close, and the newest
     ** meta is sealed (txn.c, env_seal).  Python's close calls kvm_env_sync
     ** first, to report a failure. */
-    if (!forked && e->opened && !e->readonly && !e->failed)
+    int writer = !forked && e->opened && !e->readonly && !e->failed;
+    if (writer)
         env_seal(e);
     if (e->base)
         kvm_sys.munmap(e->base, e->reserved);
     e->base = NULL;
+    if (writer && !e->failed && lock_alone(e))
+        trim_tail(e);
     if (e->fd >= 0)
         kvm_sys.close(e->fd);
     e->fd = -1;

@@ -250,6 +250,28 @@ int records_verify(kvm_env *e, const kvm_state *s)
     return rc;
 }
 
+static int runs_end(kvm_env *e, const kvm_state *s, kvm_record *r, void *ctx)
+{
+    (void)e;
+    (void)s;
+    uint64_t *end = ctx;
+    for (size_t i = 0; i < (size_t)r->nfreed + r->nreleased; i++) {   /* the released runs follow the freed */
+        uint64_t x = rd64(rec_freed(r, i)) + rd64(rec_freed(r, i) + 8);
+        if (x > *end)
+            *end = x;
+    }
+    return 0;
+}
+
+/* The pages the file must keep for state s: its hwm, and every page run its
+** live records name (freed and released runs may lie past hwm: FORMAT.md
+** §6, once a free tail lowered it). */
+int records_pages_needed(kvm_env *e, const kvm_state *s, uint64_t *need)
+{
+    *need = s->hwm;
+    return records_walk(e, s, s->floor, NULL, runs_end, need);
+}
+
 typedef struct written_walk {
     void (*fn)(kvm_env *e, uint64_t pg);
 } written_walk;

@@ -209,6 +209,7 @@ int init_file(kvm_env *e, uint32_t ps);
 int creation_leftover(kvm_env *e, uint32_t want, uint32_t *psp);
 int load_meta(kvm_env *e, uint32_t want_ps);
 int meta_adopt_pending(kvm_env *e);
+uint64_t meta_pages_needed(kvm_env *e);   /* what either meta reaches; 0: unreadable */
 /* env.c: the free space from the newest commit (writable handles) */
 int space_open(kvm_env *e);
 /* lock.c */
@@ -216,6 +217,7 @@ int  lock_open(kvm_env *e, uint32_t nreaders, uint32_t mode, int *first);
 int  lock_opened(kvm_env *e);
 int  lock_register(kvm_env *e);
 void lock_close(kvm_env *e, int forked);
+int  lock_alone(kvm_env *e);            /* 1: no other handle in any process (until lock_close) */
 void lock_free(kvm_env *e);
 int  lock_writer(kvm_env *e, int wait);   /* KVM_BUSY: another handle writes (not wait) */
 void unlock_writer(kvm_env *e);

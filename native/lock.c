@@ -287,6 +287,14 @@ void lock_close(kvm_env *e, int forked)
     e->lock_fd = -1;
 }
 
+/* 1 if no other handle has the database open, in any process: the open
+** byte taken exclusive, which this handle keeps until lock_close, so no
+** handle opens meanwhile (an opener waits for the byte shared). */
+int lock_alone(kvm_env *e)
+{
+    return e->lock_fd >= 0 && kvm_sys.lock(e->lock_fd, KVM_LK_EXCL, LOCK_BYTE_OPEN) == 0;
+}
+
 /* The region itself goes when the handle is freed (a late snapshot end
 ** may still look at it; it writes nothing once the handle is closed). */
 void lock_free(kvm_env *e)

@@ -277,6 +277,26 @@ static int meta_usable(kvm_env *e, const kvm_state *s, int slot)
 ** commit -- the first opener would take it -- so it is taken now, before a
 ** writer reuses its pages as free or overwrites its slot.  Under the
 ** writer lock (txn.c, writer_follow). */
+/* The pages the file must keep for either meta (open may take either): its
+** hwm and the runs its live records name (records_pages_needed); 0 when a
+** meta or a record cannot be read (then keep everything). */
+uint64_t meta_pages_needed(kvm_env *e)
+{
+    uint64_t need = 0;
+    for (int slot = 0; slot < 2; slot++) {
+        kvm_state s;
+        uint32_t ps = 0;
+        uint64_t n;
+        const char *why = "";
+        if (meta_read(e, (uint64_t)slot * e->psize, &s, &ps, &why) != 0 || ps != e->psize ||
+            records_pages_needed(e, &s, &n) != 0)
+            return 0;
+        if (n > need)
+            need = n;
+    }
+    return need;
+}
+
 int meta_adopt_pending(kvm_env *e)
 {
     uint64_t pending = e->sh->meta_pending;
