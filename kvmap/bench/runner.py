@@ -1,6 +1,6 @@
-"""How kvmap-bench runs its workloads: which there are and in what order,
-one workload's repetitions on one store and their summary (a result), and
-the whole run over every store (``run_suite``), procs interleaved."""
+"""How kvmap-bench runs its workloads: each workload's function, one
+workload's repetitions on one store and their summary (a result), and the
+whole run over every store (``run_suite``), procs interleaved."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from .procs import w_procs
 from .render import fmt_rate, row_label
 from .space import w_space
 from .stores import BACKENDS, KvmapStore, Store, make_store
-from .workloads import (KVMAP_ONLY, UNITS, Ctx, Params, Result, w_bulk, w_churn, w_get, w_get_cold, w_growth, w_mixed, w_range,
-                        w_scan, w_txn_nosync, w_txn_sync)
+from .workloads import (KVMAP_ONLY, UNITS, Ctx, Params, Result, w_bulk, w_churn, w_get, w_get_cold, w_growth,
+                        w_mixed, w_range, w_scan, w_txn_nosync, w_txn_sync)
 
 # Workloads that build their own store: after a failure it is emptied for the next to load.
 BUILDS_STORE = {"bulk", "growth", "space"}

@@ -29,7 +29,7 @@ Result = dict[str, Any]
 Ctx = dict[str, Any]
 Params = dict[str, Any]
 
-# Every workload (procs.py and space.py have two), in run order, and its throughput's unit.
+# Every workload (procs.py and space.py hold one each), in run order, and its throughput's unit.
 WORKLOADS = ["bulk", "get", "get_cold", "scan", "range", "mixed", "procs", "txn_nosync",
              "txn_sync", "churn", "growth", "space"]
 # space is asked for by name: it loads --space-mib per store, far more than the others
