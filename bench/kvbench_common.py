@@ -12,20 +12,14 @@ Environment knobs (all optional):
 
 
 import os
-import random
 import sqlite3
 
 import pytest
 
-try:
-    import kvmap
-
-    kvmap.open  # an unbuilt checkout imports as an empty namespace package
-except Exception as exc:  # engine not built / mid-edit: kvmap rows error, others still run
-    kvmap = None
-    _KVMAP_IMPORT_ERROR = exc
-else:
-    _KVMAP_IMPORT_ERROR = None
+# kvmap is needed by every row: the data set and the configurations are its
+import kvmap
+from kvmap.bench.data import Data
+from kvmap.configurations import CONFIGURATIONS, open_kwargs
 
 try:
     import lmdb
@@ -46,39 +40,19 @@ TXNS = min(2000, N // PUTS_PER_TXN)  # workload (d): 2,000 transactions x 10 put
 LMDB_MAP_SIZE = 2**32
 SQLITE_CACHE_KIB = 64 * 1024  # same 64 MiB as kvmap's default pread cache_size
 
-# The seven kvmap backend configurations: (id, kvmap.open keyword arguments).
-KVMAP_CONFIGS = [
-    ("mmap-reserve", dict(backend="mmap", growth="reserve", writemap=False)),
-    ("mmap-reserve-wm", dict(backend="mmap", growth="reserve", writemap=True)),
-    ("mmap-mremap", dict(backend="mmap", growth="mremap", writemap=False)),
-    ("mmap-mremap-wm", dict(backend="mmap", growth="mremap", writemap=True)),
-    ("mmap-remap", dict(backend="mmap", growth="remap", writemap=False)),
-    ("mmap-remap-wm", dict(backend="mmap", growth="remap", writemap=True)),
-    ("pread", dict(backend="pread")),
-]
-KVMAP_CONFIG_IDS = [c for c, _ in KVMAP_CONFIGS]
-_KVMAP_KW = dict(KVMAP_CONFIGS)
+# The seven kvmap configurations, by the names of kvmap.configurations.
+KVMAP_CONFIG_IDS = list(CONFIGURATIONS)
 
 
-class BenchData:
-    """Seeded data: N distinct random 16-byte keys with 100-byte values."""
+class BenchData(Data):
+    """kvmap-bench's data set (kvmap.bench.data.Data): N distinct random
+    16-byte keys with 100-byte values, loaded in the order drawn (``pairs``),
+    looked up in a fixed shuffled order (``get_order``); and what the
+    workloads here check against and commit."""
 
     def __init__(self, n=N, seed=SEED):
-        rng = random.Random(seed)
-        seen = set()
-        keys = []
-        while len(keys) < n:
-            k = rng.randbytes(KEY_SIZE)
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-        self.n = n
-        self.keys = keys  # generation (random) order
-        self.values = [rng.randbytes(VALUE_SIZE) for _ in range(n)]
-        self.pairs = list(zip(self.keys, self.values))  # load order (random)
+        super().__init__(n, KEY_SIZE, VALUE_SIZE, seed)
         self.mapping = dict(self.pairs)
-        self.get_order = list(keys)
-        random.Random(seed + 1).shuffle(self.get_order)  # lookup order, fixed per run
         self.sorted_pairs = sorted(self.pairs)
         # workload (d): the first TXNS*10 pairs, in chunks of 10
         small = self.pairs[: TXNS * PUTS_PER_TXN]
@@ -90,14 +64,12 @@ class BenchData:
 
 
 def require(store):
-    if store == "kvmap" and kvmap is None:
-        pytest.fail(f"kvmap is not importable: {_KVMAP_IMPORT_ERROR!r}", pytrace=False)
     if store == "lmdb" and lmdb is None:
         pytest.skip("py-lmdb is not installed (pip install lmdb)")
 
 
 def kvmap_kwargs(config, sync):
-    kw = dict(_KVMAP_KW[config])
+    kw = open_kwargs(config)
     kw["sync"] = sync
     return kw
 

@@ -1,10 +1,13 @@
 """Shared fixtures and helpers for the kvmap test suite.
 
 * ``CONFIGS`` / the ``cfg`` fixture: every backend configuration the engine
-  supports (6 mmap variants + pread = 7), with readable ids such as
-  ``mmap-reserve-wm``.
+  supports (6 mmap variants + pread = 7, from ``kvmap.configurations``),
+  with their names as ids, such as ``mmap-reserve-wm``.
 * ``open_db(path, cfg, **kw)``: ``kvmap.open`` with a config merged with
   per-call options.
+* the ``db`` fixture: a database at ``db_path`` opened with ``db_options``
+  (the default configuration unless a test or module says otherwise),
+  checked by ``db._check()`` and ``kvmap.check`` at teardown.
 * ``run_python(code, timeout=..., args=...)``: run a code string in a fresh
   interpreter so that a SIGSEGV/SIGBUS in the engine fails one test instead of
   killing pytest.
@@ -22,29 +25,19 @@ import textwrap
 
 import pytest
 
+import kvmap
+from kvmap.configurations import CONFIGURATIONS, DEFAULT, name_of, open_kwargs
+
 # ---------------------------------------------------------------------------
-# configurations
+# configurations: kvmap.configurations names them; here as the tests use them
 
-GROWTHS = ("reserve", "mremap", "remap")
-
-CONFIGS = [
-    dict(backend="mmap", growth=g, writemap=wm)
-    for g in GROWTHS
-    for wm in (False, True)
-] + [dict(backend="pread")]
-
-
-def config_id(cfg):
-    if cfg.get("backend") == "pread":
-        return "pread"
-    return "mmap-%s%s" % (cfg["growth"], "-wm" if cfg.get("writemap") else "")
-
-
-CONFIG_IDS = [config_id(c) for c in CONFIGS]
+CONFIG_IDS = list(CONFIGURATIONS)
+CONFIGS = [open_kwargs(name) for name in CONFIG_IDS]
+config_id = name_of
 
 # the default configuration (what kvmap.open() gives without options)
-DEFAULT_CFG = dict(backend="mmap", growth="reserve", writemap=False)
-PREAD_CFG = dict(backend="pread")
+DEFAULT_CFG = open_kwargs(DEFAULT)
+PREAD_CFG = open_kwargs("pread")
 
 
 def configs_by_id(*ids):
@@ -68,11 +61,44 @@ def cfg(request):
 
 def open_db(path, cfg=None, **kw):
     """kvmap.open(path, **cfg, **kw); keyword arguments override the config."""
-    import kvmap
-
     opts = dict(cfg or {})
     opts.update(kw)
     return kvmap.open(str(path), **opts)
+
+
+@pytest.fixture
+def db_options():
+    """The ``kvmap.open`` keyword arguments of the ``db`` fixture: the
+    default configuration.  A test parametrizes it
+    (``@pytest.mark.parametrize("db_options", ALL_CONFIG_PARAMS)``), or a
+    module overrides this fixture (``def db_options(cfg): return cfg`` runs
+    each of its tests in every configuration)."""
+    return dict(DEFAULT_CFG)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    """Where the ``db`` fixture's database is."""
+    return tmp_path / "db"
+
+
+@pytest.fixture
+def db(db_path, db_options):
+    """A database opened at ``db_path`` with ``db_options``.  At teardown,
+    while it is still open, it must be sound to the engine (``db._check()``,
+    unless the test closed it) and to the checker (``kvmap.check``: what the
+    test left on disk), then it is closed."""
+    handle = open_db(db_path, db_options)
+    try:
+        yield handle
+        try:
+            handle._check()
+        except kvmap.ClosedError:
+            pass    # the test closed it: the file is checked all the same
+        report = kvmap.check(str(db_path))
+        assert report.ok, report.to_json(indent=1)
+    finally:
+        handle.close()
 
 
 # ---------------------------------------------------------------------------

@@ -9,10 +9,13 @@ import pytest
 from sortedcontainers import SortedDict
 
 import kvmap
+from kvmap.configurations import open_kwargs
 from conftest import (
     CONFIGS,
     CONFIG_IDS,
     DEFAULT_CFG,
+    PREAD_CFG,
+    configs_by_id,
     make_value,
     open_db,
 )
@@ -23,10 +26,9 @@ NO_WRITEMAP_PARAMS = [
 
 
 @pytest.fixture
-def db(tmp_path, cfg):
-    d = open_db(tmp_path / "db", cfg)
-    yield d
-    d.close()
+def db_options(cfg):
+    """conftest's ``db`` fixture, in every configuration."""
+    return cfg
 
 
 # ---------------------------------------------------------------------------
@@ -630,7 +632,7 @@ def test_reopen_persistence(tmp_path, cfg):
         d[b"new"] = b"n"
         model[b"new"] = b"n"
     # reopen with another backend/config: the file format is shared
-    for other in (DEFAULT_CFG, dict(backend="pread"), dict(backend="mmap", growth="remap", writemap=True)):
+    for other in (DEFAULT_CFG, PREAD_CFG, open_kwargs("mmap-remap-wm")):
         with open_db(p, other) as d:
             assert list(d.items()) == list(model.items())
 
@@ -640,8 +642,7 @@ def test_reopen_persistence(tmp_path, cfg):
 
 
 @pytest.mark.parametrize("ps", [8192, 65536])
-@pytest.mark.parametrize("cfg", [pytest.param(dict(DEFAULT_CFG), id="mmap-reserve"),
-                                 pytest.param(dict(backend="pread"), id="pread")])
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve", "pread"))
 def test_other_page_sizes(tmp_path, cfg, ps):
     p = tmp_path / "db"
     model = {}

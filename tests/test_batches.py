@@ -113,13 +113,12 @@ def test_put_many_bad_pair_changes_nothing_of_its_batch(tmp_path, bad, exc):
         assert list(db.items()) == [(b"a", b"1"), (b"d", b"4")]
 
 
-def test_put_many_after_the_transaction_ended(tmp_path):
-    with kvmap.open(tmp_path / "db.kv") as db:
-        txn = db.transaction()
-        txn.abort()
-        with pytest.raises(kvmap.ClosedError):
-            txn.put_many([(b"a", b"1")])
-        txn.put_many([])   # nothing to do: no handle needed
+def test_put_many_after_the_transaction_ended(db):
+    txn = db.transaction()
+    txn.abort()
+    with pytest.raises(kvmap.ClosedError):
+        txn.put_many([(b"a", b"1")])
+    txn.put_many([])   # nothing to do: no handle needed
 
 
 @pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
@@ -165,12 +164,11 @@ def test_get_many_across_many_calls(tmp_path, cfg):
     ([b"a", b"x" * 1001], ValueError),
     ([b"a", 7], TypeError),
 ])
-def test_get_many_bad_key(tmp_path, keys, exc):
-    with kvmap.open(tmp_path / "db.kv") as db:
-        db[b"a"] = b"1"
-        with pytest.raises(exc):
-            db.get_many(keys)
-        assert db.get_many([b"a", "a", bytearray(b"a"), memoryview(b"a")]) == [b"1"] * 4
+def test_get_many_bad_key(db, keys, exc):
+    db[b"a"] = b"1"
+    with pytest.raises(exc):
+        db.get_many(keys)
+    assert db.get_many([b"a", "a", bytearray(b"a"), memoryview(b"a")]) == [b"1"] * 4
 
 
 bounds = st.one_of(st.none(), small_keys, st.just(b""), st.just(b"\xff" * 1200))

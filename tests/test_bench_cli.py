@@ -20,11 +20,11 @@ TINY = ["-n", "300", "--repeat", "1", "--growth-mib", "8", "--procs-readers", "1
         "--quiet"]
 
 RESULT_KEYS = {"workload", "store", "throughput", "latency_us", "faults", "peak_rss", "file_size",
-               "allocated", "extra"}
+               "allocated", "mapped_rss", "extra"}
 MACHINE_KEYS = {"kernel", "python", "filesystem", "page_size", "cpu_count", "kvmap_version",
                 "lmdb_version", "sqlite_version"}
 PARAM_KEYS = {"backends", "peers", "workloads", "n", "key_size", "value_size", "repeat", "seed",
-              "growth_mib", "procs_readers", "procs_seconds"}
+              "growth_mib", "procs_readers", "procs_seconds", "space_mib", "space_txns"}
 LATENCY_WORKLOADS = {"get_cold", "range", "procs", "txn_nosync", "txn_sync"}
 PROCS_EXTRA = {"readers", "gets_per_snapshot", "window_s", "latency_per", "reads_per_s_per_reader",
                "writer_commits", "writer_commits_per_s", "writer_commit_us", "reader_cpu_us_per_get",
@@ -52,7 +52,8 @@ def _check_procs(r, readers):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    """One tiny run over every kvmap backend and every workload, with --json."""
+    """One tiny run over every kvmap backend and every default workload (all
+    but space: test_space_*), with --json."""
     d = tmp_path_factory.mktemp("bench")
     out = d / "out.json"
     rc = bench.main(TINY + ["--backends", ",".join(ALL_BACKENDS), "--dir", str(d / "stores"),
@@ -69,11 +70,12 @@ def test_json_has_every_workload_and_backend(full_run):
     assert doc["machine"]["filesystem"] and doc["machine"]["filesystem"] != "unknown"
     assert PARAM_KEYS <= set(doc["params"])
     assert doc["params"]["backends"] == ALL_BACKENDS
-    assert doc["params"]["workloads"] == bench.WORKLOADS
+    assert doc["params"]["workloads"] == bench.DEFAULT_WORKLOADS
+    assert bench.DEFAULT_WORKLOADS == [w for w in bench.WORKLOADS if w != "space"]
     assert doc["params"]["procs_readers"] == [1]
     results = {(r["workload"], r["store"]): r for r in doc["results"]}
     assert len(results) == len(doc["results"])   # procs: one reader count, one result
-    for w in bench.WORKLOADS:
+    for w in bench.DEFAULT_WORKLOADS:
         for b in ALL_BACKENDS:
             r = results.get((w, b))
             assert r is not None, f"missing {w} x {b}"
@@ -89,7 +91,7 @@ def test_json_has_every_workload_and_backend(full_run):
                 assert _positive(lat["p50"]) and _positive(lat["p99"]) and lat["p50"] <= lat["p99"]
             assert r["faults"]["minor"] >= 0 and r["faults"]["major"] >= 0
             assert _positive(r["peak_rss"])
-            assert _positive(r["file_size"]) and r["allocated"] >= 0
+            assert _positive(r["file_size"]) and r["allocated"] >= 0 and r["mapped_rss"] >= 0
             assert "syscalls" in r["extra"]
     for b in ALL_BACKENDS:
         g = results["growth", b]["extra"]
@@ -100,6 +102,8 @@ def test_json_has_every_workload_and_backend(full_run):
         _check_procs(results["procs", b], 1)
         ch = results["churn", b]["extra"]
         assert _positive(ch["before"]["file_size"]) and _positive(ch["after"]["rss"])
+        # every get read through the mapping: some of it is resident after
+        assert (results["get", b]["mapped_rss"] > 0) == (b != "pread"), (b, results["get", b]["mapped_rss"])
     # the temporary stores are removed
     assert not os.listdir(d / "stores")
 
@@ -108,10 +112,11 @@ def test_table_renders(tmp_path, capsys):
     rc = bench.main(TINY + ["--backends", "mmap:reserve,pread", "--dir", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    for w in bench.WORKLOADS:
+    for w in bench.DEFAULT_WORKLOADS:
         assert w in out
     for row in ("procs 1r ", "procs 1r/reader ", "procs 1r:writer ", "procs 1r p50/p99 us per snapshot",
-                "procs 1r:writer p50/p99 us per commit"):
+                "procs 1r:writer p50/p99 us per commit", "after the workload: file / allocated / mapped RSS",
+                "  growth "):
         assert row in out, row
     assert "mmap:reserve" in out and "pread" in out
     assert "*" in out
@@ -148,7 +153,7 @@ def test_peers_add_rows(tmp_path, capsys):
     assert doc["params"]["peers"] == ["lmdb", "sqlite3"]
     stores = {(r["workload"], r["store"]) for r in doc["results"] if "error" not in r}
     for peer in ("lmdb", "sqlite3"):
-        for w in bench.WORKLOADS:
+        for w in bench.DEFAULT_WORKLOADS:
             if w in bench.KVMAP_ONLY:
                 assert (w, peer) not in stores
             else:
@@ -209,3 +214,49 @@ def test_bad_option_and_module_entry(tmp_path):
     p = subprocess.run([sys.executable, "-m", "kvmap.bench", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "--growth-mib" in p.stdout
+
+
+SPACE_FIGURES = {"file_size", "allocated", "mapped_rss", "rss"}
+
+
+def test_space_workload_reports_both_cases(tmp_path, capsys):
+    """space at a tiny size, beside the peers: case 1 (90% deleted) and case
+    3 (a snapshot held over overwrites) have their figures, in the JSON and
+    in the tables."""
+    peers = ["sqlite3"] + (["lmdb"] if importlib.util.find_spec("lmdb") else [])
+    out = tmp_path / "space.json"
+    rc = bench.main(TINY + ["--workloads", "space", "--space-mib", "1", "--space-txns", "50",
+                            "--backends", "mmap:reserve,pread", "--peers", ",".join(peers),
+                            "--dir", str(tmp_path / "stores"), "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for row in ("space ", "del/s", "before: file ", "before: allocated ", "before: mapped RSS ",
+                "after: file (fall/deleted)", "after: allocated (fall/deleted)", "after: mapped RSS (fall/deleted)",
+                "at the snapshot: file", "held: file (growth/file)", "held: allocated (growth/file)",
+                "released, 10 commits: allocated (growth/file)", "after the workload: file / allocated / mapped RSS"):
+        assert row in text, row
+    doc = json.loads(out.read_text())
+    assert doc["params"]["workloads"] == ["space"]
+    assert doc["params"]["space_mib"] == 1 and doc["params"]["space_txns"] == 50
+    results = {r["store"]: r for r in doc["results"]}
+    assert sorted(results) == sorted(["mmap:reserve", "pread"] + peers)
+    for store, r in results.items():
+        assert r["workload"] == "space" and "error" not in r, (store, r.get("error"))
+        assert r["throughput"]["unit"] == "del/s" and _positive(r["throughput"]["median"])
+        g, h = r["extra"]["giveback"], r["extra"]["held_snapshot"]
+        assert g["entries"] > 0 and g["deleted"] == int(0.9 * g["entries"])
+        for figures in (g["before"], g["after"], h["at_snapshot"], h["held"], h["after_release"]):
+            assert set(figures) == SPACE_FIGURES, (store, figures)
+            assert _positive(figures["file_size"]) and _positive(figures["rss"])
+            assert figures["allocated"] >= 0 and figures["mapped_rss"] >= 0
+        assert set(g["fall_per_deleted"]) == SPACE_FIGURES
+        assert set(h["growth_held"]) == set(h["growth_after_release"]) == SPACE_FIGURES
+        assert h["txns"] == 50 and h["keys"] == 10000
+        # a held snapshot keeps what it sees: nothing of the file is given back under it
+        assert h["held"]["file_size"] >= h["at_snapshot"]["file_size"]
+    assert not os.listdir(tmp_path / "stores")
+
+
+def test_space_option_must_be_positive(capsys):
+    assert bench.main(["--workloads", "space", "--space-mib", "0"]) == 2
+    assert "--space-mib" in capsys.readouterr().err

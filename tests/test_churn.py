@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from conftest import DEFAULT_CFG, PREAD_CFG, open_db
+from kvmap.configurations import open_kwargs
+from conftest import DEFAULT_CFG, PREAD_CFG, configs_by_id, open_db
 
 NKEYS = 10_000
 ROUNDS = 50
@@ -30,7 +31,7 @@ def _value(i, r):
 # commit N is reusable once no reader older than N is alive).
 @pytest.mark.parametrize("cfg,sync", [
     pytest.param(dict(DEFAULT_CFG), True, id="mmap-reserve-sync"),
-    pytest.param(dict(backend="mmap", growth="reserve", writemap=True), False, id="mmap-reserve-wm-nosync"),
+    pytest.param(open_kwargs("mmap-reserve-wm"), False, id="mmap-reserve-wm-nosync"),
     pytest.param(dict(PREAD_CFG), False, id="pread-nosync"),
 ])
 def test_churn_file_size_bounded(tmp_path, cfg, sync):
@@ -70,10 +71,7 @@ def test_churn_file_size_bounded(tmp_path, cfg, sync):
         assert list(db.items()) == [(keys[i], _value(i, ROUNDS)) for i in range(NKEYS)]
 
 
-@pytest.mark.parametrize("cfg", [
-    pytest.param(dict(DEFAULT_CFG), id="mmap-reserve"),
-    pytest.param(dict(PREAD_CFG), id="pread"),
-])
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve", "pread"))
 def test_space_held_by_live_snapshot_is_linear(tmp_path, cfg):
     """While an old snapshot is alive no freed page can be reused, so the file
     grows -- but only by what the commits actually replaced.  Each commit here

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sortedcontainers import SortedDict
 
-from conftest import CONFIGS, CONFIG_IDS, DEFAULT_CFG, PREAD_CFG, make_value, open_db
+from conftest import CONFIGS, CONFIG_IDS, DEFAULT_CFG, configs_by_id, make_value, open_db
 import kvmap
 from kvmap.checker import check
 
@@ -390,8 +390,7 @@ del _cfg, _cid
 # deterministic depth test: tree grows to >= 3 levels and shrinks again
 
 
-@pytest.mark.parametrize("cfg", [pytest.param(dict(DEFAULT_CFG), id="mmap-reserve"),
-                                 pytest.param(dict(PREAD_CFG), id="pread")])
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve", "pread"))
 def test_depth_grows_and_shrinks(tmp_path, cfg):
     # 500-byte random keys: at most ~7 entries per 4 KiB leaf, so 20,000
     # entries need > 2,800 leaves; even with 2-byte (suffix-truncated)

@@ -3,7 +3,7 @@ backend configuration; large<->small overwrites; key length limits."""
 
 import pytest
 
-from conftest import DEFAULT_CFG, PREAD_CFG, make_value, open_db, sha
+from conftest import DEFAULT_CFG, PREAD_CFG, configs_by_id, make_value, open_db, sha
 
 MiB = 1 << 20
 
@@ -54,11 +54,7 @@ def test_value_sizes_roundtrip(tmp_path, cfg):
         _check(db, expected)
 
 
-@pytest.mark.parametrize("cfg", [
-    pytest.param(dict(DEFAULT_CFG), id="mmap-reserve"),
-    pytest.param(dict(backend="mmap", growth="remap", writemap=True), id="mmap-remap-wm"),
-    pytest.param(dict(PREAD_CFG), id="pread"),
-])
+@pytest.mark.parametrize("cfg", configs_by_id("mmap-reserve", "mmap-remap-wm", "pread"))
 def test_64mib_value(tmp_path, cfg):
     p = tmp_path / "db"
     big = make_value("big64", 64 * MiB)

@@ -14,7 +14,7 @@ import pytest
 
 import kvmap
 from kvmap._lib import lib
-from kvmap.bench import _resident
+from kvmap.bench.figures import resident_pages
 from conftest import ALL_CONFIG_PARAMS, assert_child_ok, make_value, open_db, run_python
 
 
@@ -51,7 +51,7 @@ def test_warm_reads_every_page_and_changes_nothing(tmp_path, cfg):
             t.put(b"during", b"warm")
             db.warm()
         pages = db.stats()["pages"]
-        assert _resident([path])["pages"] >= pages
+        assert resident_pages([path])["pages"] >= pages
         assert dict(snap.items()) == before
         snap.close()
         before[b"during"] = b"warm"

@@ -55,7 +55,7 @@ in ``close()`` and the reopen, or between calls has nothing in flight
 same file from the matched transaction + 1.
 
 Lanes: one file lives for 150..350 transactions, then a new file starts with
-the next configuration of ``tests/conftest.py``'s CONFIGS (and ``sync=False``
+the next configuration of ``kvmap.configurations`` (and ``sync=False``
 for every third lane), so growth happens in every lane.  Lane L of
 seed S draws every choice from ``Random("S:L")``: ``--lane L`` re-runs just
 that lane, and with ``--no-timing`` (no delay kills, no reader threads) a lane
@@ -152,13 +152,14 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import crashkit  # noqa: E402
 import kvmap  # noqa: E402
 import kvmap.checker  # noqa: E402,F401  (imported once here, not in every verifier)
-from conftest import CONFIGS, config_id  # noqa: E402
+from kvmap.configurations import CONFIGURATIONS, open_kwargs, name_of as config_id  # noqa: E402
 from kvmap._lib import lib  # noqa: E402
+
+CONFIGS = [open_kwargs(name) for name in CONFIGURATIONS]
 
 SYS = {name[8:].lower(): getattr(lib, name) for name in dir(lib)
        if name.startswith("KVM_SYS_") and name != "KVM_SYS_NCALLS"}

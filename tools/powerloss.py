@@ -157,12 +157,8 @@ IMAGE_TIMEOUT = 60          # seconds per image before it counts as a hang
 INTERVAL = 0.1              # sync_interval of the runs that use one
 PROBE_KEY = b"\xffpowerloss-probe"
 
-# configurations, with the ids tests/conftest.py uses
-CONFIGS = {}
-for _g in ("reserve", "mremap", "remap"):
-    for _wm in (False, True):
-        CONFIGS["mmap-%s%s" % (_g, "-wm" if _wm else "")] = dict(backend="mmap", growth=_g, writemap=_wm)
-CONFIGS["pread"] = dict(backend="pread")
+# configurations: name -> kvmap.open keyword arguments (read-only)
+from kvmap.configurations import CONFIGURATIONS as CONFIGS  # noqa: E402
 
 DATA_MODES = ("none", "all", "pages", "reorder", "torn", "sectors")
 META_MODES = ("meta-none", "meta-all", "meta-torn-prefix", "meta-torn-words")
