@@ -57,6 +57,25 @@ def _join(threads, errors):
     assert not errors, "\n".join(tb for _e, tb in errors)
 
 
+
+def _race(db, n_commits, reader, rids):
+    """Generation 0, then a writer thread committing generations 1 ..
+    n_commits while reader(rid, done) runs in a thread for each rid (done:
+    set once the writer is finished); failures in any thread fail the test."""
+    write_generation(db, 0)
+    done = threading.Event()
+    errors = []
+
+    def writer():
+        try:
+            for g in range(1, n_commits + 1):
+                write_generation(db, g)
+        finally:
+            done.set()
+
+    threads = [_start(writer, errors)] + [_start(reader, errors, rid, done) for rid in rids]
+    _join(threads, errors)
+
 # ---------------------------------------------------------------------------
 # (a)
 
@@ -194,20 +213,10 @@ def check_state(items):
 def test_reader_sees_consistent_generations(tmp_path, cfg):
     db = open_db(tmp_path / "db", cfg, sync=False)
     try:
-        write_generation(db, 0)
-        done = threading.Event()
-        errors = []
         seen = []
         n_commits = 600
 
-        def writer():
-            try:
-                for g in range(1, n_commits + 1):
-                    write_generation(db, g)
-            finally:
-                done.set()
-
-        def reader(rid):
+        def reader(rid, done):
             rng = random.Random(rid)
             last = -1
             iterations = 0
@@ -230,8 +239,7 @@ def test_reader_sees_consistent_generations(tmp_path, cfg):
                     break  # this last snapshot started after the final commit
             seen.append((rid, iterations, last))
 
-        threads = [_start(writer, errors), _start(reader, errors, 1), _start(reader, errors, 2)]
-        _join(threads, errors)
+        _race(db, n_commits, reader, (1, 2))
         assert len(seen) == 2
         for _rid, iterations, last in seen:
             assert iterations >= 3
@@ -245,20 +253,10 @@ def test_reader_sees_consistent_generations(tmp_path, cfg):
 def test_threads_get_while_writer_commits(tmp_path, cfg):
     db = open_db(tmp_path / "db", cfg, sync=False)
     try:
-        write_generation(db, 0)
-        done = threading.Event()
-        errors = []
         stats = []
         n_commits = 300
 
-        def writer():
-            try:
-                for g in range(1, n_commits + 1):
-                    write_generation(db, g)
-            finally:
-                done.set()
-
-        def reader(rid):
+        def reader(rid, done):
             rng = random.Random(rid)
             last = -1
             ops = 0
@@ -291,8 +289,7 @@ def test_threads_get_while_writer_commits(tmp_path, cfg):
                 ops += 1
             stats.append((rid, ops, hits, last))
 
-        threads = [_start(writer, errors)] + [_start(reader, errors, r) for r in range(4)]
-        _join(threads, errors)
+        _race(db, n_commits, reader, range(4))
         assert len(stats) == 4
         for _rid, ops, hits, _last in stats:
             assert ops >= 50 and hits > 0
