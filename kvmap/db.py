@@ -25,7 +25,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, N
                     overload)
 
 from ._lib import MISSING, BytesLike, error_for, ffi, fork_generation, lib
-from .errors import ClosedError, LockedError, ReadOnlyError, os_error
+from .errors import ClosedError, DiskFullError, IOFailure, LockedError, ReadOnlyError, os_error
 from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
 
 if TYPE_CHECKING:
@@ -538,7 +538,7 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         with Snapshot(self) as snap:
             txnid = snap._state()["txnid"]
             if compact:
-                self._copy_compact(snap, tmp)
+                self._copy_compact(snap, tmp, dest)
             else:
                 rc = lib.kvm_txn_copy_released(snap._handle(), os.fsencode(tmp))
                 if rc:
@@ -548,7 +548,7 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
             raise error_for(rc, dest)
         return txnid
 
-    def _copy_compact(self, snap: Snapshot, tmp: str) -> None:
+    def _copy_compact(self, snap: Snapshot, tmp: str, dest: str) -> None:
         """The pairs of ``snap``, in key order, into a new database at ``tmp``
         in one transaction -- so no page is freed, and the leaves fill as a
         sequential load fills them -- synced and cut to its high-water mark.
@@ -556,7 +556,10 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         file's page cache, not in memory of this process, however large the
         database."""
         mode = os.stat(self.path).st_mode & 0o777
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # the name is ours
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # the name is ours
+        except OSError as e:
+            raise os_error(e.errno, "creating the copy", dest) from None
         os.close(fd)
         try:
             with open(tmp, "c", page_size=self.page_size, writemap=True) as dst:
@@ -564,12 +567,16 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
                     txn.put_many(snap.items())
                 pages = dst.stats()["pages"]
             # The file grew in steps (a growth overshoots); a copy is done growing.
-            fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)
             try:
-                os.ftruncate(fd, pages * self.page_size)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, pages * self.page_size)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise os_error(e.errno, "cutting the copy to its size", dest,
+                               DiskFullError if e.errno in (errno.ENOSPC, errno.EDQUOT) else IOFailure) from None
         except BaseException:
             try:
                 os.unlink(tmp)
