@@ -34,7 +34,8 @@ import pytest
 
 import kvmap
 from kvmap._lib import ffi, lib
-from conftest import ALL_CONFIG_PARAMS, DEFAULT_CFG, TESTS_DIR, assert_child_ok, make_value, open_db, run_python
+from conftest import (ALL_CONFIG_PARAMS, DEFAULT_CFG, TESTS_DIR, assert_child_ok, make_value, mounted_tmpfs,
+                      open_db, run_python)
 
 N = 6000   # pairs of the base: about 140 pages of 4 KiB
 
@@ -297,9 +298,9 @@ def test_compact_copy_of_a_churned_database(tmp_path, cfg):
     path = str(tmp_path / "src.kv")
     with make_base(path, cfg) as db:
         churn(db)
-        pairs = dict(db.items())
         st = db.stats()
         assert st["free_pages"] + st["pending_pages"] > st["pages"] // 3
+        pairs = dict(db.items())
         db.copy(str(tmp_path / "pages.kv"))
         db.copy(str(tmp_path / "compact.kv"), compact=True)
     seq = str(tmp_path / "sequential.kv")
@@ -405,13 +406,7 @@ def test_destination_errors(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a size-limited tmpfs")
 def test_copy_to_a_full_disk(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip("needs root to mount a size-limited tmpfs (mount failed: %s)" % r.stderr.strip())
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
         path = str(tmp_path / "src.kv")
         with make_base(path, DEFAULT_CFG) as db:      # about 1 MiB of pages: more than the tmpfs holds
             pairs = dict(db.items())
@@ -433,8 +428,6 @@ def test_copy_to_a_full_disk(tmp_path):
         assert kvmap.check(str(mnt / "copy.kv")).ok
         with kvmap.open(str(mnt / "copy.kv"), "r") as c:
             assert dict(c.items()) == pairs
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------
