@@ -541,8 +541,8 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
                 self._copy_compact(snap, tmp, dest)
             else:
                 rc = lib.kvm_txn_copy_released(snap._handle(), os.fsencode(tmp))
-                if rc:
-                    raise error_for(rc, self.path if rc == lib.KVM_CORRUPT else dest)
+                if rc:   # an errno's filename is the copy's; damage and closing are the database's
+                    raise error_for(rc, dest if rc in (lib.KVM_IO, lib.KVM_DISKFULL) else self.path)
         rc = lib.kvm_file_install_released(os.fsencode(tmp), os.fsencode(dest), int(overwrite))
         if rc:
             raise error_for(rc, dest)

@@ -609,3 +609,38 @@ def test_given_back_bytes(tmp_path):
     with kvmap.open(dest, "r") as c:
         cst = c.stats()
     assert cst["given_back_bytes"] == 0 and cst["file_size"] < st["allocated_bytes"]
+
+
+def test_close_from_another_thread_during_a_copy(tmp_path):
+    """Database.close() from another thread while a page copy reads: the
+    copy ends (ClosedError) or has finished; either way no half copy, no
+    temporary file, and the database opens with its commits."""
+    path = str(tmp_path / "src.kv")
+    with kvmap.open(path) as db:
+        for s in range(0, 60000, 20000):
+            with db.transaction() as txn:
+                txn.put_many((b"k%06d" % i, make_value(("close", i), 500)) for i in range(s, s + 20000))
+    db = kvmap.open(path, "r")
+    dest = str(tmp_path / "copy.kv")
+    outcome = []
+
+    def copy():
+        try:
+            outcome.append(db.copy(dest))
+        except kvmap.ClosedError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=copy)
+    t.start()
+    while not leftovers(tmp_path, dest) and t.is_alive():   # the copy's file exists: it reads now
+        time.sleep(0.0005)
+    db.close()
+    t.join(60)
+    assert len(outcome) == 1
+    if isinstance(outcome[0], kvmap.ClosedError):
+        assert not os.path.lexists(dest)
+    else:
+        assert kvmap.check(dest).ok
+    assert leftovers(tmp_path, dest) == []
+    with kvmap.open(path, "r") as again:
+        assert len(again) == 60000
