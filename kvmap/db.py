@@ -89,8 +89,8 @@ class Stats(TypedDict):
     pending_pages: int
     pinned_pages: int | None
     oldest_snapshot: int | None
-    allocated_bytes: int
-    given_back_bytes: int
+    allocated_bytes: int | None
+    given_back_bytes: int | None
     backend: str
     growth: str | None
     writemap: bool
@@ -622,11 +622,16 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
           ``pages = used_pages + free_pages + pending_pages``;
         * ``pinned_pages``: those pending pages that live snapshots (of any
           process) hold back: freed after the oldest snapshot's commit
-          (``oldest_snapshot``, None without one); None when every reader
-          slot is taken (it takes a snapshot to count them);
+          (``oldest_snapshot``, None without one);
         * ``file_size``; ``allocated_bytes``, the disk the file holds; and
           ``given_back_bytes``, the part of it that is holes: free runs
           punched out of the file (``syscalls["punch"]`` counts the punches).
+
+        ``pinned_pages``, ``allocated_bytes`` and ``given_back_bytes`` are
+        read from the file (the commit records, ``fstat``): None when that
+        read fails, or, for ``pinned_pages``, when every reader slot is
+        taken (counting them takes a snapshot).  stats() raises only on a
+        closed handle.
 
         The leaf fill factor (bytes of the leaves in use over their
         capacity) takes reading every leaf: ``kvmap.check(path)`` reports it
@@ -656,8 +661,8 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
             "free_pages": st.free_count, "pending_pages": st.pending_count,
             "pinned_pages": None if space.pinned_pages == none else space.pinned_pages,
             "oldest_snapshot": None if space.oldest_reader == none else space.oldest_reader,
-            "allocated_bytes": space.allocated,
-            "given_back_bytes": max(0, space.file_size - space.allocated),
+            "allocated_bytes": None if space.allocated == none else space.allocated,
+            "given_back_bytes": None if space.allocated == none else max(0, space.file_size - space.allocated),
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self._sync,
             "verify_checksums": self.verify_checksums, "readahead": self.readahead,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,

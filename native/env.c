@@ -452,6 +452,9 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     return 0;
 }
 
+/* Figures for people (stats()), so a figure that cannot be read is "not
+** known" (UINT64_MAX), never an error: stats() also reports a failed handle,
+** whose disk may be failing. */
 int kvm_env_space(kvm_env *e, kvm_spacestat *out)
 {
     memset(out, 0, sizeof *out);
@@ -460,7 +463,7 @@ int kvm_env_space(kvm_env *e, kvm_spacestat *out)
         return rc;
     kvm_filestat fs;
     if (kvm_sys.fstat(e->fd, &fs) != 0) {
-        rc = kvm_err_sys(KVM_IO, errno, "reading the database file's size");
+        out->file_size = out->allocated = UINT64_MAX;
     } else {
         out->file_size = fs.size;
         out->allocated = fs.allocated;
@@ -468,25 +471,23 @@ int kvm_env_space(kvm_env *e, kvm_spacestat *out)
     /* A snapshot of the newest commit (which holds nothing back: nothing
     ** was freed after it) keeps the records read below from reuse. */
     kvm_txn r = {.env = e, .slot = -1};
-    int got = rc ? rc : snapshot_acquire(e, &r);
-    if (got == KVM_READERS_FULL) {
-        out->pinned_pages = UINT64_MAX;
+    out->pinned_pages = UINT64_MAX;
+    if (snapshot_acquire(e, &r) != 0) {   /* every reader slot taken, or the file cut short */
         out->oldest_reader = env_oldest_reader(e);
-    } else if (got) {
-        rc = got;
     } else {
         const kvm_state *s = &r.commit;
         out->txnid = s->txnid;
         out->oldest_reader = env_oldest_other(e, r.slot);
         /* the pages freed by the commits after the oldest snapshot's, still
         ** pending: the live records of (max(oldest, floor), txnid] */
-        if (out->oldest_reader < s->txnid)
-            rc = records_pending(e, s, out->oldest_reader > s->floor ? out->oldest_reader : s->floor,
-                                 &out->pinned_pages);
+        uint64_t pinned = 0;
+        if (out->oldest_reader >= s->txnid ||
+            records_pending(e, s, out->oldest_reader > s->floor ? out->oldest_reader : s->floor, &pinned) == 0)
+            out->pinned_pages = pinned;
         snapshot_release(e, &r);
     }
     env_leave(e);
-    return rc;
+    return 0;
 }
 
 uint32_t kvm_env_max_key(kvm_env *e) { return e->max_key; }

@@ -133,14 +133,16 @@ int      kvm_env_warm(kvm_env *e);
 /* The space figures stats() adds that take more than a look at the
 ** published state (env.c): the file's disk use (fstat), and the pending
 ** pages that live snapshots hold from reuse, read from the records of the
-** commits after the oldest snapshot (none: no read). */
+** commits after the oldest snapshot (none: no read).  A figure that cannot
+** be read is UINT64_MAX ("not known"): only a closed or inherited handle
+** is an error. */
 typedef struct kvm_spacestat {
     uint64_t txnid;            /* the newest commit, which these figures are of */
-    uint64_t pinned_pages;     /* pending pages freed after the oldest snapshot's commit;
-                               ** UINT64_MAX: not known (every reader slot is taken) */
+    uint64_t pinned_pages;     /* pending pages freed after the oldest snapshot's commit
+                               ** (not known: every reader slot is taken, or a read failed) */
     uint64_t oldest_reader;    /* the oldest live snapshot's commit; UINT64_MAX: none */
-    uint64_t file_size;        /* st_size */
-    uint64_t allocated;        /* bytes of disk the file holds (st_blocks * 512) */
+    uint64_t file_size;        /* st_size (not known: fstat failed) */
+    uint64_t allocated;        /* bytes of disk the file holds, st_blocks * 512 (likewise) */
 } kvm_spacestat;
 int      kvm_env_space(kvm_env *e, kvm_spacestat *out);
 
