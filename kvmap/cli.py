@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, L
 import kvmap
 
 from . import dumpfile
-from .errors import CorruptionError, Error
+from .errors import CorruptionError
 
 if TYPE_CHECKING:
     from typing import TypedDict
@@ -488,11 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:   # the reader stopped reading (| head): it has what it wanted
         _silence_stdout()
         return EXIT_OK
-    except OSError as e:   # kvmap's IOFailure & co. are OSErrors too
-        print(f"{what}: {_os_message(e)}", file=sys.stderr)
-        return EXIT_ERROR
-    except (Error, ValueError) as e:   # LockedError, FormatError, ...; an empty or oversize key
-        print(f"{what}: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:   # every kvmap.Error is an OSError; an empty or oversize key
+        print(f"{what}: {_os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return EXIT_ERROR
 
 

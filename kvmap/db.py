@@ -174,6 +174,18 @@ def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: 
         visit; README gives the measured cost).  Pages a write copies are
         always checked.
     """
+    return _opened(Database, path, flag, mode, readonly=readonly, create=create, page_size=page_size,
+                   backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
+                   cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums,
+                   sync_bytes=sync_bytes, sync_interval=sync_interval, readahead=readahead)
+
+
+_D = TypeVar("_D", bound="Database")
+
+
+def _opened(cls: type[_D], path: PathLike, flag: str | None, mode: int, *, readonly: bool | None,
+            create: bool | None, **options: Any) -> _D:
+    """:func:`open` into a Database class of the caller's (kvmap.dbm's)."""
     if flag is not None and flag not in FLAGS:
         raise ValueError(f"flag must be one of 'r', 'w', 'c', 'n', not {flag!r}")
     flag_readonly, flag_create, new = FLAGS[flag or "c"]
@@ -184,11 +196,7 @@ def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: 
     create = flag_create if create is None else bool(create)
     if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
         raise ValueError(f"mode must be permission bits (0 to 0o7777), not {mode!r}")
-    return Database(os.fspath(path), readonly=readonly, create=create, page_size=page_size,
-                    backend=backend, growth=growth, writemap=writemap, sync=sync, map_size=map_size,
-                    cache_size=cache_size, max_readers=max_readers, verify_checksums=verify_checksums,
-                    new=new, mode=mode, sync_bytes=sync_bytes, sync_interval=sync_interval,
-                    readahead=readahead)
+    return cls(os.fspath(path), readonly=readonly, create=create, new=new, mode=mode, **options)
 
 
 class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):

@@ -3,7 +3,9 @@
 Python's own exceptions are used where users expect them: ``KeyError`` for a
 missing key, ``TypeError`` for a key or value that is not bytes-like or str,
 ``ValueError`` for an empty or oversize key or a bad option.  Everything else
-is a subclass of :class:`Error`.
+is a subclass of :class:`Error`, which is an ``OSError``, as every dbm
+module's ``error`` is: code written for ``dbm`` and ``shelve`` that catches
+``dbm.error`` (a tuple that holds ``OSError``) catches kvmap's errors too.
 
 An error that comes from an operating-system ``errno`` is also the matching
 builtin ``OSError`` subclass, with ``errno``, ``strerror`` and ``filename``
@@ -25,8 +27,10 @@ import builtins
 import os
 
 
-class Error(Exception):
-    """Base class of every kvmap error."""
+class Error(OSError):
+    """Base class of every kvmap error.  An ``OSError`` (dbm's convention);
+    ``errno`` is set only on the errors that come from the operating system
+    (:class:`IOFailure`, :class:`DiskFullError`, :class:`MapFullError`)."""
 
 
 class FormatError(Error):
@@ -39,7 +43,7 @@ class CorruptionError(Error):
     type, a reference out of range.  ``kvmap-check`` says more."""
 
 
-class _OSFailure(Error, OSError):
+class _OSFailure(Error):
     """An error with an errno: ``OSError``'s attributes, and a message that
     says what kvmap was doing.  ``errno`` is None when the limit was kvmap's
     own (a full address-space reservation)."""

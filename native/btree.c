@@ -11,8 +11,11 @@
 **     transaction; the old page numbers go to the freed list.  Pages born in
 **     this transaction are modified in place.
 **  3. Every page holds at least four cells (max_cell = usable / 4), so a
-**     split always succeeds and both halves fit.  Deletes rebalance: a page
-**     under a quarter full merges with a sibling, or takes cells from it.
+**     split always succeeds and both halves fit.  A full leaf first shares
+**     its cells with its neighbours (spread), so that random-order inserts
+**     leave leaves about 87% full, not two thirds.  Deletes rebalance: a
+**     page under a quarter full merges with a sibling, or takes cells from
+**     it.
 **  4. Trust: a page read from the file is checked before use.  Read paths
 **     check each cell they touch; a page copied for modification is checked
 **     cell by cell (bounds and key order) once, after which this transaction
@@ -47,10 +50,10 @@ typedef struct lcell {
 } lcell;
 
 #define SCR_A    0   /* copy of a page being split or merged */
-#define SCR_B    1   /* copy of its sibling */
+#define SCR_B    1   /* copy of its sibling (spread_split: the left one) */
 #define SCR_SEP  2   /* separator key / substituted branch cell */
 #define SCR_CELL 3   /* the cell being inserted */
-#define SCR_PACK 4   /* compaction */
+#define SCR_PACK 4   /* compaction; spread_split: copy of the right sibling */
 
 #define DROP_VALUE (8u << 20)   /* values at least this large: drop their pages once read */
 #define DROP_RUN   1024         /* pages per madvise at most */
@@ -105,6 +108,8 @@ static int cell_span(kvm_txn *t, const uint8_t *p, pgno_t pg, unsigned i, unsign
     }
     if (off + sz > e->psize || klen > e->max_key)
         return corrupt_cell(pg, i);
+    if (klen == 0 && p[PH_TYPE] != PT_BRANCH)   /* a branch's cell 0 stands for minus infinity */
+        return kvm_err(KVM_CORRUPT, "page %llu: cell %u: a leaf cell with an empty key", (unsigned long long)pg, i);
     *size = (unsigned)sz;
     return 0;
 }
@@ -394,6 +399,15 @@ static unsigned gather(kvm_txn *t, const uint8_t *p, int scr, cellref *refs)
     return n;
 }
 
+/* Bytes the cells take on a page, with their offsets. */
+static unsigned refs_bytes(const cellref *refs, unsigned n)
+{
+    unsigned bytes = 0;
+    for (unsigned i = 0; i < n; i++)
+        bytes += refs[i].size + 2;
+    return bytes;
+}
+
 static unsigned node_used(const kvm_env *e, const uint8_t *p)
 {
     unsigned used = 0, n = nkeys(p);
@@ -409,12 +423,18 @@ static void node_compact(kvm_txn *t, uint8_t *p)
     node_rebuild(t->env, p, refs, n);
 }
 
+/* 1 if a cell of `size` bytes and its offset fit in the page's gap. */
+static inline int gap_fits(const uint8_t *p, unsigned size)
+{
+    return rd32(p + PH_UPPER) >= PH_SIZE + 2 * nkeys(p) + size + 2;
+}
+
 /* Insert a cell at idx if it fits (compacting if need be); 1 if inserted. */
 static int node_insert(kvm_txn *t, uint8_t *p, unsigned idx, const uint8_t *cell, unsigned size)
 {
     const kvm_env *e = t->env;
     unsigned n = nkeys(p), upper = rd32(p + PH_UPPER);
-    if (upper < PH_SIZE + 2 * n + size + 2) {
+    if (!gap_fits(p, size)) {
         if (node_used(e, p) + size + 2 > usable(e))
             return 0;
         node_compact(t, p);
@@ -493,29 +513,48 @@ static uint8_t *owned(kvm_txn *t, pgno_t pg)
     return (uint8_t *)p;
 }
 
-/* Choose a split point m (left gets refs[0..m)) so both sides fit. */
-static unsigned split_point(const kvm_env *e, const cellref *refs, unsigned n)
+/* A full leaf shares its cells with its two neighbours at most. */
+#define SPREAD 3
+
+/*
+** Cut refs[0..n), `total` bytes with their offsets, into k pages (k <=
+** SPREAD + 1) as evenly as the cell sizes allow: page j gets
+** refs[b[j]..b[j+1]), b[0] = 0, b[k] = n, every page at least one cell
+** (n >= k).  0 if the cells do not fit in k pages.
+**
+** lo[j] is the smallest b[j] for which refs[b[j]..n) still fit in pages
+** j..k-1 (those pages packed from the right).  Page j-1 then takes cells up
+** to lo[j] at least -- they fit, since the cells from b[j-1] on fit in pages
+** j-1..k-1 -- and beyond that only while it stays nearer its even share of
+** what is left.
+*/
+static int distribute(const kvm_env *e, const cellref *refs, unsigned n, unsigned total, unsigned k, unsigned *b)
 {
-    unsigned total = 0, left = 0, m = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += refs[i].size + 2;
-    while (m < n && left + refs[m].size + 2 <= total / 2) {
-        left += refs[m].size + 2;
-        m++;
+    unsigned lo[SPREAD + 2], done = 0;
+    lo[k] = n;
+    for (unsigned j = k - 1; j > 0; j--) {
+        unsigned x = lo[j + 1], size = 0;
+        while (x > j && size + refs[x - 1].size + 2 <= usable(e))
+            size += refs[--x].size + 2;
+        lo[j] = x;
     }
-    if (m == 0) {
-        left += refs[0].size + 2;
-        m = 1;
+    b[0] = 0;
+    for (unsigned j = 1; j < k; j++) {
+        unsigned x = b[j - 1], size = 0, share = (total - done) / (k - j + 1);
+        while (x < n - (k - j)) {
+            unsigned s = refs[x].size + 2;
+            if (size + s > usable(e) || (x >= lo[j] && x > b[j - 1] && 2 * size + s > 2 * share))
+                break;
+            size += s;
+            x++;
+        }
+        if (x < lo[j])
+            return 0;
+        b[j] = x;
+        done += size;
     }
-    while (m < n - 1 && total - left > usable(e)) {
-        left += refs[m].size + 2;
-        m++;
-    }
-    while (m > 1 && left > usable(e)) {
-        m--;
-        left -= refs[m].size + 2;
-    }
-    return m;
+    b[k] = n;
+    return 1;   /* the last page fits: it starts at lo[k - 1] or later */
 }
 
 /*
@@ -535,13 +574,14 @@ static int split(kvm_txn *t, pgno_t pg, unsigned idx, const uint8_t *cell, unsig
     refs[idx].data = cell;
     refs[idx].size = csize;
     n++;
-    unsigned m;
+    unsigned b[3];
     if (idx == n - 1 && type == PT_LEAF)
-        m = n - 1;          /* appending: keep the left page full */
+        b[1] = n - 1;       /* appending: keep the left page full */
     else if (idx == n - 1)
-        m = n - 2;
-    else
-        m = split_point(e, refs, n);
+        b[1] = n - 2;
+    else   /* fits: a page's cells and one more, each at most a quarter page */
+        distribute(e, refs, n, refs_bytes(refs, n), 2, b);
+    unsigned m = b[1];
     uint8_t *r;
     int rc = pg_new(t, type, &r, right);
     if (rc)
@@ -560,18 +600,238 @@ static int split(kvm_txn *t, pgno_t pg, unsigned idx, const uint8_t *cell, unsig
     return 0;
 }
 
-/* Insert cell at (level, idx), splitting upward as needed. */
+/* Child j of the parent at level - 1, which this transaction owns, read
+** and checked: its page number and contents. */
+static int child_read(kvm_txn *t, const path_t *ph, int level, unsigned j, int type, pgno_t *pg,
+                      const uint8_t **p)
+{
+    int rc = branch_child(t, ph->ptr[level - 1], ph->pg[level - 1], j, pg);
+    return rc ? rc : node_read(t, *pg, type, p);
+}
+
+/* Make child j of the parent at level - 1 writable, as touch does a page
+** of the path: its (maybe new) page number and the page. */
+static int touch_child(kvm_txn *t, const path_t *ph, int level, unsigned j, int type, pgno_t *pg, uint8_t **out)
+{
+    path_t sib = *ph;
+    const uint8_t *p;
+    sib.idx[level - 1] = j;
+    sib.own[level] = 0;   /* pg_write tells: changed in place or copied */
+    int rc = child_read(t, ph, level, j, type, &sib.pg[level], &p);
+    if (rc || (rc = touch(t, &sib, level, type, out)))
+        return rc;
+    *pg = sib.pg[level];
+    return 0;
+}
+
+/* Bytes a leaf's cells and offsets take at most (dead cells count too),
+** from its header alone, which node_read checked; the rest of the page is
+** its gap. */
+static unsigned used_bound(const kvm_env *e, const uint8_t *p)
+{
+    return e->psize - rd32(p + PH_UPPER) + 2 * nkeys(p);
+}
+
+/*
+** The parent's cells lo + j (j = 1..g-1) become the first keys of the pages
+** a spread rewrote, pages[j], except where !renew[j] (the page's first cell
+** did not change).  The caller made sure they fit.  The keys are read from
+** the pages: compacting the parent reuses SCR_PACK, and the cells are built
+** in SCR_SEP.
+*/
+static void set_separators(kvm_txn *t, uint8_t *pp, pgno_t ppg, unsigned lo, uint8_t *const *pages,
+                           const int *renew, unsigned g)
+{
+    for (unsigned j = 1; j < g; j++) {
+        if (!renew[j])
+            continue;
+        const uint8_t *key, *c = pages[j] + cptr(pages[j], 0);
+        unsigned klen, nklen = rd16(c);
+        cell_key(t, pp, ppg, lo + j, &key, &klen);   /* checked when the parent was copied */
+        if (nklen == klen) {
+            memcpy((uint8_t *)key, c + LEAF_HDR, klen);
+            continue;
+        }
+        pgno_t child = rd64(pp + cptr(pp, lo + j) + 2);
+        uint8_t *cell = scratch(t, SCR_SEP);
+        unsigned size = build_branch_cell(cell, c + LEAF_HDR, nklen, child);
+        node_remove(pp, lo + j);
+        node_insert(t, pp, lo + j, cell, size);
+    }
+}
+
+/* 1 if the parent has room for separators that grow: page j's (j = 1..g-1,
+** renew[j]) becomes the key of its first cell, w[b[j]]. */
+static int separators_fit(kvm_txn *t, const uint8_t *pp, pgno_t ppg, unsigned lo, const cellref *w,
+                          const unsigned *b, const int *renew, unsigned g)
+{
+    unsigned grow = 0;
+    for (unsigned j = 1; j < g; j++) {
+        if (!renew[j])
+            continue;
+        const uint8_t *key;
+        unsigned klen, nklen = rd16(w[b[j]].data);
+        cell_key(t, pp, ppg, lo + j, &key, &klen);
+        grow += nklen > klen ? nklen - klen : 0;
+    }
+    return !grow || node_used(t->env, pp) + grow <= usable(t->env);
+}
+
+/*
+** Step 2 of spread: the leaf's cells, refs[1..n] (`total` bytes), and those
+** of its neighbours (has[0]: left, has[1]: right) are cut evenly into one
+** page more, the new one last; all are rebuilt.  It fits: the old pages as
+** they were and the leaf cut in two would do.
+*/
+static int spread_split(kvm_txn *t, path_t *ph, int level, cellref *refs, unsigned n, unsigned total,
+                        const int *has, pgno_t *right, unsigned *seplen, unsigned *at)
+{
+    static const int scr[2] = {SCR_B, SCR_PACK};
+    const kvm_env *e = t->env;
+    uint8_t *pp = ph->ptr[level - 1], *pages[SPREAD + 1];
+    pgno_t ppg = ph->pg[level - 1], npg;
+    unsigned i = ph->idx[level - 1], lo = i - has[0], g = 1 + has[0] + has[1], b[SPREAD + 2], nb[2] = {0, 0};
+    int renew[SPREAD + 1] = {1, 1, 1, 1}, rc;
+    pages[has[0]] = ph->ptr[level];
+    for (int s = 0; s < 2; s++)
+        if (has[s] && (rc = touch_child(t, ph, level, s ? i + 1 : i - 1, PT_LEAF, &npg, &pages[s ? g - 1 : 0])))
+            return rc;
+    if (has[0])
+        nb[0] = nkeys(pages[0]);
+    memmove(refs + nb[0], refs + 1, n * sizeof *refs);
+    for (int s = 0; s < 2; s++) {
+        cellref *r = s ? refs + nb[0] + n : refs;
+        if (has[s]) {
+            nb[s] = gather(t, pages[s ? g - 1 : 0], scr[s], r);
+            total += refs_bytes(r, nb[s]);
+        }
+    }
+    n += nb[0] + nb[1];
+    if (!distribute(e, refs, n, total, g + 1, b) || !separators_fit(t, pp, ppg, lo, refs, b, renew, g))
+        return 1;
+    if ((rc = pg_new(t, PT_LEAF, &pages[g], right)))
+        return rc;
+    for (unsigned j = 0; j <= g; j++)
+        node_rebuild(e, pages[j], refs + b[j], b[j + 1] - b[j]);
+    set_separators(t, pp, ppg, lo, pages, renew, g);
+    const uint8_t *c = pages[g] + cptr(pages[g], 0);
+    *seplen = rd16(c);
+    memcpy(scratch(t, SCR_SEP), c + LEAF_HDR, *seplen);
+    *at = lo + g;
+    return 0;
+}
+
+/*
+** The leaf at `level` is to take a cell at idx, and its gap is too small.
+** If the cells fit in the page with it (dead cells took the room), the leaf
+** is rebuilt with them (node_insert would compact it: its cells are
+** gathered here anyway).  Else it is full.  Split on its own, a
+** leaf of random-order inserts is two thirds full on average; sharing its
+** cells with its neighbours under the same parent first, as SQLite's
+** balance does, keeps them about 87% full:
+**
+**  1. In place, with the emptier neighbour, else with both, if they have
+**     room: the leaf gives cells from its ends to its neighbours, so that
+**     the pages come out as even as they can without a neighbour giving
+**     any.  In the cut a neighbour stands for one cell of the bytes its
+**     header says it takes at most (dead cells count as used), so what it
+**     gains fits in its gap: node_insert puts the cells there, at its end
+**     next to the leaf.  A neighbour is neither gathered nor rebuilt: of
+**     its lines only those the new cells and offsets go to are written.
+**     Only the leaf is rebuilt.
+**  2. Else spread_split: the leaf and its neighbours into one page more.
+**
+** Neighbours are touched like pages of the path (copied if committed or of
+** an outer savepoint level) before anything changes, and always changed.
+** Returns 0 with *right = 0 when done in place, or with *right the new page:
+** its separator (its first key) is in SCR_SEP, *seplen bytes, and goes into
+** the parent at *at.  Returns 1 when the leaf splits on its own instead: it
+** is an only child; or the cell goes at the end of the last child, as in a
+** key-order load, where the leaf stays full and the next one starts; or the
+** parent has no room for separators that grew.
+*/
+static int spread(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t *cell, unsigned csize,
+                  pgno_t *right, unsigned *seplen, unsigned *at)
+{
+    const kvm_env *e = t->env;
+    uint8_t *pp = ph->ptr[level - 1], *pages[SPREAD];
+    pgno_t ppg = ph->pg[level - 1], npg;
+    unsigned pn = nkeys(pp), i = ph->idx[level - 1], b[SPREAD + 1], bound[2] = {0, 0};
+    int has[2] = {i > 0, i + 1 < pn}, renew[SPREAD], rc;
+    /* refs[0] and refs[n + 1] stand for the neighbours.  At most SPREAD
+    ** leaves of cells, one more and the two stand-ins: fewer than t->cells
+    ** holds (a page's worth of references; a cell takes at least 9 bytes). */
+    cellref *refs = t->cells;
+    unsigned n = gather(t, ph->ptr[level], SCR_A, refs + 1);
+    memmove(refs + 2 + idx, refs + 1 + idx, (n - idx) * sizeof *refs);
+    refs[1 + idx].data = cell;
+    refs[1 + idx].size = csize;
+    n++;
+    unsigned total = refs_bytes(refs + 1, n);
+    if (total <= usable(e)) {   /* dead cells took the room: compacted, it fits */
+        node_rebuild(e, ph->ptr[level], refs + 1, n);
+        *right = 0;
+        return 0;
+    }
+    if ((!has[0] && !has[1]) || (idx == n - 1 && !has[1]))
+        return 1;
+    for (int s = 0; s < 2; s++) {
+        const uint8_t *np;
+        if (has[s]) {
+            if ((rc = child_read(t, ph, level, s ? i + 1 : i - 1, PT_LEAF, &npg, &np)))
+                return rc;
+            bound[s] = used_bound(e, np);
+        }
+    }
+    refs[0] = (cellref){NULL, bound[0]};
+    refs[n + 1] = (cellref){NULL, bound[1]};
+    int emptier = has[1] && (!has[0] || bound[1] < bound[0]);
+    for (int both = 0; both <= (has[0] && has[1]); both++) {
+        int use[2] = {both || !emptier, both || emptier};
+        const cellref *w = refs + !use[0];
+        unsigned g = 1 + use[0] + use[1], m = n + use[0] + use[1], me = use[0], lo = i - use[0];
+        unsigned sum = total + use[0] * (bound[0] + 2) + use[1] * (bound[1] + 2);
+        if (sum > g * usable(e) || !distribute(e, w, m, sum, g, b))
+            continue;
+        for (unsigned j = 0; j < g; j++)
+            renew[j] = w[b[j]].data != NULL;   /* a stand-in first: that page keeps its first cell */
+        if (!separators_fit(t, pp, ppg, lo, w, b, renew, g))
+            return 1;
+        pages[me] = ph->ptr[level];
+        for (int s = 0; s < 2; s++)
+            if (use[s] && (rc = touch_child(t, ph, level, s ? i + 1 : i - 1, PT_LEAF, &npg, &pages[s ? g - 1 : 0])))
+                return rc;
+        if (use[0])   /* to the end of the left neighbour */
+            for (unsigned x = 1, at_end = nkeys(pages[0]); x < b[1]; x++)
+                node_insert(t, pages[0], at_end++, w[x].data, w[x].size);
+        if (use[1])   /* to the front of the right one */
+            for (unsigned x = b[g - 1]; x < m - 1; x++)
+                node_insert(t, pages[g - 1], x - b[g - 1], w[x].data, w[x].size);
+        node_rebuild(e, pages[me], w + b[me], b[me + 1] - b[me]);
+        set_separators(t, pp, ppg, lo, pages, renew, g);
+        *right = 0;
+        return 0;
+    }
+    return spread_split(t, ph, level, refs, n, total, has, right, seplen, at);
+}
+
+/* Insert cell at (level, idx), spreading or splitting upward as needed. */
 static int insert_at(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint8_t *cell, unsigned csize)
 {
     for (;;) {
         uint8_t *p = ph->ptr[level];
-        if (node_insert(t, p, idx, cell, csize))
+        int leaf = level > 0 && p[PH_TYPE] == PT_LEAF;   /* and not the root: it spreads */
+        if ((!leaf || gap_fits(p, csize)) && node_insert(t, p, idx, cell, csize))
             return 0;
         pgno_t right;
-        unsigned seplen;
-        int rc = split(t, ph->pg[level], idx, cell, csize, &right, &seplen);
+        unsigned seplen = 0, at = level > 0 ? ph->idx[level - 1] + 1 : 0;
+        int rc = leaf ? spread(t, ph, level, idx, cell, csize, &right, &seplen, &at) : 1;
+        if (rc == 1)
+            rc = split(t, ph->pg[level], idx, cell, csize, &right, &seplen);
         if (rc)
             return rc;
+        if (!right)
+            return 0;
         uint8_t *c = scratch(t, SCR_CELL);
         csize = build_branch_cell(c, scratch(t, SCR_SEP), seplen, right);
         cell = c;
@@ -591,7 +851,7 @@ static int insert_at(kvm_txn *t, path_t *ph, int level, unsigned idx, const uint
             return 0;
         }
         level--;
-        idx = ph->idx[level] + 1;
+        idx = at;
     }
 }
 
@@ -630,20 +890,14 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
         if (pn < 2)
             return 0;
         unsigned j = i + 1 < pn ? i + 1 : i - 1;
-        path_t sib = *ph;
-        sib.idx[level - 1] = j;
-        sib.own[level] = 0;
-        int rc = branch_child(t, pp, ph->pg[level - 1], j, &sib.pg[level]);
+        pgno_t spg;
+        uint8_t *sp;
+        int rc = touch_child(t, ph, level, j, type, &spg, &sp);
         if (rc)
             return rc;
-        uint8_t *sp;
-        if ((rc = pg_read(t, sib.pg[level], (const uint8_t **)&sp)) ||
-            (rc = pg_check_node(t, sp, sib.pg[level], type)) ||
-            (rc = touch(t, &sib, level, type, &sp)))
-            return rc;
         unsigned r = j > i ? j : i;            /* parent cell of the right page */
-        pgno_t lpg = j > i ? ph->pg[level] : sib.pg[level];
-        pgno_t rpg = j > i ? sib.pg[level] : ph->pg[level];
+        pgno_t lpg = j > i ? ph->pg[level] : spg;
+        pgno_t rpg = j > i ? spg : ph->pg[level];
         uint8_t *L = owned(t, lpg), *R = owned(t, rpg);
         cellref *refs = t->cells;
         unsigned ln = gather(t, L, SCR_A, refs);
@@ -656,9 +910,7 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
             refs[ln].size = build_branch_cell(c, sep, seplen, rd64(refs[ln].data + 2));
             refs[ln].data = c;
         }
-        unsigned total = 0;
-        for (unsigned k = 0; k < ln + rn; k++)
-            total += refs[k].size + 2;
+        unsigned total = refs_bytes(refs, ln + rn);
         if (total <= usable(e)) {
             node_rebuild(e, L, refs, ln + rn);
             if ((rc = pg_free(t, rpg)))
@@ -669,7 +921,9 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
             level--;
             continue;
         }
-        unsigned m = split_point(e, refs, ln + rn);
+        unsigned b[3];
+        distribute(e, refs, ln + rn, total, 2, b);   /* fits: one page is under a quarter full */
+        unsigned m = b[1];
         const uint8_t *nk = refs[m].data + (type == PT_BRANCH ? BRANCH_HDR : LEAF_HDR);
         unsigned nklen = rd16(refs[m].data);
         unsigned old = cell_size(e, pp, r);
@@ -925,6 +1179,12 @@ static int put_op(kvm_txn *t, const char *key_, size_t klen, const char *val_, s
             goto out;
         if (!old.inl && (rc = overflow_free(t, &old)))
             goto out;
+        if (LEAF_HDR + old.klen + (old.inl ? old.vlen : 8) == csize) {
+            /* the same size: in place, no dead cell for a compaction to gather */
+            memcpy(p + cptr(p, ph.idx[leaf]), cell, csize);
+            t->mod++;
+            goto out;
+        }
         node_remove(p, ph.idx[leaf]);
     } else
         t->entries++;

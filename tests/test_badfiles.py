@@ -569,6 +569,26 @@ print("DONE")
     assert "written by transact" in counts, out
 
 
+
+def test_leaf_cell_with_an_empty_key(tmp_path):
+    """A leaf cell whose key length reads 0 (keys are never empty; only a
+    branch's cell 0 has an empty key) with the page's checksum made valid:
+    reads refuse it with CorruptionError, never return an empty key that no
+    put could have stored (found by the checker fuzz test, seed 777)."""
+    src = tmp_path / "db"
+    states, hw = build_single_txn_db(src)
+    buf = bytearray(src.read_bytes())
+    leaves = [pg for pg in range(2, hw) if buf[pg * PS + 4] == 2]          # PT_LEAF
+    o = leaves[len(leaves) // 2] * PS
+    cell = struct.unpack_from("<H", buf, o + 32)[0]                       # cell 0's offset
+    struct.pack_into("<H", buf, o + cell, 0)                              # its klen
+    struct.pack_into("<I", buf, o, _crc32c(bytes(buf[o + 4:o + PS])))    # PH_CHECKSUM
+    p = tmp_path / "emptykey"
+    write(p, bytes(buf))
+    res = try_open(p, states)
+    assert_raised(res, ("CorruptionError",))
+    assert "empty key" in res["out"], res["out"]
+
 NEWEST_COMMIT_LOST_CHILD = r"""
 import os, struct, kvmap
 p, sync, seal = ARGS["path"], ARGS["sync"], ARGS["seal"]

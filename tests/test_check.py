@@ -1316,7 +1316,10 @@ def test_edge_path_damage_refused(copy):
     L = _Layout(p)
     leaf = L.leaves[0]                          # the rightmost leaf
     assert leaf in L.edge_pages()
-    L.data[leaf * L.ps + 200] ^= 1
+    nkeys, upper = struct.unpack_from("<H", L.page(leaf), 6)[0], struct.unpack_from("<Q", L.page(leaf), 24)[0]
+    gap = 32 + 2 * nkeys                        # a byte no cell uses: only its checksum tells
+    assert gap < upper
+    L.data[leaf * L.ps + gap] ^= 1
     L.save(p)
     assert {("bad-checksum", leaf), ("meta-unusable", L.slot)} <= _kinds(check(p))
     assert _kinds(check(p, quick=True)) == {("meta-unusable", L.slot)}

@@ -218,3 +218,205 @@ def test_shelve_over_kvmap(tmp_path):
     with shelve.Shelf(kvmap.open(p, "r")) as shelf:
         assert shelf["list"] == [1, 2, 3, 4]
         assert shelf["dict"] == {"nested": ("tuple", 4.5)}
+
+
+# ---------------------------------------------------------------------------
+# kvmap.dbm against the checklist of CPython's Lib/test/test_dbm.py (what it
+# asks of every dbm module) and test_dbm_sqlite3.py (read-only handles,
+# misuse, a damaged file).  Not applicable: dbm.whichdb (it knows only the
+# standard library's formats); the vacuum checks (they return early for a
+# module without vacuum(); kvmap gives space back on its own: hole
+# punching); and dbm.sqlite3's non-bytes keys and values (10, 2.5, None):
+# kvmap stores bytes and str and raises TypeError for the rest, as dbm.gnu,
+# dbm.ndbm and dbm.dumb do.
+
+import kvmap.dbm
+
+DICT = {"a": b"Python:", "b": b"Programming", "c": b"the", "d": b"way", "f": b"Guido", "g": b"intended"}
+
+
+class _FakePath:
+    """os.PathLike, as test.support.os_helper.FakePath."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __fspath__(self):
+        return self.path
+
+
+@pytest.fixture
+def fname(tmp_path):
+    return str(tmp_path / "dbmtest")
+
+
+def _init_db(fname):
+    with kvmap.dbm.open(fname, "n") as f:
+        for k, v in DICT.items():
+            f[k.encode("ascii")] = v
+
+
+def _read_helper(f, expected=DICT):
+    assert sorted(k.decode("ascii") for k in f.keys()) == sorted(expected)
+    for k, v in expected.items():
+        assert f[k.encode("ascii")] == v
+
+
+def test_dbm_error_is_an_oserror_and_every_kvmap_error():
+    assert issubclass(kvmap.dbm.error, OSError)
+    for cls in (kvmap.CorruptionError, kvmap.FormatError, kvmap.LockedError, kvmap.ReadOnlyError,
+                kvmap.ClosedError, kvmap.IOFailure, kvmap.DiskFullError):
+        assert issubclass(cls, kvmap.dbm.error)
+
+
+def test_dbm_not_existing(fname):
+    with pytest.raises(kvmap.dbm.error):
+        kvmap.dbm.open(fname)                   # dbm's default flag: "r"
+    assert not os.path.exists(fname)
+
+
+def test_dbm_creation(fname):
+    f = kvmap.dbm.open(fname, "c")
+    assert f.keys() == []
+    for k, v in DICT.items():
+        f[k.encode("ascii")] = v
+    _read_helper(f)
+    f.close()
+
+
+def test_dbm_creation_n_over_an_empty_file(fname):
+    open(fname, "wb").close()
+    with kvmap.dbm.open(fname, "n") as f:
+        assert len(f) == 0
+
+
+def test_dbm_modification(fname):
+    _init_db(fname)
+    f = kvmap.dbm.open(fname, "c")
+    expected = dict(DICT, g=b"indented")
+    f[b"g"] = b"indented"
+    _read_helper(f, expected)
+    assert f.setdefault(b"xxx", b"foo") == b"foo"
+    assert f[b"xxx"] == b"foo"
+    f.close()
+
+
+def test_dbm_read(fname):
+    _init_db(fname)
+    f = kvmap.dbm.open(fname, "r")
+    _read_helper(f)
+    assert f.get(b"a") == DICT["a"]
+    assert f.get(b"xxx", b"foo") == b"foo"
+    assert f.get(b"xxx") is None
+    with pytest.raises(KeyError):
+        f[b"xxx"]
+    assert b"a" in f and f[b"a"] == b"Python:"
+    f.close()
+
+
+def test_dbm_empty_value(fname):
+    f = kvmap.dbm.open(fname, "c")
+    assert f.keys() == []
+    f[b"empty"] = b""
+    assert f.keys() == [b"empty"]
+    assert b"empty" in f
+    assert f[b"empty"] == b"" and f.get(b"empty") == b"" and f.setdefault(b"empty") == b""
+    f.close()
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes", "pathlike", "pathlike-bytes"])
+def test_dbm_open_with_any_path(fname, kind):
+    path = {"str": fname, "bytes": os.fsencode(fname), "pathlike": _FakePath(fname),
+            "pathlike-bytes": _FakePath(os.fsencode(fname))}[kind]
+    kvmap.dbm.open(path, "c").close()
+    with kvmap.dbm.open(path, "w") as f:
+        f[b"1"] = b"1"
+        assert f[b"1"] == b"1"
+
+
+def test_dbm_keys_and_clear(fname):
+    a = [(b"a", b"b"), (b"12345678910", b"019237410982340912840198242")]
+    with kvmap.dbm.open(fname, "c") as d:
+        assert d.keys() == []
+        for k, v in a:
+            d[k] = v
+        assert d.keys() == sorted(k for k, _ in a)      # a list, in key order
+        for k, v in a:
+            assert k in d and d[k] == v
+        assert b"xxx" not in d
+        with pytest.raises(KeyError):
+            d[b"xxx"]
+        assert len(d) == len(a)
+        d.clear()
+        assert len(d) == 0 and d.keys() == []
+        for k, _ in a:
+            assert k not in d
+
+
+def test_dbm_read_only_handle(fname):
+    with kvmap.dbm.open(fname, "c") as db:
+        db["key1"] = "value1"
+        db["key2"] = "value2"
+    with kvmap.dbm.open(fname, "r") as db:
+        assert db["key1"] == b"value1" and db["key2"] == b"value2"
+        with pytest.raises(kvmap.dbm.error):
+            db["new"] = "value"
+        with pytest.raises(kvmap.dbm.error):
+            del db["key1"]
+        assert db.keys() == [b"key1", b"key2"]
+        assert list(db) == [b"key1", b"key2"]
+
+
+def test_dbm_misuse(fname):
+    db = kvmap.dbm.open(fname, "c")
+    db["key"] = "value"
+    with pytest.raises(kvmap.LockedError):          # a second writable handle in this process waits its turn,
+        with kvmap.dbm.open(fname, "n"):            # but "n" would empty a file in use: refused
+            pass
+    with kvmap.dbm.open(fname, "c") as db2:         # double create: the same database
+        assert db2["key"] == b"value"
+    with pytest.raises(ValueError, match="must be.*'r'.*'w'.*'c'.*'n', not 'invalid'"):
+        kvmap.dbm.open(fname, "invalid")
+    del db["key"]
+    with pytest.raises(KeyError):
+        del db["key"]
+    with pytest.raises(KeyError):
+        db["key"]
+    db["1"] = "1"
+    db["2"] = "2"
+    it1, it2 = iter(db), iter(db)
+    assert next(it2) == b"1"
+    db.close()
+    db.close()                                      # double close: fine
+    with pytest.raises(kvmap.dbm.error):
+        next(it1)
+    # a started iterator first hands out the rest of the batch it copied out
+    # before the close (README, "Threads, fork, copy"), then raises
+    assert next(it2) == b"2"
+    with pytest.raises(kvmap.dbm.error):
+        next(it2)
+    for use in (lambda: db["read"], lambda: db.__setitem__("write", "value"), lambda: db.__delitem__("del"),
+                lambda: len(db), lambda: db.keys()):
+        with pytest.raises(kvmap.dbm.error):
+            use()
+
+
+@pytest.mark.parametrize("flag", ["r", "w", "c", "n"])
+def test_dbm_empty_filename(flag):
+    with pytest.raises(kvmap.dbm.error):
+        kvmap.dbm.open("", flag)
+
+
+def test_dbm_damaged_file(fname):
+    """Every use of a damaged file raises dbm's error (here at open: the
+    metas are gone); "n" makes a new database of it."""
+    _init_db(fname)
+    with open(fname, "r+b") as f:
+        f.write(b"\0" * 8192)                       # both metas
+    for flag in ("r", "w", "c"):
+        with pytest.raises(kvmap.dbm.error):
+            kvmap.dbm.open(fname, flag)
+    with kvmap.dbm.open(fname, "n") as db:
+        db["foo"] = "write"
+        assert db["foo"] == b"write" and next(iter(db)) == b"foo"
+        del db["foo"]

@@ -16,6 +16,7 @@ from .pagelayout import (BRANCH_HDR, CELL_OFFSET, CELL_PAST_END, CHAIN_CUT, CHAI
                          BITS_END, BITS_OUTSIDE, BitmapClaims, PageReader, claim_run, header, u16, u64,
                          uint8_array)
 from .records import Read, RecordFault, Runs, record_items
+from ..errors import Error
 from .report import CheckReport, CheckUnreadable
 from .snapshot import HeldCommit, Unchanged, at_rest_note, open_file, register
 
@@ -583,6 +584,8 @@ def run(fd: int, path: StrPath, quick: bool, max_errors: int, progress: Optional
         if c.meta["version"] == VERSION:       # (a version 1 file's free pages are unknown)
             c.ownership()
         summary = c.summary()
+    except Error:                              # kvmap's own (CheckUnreadable & co.) are OSErrors too
+        raise
     except OSError as e:
         raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
     if progress:
