@@ -5,7 +5,8 @@ and copy a database from the shell.
     kvmap get PATH KEY [--raw]            kvmap put PATH KEY VALUE
     kvmap delete PATH KEY                 kvmap scan PATH [--start K] [--stop K] [--prefix P] ...
     kvmap dump PATH [-f OUT] [-p]         kvmap load PATH [-f IN] [-T]
-    kvmap copy PATH DEST [--compact]      kvmap check ... / kvmap bench ...
+    kvmap copy PATH DEST [--compact] [--overwrite]
+    kvmap check ... / kvmap bench ...
 
 Keys and values on the command line are UTF-8 text, or hex / base64 with
 ``--hex`` / ``--base64``, which also encode what get and scan print.  Dump and
@@ -80,7 +81,7 @@ exit status:
      kvmap file, bad dump input (load: the
      pairs it reports loaded stay), or an operating-system error
   3  the database is damaged (run: kvmap check PATH)
-  130  interrupted (Ctrl-C): a load keeps the steps it committed, a copy removes DEST
+  130  interrupted (Ctrl-C): a load keeps the steps it committed, a copy leaves no DEST
   check and bench exit with kvmap-check's and kvmap-bench's statuses
 """
 
@@ -358,22 +359,12 @@ def _input_size(f: BinaryIO) -> int | None:
 
 
 def _cmd_copy(args: argparse.Namespace, out: BinaryIO) -> int:
-    if os.path.lexists(args.dest):
-        raise _Fail(f"{args.dest} already exists")
-    with _open(args.path, "r") as src, src.snapshot() as snap:
-        total = len(snap)
-        bar = _progress_bar()
-        dst = kvmap.open(args.dest, "n", page_size=src.page_size, sync=False)
-        try:
-            with dst:
-                # the ignore: bar is None or a ProgressBar, never false
-                n = _Writer(dst, bar and (lambda n: bar(n, total))).write(snap.items())  # type: ignore[arg-type]
-        except BaseException:
-            os.unlink(args.dest)    # no half copy left behind
-            raise
-        if bar:
-            bar.finish()
-    out.write(f"copied {n:,} pairs to {args.dest}\n".encode())
+    if os.path.lexists(args.dest) and not args.overwrite:
+        raise _Fail(f"{args.dest} already exists (--overwrite replaces it)")
+    with _open(args.path, "r") as src:
+        txnid = src.copy(args.dest, compact=args.compact, overwrite=args.overwrite)
+    kind = "a compact copy" if args.compact else "a page copy"
+    out.write(f"copied transaction {txnid} to {args.dest} ({kind})\n".encode())
     return EXIT_OK
 
 
@@ -447,16 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", dest="plaintext", action="store_true",
                    help="plain text input as mdb_load -T reads it: no header, lines in print "
                         "format without the leading space, key and value lines alternating")
-    p = command("copy", _cmd_copy, "copy the database to a new file DEST, from one snapshot",
-                description="Copy the database to a new file DEST, from one snapshot.\n\n"
-                            "A logical copy: the pairs are written into a new database in key\n"
-                            "order (in transactions of about 16 MiB), not the pages copied as\n"
-                            "they are, so DEST is always compact (leaves filled in key order,\n"
-                            "next to no free pages) and --compact changes nothing.  The\n"
-                            "source stays readable meanwhile; a failed copy removes DEST.")
+    p = command("copy", _cmd_copy, "copy the database to a new file DEST, from one snapshot (a backup)",
+                description="Copy the database to a new file DEST, from one snapshot: an online\n"
+                            "backup (db.copy).  Writers in other processes go on committing; DEST\n"
+                            "is exactly the commit the snapshot saw.\n\n"
+                            "By default a page copy: every page that commit uses, at the same\n"
+                            "page numbers, each verified against its checksum (damage stops the\n"
+                            "copy); DEST is as large as the database's pages, free ones included.\n"
+                            "--compact writes the pairs in key order into a new database instead\n"
+                            "(as mdb_copy -c): leaves about 98% full, no free pages, the smallest\n"
+                            "file; it costs as much as loading the pairs.  `kvmap stat` shows the\n"
+                            "free and pending pages a compact copy would leave out.\n\n"
+                            "DEST is written under a temporary name beside it, synced, then\n"
+                            "renamed: a failed or interrupted copy leaves nothing at DEST.")
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--compact", action="store_true",
-                   help="accepted, as mdb_copy -c: every copy is compact")
+                   help="write the pairs in key order into a new, packed database (as mdb_copy -c)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DEST if it exists (in one rename; never a database that is open)")
     for name, (_, help) in DELEGATED.items():
         sub.add_parser(name, help=help, add_help=False)
     return ap

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import threading
 import time
 from collections.abc import MutableMapping
@@ -24,7 +25,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, N
                     overload)
 
 from ._lib import MISSING, BytesLike, error_for, ffi, fork_generation, lib
-from .errors import ClosedError, LockedError, ReadOnlyError, os_error
+from .errors import ClosedError, DiskFullError, IOFailure, LockedError, ReadOnlyError, os_error
 from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class SyscallStats(TypedDict):
     mremap: int
     munmap: int
     madvise: int
+    punch: int   #: free runs punched out of the file (disk given back, README "Space")
 
 
 class Reader(NamedTuple):
@@ -82,8 +84,13 @@ class Stats(TypedDict):
     durable_txnid: int
     unsynced_bytes: int
     file_size: int
+    used_pages: int
     free_pages: int
     pending_pages: int
+    pinned_pages: int | None
+    oldest_snapshot: int | None
+    allocated_bytes: int | None
+    given_back_bytes: int | None
     backend: str
     growth: str | None
     writemap: bool
@@ -492,6 +499,104 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         if rc:
             raise error_for(rc, self.path)
 
+    # ---------------------------------------------------------------- copy
+
+    def copy(self, path: PathLike, compact: bool = False, *, overwrite: bool = False) -> int:
+        """Write a consistent copy of the database to a new file at ``path``:
+        an online backup.  It copies one snapshot (the newest commit when
+        it begins), which, like any reader, never waits for writers and
+        never blocks them: writers in this and other processes go on
+        committing while it runs.  Returns the transaction id copied.
+
+        ``compact=False``: a page-for-page copy of the snapshot's commit --
+        every page it reaches (tree, overflow chains, free-space pages and
+        commit records) at its page number, each verified against its
+        checksum on the way, so damage stops the copy instead of being
+        passed on.  The copy is as large as the database's high-water mark,
+        and opens as that commit, sealed (nothing to verify, nothing to
+        fall back to).  ``compact=True``: the pairs written in key order
+        into a new database in one transaction: leaves about 98% full, no
+        free pages, the file cut to its last page, so it is as small as the
+        data allows (``stats()`` says when that is worth it).  A page copy
+        runs at the disk's speed; a compact one costs as much as loading
+        the pairs.  The copy keeps the source's page size and permission
+        bits (under the umask).
+
+        The copy is written to a temporary file beside ``path``
+        (``<path>.copy-<pid>-<random>``), synced, then renamed to ``path``
+        and the directory synced: a crash or an error never leaves a half
+        copy at ``path`` (a crash may leave the temporary file).  An
+        existing ``path`` raises FileExistsError unless ``overwrite`` is
+        true; then it is replaced at once, in one rename (do not replace a
+        database that handles still have open: they keep the old file).
+        A missing directory raises FileNotFoundError, a full disk
+        DiskFullError; either way nothing is left at ``path``, and the
+        source is untouched.  While the copy runs, the pages writers free
+        are not reused (the snapshot holds them), so a database written
+        hard grows by them meanwhile.
+        """
+        dest = os.fsdecode(os.fspath(path))
+        if os.path.lexists(dest):
+            if os.path.exists(dest) and os.path.samefile(dest, self.path):
+                raise ValueError(f"{dest}: cannot copy the database onto itself")
+            if not overwrite:
+                raise os_error(errno.EEXIST, "copying the database: the destination exists "
+                                             "(overwrite=True replaces it)", dest)
+        tmp = f"{dest}.copy-{os.getpid()}-{secrets.token_hex(4)}"
+        with Snapshot(self) as snap:
+            txnid = snap._state()["txnid"]
+            if compact:
+                self._copy_compact(snap, tmp, dest)
+            else:
+                rc = lib.kvm_txn_copy_released(snap._handle(), os.fsencode(tmp))
+                if rc:   # an errno's filename is the copy's; damage and closing are the database's
+                    raise error_for(rc, dest if rc in (lib.KVM_IO, lib.KVM_DISKFULL) else self.path)
+        rc = lib.kvm_file_install_released(os.fsencode(tmp), os.fsencode(dest), int(overwrite))
+        if rc:
+            raise error_for(rc, dest)
+        return txnid
+
+    def _copy_compact(self, snap: Snapshot, tmp: str, dest: str) -> None:
+        """The pairs of ``snap``, in key order, into a new database at ``tmp``
+        in one transaction -- so no page is freed, and the leaves fill as a
+        sequential load fills them -- synced and cut to its high-water mark.
+        Through a writable map: the transaction's pages are built in the
+        file's page cache, not in memory of this process, however large the
+        database."""
+        mode = os.stat(self.path).st_mode & 0o777
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # the name is ours
+        except OSError as e:
+            raise os_error(e.errno, "creating the copy", dest) from None
+        os.close(fd)
+        try:
+            with open(tmp, "c", page_size=self.page_size, writemap=True) as dst:
+                with dst.transaction() as txn:
+                    txn.put_many(snap.items())
+                pages = dst.stats()["pages"]
+            # The file grew in steps (a growth overshoots); a copy is done growing.
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, pages * self.page_size)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise os_error(e.errno, "cutting the copy to its size", dest,
+                               DiskFullError if e.errno in (errno.ENOSPC, errno.EDQUOT) else IOFailure) from None
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            try:
+                os.unlink(tmp + "-lock")   # the temporary name's: the copy's first opener makes its own
+            except FileNotFoundError:
+                pass
+
     # --------------------------------------------------------------- stats
 
     def readers(self) -> list[Reader]:
@@ -513,25 +618,66 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
     def stats(self) -> Stats:
         """Figures of the committed state and of the file and mapping.
 
+        The space figures, for deciding whether a compact copy
+        (``copy(path, compact=True)``) is worth it (README "Space"):
+
+        * ``pages``: the high-water mark, pages ``[0, pages)`` of the file
+          are the database; ``used_pages`` of them are the newest commit's
+          (tree, overflow chains, free-space pages, the two metas);
+        * ``free_pages``: reusable now; ``pending_pages``: freed by recent
+          commits and not reusable yet (a live snapshot may read them, or,
+          with ``sync=False``, the last flushed commit uses them); so
+          ``pages = used_pages + free_pages + pending_pages``;
+        * ``pinned_pages``: those pending pages that live snapshots (of any
+          process) hold back: freed after the oldest snapshot's commit
+          (``oldest_snapshot``, None without one);
+        * ``file_size``; ``allocated_bytes``, the disk the file holds; and
+          ``given_back_bytes``, the part of it that is holes: free runs
+          punched out of the file (``syscalls["punch"]`` counts the punches).
+
+        ``pinned_pages``, ``allocated_bytes`` and ``given_back_bytes`` are
+        read from the file (the commit records, ``fstat``): None when that
+        read fails, or, for ``pinned_pages``, when every reader slot is
+        taken (counting them takes a snapshot).  stats() raises only on a
+        closed handle.
+
+        The leaf fill factor (bytes of the leaves in use over their
+        capacity) takes reading every leaf: ``kvmap.check(path)`` reports it
+        (``summary["fill_factor"]``; about 0.98 after a load in key order
+        or a compact copy).
+
         ``syscalls`` counts the calls the C core made, process-wide (all open
-        databases together)."""
+        databases together).  Costs a snapshot, an ``fstat`` and, while a
+        snapshot older than the newest commit lives, a read of the commit
+        records since it."""
         st = ffi.new("kvm_stat *")
-        rc = lib.kvm_env_stat(self._handle(), st)
+        h = self._handle()
+        rc = lib.kvm_env_stat(h, st)
         if rc:
             raise error_for(rc, self.path)
+        space = ffi.new("kvm_spacestat *")
+        rc = lib.kvm_env_space(h, space)
+        if rc:
+            raise error_for(rc, self.path)
+        none = 2**64 - 1   # kvm_spacestat's "not known" and "none"
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
             "durable_txnid": st.durable, "unsynced_bytes": st.unsynced_bytes,
             "file_size": st.file_size,
+            "used_pages": st.hwm - st.free_count - st.pending_count,
             "free_pages": st.free_count, "pending_pages": st.pending_count,
+            "pinned_pages": None if space.pinned_pages == none else space.pinned_pages,
+            "oldest_snapshot": None if space.oldest_reader == none else space.oldest_reader,
+            "allocated_bytes": None if space.allocated == none else space.allocated,
+            "given_back_bytes": None if space.allocated == none else max(0, space.file_size - space.allocated),
             "backend": self.backend, "growth": self.growth, "writemap": self.writemap, "sync": self._sync,
             "verify_checksums": self.verify_checksums, "readahead": self.readahead,
             "map_base": st.map_base, "map_length": st.map_length, "map_size": st.map_reserved,
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),
             "syscalls": {"pread": st.n_pread, "pwrite": st.n_pwrite, "fdatasync": st.n_fdatasync,
                          "fallocate": st.n_fallocate, "mmap": st.n_mmap, "mremap": st.n_mremap,
-                         "munmap": st.n_munmap, "madvise": st.n_madvise},
+                         "munmap": st.n_munmap, "madvise": st.n_madvise, "punch": st.n_punch},
         }
 
     def _check(self) -> None:

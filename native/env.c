@@ -77,8 +77,13 @@ int space_code(int errnum)
 ** IOFailure otherwise, with `what` in the message. */
 int file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what)
 {
+    return fd_write(e->fd, iov, n, off, what);
+}
+
+int fd_write(int fd, struct iovec *iov, int n, off_t off, const char *what)
+{
     while (n > 0) {
-        ssize_t w = kvm_sys.pwritev(e->fd, iov, n, off);
+        ssize_t w = kvm_sys.pwritev(fd, iov, n, off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -457,6 +462,45 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->n_mremap = kvm_sys_counts.mremap;
     st->n_munmap = kvm_sys_counts.munmap;
     st->n_madvise = kvm_sys_counts.madvise;
+    st->n_punch = kvm_sys_counts.punch;
+    env_leave(e);
+    return 0;
+}
+
+/* Figures for people (stats()), so a figure that cannot be read is "not
+** known" (UINT64_MAX), never an error: stats() also reports a failed handle,
+** whose disk may be failing. */
+int kvm_env_space(kvm_env *e, kvm_spacestat *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = env_enter(e);
+    if (rc)
+        return rc;
+    kvm_filestat fs;
+    if (kvm_sys.fstat(e->fd, &fs) != 0) {
+        out->file_size = out->allocated = UINT64_MAX;
+    } else {
+        out->file_size = fs.size;
+        out->allocated = fs.allocated;
+    }
+    /* A snapshot of the newest commit (which holds nothing back: nothing
+    ** was freed after it) keeps the records read below from reuse. */
+    kvm_txn r = {.env = e, .slot = -1};
+    out->pinned_pages = UINT64_MAX;
+    if (snapshot_acquire(e, &r) != 0) {   /* every reader slot taken, or the file cut short */
+        out->oldest_reader = env_oldest_reader(e);
+    } else {
+        const kvm_state *s = &r.commit;
+        out->txnid = s->txnid;
+        out->oldest_reader = env_oldest_other(e, r.slot);
+        /* the pages freed by the commits after the oldest snapshot's, still
+        ** pending: the live records of (max(oldest, floor), txnid] */
+        uint64_t pinned = 0;
+        if (out->oldest_reader >= s->txnid ||
+            records_pending(e, s, out->oldest_reader > s->floor ? out->oldest_reader : s->floor, &pinned) == 0)
+            out->pinned_pages = pinned;
+        snapshot_release(e, &r);
+    }
     env_leave(e);
     return 0;
 }

@@ -297,6 +297,48 @@ int records_written(kvm_env *e, const kvm_state *s, uint64_t stop, void (*fn)(kv
     return records_walk(e, s, stop, NULL, each_written, &w);
 }
 
+typedef struct pending_counter {
+    kvm_freemap *early;     /* pages a newer record released early */
+    uint64_t     pages;
+} pending_counter;
+
+static int count_pending(kvm_env *e, const kvm_state *s, kvm_record *r, void *ctx)
+{
+    (void)s;
+    pending_counter *c = ctx;
+    int rc = 0;
+    for (size_t i = 0; i < (size_t)r->nfreed + r->nreleased && !rc; i++)
+        if (!run_in_file(e, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8)))
+            rc = kvm_err(KVM_CORRUPT, "the record of commit %llu: page runs out of range",
+                         (unsigned long long)r->txnid);
+    for (size_t i = 0; i < r->nfreed && !rc; i++) {
+        uint64_t lo = rd64(rec_freed(r, i)), hi = lo + rd64(rec_freed(r, i) + 8);
+        c->pages += hi - lo;
+        for (uint64_t p = kvm_fm_find(c->early, lo, hi, 1); p < hi;) {   /* released early: not pending */
+            uint64_t q = kvm_fm_find(c->early, p, hi, 0);
+            c->pages -= q - p;
+            p = kvm_fm_find(c->early, q, hi, 1);
+        }
+    }
+    for (size_t i = 0; i < r->nreleased && !rc; i++)
+        rc = fm_add_missing(c->early, rd64(rec_released(r, i)), rd64(rec_released(r, i) + 8));
+    return rc;
+}
+
+/* *pages: the pending pages of the commits (stop, s->txnid] -- their freed
+** pages less those a newer record released early, as freelist_load counts
+** them -- read from their records, which must be live (stop >= s->floor)
+** and held from reuse by the caller's snapshot of s.  For stats(): the
+** pages that snapshots newer than `stop` keep from reuse. */
+int records_pending(kvm_env *e, const kvm_state *s, uint64_t stop, uint64_t *pages)
+{
+    pending_counter c = {kvm_fm_new(), 0};
+    int rc = c.early ? records_walk(e, s, stop, NULL, count_pending, &c) : kvm_err(KVM_NOMEM, "allocating a page map");
+    kvm_fm_free(c.early);
+    *pages = c.pages;
+    return rc;
+}
+
 /* ------------------------------------------------------------------ load */
 
 /* Room for one more record set and pending set (freelist_adopt cannot fail). */

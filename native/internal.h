@@ -11,6 +11,7 @@
 **   page.c      a transaction's pages: read, copy-on-write, new, free, verify
 **   txn.c       transactions: begin, end, page pool, commit
 **   space.c     free-space rules; freelist.c their pages on disk (space.h)
+**   copy.c      a page-for-page copy of a snapshot's commit (db.copy)
 **
 ** btree.c (the B+tree) sees pages only through pg_read/pg_write/pg_new/
 ** pg_free, so it cannot tell the mmap backend from the pread backend;
@@ -229,6 +230,7 @@ void this_thread_forget(void);           /* a child after fork() */             
 void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);
 uint64_t env_oldest_reader(kvm_env *e);   /* the oldest snapshot's txnid; UINT64_MAX: none */
+uint64_t env_oldest_other(kvm_env *e, int slot);   /* the same, but for reader slot `slot` */
 /* map.c */
 int map_open(kvm_env *e, uint64_t map_size);
 int env_follow(kvm_env *e, const kvm_state *s);   /* up to a commit another handle may have made */
@@ -250,6 +252,7 @@ int freelist_record(kvm_txn *t, kvm_space *sp, dirty_ent *const *order, size_t n
 
 /* errors (env.c) */
 int  file_write(kvm_env *e, struct iovec *iov, int n, off_t off, const char *what);
+int  fd_write(int fd, struct iovec *iov, int n, off_t off, const char *what);   /* the same, any file */
 int  kvm_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int  kvm_err_sys(int code, int errnum, const char *what);
 

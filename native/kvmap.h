@@ -99,7 +99,7 @@ typedef struct kvm_stat {
     int      meta_slot, meta_fallback, meta_nosync, failed;
     uint64_t file_size, map_base, map_length, map_reserved;
     uint64_t cache_hits, cache_misses;
-    uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise;
+    uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise, n_punch;
 } kvm_stat;
 
 const char *kvm_errmsg(void);
@@ -130,6 +130,21 @@ int      kvm_env_sync(kvm_env *e, int wait);   /* fdatasync: every commit so far
 /* Read the database's pages (below its high-water mark) into the OS page
 ** cache, and return once they are there (env.c). */
 int      kvm_env_warm(kvm_env *e);
+/* The space figures stats() adds that take more than a look at the
+** published state (env.c): the file's disk use (fstat), and the pending
+** pages that live snapshots hold from reuse, read from the records of the
+** commits after the oldest snapshot (none: no read).  A figure that cannot
+** be read is UINT64_MAX ("not known"): only a closed or inherited handle
+** is an error. */
+typedef struct kvm_spacestat {
+    uint64_t txnid;            /* the newest commit, which these figures are of */
+    uint64_t pinned_pages;     /* pending pages freed after the oldest snapshot's commit
+                               ** (not known: every reader slot is taken, or a read failed) */
+    uint64_t oldest_reader;    /* the oldest live snapshot's commit; UINT64_MAX: none */
+    uint64_t file_size;        /* st_size (not known: fstat failed) */
+    uint64_t allocated;        /* bytes of disk the file holds, st_blocks * 512 (likewise) */
+} kvm_spacestat;
+int      kvm_env_space(kvm_env *e, kvm_spacestat *out);
 
 int      kvm_txn_begin(kvm_env *e, int write, kvm_txn **out);
 int      kvm_txn_abort(kvm_txn *t);   /* 1: it ended the transaction, 0: already ended */
@@ -160,6 +175,14 @@ typedef struct kvm_txninfo {
                        ** read-only media), so only this handle's writers would */
 } kvm_txninfo;
 int      kvm_txn_state(kvm_txn *t, kvm_txninfo *out);
+/* db.copy(compact=False) (copy.c): the pages snapshot t's commit reaches,
+** at their page numbers, verified, into a new file at tmp (it must not
+** exist), with both metas naming that commit as durable; synced and
+** closed, or removed on failure.  Then kvm_file_install renames tmp to
+** dest (replace 0: an existing dest is EEXIST, and tmp is removed) and
+** syncs the directory (if that fails, dest is removed). */
+int      kvm_txn_copy(kvm_txn *t, const char *tmp);
+int      kvm_file_install(const char *tmp, const char *dest, int replace);
 
 int64_t  kvm_get(kvm_txn *t, const char *key, size_t klen, char *out, size_t cap);
 /* Looks up n keys, packed (key i is klens[i] bytes of keys, after key i-1),
@@ -224,7 +247,9 @@ uint32_t kvm_crc32c(uint32_t crc, const void *buf, size_t len);
 #define KVM_SYS_MREMAP    12
 #define KVM_SYS_MADVISE   13
 #define KVM_SYS_PUNCH     14   /* fallocate(PUNCH_HOLE): free runs given back to the file system */
-#define KVM_SYS_NCALLS    15
+#define KVM_SYS_RENAME    15   /* db.copy: the finished copy renamed into place */
+#define KVM_SYS_UNLINK    16   /* db.copy: a failed copy's file removed */
+#define KVM_SYS_NCALLS    17
 #define KVM_FAULT_KILL    -1
 typedef int (*kvm_sync_hook)(int fd);
 int      kvm_fault_set(int call, uint64_t nth, int err, int persistent);

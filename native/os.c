@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <string.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include "kvmap.h"
 
 kvm_os_counts kvm_sys_counts;
@@ -115,6 +116,7 @@ static int os_fstat(int fd, kvm_filestat *out)
     out->size = (uint64_t)st.st_size;
     out->dev = (uint64_t)st.st_dev;
     out->ino = (uint64_t)st.st_ino;
+    out->allocated = (uint64_t)st.st_blocks * 512;
     out->mode = (uint32_t)st.st_mode;
     return 0;
 }
@@ -219,11 +221,36 @@ static int os_madvise(void *a, size_t l, int adv)
 static int os_punch(int fd, off_t o, off_t l)
 {
     FAULT(KVM_SYS_PUNCH, -1);
+    COUNT(punch);
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l);
+}
+/* Put a finished file in place (db.copy).  Without `replace`, atomically
+** refuse an existing `to` (EEXIST): renameat2's RENAME_NOREPLACE, or, on a
+** file system without it (EINVAL), a hard link, which refuses an existing
+** name too, and the unlink of `from`. */
+static int os_rename(const char *from, const char *to, int replace)
+{
+    FAULT(KVM_SYS_RENAME, -1);
+    if (replace)
+        return rename(from, to);
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    if (link(from, to) != 0)
+        return -1;
+    unlink(from);   /* both names are the file now: `to` is in place whatever this does */
+    return 0;
+}
+static int os_unlink(const char *path)
+{
+    FAULT(KVM_SYS_UNLINK, -1);
+    return unlink(path);
 }
 
 kvm_os kvm_sys = {
     os_open, os_close, os_fstat, os_lock, os_pread, os_pwritev,
     os_fdatasync, os_fsync_dir, os_posix_fallocate, os_ftruncate,
     os_mmap, os_munmap, os_mremap, os_madvise, os_punch,
+    os_rename, os_unlink,
 };

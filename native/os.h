@@ -15,6 +15,7 @@
 /* What kvm_sys.fstat reports of a file. */
 typedef struct kvm_filestat {
     uint64_t size, dev, ino;
+    uint64_t allocated;   /* bytes of disk the file holds (st_blocks * 512): holes excluded */
     uint32_t mode;
 } kvm_filestat;
 
@@ -34,6 +35,8 @@ typedef struct kvm_os {
     void   *(*mremap)(void *old, size_t oldlen, size_t newlen, int flags);
     int     (*madvise)(void *addr, size_t len, int advice);
     int     (*punch)(int fd, off_t off, off_t len);   /* a hole; the file keeps its size */
+    int     (*rename)(const char *from, const char *to, int replace);   /* replace 0: EEXIST if `to` exists */
+    int     (*unlink)(const char *path);
 } kvm_os;
 
 extern kvm_os kvm_sys;          /* the table in use */
@@ -53,7 +56,7 @@ extern kvm_os kvm_sys;          /* the table in use */
 ** kvmap-bench).  Fault injection (kvm_fault_set, kvmap.h) and its per-call
 ** counters live in os.c too: every default entry asks fault_inject() first. */
 typedef struct kvm_os_counts {
-    uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise;
+    uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise, punch;
 } kvm_os_counts;
 extern kvm_os_counts kvm_sys_counts;
 

@@ -9,7 +9,8 @@
 ** switch interval (5 ms), so a writer's commit made of many small calls
 ** crawls while readers iterate (the GIL "convoy").  So the wrappers keep the
 ** GIL, and the calls that wait on the disk release it themselves: open,
-** close, a syncing commit, sync() (fdatasync) and warm() (reads the file).
+** close, a syncing commit, sync() (fdatasync), warm() (reads the file) and
+** copy() (reads, writes and syncs a whole file).
 ** Like Python's own mmap objects, a read that faults a page in from disk
 ** holds the GIL meanwhile.  kvmap-check's reads (checkpage.c) release it
 ** too: each reads a batch of pages, or an overflow chain, with pread.
@@ -23,6 +24,8 @@ void kvm_env_close_released(kvm_env *e);
 int  kvm_txn_commit_released(kvm_txn *t, int sync);
 int  kvm_env_sync_released(kvm_env *e, int wait);
 int  kvm_env_warm_released(kvm_env *e);
+int  kvm_txn_copy_released(kvm_txn *t, const char *tmp);
+int  kvm_file_install_released(const char *tmp, const char *dest, int replace);
 int64_t ckp_leaves_released(int fd, const ckp_geometry *g, const uint8_t *branch, const ckp_cell *cells,
                             uint32_t nkeys, uint32_t from, const uint8_t *lo, int64_t lo_length,
                             const uint8_t *hi, int64_t hi_length, size_t n, uint8_t *buf, ckp_page *out,
@@ -67,6 +70,20 @@ int kvm_env_warm_released(kvm_env *e)
 {
     int rc;
     KVM_RELEASED(rc = kvm_env_warm(e));
+    return rc;
+}
+
+int kvm_txn_copy_released(kvm_txn *t, const char *tmp)
+{
+    int rc;
+    KVM_RELEASED(rc = kvm_txn_copy(t, tmp));
+    return rc;
+}
+
+int kvm_file_install_released(const char *tmp, const char *dest, int replace)
+{
+    int rc;
+    KVM_RELEASED(rc = kvm_file_install(tmp, dest, replace));
     return rc;
 }
 

@@ -180,12 +180,14 @@ int64_t kvm_env_readers(kvm_env *e, kvm_reader *out, size_t cap)
     return n;
 }
 
-uint64_t env_oldest_reader(kvm_env *e)
+uint64_t env_oldest_reader(kvm_env *e) { return env_oldest_other(e, -1); }
+
+uint64_t env_oldest_other(kvm_env *e, int slot)
 {
     uint64_t m = UINT64_MAX;
     for (uint32_t i = 0; i < e->sh->nreaders; i++) {
         uint64_t v = __atomic_load_n(&e->sh->readers[i], __ATOMIC_SEQ_CST);
-        if (v != READER_FREE && READER_TXNID(v) < m)
+        if ((int)i != slot && v != READER_FREE && READER_TXNID(v) < m)
             m = READER_TXNID(v);
     }
     return m;

@@ -186,6 +186,7 @@ int  record_read(struct kvm_env *e, uint64_t pg, uint64_t txnid, uint64_t hwm, k
 void record_free(kvm_record *r);
 int  records_verify(struct kvm_env *e, const struct kvm_state *s);
 int  records_pages_needed(struct kvm_env *e, const struct kvm_state *s, uint64_t *need);
+int  records_pending(struct kvm_env *e, const struct kvm_state *s, uint64_t stop, uint64_t *pages);
 int  records_written(struct kvm_env *e, const struct kvm_state *s, uint64_t stop,
                      void (*fn)(struct kvm_env *e, uint64_t pg));
 

@@ -12,8 +12,10 @@
   interpreter so that a SIGSEGV/SIGBUS in the engine fails one test instead of
   killing pytest.
 * ``make_value(seed, n)``: deterministic pseudo-random bytes.
+* ``mounted_tmpfs(where, size)``: a size-limited tmpfs for a test (root only).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -188,3 +190,23 @@ def assert_child_ok(rc, out, err, marker=None):
     assert rc == 0, describe_child(rc, out, err)
     if marker is not None:
         assert marker in out, describe_child(rc, out, err)
+
+
+# ---------------------------------------------------------------------------
+# file systems
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where, size):
+    """A tmpfs of ``size`` (mount's syntax: "256k", "16m") mounted on the new
+    directory ``where`` for the block, unmounted after it; the test is
+    skipped, saying why, where it cannot be mounted (not root)."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip("needs root to mount a size-limited tmpfs (mount failed: %s)" % r.stderr.strip())
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -459,11 +459,18 @@ def test_scan(tmp_path, capsysbinary):
 
 def test_copy(full_db, capsysbinary):
     path, pairs = full_db
-    dest = path.parent / "copy.kv"
-    code, out, err = run(capsysbinary, "copy", path, dest, "--compact")
-    assert (code, err) == (0, "") and out == f"copied {len(pairs):,} pairs to {dest}\n".encode()
-    assert kvmap.check(dest).ok and contents(dest) == pairs
-    assert run(capsysbinary, "copy", path, dest) == (2, b"", f"kvmap copy: {dest} already exists\n")
+    with kvmap.open(str(path), "r") as db:
+        txnid = db.stats()["txnid"]
+    for argv, kind in (([], "a page copy"), (["--compact"], "a compact copy")):
+        dest = path.parent / ("copy%d.kv" % len(argv))
+        code, out, err = run(capsysbinary, "copy", path, dest, *argv)
+        assert (code, err) == (0, "") and out == f"copied transaction {txnid} to {dest} ({kind})\n".encode()
+        assert kvmap.check(dest).ok and contents(dest) == pairs
+        assert run(capsysbinary, "copy", path, dest) == (
+            2, b"", f"kvmap copy: {dest} already exists (--overwrite replaces it)\n")
+        dest.write_bytes(b"old")
+        assert run(capsysbinary, "copy", path, dest, "--overwrite", *argv)[0] == 0
+        assert kvmap.check(dest).ok and contents(dest) == pairs
 
 
 def test_check_and_bench_are_passed_on(small, tmp_path, capsysbinary):

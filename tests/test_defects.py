@@ -23,7 +23,7 @@ import sys
 import pytest
 
 import kvmap
-from conftest import (ALL_CONFIG_PARAMS, CONFIGS, assert_child_ok, config_id, make_value,
+from conftest import (ALL_CONFIG_PARAMS, CONFIGS, assert_child_ok, config_id, make_value, mounted_tmpfs,
                       open_db, run_python)
 
 PS = 4096
@@ -646,13 +646,7 @@ def _root():
 
 @pytest.mark.skipif(not _root(), reason="needs root to mount a size-limited tmpfs")
 def test_creation_on_a_nearly_full_tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip("needs root to mount a size-limited tmpfs (mount failed: %s)" % r.stderr.strip())
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
         filler = mnt / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
         try:
@@ -673,8 +667,6 @@ def test_creation_on_a_nearly_full_tmpfs(tmp_path):
             db[b"a"] = b"1"
         with kvmap.open(path, readonly=True) as db:
             assert db[b"a"] == b"1"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------

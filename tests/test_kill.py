@@ -52,6 +52,9 @@ def test_300_kills_lose_no_commit(tmp_path):
         assert moments.get(m, {}).get("kills", 0) > 0, (m, moments)
     assert any(m in moments for m in ("syscall:mmap", "syscall:mremap", "syscall:munmap")), moments
     assert any(m.startswith("create:") for m in moments), moments
+    # kills inside db.copy(): each left no copy or a complete, check-clean one
+    copies = sum(v["kills"] for m, v in moments.items() if m.startswith("copy:"))
+    assert copies > 0 and c["copy_left_absent"] + c["copy_left_complete"] == copies, moments
     assert c["during_commit"] > 0 and c["during_growth"] > 0
     assert c["with_readers"] > 0 and c["with_reader_threads"] > 0
     assert c["during_reopen"] > 0

@@ -29,6 +29,12 @@ first), and, unless ``--no-timing``, sometimes a ``sync_interval`` of 2 or
 * ``ack``: right after a ``commit()`` returned, before the acknowledgement;
 * ``idle``: the armed call never came within the run (the parent kills the
   idle child);
+* ``copy:<call>``: inside a ``db.copy()`` (a page copy or a compact one) that
+  the writer starts after a commit, at the n-th call of the copy (``copy:done``:
+  the copy finished first, and the writer was killed right after); the
+  source must then hold exactly the acknowledged commits, and the copy's
+  destination be either absent or a complete, check-clean copy of the last
+  of them (a temporary file beside it may be left);
 * ``create:<call>``: at the k-th call of the open that creates the file.
 
 Some writers also hold snapshots across commits (compared with the model when
@@ -328,6 +334,12 @@ def writer_child(fd, lane, plan):
             db.close()
             db = kvmap.open(lane.path, **lane.open_kw)
             _send(fd, "c", calls())
+        if plan["kind"] == "copy" and i == plan["at"]:
+            _send(fd, "K", calls())
+            _arm(plan["call"], plan["nth"])
+            db.copy(copy_dest(lane), compact=plan["compact"])
+            _send(fd, "k")
+            os.kill(os.getpid(), signal.SIGKILL)
         if model is not None:
             crashkit.apply_ops(model, ops)
             if rng.random() < 0.3:
@@ -342,6 +354,38 @@ def writer_child(fd, lane, plan):
     _send(fd, "D")
     while True:                     # the parent kills an idle writer
         time.sleep(60)
+
+
+def copy_dest(lane):
+    return lane.path + ".copy"
+
+
+def copy_check_child(fd, lane, acked, done):
+    """After a kill inside db.copy(): the destination is absent (not when the
+    copy had returned), or a sound copy of commit ``acked``; temporary files
+    of the copy (beside it) are allowed, and removed with it."""
+    dest = copy_dest(lane)
+    try:
+        if os.path.exists(dest):
+            rep = kvmap.checker.check(dest)
+            if not rep.ok:
+                raise crashkit.CrashCheckFailed("the copy is not sound: %s" % "; ".join(
+                    "%s page %s: %s" % (p.kind, p.page, p.message) for p in rep.problems[:5]))
+            with kvmap.open(dest, "r") as c:
+                if dict(c.items()) != lane.workload.model(acked):
+                    raise crashkit.CrashCheckFailed("the copy does not hold commit %d" % acked)
+            state = "complete"
+        elif done:
+            raise crashkit.CrashCheckFailed("db.copy() returned, and there is no copy")
+        else:
+            state = "absent"
+    except Exception as e:
+        _send_verdict(fd, e)
+        return
+    left = [f for f in os.listdir(os.path.dirname(dest)) if f.startswith(os.path.basename(dest))]
+    for f in left:
+        os.unlink(os.path.join(os.path.dirname(dest), f))
+    _send(fd, "Y", state, int(any(".copy-" in f and not f.endswith("-lock") for f in left)))
 
 
 def reader_thread(fd, db, seed):
@@ -519,6 +563,12 @@ class Harness:
         self.start_time = {}      # (cid, sync) -> seconds to the child's open (EMA)
         self.log = args.verbose
 
+    # the calls of a page copy and of a compact one (a new database's: open,
+    # growth, a commit, close), and how many of each a lane's copy makes at most
+    COPY_CALLS = {False: ("pread", "pwrite", "fallocate", "fdatasync", "rename", "fsync_dir"),
+                  True: ("open", "pwrite", "fallocate", "mmap", "fdatasync", "rename", "fsync_dir")}
+    COPY_NTH = {"pread": 6, "pwrite": 8, "fdatasync": 3, "fallocate": 2}
+
     # ---- choosing a kill
     def plan(self, lane):
         rng = lane.rng
@@ -546,6 +596,13 @@ class Harness:
         if 0.70 <= r < 0.75 or (r < 0.25 and rng.random() < 0.2):
             at = start + rng.randrange(10)
             plan.update(kind="ack", at=at, end=at)
+            return plan
+        if 0.78 <= r < 0.82:
+            at = start + rng.randrange(10)
+            compact = rng.random() < 0.5
+            call = rng.choice(self.COPY_CALLS[compact])
+            plan.update(kind="copy", at=at, end=at, compact=compact, call=call,
+                        nth=rng.randint(1, self.COPY_NTH.get(call, 1)))
             return plan
         # sync=False: the fdatasyncs are the flushes (sync_bytes, pages
         # first, sync_interval, db.sync(), close): kill there more often
@@ -634,6 +691,9 @@ class Harness:
             moment = killed
         elif plan["kind"] == "syscall":
             moment = "syscall:" + plan["call"]
+        elif plan["kind"] == "copy":    # the copy writes nothing to the source: nothing in flight
+            moment = "copy:done" if any(m[0] == "k" for m in msgs) else "copy:" + plan["call"]
+            plan["expect"] = rec["expect"] = "acked" if any(m[0] == "K" for m in msgs) else None
         else:
             moment = plan["kind"]
         if moment == "idle":
@@ -687,6 +747,19 @@ class Harness:
             self.by_config[lane.cid] += 1
 
         self.verify(lane, plan, acked, moment)
+        if plan["kind"] == "copy" and not lane.done:
+            self.verify_copy(lane, plan, acked, moment)
+
+    def verify_copy(self, lane, plan, acked, moment):
+        msgs, status, _, _ = run_child(copy_check_child, (lane, acked, moment == "copy:done"))
+        res = [m for m in msgs if m[0] in ("Y", "F", "X")]
+        if status != 0 or not res or res[0][0] != "Y":
+            self.fail(lane, plan, acked, "the copy (%s, compact=%s): %s" % (
+                moment, plan["compact"], payload(res[0]) if res else describe_status(status)))
+            return
+        _, state, rest = res[0]
+        self.counts["copy left %s" % state] += 1
+        self.counts["copy left a temporary file"] += int(rest)
 
     def count_kill(self, lane, moment, plan):
         self.counts["kills"] += 1
@@ -1668,6 +1741,8 @@ def report(args, total, elapsed):
         "noop_txn_at_kill": c["no-op transaction at the kill"],
         "either_allowed": c["kill point allows either"],
         "during_flush": c["during flush"],
+        "copy_left_absent": c["copy left absent"], "copy_left_complete": c["copy left complete"],
+        "copy_left_temporary": c["copy left a temporary file"],
         "process_lanes": c["process lanes"], "process_kills": c["process kills"],
         "process_writer_kills": c["process writer kills"], "process_reader_kills": c["process reader kills"],
         "process_writer_kills_holding_lock": c["process writer kills holding the writer lock"],
