@@ -26,7 +26,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, N
 
 from ._lib import MISSING, BytesLike, error_for, ffi, fork_generation, lib
 from .errors import ClosedError, DiskFullError, IOFailure, LockedError, ReadOnlyError, os_error
-from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, scan
+from .txn import Snapshot, Transaction, _checked, _Closing, _Reads, _Updates, scan
 
 if TYPE_CHECKING:
     from _typeshed import SupportsKeysAndGetItem
@@ -199,7 +199,7 @@ def _opened(cls: type[_D], path: PathLike, flag: str | None, mode: int, *, reado
     return cls(os.fspath(path), readonly=readonly, create=create, new=new, mode=mode, **options)
 
 
-class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
+class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
     """An open kvmap database (see :func:`open`).
 
     Threads may share it; ``close()`` from any thread makes every operation
@@ -294,6 +294,8 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         if rc and rc not in (lib.KVM_CLOSED, lib.KVM_FAILED):
             raise error_for(rc, self.path)
 
+    _end = close
+
     @property
     def _path(self) -> str | bytes:   # what _Reads and its errors name, as Snapshot's and Transaction's
         return self.path
@@ -376,17 +378,9 @@ class Database(_Closing, _Reads, MutableMapping[bytes, bytes]):
         with Transaction(self) as txn:
             return txn.delete_range(minimum, maximum, inclusive)
 
-    @overload
-    def update(self, other: SupportsKeysAndGetItem[_K, BytesLike], /, **kwargs: BytesLike) -> None: ...
-    @overload
-    def update(self, other: Iterable[tuple[BytesLike, BytesLike]], /, **kwargs: BytesLike) -> None: ...
-    @overload
-    def update(self, /, **kwargs: BytesLike) -> None: ...
-
-    def update(self, /, *args: Any, **kwargs: BytesLike) -> None:
-        """As dict.update, in one transaction."""
+    def _update(self, /, *args: Any, **kwargs: BytesLike) -> None:
         with Transaction(self) as txn:
-            txn.update(*args, **kwargs)
+            txn._update(*args, **kwargs)
 
     @overload
     def pop(self, key: BytesLike) -> bytes: ...

@@ -390,26 +390,42 @@ class _Handle:
 
 
 class _Closing(_Handle):
-    """``with`` support for handles that close: the block's end (or garbage
-    collection) calls close()."""
+    """``with`` support for handles that end: the block's end (or garbage
+    collection) calls ``_end``: close() for a database or a snapshot,
+    abort() for a transaction (whose block commits when it ends well)."""
 
     __slots__ = ()
-    close: Callable[[], None]   # a subclass's
+    _end: Callable[[], None]   # a subclass's
 
     def __enter__(self: _H) -> _H:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._end()
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._end()
         except Exception:
             pass
 
 
-class Snapshot(_Closing, _Reads, Mapping[bytes, bytes]):
+class _TxnReads(_Reads):
+    """The reads of a C transaction (a snapshot's, or the write
+    transaction's)."""
+
+    __slots__ = ()
+
+    def _count(self) -> int:
+        return _checked(lib.kvm_txn_entries(self._handle()), self._path)
+
+    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
+              keys_only: bool) -> Iterator[Any]:
+        self._handle()
+        return scan(cast("Snapshot | Transaction", self), mode, key, stop, flags, keys_only)
+
+
+class Snapshot(_Closing, _TxnReads, Mapping[bytes, bytes]):
     """A read-only view of the database as of one commit.
 
     It stays unchanged while other threads commit, and keeps the pages it can
@@ -435,14 +451,6 @@ class Snapshot(_Closing, _Reads, Mapping[bytes, bytes]):
         if rc:
             raise error_for(rc, self._path)
         self._h = ffi.gc(out[0], lib.kvm_txn_release)
-
-    def _count(self) -> int:
-        return _checked(lib.kvm_txn_entries(self._handle()), self._path)
-
-    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
-              keys_only: bool) -> Iterator[Any]:
-        self._handle()
-        return scan(self, mode, key, stop, flags, keys_only)
 
     @property
     def txnid(self) -> int:
@@ -470,6 +478,8 @@ class Snapshot(_Closing, _Reads, Mapping[bytes, bytes]):
             self._h = None
             lib.kvm_txn_abort(h)
 
+    _end = close
+
     def __repr__(self) -> str:
         h = self._h
         t = -1 if h is None else lib.kvm_txn_id(h)
@@ -491,7 +501,27 @@ def _checked(n: int, path: str | bytes) -> int:
     return n
 
 
-class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
+class _Updates:
+    """``dict.update``'s signatures for Database and Transaction, each of
+    which gives ``_update``."""
+
+    __slots__ = ()
+    _update: Callable[..., None]
+
+    @overload
+    def update(self, other: SupportsKeysAndGetItem[_K, BytesLike], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, other: Iterable[tuple[BytesLike, BytesLike]], /, **kwargs: BytesLike) -> None: ...
+    @overload
+    def update(self, /, **kwargs: BytesLike) -> None: ...
+
+    def update(self, /, *args: Any, **kwargs: BytesLike) -> None:
+        """As dict.update, through put_many(): a Database's in one
+        transaction, a Transaction's in itself."""
+        self._update(*args, **kwargs)
+
+
+class Transaction(_Closing, _TxnReads, _Updates, MutableMapping[bytes, bytes]):
     """The write transaction (one at a time per database).
 
     As a context manager it commits on normal exit and aborts on an
@@ -515,14 +545,6 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         self._path = db.path
         self._savepoints: list[Savepoint] = []   # the open ones, outermost first
         db._begin_write(self, timeout)
-
-    def _count(self) -> int:
-        return _checked(lib.kvm_txn_entries(self._handle()), self._path)
-
-    def _scan(self, mode: int, key: bytes | None, stop: bytes | None, flags: int,
-              keys_only: bool) -> Iterator[Any]:
-        self._handle()
-        return scan(self, mode, key, stop, flags, keys_only)
 
     def _fail(self, rc: int) -> NoReturn:
         """Raise for a write call that returned ``rc`` < 0, aborting the
@@ -564,15 +586,17 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
     def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
         self.put(key, value)
 
-    def delete(self, key: BytesLike) -> None:
-        """Remove ``key``; KeyError if absent.  O(log n)."""
+    def delete(self, key: BytesLike) -> bool:
+        """Remove ``key``; returns whether it was there (py-lmdb's
+        ``delete``; ``del txn[key]`` raises KeyError instead).  O(log n)."""
         h = self._handle()
         k = as_key(key, self._max_key)
         rc = lib.kvm_del(h, k, len(k))
         if rc == lib.KVM_NOTFOUND:
-            raise KeyError(key)
+            return False
         if rc:
             self._fail(rc)
+        return True
 
     def delete_range(self, minimum: BytesLike | None = None, maximum: BytesLike | None = None,
                      inclusive: tuple[bool, bool] = (True, True)) -> int:
@@ -606,18 +630,10 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         hi, hi excluded (either may be omitted)."""
         if type(key) is slice:
             self.delete_range(*_slice_bounds(key), inclusive=(True, False))
-        else:
-            self.delete(key)
+        elif not self.delete(key):
+            raise KeyError(key)
 
-    @overload
-    def update(self, other: SupportsKeysAndGetItem[_K, BytesLike], /, **kwargs: BytesLike) -> None: ...
-    @overload
-    def update(self, other: Iterable[tuple[BytesLike, BytesLike]], /, **kwargs: BytesLike) -> None: ...
-    @overload
-    def update(self, /, **kwargs: BytesLike) -> None: ...
-
-    def update(self, /, *args: Any, **kwargs: BytesLike) -> None:
-        """As dict.update, in this transaction, through put_many()."""
+    def _update(self, /, *args: Any, **kwargs: BytesLike) -> None:
         if len(args) > 1:
             raise TypeError(f"update expected at most 1 argument, got {len(args)}")
         src = args[0] if args else ()
@@ -703,22 +719,16 @@ class Transaction(_Handle, _Reads, MutableMapping[bytes, bytes]):
         if self._h is not None:
             self._db._abort(self)
 
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._h is None:
             return
-        if exc_type is None:
+        if not exc or exc[0] is None:
             self.commit()
         else:
             self.abort()
 
-    def __del__(self) -> None:
-        try:
-            self.abort()
-        except Exception:
-            pass
+    def _end(self) -> None:
+        self.abort()
 
     def __repr__(self) -> str:
         h = self._h

@@ -390,8 +390,11 @@ def test_transaction_commit_on_exit(db):
         assert b"d" not in t
         assert t.pop(b"c") == b"3"
         assert t.pop(b"c", b"gone") == b"gone"
+        assert t.delete(b"nope") is False          # py-lmdb's: whether it was there
         with pytest.raises(KeyError):
-            t.delete(b"nope")
+            del t[b"nope"]
+        t[b"gone"] = b"1"
+        assert t.delete(b"gone") is True and b"gone" not in t
         with pytest.raises(KeyError):
             t[b"nope"]
         assert list(t) == [b"a", b"b"]

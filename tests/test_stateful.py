@@ -250,12 +250,8 @@ class KVMachine(RuleBasedStateMachine):
                         t[op[1]] = op[2]
                         local[op[1]] = op[2]
                     elif kind == "del":
-                        if op[1] in local:
-                            t.delete(op[1])
-                            del local[op[1]]
-                        else:
-                            with pytest.raises(KeyError):
-                                t.delete(op[1])
+                        assert t.delete(op[1]) is (op[1] in local)
+                        local.pop(op[1], None)
                     elif kind == "del_existing":
                         if local:
                             k = local.keys()[op[1] % len(local)]

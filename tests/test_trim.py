@@ -5,12 +5,14 @@ database open.  A handle never cuts the file under another one: not while a
 second handle, in this process or another, has it open (readers included),
 and not from a read-only handle."""
 
+import errno
 import os
 import random
 
 import pytest
 
 import kvmap
+from kvmap._lib import lib
 from conftest import ALL_CONFIG_PARAMS, assert_child_ok, open_db, run_python
 
 PS = 4096
@@ -102,6 +104,27 @@ def test_no_cut_while_another_handle_of_this_process_is_open(tmp_path):
     b.close()                                        # read-only: it never cuts
     assert os.path.getsize(p) == grown
     kvmap.open(str(p)).close()                       # the last writable close cuts
+    assert os.path.getsize(p) == _hwm(p) * PS < grown
+
+
+def test_a_failed_cut_leaves_the_file_whole(tmp_path):
+    """ftruncate failing at the last close (EIO, injected through the
+    system-call table): the close succeeds, the file keeps its length and
+    every commit, and the next last close cuts it."""
+    p = tmp_path / "db.kv"
+    db = kvmap.open(str(p), sync=False)
+    pairs = _load(db)
+    grown = os.path.getsize(p)
+    assert lib.kvm_fault_set(lib.KVM_SYS_FTRUNCATE, 1, errno.EIO, 1) == 0
+    try:
+        db.close()
+        failed = lib.kvm_fault_failures(lib.KVM_SYS_FTRUNCATE)
+    finally:
+        lib.kvm_fault_clear()
+    assert failed == 1 and os.path.getsize(p) == grown
+    assert kvmap.check(str(p)).ok
+    with kvmap.open(str(p)) as db:
+        assert dict(db.items()) == pairs
     assert os.path.getsize(p) == _hwm(p) * PS < grown
 
 

@@ -22,7 +22,9 @@ first), and, unless ``--no-timing``, sometimes a ``sync_interval`` of 2 or
 * ``time``: after a random delay (uniform over about the run's length);
 * ``syscall:<call>``: exactly before its n-th pwrite / fdatasync / pread /
   madvise, or before the next fallocate / mmap / mremap / munmap of a file
-  growth (``kvm_fault_set(..., KVM_FAULT_KILL)`` armed in the child after its
+  growth, the next hole punch (after a commit is published: it gives free
+  runs back) or the next ftruncate (the last close cutting the file)
+  (``kvm_fault_set(..., KVM_FAULT_KILL)`` armed in the child after its
   open), which puts kills inside commits, inside growth and inside the
   flushes (``sync=False`` lanes kill at fdatasync twice as often)
   deterministically;
@@ -613,12 +615,17 @@ class Harness:
             calls += ["growth"] * 3
             if lane.cfg.get("backend") == "mmap":
                 calls += ["madvise"]
+        if not readers:   # a snapshot held stops both: its pages are not free, its handle is not the last
+            calls += ["punch", "ftruncate"]
         call = rng.choice(calls)
         if call == "growth":
             call = rng.choice(GROWTH_CALLS[lane.cfg.get("growth")])
         if call in ("fallocate", "mmap", "mremap", "munmap", "madvise"):
             nth = 1
             end = start + 120
+        elif call in ("punch", "ftruncate"):   # after a commit, at a close: often enough in 40
+            nth = 1
+            end = start + 40
         else:
             k = rng.randint(1, 20)
             nth = 1 + int(rng.uniform(0, k) * lane.rate[call])
@@ -645,7 +652,8 @@ class Harness:
         commit i, db.sync(), close() and the reopen, or between them), and
         what the file must then hold, where the kill point says: before a
         pwrite or a growth call in a commit, the commit's meta is not written
-        yet (it is the commit's last write): acked; a sync=True commit's one
+        yet (it is the commit's last write): acked; a punch comes after the
+        commit is published: acked+1; a sync=True commit's one
         fdatasync comes after its meta: acked+1 (a commit that would sync
         its pages first is over 4 x the default sync_bytes, far more than
         any this workload makes); a
@@ -661,6 +669,8 @@ class Harness:
         if where == "commit":
             if call in ("pwrite", "fallocate", "mmap", "mremap", "munmap"):
                 return where, "acked"
+            if call == "punch":
+                return where, "acked+1"
             if call == "fdatasync":
                 return where, "acked+1" if lane.sync else None
             return where, None
@@ -717,8 +727,8 @@ class Harness:
         self.count_kill(lane, moment, plan)
 
         reopen = None
-        if (lane.rng.random() < 0.2 and os.path.exists(lane.path) and os.path.getsize(lane.path) > 0
-                and not creation_left(lane)):
+        if (lane.rng.random() < 0.2 and self.counts["kills"] < self.budget   # a reopen kill is one more
+                and os.path.exists(lane.path) and os.path.getsize(lane.path) > 0 and not creation_left(lane)):
             # the crashed file must be sound before the reopen is killed too
             msgs_c, status_c, _, _ = run_child(check_child, (lane,))
             bad = [payload(m) for m in msgs_c if m[0] != "C"]
@@ -852,6 +862,7 @@ class Harness:
         ``--lane``).  Returns the raw counts (see merge())."""
         a = self.args
         index = first
+        self.budget = budget
         while self.counts["kills"] < budget:
             procs = self.process_lane(index)
             lane = (ProcLane if procs else Lane)(index, a.seed, self.configs[index % len(self.configs)], a.dir,
