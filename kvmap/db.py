@@ -63,6 +63,7 @@ class SyscallStats(TypedDict):
     munmap: int
     madvise: int
     punch: int   #: free runs punched out of the file (disk given back, README "Space")
+    pwrite_bytes: int   #: bytes the pwrite calls wrote (pages and metas)
 
 
 class Reader(NamedTuple):
@@ -671,7 +672,8 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
             "cache_hits": st.cache_hits, "cache_misses": st.cache_misses, "failed": bool(st.failed),
             "syscalls": {"pread": st.n_pread, "pwrite": st.n_pwrite, "fdatasync": st.n_fdatasync,
                          "fallocate": st.n_fallocate, "mmap": st.n_mmap, "mremap": st.n_mremap,
-                         "munmap": st.n_munmap, "madvise": st.n_madvise, "punch": st.n_punch},
+                         "munmap": st.n_munmap, "madvise": st.n_madvise, "punch": st.n_punch,
+                         "pwrite_bytes": st.n_pwrite_bytes},
         }
 
     def _check(self) -> None:

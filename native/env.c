@@ -463,6 +463,7 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->n_munmap = kvm_sys_counts.munmap;
     st->n_madvise = kvm_sys_counts.madvise;
     st->n_punch = kvm_sys_counts.punch;
+    st->n_pwrite_bytes = kvm_sys_counts.pwrite_bytes;
     env_leave(e);
     return 0;
 }

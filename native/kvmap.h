@@ -100,6 +100,7 @@ typedef struct kvm_stat {
     uint64_t file_size, map_base, map_length, map_reserved;
     uint64_t cache_hits, cache_misses;
     uint64_t n_pread, n_pwrite, n_fdatasync, n_fallocate, n_mmap, n_mremap, n_munmap, n_madvise, n_punch;
+    uint64_t n_pwrite_bytes;
 } kvm_stat;
 
 const char *kvm_errmsg(void);

@@ -147,6 +147,10 @@ static ssize_t os_pwritev(int fd, const struct iovec *iov, int n, off_t o)
 {
     FAULT(KVM_SYS_PWRITE, -1);
     COUNT(pwrite);
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += iov[i].iov_len;
+    __atomic_add_fetch(&kvm_sys_counts.pwrite_bytes, bytes, __ATOMIC_RELAXED);
     return pwritev(fd, iov, n, o);
 }
 static int os_fdatasync(int fd)

@@ -57,6 +57,7 @@ extern kvm_os kvm_sys;          /* the table in use */
 ** counters live in os.c too: every default entry asks fault_inject() first. */
 typedef struct kvm_os_counts {
     uint64_t pread, pwrite, fdatasync, fallocate, mmap, mremap, munmap, madvise, punch;
+    uint64_t pwrite_bytes;   /* what the pwrite calls asked to write */
 } kvm_os_counts;
 extern kvm_os_counts kvm_sys_counts;
 

@@ -1468,3 +1468,19 @@ def test_version_1_meta_beside_version_2(copy):
     assert "version 1" in rep.problems[0].message and rep.meta_used == L.slot
     with kvmap.open(str(p), readonly=True) as db:
         assert db.stats()["meta_slot"] == L.slot
+
+
+def test_pwrite_bytes_are_the_pages_a_commit_record_lists(tmp_path):
+    """stats()["syscalls"]["pwrite_bytes"] counts what a commit writes: the
+    pages its record lists as written, the record's own pages, and the
+    meta's 128 bytes (FORMAT.md §2, §6) -- the figure kvmap-bench reports
+    per commit."""
+    p = str(tmp_path / "db.kv")
+    with kvmap.open(p) as db:
+        db.update((b"k%04d" % i, b"v" * 50) for i in range(2000))
+        for j in range(3):
+            before = db.stats()["syscalls"]["pwrite_bytes"]
+            db[b"k%04d" % (j * 97)] = b"w" * 50
+            written = db.stats()["syscalls"]["pwrite_bytes"] - before
+            rec = _Layout(p).records[0]
+            assert written == (len(rec["written"]) + len(rec["pages"])) * 4096 + 128, (written, rec)

@@ -103,12 +103,15 @@ def render_details(results: list[Result]) -> str:
                 if any(lats.values()):
                     rows.append([label] + [f"{lu['p50']:.1f}/{lu['p99']:.1f}" if lu else "-"
                                            for lu in lats.values()])
-            if any("fdatasync_per_commit" in (by.get((w, s)) or {}).get("extra", {}) for s in stores):
-                cells = [f"{w} fdatasync/commit"]
-                for s in stores:
-                    e = (by.get((w, s)) or {}).get("extra") or {}
-                    cells.append(f"{e['fdatasync_per_commit']:.2f}" if "fdatasync_per_commit" in e else "-")
-                rows.append(cells)
+            # what a commit costs in system calls and bytes (the stores that count them)
+            for key, what in (("fdatasync_per_commit", "fdatasync/commit"), ("pwrite_per_commit", "pwrite/commit"),
+                              ("kib_written_per_commit", "KiB written/commit")):
+                if any(key in (by.get((w, s)) or {}).get("extra", {}) for s in stores):
+                    cells = [f"{w} {what}"]
+                    for s in stores:
+                        e = (by.get((w, s)) or {}).get("extra") or {}
+                        cells.append(f"{e[key]:.2f}" if key in e else "-")
+                    rows.append(cells)
         header = ["latency"] + stores
         widths = [max(len(c) for c in col) for col in zip(header, *rows)]
         for cells in [header] + rows:

@@ -173,6 +173,7 @@ def _txn_workload(store: Store, data: Data, ctx: Ctx, p: Params, sync: bool, cou
         assert sc1 is not None   # a store counts its calls or does not
         extra["fdatasync_per_commit"] = (sc1["fdatasync"] - sc0["fdatasync"]) / count
         extra["pwrite_per_commit"] = (sc1["pwrite"] - sc0["pwrite"]) / count
+        extra["kib_written_per_commit"] = (sc1["pwrite_bytes"] - sc0["pwrite_bytes"]) / count / 1024
     # drop the added keys so later workloads see exactly the data set
     store.ensure(False)
     store.delete_all([k for c in chunks for k, _ in c])
