@@ -23,7 +23,9 @@ engine's own descriptor (``os.pread``; with ``writemap=True`` this sees the
 pages stored through the shared mapping, which a log of ``pwrite`` calls
 would not) at every hooked fdatasync and after every commit, ``db.sync()``,
 close and open, and records the 512-byte sectors that changed since the last
-look (an *event*), with the file length before and after.  The *shadow*, the
+look (an *event*), with the file length before and after; a file cut short
+(the last close's ``ftruncate``) writes its cut-off sectors as zeros, which
+is what they read as if the file grows back.  The *shadow*, the
 bytes durable on the simulated disk, is the file as it was at the last
 hooked fdatasync.  ``annotate`` then names the events and gives each the
 newest transaction whose meta is written (``hi``) and the newest the engine
@@ -273,6 +275,12 @@ class Recorder:
         cur = _read_all(fd, size)
         delta = diff_sectors(self.cur, cur, self.page_size)
         old_len = len(self.cur)
+        # A file cut short (the last close's ftruncate, native/env.c) reads
+        # zeros where it grows back: the cut-off sectors are written as zeros,
+        # writes that may or may not land like the others (past the new
+        # length they only count once the file grows again).
+        for x in range(len(cur) // SECTOR, old_len // SECTOR):
+            delta[x] = bytes(SECTOR)
         self.cur = cur
         txn = self.ctx[1] if self.ctx[0] == "txn" else None
         ev = Event(len(self.events), "sync" if hook else "ack", txn, old_len, len(cur), delta, 0, 0, why)
