@@ -526,6 +526,9 @@ static int plan_make(kvm_space *sp, const u64vec *freed, uint64_t ntree, int pag
             rc = u64_push(&replaced, old->v[r]);
     for (size_t i = 0; i < sp->stale.n && !rc; i++)
         rc = u64_push(&replaced, sp->stale.v[i]);
+    for (size_t i = 0; i < sp->carried.n && !rc; i += 2)   /* still pending: now in this record */
+        for (uint64_t pg = sp->carried.v[i]; pg < sp->carried.v[i] + sp->carried.v[i + 1] && !rc; pg++)
+            rc = u64_push(&replaced, pg);
     for (size_t i = 0; pl->new_index && i < sp->index_pages.n && !rc; i++)
         rc = u64_push(&replaced, sp->index_pages.v[i]);
     if (!rc) {
@@ -748,6 +751,7 @@ void freelist_adopt(kvm_space *sp)
     sp->last_record = rs->pages.v[0];
     if (st->freed_runs.n) {
         pending_set *ps = &sp->pending[sp->npending++];
+        memset(ps, 0, sizeof *ps);
         ps->txnid = st->txnid;
         ps->runs = st->freed_old;
         ps->fresh = st->freed_fresh;
@@ -757,6 +761,7 @@ void freelist_adopt(kvm_space *sp)
         sp->pending_count += st->freed_count;
     }
     u64_free(&sp->stale);   /* in this commit's freed runs */
+    u64_free(&sp->carried);   /* the same */
     u64_free(&sp->early);   /* in this commit's record */
     if (sp->dirty)
         memset(sp->dirty, 0, sp->dirty_cap);

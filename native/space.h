@@ -76,6 +76,13 @@ typedef struct pending_set {   /* pages freed by one commit, not yet reusable */
     u64vec   runs;             /* pairs (start, count): reusable once txnid is durable */
     u64vec   fresh;            /* pages written since the flush `base`: reusable early */
     uint64_t base;
+    /* precise reclamation (space_reclaim): the commit that wrote each page,
+    ** read once from its header, and what the set was last judged against */
+    u64vec   writers;          /* pairs (page, writing commit; 0: unknown), by page */
+    int      writers_known;
+    uint64_t judged_gen;       /* kvm_space.snap_gen then; 0: never judged */
+    uint64_t judged_durable;   /* the durable commit then */
+    uint64_t held_by_durable;  /* pages then kept only for the durable commit */
 } pending_set;
 
 typedef struct record_set {    /* the record pages of one commit (FORMAT.md §6) */
@@ -136,6 +143,9 @@ typedef struct kvm_space {
     uint64_t     floor;                /* commits <= floor are released */
     u64vec       stale;                /* record pages of released commits: freed next commit */
     u64vec       early;                /* runs released early, for the next commit's record */
+    u64vec       carried;              /* pending runs of voided records: freed again by the next commit */
+    u64vec       snap_set;             /* the live snapshots space_reclaim judged against last */
+    uint64_t     snap_gen;             /* bumped when snap_set changes */
     kvm_freemap *fresh;                /* pages written by commits after the flush fresh_base */
     uint64_t     fresh_base;
     uint8_t     *dirty;                /* per bitmap range: changed since the last commit */
@@ -163,6 +173,10 @@ uint64_t space_free_count(const kvm_space *sp);
 int      space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released);
 int      space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added);
 void     space_held(const kvm_space *sp, uint64_t durable, uint64_t upto, uint64_t *pending, uint64_t *records);
+typedef int (*page_writer_fn)(void *ctx, uint64_t pg, uint64_t *writer);
+int      space_reclaim(kvm_space *sp, const u64vec *snaps, uint64_t durable, page_writer_fn writer_of, void *ctx,
+                       u64vec *released);
+uint64_t space_held_by_durable(const kvm_space *sp, uint64_t durable, uint64_t upto);
 void     space_begin(kvm_space *sp);
 int      space_take(kvm_space *sp, uint64_t n, u64vec *runs);
 int      space_undo_take(kvm_space *sp);

@@ -80,6 +80,37 @@ static int reclaim(kvm_env *e)
     return rc;
 }
 
+/* The commit that wrote page pg, from its header (space_reclaim): 0 when
+** the header does not name the page (a page copy leaves pending pages
+** zero) or lies past the end of the file, so unknown. */
+static int page_writer(void *ctx, uint64_t pg, uint64_t *writer)
+{
+    kvm_env *e = ctx;
+    uint8_t h[PH_PGNO + 8];
+    ssize_t n = kvm_sys.pread(e->fd, h, sizeof h, (off_t)(pg * e->psize));
+    if (n < 0)
+        return kvm_err_sys(KVM_IO, errno, "reading a page header");
+    *writer = n == (ssize_t)sizeof h && rd64(h + PH_PGNO) == pg ? rd64(h + PH_TXNID) : 0;
+    return 0;
+}
+
+/* Before the writer would grow the file: release the pending pages that no
+** live snapshot and no state open may choose needs any more (space.c,
+** space_reclaim; FORMAT.md §7). */
+static int reclaim_precise(kvm_env *e)
+{
+    u64vec snaps = {0}, released = {0};
+    int rc = env_live_snapshots(e, &snaps);
+    if (!rc)
+        rc = space_reclaim(e->space, &snaps, __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), page_writer, e,
+                           &released);
+    if (!rc && released.n)
+        advise_free(e, &released);
+    u64_free(&snaps);
+    u64_free(&released);
+    return rc;
+}
+
 /* Before the file grows for `want` pages, or punched pages are allocated
 ** again for them, flush instead when the pages held for the commits since
 ** the last flush -- the pages they freed, which sync=False keeps until a
@@ -98,13 +129,22 @@ static int make_room(kvm_env *e, uint64_t want)
     /* punched pages count as growth: they are allocated again before use */
     if (space_room(sp, e->file_size / e->psize) >= want)
         return 0;
-    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
-    space_held(sp, durable, env_oldest_reader(e), &pending, &records);
+    int rc = reclaim_precise(e);
+    if (rc || space_room(sp, e->file_size / e->psize) >= want)
+        return rc;
+    free_now = space_free_count(sp);
+    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
+    space_held(sp, durable, oldest, &pending, &records);
+    pending += space_held_by_durable(sp, durable, oldest);
+    if (oldest != UINT64_MAX) {   /* after a flush, the records newer than a snapshot go too (records_carry) */
+        uint64_t all_pending;
+        space_held(sp, durable, UINT64_MAX, &all_pending, &records);
+    }
     uint64_t held = pending + records, in_use = sp->hwm - free_now - sp->pending_count - records;
     if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
         return 0;
-    int rc = env_flush(e);
-    if (!rc && !(rc = reclaim(e)))
+    rc = env_flush(e);
+    if (!rc && !(rc = reclaim(e)) && !(rc = reclaim_precise(e)))
         /* the records held are freed by the next flush: grow by the least */
         e->grow_lean = space_free_count(sp) < want;
     return rc;
