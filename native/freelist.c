@@ -643,6 +643,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
     ** early, space.h), and the early releases this record lists */
     int current = sp->fresh_base == __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->base = sp->fresh_base;
+    st->classified = current;
     for (size_t i = 0; i < pl.free_runs.n && !rc; i += 2) {
         if (current)
             rc = runs_filter(sp->fresh, pl.free_runs.v[i], pl.free_runs.v[i + 1], 1, &st->freed_fresh);
@@ -756,6 +757,7 @@ void freelist_adopt(kvm_space *sp)
         ps->runs = st->freed_old;
         ps->fresh = st->freed_fresh;
         ps->base = st->base;   /* what the fresh pages were classified against */
+        ps->classified = st->classified;
         memset(&st->freed_old, 0, sizeof st->freed_old);
         memset(&st->freed_fresh, 0, sizeof st->freed_fresh);
         sp->pending_count += st->freed_count;

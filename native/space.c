@@ -691,14 +691,27 @@ int space_reclaim(kvm_space *sp, const u64vec *snaps, uint64_t durable, page_wri
         sp->snap_set = copy;
         sp->snap_gen++;
     }
-    for (size_t i = 0; i < sp->npending && !rc; i++) {
+    /* the sets judged by the last call against the same snapshots and
+    ** durable commit are judged: start after them */
+    size_t first = 0;
+    if (sp->judged_gen == sp->snap_gen && sp->judged_durable == durable)
+        for (first = sp->npending; first > 0 && sp->pending[first - 1].txnid > sp->judged_upto; first--)
+            ;
+    for (size_t i = first; i < sp->npending && !rc; i++) {
         pending_set *p = &sp->pending[i];
         if (p->judged_gen == sp->snap_gen && (p->judged_durable == durable || p->txnid <= p->judged_durable))
             continue;   /* judged against the same snapshots, and D's place against the set is the same */
+        if (p->txnid > durable && p->classified && p->base == durable && !snap_within(snaps, 0, p->txnid))
+            continue;   /* its pages written after D are space_release's (no snapshot below F), the others D's */
         if (!(rc = set_writers(p, writer_of, ctx)) && !(rc = set_judge(sp, p, snaps, durable, released)))
             p->judged_gen = sp->snap_gen;
     }
-    return rc ? rc : records_carry(sp, durable);
+    if (rc)
+        return rc;
+    sp->judged_gen = sp->snap_gen;
+    sp->judged_durable = durable;
+    sp->judged_upto = sp->npending ? sp->pending[sp->npending - 1].txnid : 0;
+    return records_carry(sp, durable);
 }
 
 /* The pages space_reclaim last found kept for the durable commit alone

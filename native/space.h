@@ -76,6 +76,7 @@ typedef struct pending_set {   /* pages freed by one commit, not yet reusable */
     u64vec   runs;             /* pairs (start, count): reusable once txnid is durable */
     u64vec   fresh;            /* pages written since the flush `base`: reusable early */
     uint64_t base;
+    int      classified;       /* fresh holds every page written after base (runs: none) */
     /* precise reclamation (space_reclaim): the commit that wrote each page,
     ** read once from its header, and what the set was last judged against */
     u64vec   writers;          /* pairs (page, writing commit; 0: unknown), by page */
@@ -106,6 +107,7 @@ typedef struct freelist_staged {
     u64vec      freed_fresh;           /* those of them written since the last flush */
     u64vec      freed_old;             /* and the others */
     uint64_t    base;                  /* the flush freed_fresh is relative to */
+    int         classified;            /* freed_old holds no page written after base */
     u64vec      released;              /* runs the record lists as released early */
     uint64_t    freed_count, txnid;
     uint64_t    nwritten;              /* pages the record lists */
@@ -146,6 +148,8 @@ typedef struct kvm_space {
     u64vec       carried;              /* pending runs of voided records: freed again by the next commit */
     u64vec       snap_set;             /* the live snapshots space_reclaim judged against last */
     uint64_t     snap_gen;             /* bumped when snap_set changes */
+    uint64_t     judged_upto;          /* every set up to this commit judged against snap_gen */
+    uint64_t     judged_gen, judged_durable;   /* ... and this durable commit */
     kvm_freemap *fresh;                /* pages written by commits after the flush fresh_base */
     uint64_t     fresh_base;
     uint8_t     *dirty;                /* per bitmap range: changed since the last commit */
