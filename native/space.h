@@ -7,14 +7,18 @@
 ** either *reusable* (no snapshot can reach it: it may be written now), in the
 ** bitmap of freemap.c, or *pending*: freed by commit F and still visible to a
 ** snapshot older than F, or to a meta that open may fall back to, kept per
-** freeing commit.  Pages freed by F become reusable for write transaction W
-** once F <= the newest commit known durable (the meta open falls back to,
-** and the commits open verifies, stay intact after a power loss) and
-** F <= the txnid of every live snapshot (space_release).  A page written
-** after the newest durable commit and freed since is part of no state open
-** may fall back to (open verifies the others' pages against their records):
-** it is reusable once no snapshot needs it, without waiting for a flush
-** (the commit that makes it so lists it as released early in its record).
+** freeing commit.  A page written by commit C and freed by commit F is part
+** of the states C .. F-1: it becomes reusable once no live snapshot and not
+** the newest commit known durable D (the meta open falls back to; the
+** commits after it open verifies against their records) lies in [C, F)
+** (FORMAT.md §7).  space_release applies that to whole sets (F <= D and
+** F <= every snapshot; and the pages written after D, `fresh`, once F <=
+** every snapshot); space_reclaim page by page, reading C from the page's
+** header, only where the writer would otherwise grow the file.  Pages
+** released while their freeing commit's record is live are listed as
+** released early in the next commit's record; records piled up behind an
+** old snapshot are voided with their pending pages listed again as freed
+** by the next commit (records_carry).
 **
 ** Every change a write transaction makes is journaled (take, give, trim),
 ** so an abort or a failed commit puts the free pages back exactly

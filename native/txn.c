@@ -17,9 +17,10 @@
 **     (and then the meta), so open never verifies more than sync_bytes plus
 **     one commit.  Nothing reachable from a meta that open may choose is
 **     ever written.  Close seals the newest commit (env_seal).
-**  4. Pages freed by commit F are reused only once F is durable and no
-**     snapshot is older than F (space.h), so after a power loss the newest
-**     durable meta and every commit open verifies are intact.
+**  4. A page written by commit C and freed by commit F is reused only once
+**     no snapshot and not the newest durable commit lies in [C, F)
+**     (space.h), so after a power loss the newest durable meta and every
+**     commit open verifies are intact.
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -69,7 +70,8 @@ static int txn_end(kvm_txn *t)
 /* Pages freed by commit F may be reused once no live snapshot can see them
 ** (F <= every snapshot's txnid) and F is durable: after a power loss open
 ** may fall back to the newest durable meta, and verifies the commits after
-** it (design note 4); pages written after that meta, sooner (space.h). */
+** it (design note 4); pages written after that meta, sooner (space.h).
+** The page-by-page rule waits for growth (make_room, reclaim_precise). */
 static int reclaim(kvm_env *e)
 {
     u64vec released = {0};
