@@ -219,7 +219,8 @@ int env_live_snapshots(kvm_env *e, u64vec *out)
     }
     if (rc)
         return rc;
-    qsort(out->v, out->n, sizeof *out->v, cmp_txnid);
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof *out->v, cmp_txnid);
     size_t k = 0;
     for (size_t i = 0; i < out->n; i++)
         if (!k || out->v[k - 1] != out->v[i])

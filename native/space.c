@@ -509,7 +509,8 @@ static int set_writers(pending_set *p, page_writer_fn writer_of, void *ctx)
         u64_free(&w);
         return rc;
     }
-    qsort(w.v, w.n / 2, 2 * sizeof *w.v, cmp_u64);   /* by page, the first of each pair */
+    if (w.n > 2)
+        qsort(w.v, w.n / 2, 2 * sizeof *w.v, cmp_u64);   /* by page, the first of each pair */
     u64_free(&p->writers);
     p->writers = w;
     p->writers_known = 1;
@@ -660,7 +661,8 @@ static int records_carry(kvm_space *sp, uint64_t durable)
         u64_free(&sp->pending[i].fresh);
         u64_free(&sp->pending[i].writers);
     }
-    memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
+    if (k)
+        memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
     sp->npending -= k;
     for (size_t i = 0; i < r; i++)
         u64_free(&sp->records[i].pages);
