@@ -526,6 +526,9 @@ static int plan_make(kvm_space *sp, const u64vec *freed, uint64_t ntree, int pag
             rc = u64_push(&replaced, old->v[r]);
     for (size_t i = 0; i < sp->stale.n && !rc; i++)
         rc = u64_push(&replaced, sp->stale.v[i]);
+    for (size_t i = 0; i < sp->carried.n && !rc; i += 2)   /* still pending: now in this record */
+        for (uint64_t pg = sp->carried.v[i]; pg < sp->carried.v[i] + sp->carried.v[i + 1] && !rc; pg++)
+            rc = u64_push(&replaced, pg);
     for (size_t i = 0; pl->new_index && i < sp->index_pages.n && !rc; i++)
         rc = u64_push(&replaced, sp->index_pages.v[i]);
     if (!rc) {
@@ -640,6 +643,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
     ** early, space.h), and the early releases this record lists */
     int current = sp->fresh_base == __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->base = sp->fresh_base;
+    st->classified = current;
     for (size_t i = 0; i < pl.free_runs.n && !rc; i += 2) {
         if (current)
             rc = runs_filter(sp->fresh, pl.free_runs.v[i], pl.free_runs.v[i + 1], 1, &st->freed_fresh);
@@ -748,15 +752,18 @@ void freelist_adopt(kvm_space *sp)
     sp->last_record = rs->pages.v[0];
     if (st->freed_runs.n) {
         pending_set *ps = &sp->pending[sp->npending++];
+        memset(ps, 0, sizeof *ps);
         ps->txnid = st->txnid;
         ps->runs = st->freed_old;
         ps->fresh = st->freed_fresh;
         ps->base = st->base;   /* what the fresh pages were classified against */
+        ps->classified = st->classified;
         memset(&st->freed_old, 0, sizeof st->freed_old);
         memset(&st->freed_fresh, 0, sizeof st->freed_fresh);
         sp->pending_count += st->freed_count;
     }
     u64_free(&sp->stale);   /* in this commit's freed runs */
+    u64_free(&sp->carried);   /* the same */
     u64_free(&sp->early);   /* in this commit's record */
     if (sp->dirty)
         memset(sp->dirty, 0, sp->dirty_cap);

@@ -231,6 +231,7 @@ void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);
 uint64_t env_oldest_reader(kvm_env *e);   /* the oldest snapshot's txnid; UINT64_MAX: none */
 uint64_t env_oldest_other(kvm_env *e, int slot);   /* the same, but for reader slot `slot` */
+int env_live_snapshots(kvm_env *e, u64vec *out);   /* every live snapshot's txnid, ascending, distinct */
 /* map.c */
 int map_open(kvm_env *e, uint64_t map_size);
 int env_follow(kvm_env *e, const kvm_state *s);   /* up to a commit another handle may have made */

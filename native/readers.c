@@ -192,3 +192,39 @@ uint64_t env_oldest_other(kvm_env *e, int slot)
     }
     return m;
 }
+
+/* The txnids of the live snapshots of every process, ascending and
+** distinct, into *out (emptied first), for space_reclaim.  The slots are
+** read as env_oldest_reader reads them (sequentially consistent loads, by
+** the writer, after the newest commit N was published): a snapshot whose
+** slot store the scan missed stored it after the scan in that order, so
+** its re-check of the published txnid (snapshot_acquire, a sequentially
+** consistent load after its slot store) sees N.  It then either retries or
+** is of N itself, and no pending page belongs to N's state: every pending
+** set is of a commit <= N, whose freed pages N no longer reaches. */
+static int cmp_txnid(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int env_live_snapshots(kvm_env *e, u64vec *out)
+{
+    out->n = 0;
+    int rc = 0;
+    for (uint32_t i = 0; i < e->sh->nreaders && !rc; i++) {
+        uint64_t v = __atomic_load_n(&e->sh->readers[i], __ATOMIC_SEQ_CST);
+        if (v != READER_FREE)
+            rc = u64_push(out, READER_TXNID(v));
+    }
+    if (rc)
+        return rc;
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof *out->v, cmp_txnid);
+    size_t k = 0;
+    for (size_t i = 0; i < out->n; i++)
+        if (!k || out->v[k - 1] != out->v[i])
+            out->v[k++] = out->v[i];
+    out->n = k;
+    return 0;
+}

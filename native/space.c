@@ -97,6 +97,7 @@ void space_free(kvm_space *sp)
     for (size_t i = 0; i < sp->npending; i++) {
         u64_free(&sp->pending[i].runs);
         u64_free(&sp->pending[i].fresh);
+        u64_free(&sp->pending[i].writers);
     }
     free(sp->pending);
     for (size_t i = 0; i < sp->nrecords; i++)
@@ -107,6 +108,8 @@ void space_free(kvm_space *sp)
     u64_free(&sp->overrides);
     u64_free(&sp->stale);
     u64_free(&sp->early);
+    u64_free(&sp->carried);
+    u64_free(&sp->snap_set);
     free(sp->dirty);
     journal_clear(sp);
     free(sp->journal);
@@ -216,6 +219,7 @@ int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *releas
         pending_set *p = &sp->pending[k];
         if (!(rc = release_runs(sp, &p->runs, released)))
             rc = release_runs(sp, &p->fresh, released);
+        u64_free(&p->writers);
     }
     if (k) {
         memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
@@ -229,6 +233,9 @@ int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *releas
             rc = run_push(&sp->early, p->fresh.v[j], p->fresh.v[j + 1]);
         if (!rc)
             rc = release_runs(sp, &p->fresh, released);
+        u64_free(&p->writers);   /* named pages released here: read again when next judged */
+        p->writers_known = 0;
+        p->judged_gen = 0;
     }
     if (rc)
         return rc;
@@ -446,6 +453,280 @@ int space_undo_take(kvm_space *sp)
         return kvm_err(KVM_INVALID, "no take to undo");
     undo(sp, &sp->journal[--sp->njournal]);
     return 0;
+}
+
+/* ------------------------------------------------- precise reclamation */
+
+/* A page written by commit C and freed by commit F is part of exactly the
+** states C .. F-1.  space_release waits until no snapshot and no durable
+** commit is older than F; while one old snapshot is held, that keeps every
+** page freed since, though the snapshot reaches none of those written after
+** it.  space_reclaim makes a pending page reusable as soon as no live
+** snapshot t (in any process) has C <= t < F and the newest durable commit
+** D is not in [C, F) either (FORMAT.md §7): D is the state open falls back
+** to, and pages written after D are in no state open may choose unverified
+** (the early rule of space_release is the case of no snapshot below F).
+** It runs only where the writer would otherwise grow the file (make_room),
+** judges each set once per set of live snapshots (and again after a flush
+** for the sets D did not reach), and reads each page's writer from its
+** header once: a pending page is never rewritten, so the header still
+** names the commit that wrote it. */
+
+/* Whether some snapshot of snaps (ascending) lies in [lo, hi). */
+static int snap_within(const u64vec *snaps, uint64_t lo, uint64_t hi)
+{
+    size_t a = 0, b = snaps->n;
+    while (a < b) {
+        size_t m = (a + b) / 2;
+        if (snaps->v[m] < lo)
+            a = m + 1;
+        else
+            b = m;
+    }
+    return a < snaps->n && snaps->v[a] < hi;
+}
+
+/* The commit that wrote each page of set p (pairs (page, writer), by page),
+** read once.  A header that names another page, or a commit not older than
+** the one that freed the page (never so: a page written and freed by one
+** commit goes straight back), gives 0, unknown: the page then waits as one
+** written by the first commit would, which is space_release's rule. */
+static int set_writers(pending_set *p, page_writer_fn writer_of, void *ctx)
+{
+    if (p->writers_known)
+        return 0;
+    u64vec w = {0};
+    const u64vec *lists[2] = {&p->runs, &p->fresh};
+    int rc = 0;
+    for (int l = 0; l < 2 && !rc; l++)
+        for (size_t i = 0; i < lists[l]->n && !rc; i += 2)
+            for (uint64_t pg = lists[l]->v[i]; pg < lists[l]->v[i] + lists[l]->v[i + 1] && !rc; pg++) {
+                uint64_t c = 0;
+                if (!(rc = writer_of(ctx, pg, &c)) && !(rc = u64_push(&w, pg)))
+                    rc = u64_push(&w, c < p->txnid ? c : 0);
+            }
+    if (rc) {
+        u64_free(&w);
+        return rc;
+    }
+    if (w.n > 2)
+        qsort(w.v, w.n / 2, 2 * sizeof *w.v, cmp_u64);   /* by page, the first of each pair */
+    u64_free(&p->writers);
+    p->writers = w;
+    p->writers_known = 1;
+    return 0;
+}
+
+/* The parts of runs that are not in gone, into *out. */
+static int runs_without(const u64vec *runs, kvm_freemap *gone, u64vec *out)
+{
+    int rc = 0;
+    for (size_t i = 0; i < runs->n && !rc; i += 2) {
+        uint64_t e = runs->v[i] + runs->v[i + 1];
+        for (uint64_t p = kvm_fm_find(gone, runs->v[i], e, 0); p < e && !rc;) {
+            uint64_t q = kvm_fm_find(gone, p, e, 1);
+            rc = run_push(out, p, q - p);
+            p = kvm_fm_find(gone, q, e, 0);
+        }
+    }
+    return rc;
+}
+
+/* Judge set p against the live snapshots and the durable commit: release
+** the pages no state needs (listed as released early by the next commit's
+** record, appended to *released).  Everything that can fail is built
+** before the set or the free space changes. */
+static int set_judge(kvm_space *sp, pending_set *p, const u64vec *snaps, uint64_t durable, u64vec *released)
+{
+    u64vec rel = {0}, kept = {0}, runs = {0}, fresh = {0}, early = {0};
+    kvm_freemap *gone = NULL;
+    uint64_t held = 0, nrel = 0;
+    int rc = 0;
+    for (size_t i = 0; i < p->writers.n && !rc; i += 2) {
+        uint64_t pg = p->writers.v[i], c = p->writers.v[i + 1];
+        int for_snapshot = snap_within(snaps, c, p->txnid), for_durable = c <= durable && durable < p->txnid;
+        if (!for_snapshot && !for_durable) {
+            rc = run_push(&rel, pg, 1);
+            nrel++;
+        } else {
+            held += !for_snapshot;
+            if (!(rc = u64_push(&kept, pg)))
+                rc = u64_push(&kept, c);
+        }
+    }
+    if (!rc && nrel) {
+        if (!(gone = kvm_fm_new()))
+            rc = kvm_err(KVM_NOMEM, "allocating a page map");
+        if (!rc)
+            rc = kvm_fm_add(gone, rel.v, rel.n / 2);
+        if (!rc)
+            rc = runs_without(&p->runs, gone, &runs);
+        if (!rc)
+            rc = runs_without(&p->fresh, gone, &fresh);
+        for (size_t i = 0; i < sp->early.n && !rc; i += 2)
+            rc = run_push(&early, sp->early.v[i], sp->early.v[i + 1]);
+        for (size_t i = 0; i < rel.n && !rc; i += 2)
+            rc = run_push(&early, rel.v[i], rel.v[i + 1]);
+        if (!rc)
+            rc = space_add(sp, rel.v, rel.n / 2);
+        for (size_t i = 0; released && i < rel.n && !rc; i += 2)
+            rc = run_push(released, rel.v[i], rel.v[i + 1]);
+    }
+    if (!rc && nrel) {
+        u64_free(&p->runs);
+        u64_free(&p->fresh);
+        u64_free(&sp->early);
+        p->runs = runs;
+        p->fresh = fresh;
+        sp->early = early;
+        sp->pending_count -= nrel;
+        memset(&runs, 0, sizeof runs);
+        memset(&fresh, 0, sizeof fresh);
+        memset(&early, 0, sizeof early);
+    }
+    if (!rc && nrel) {
+        u64_free(&p->writers);
+        p->writers = kept;
+        memset(&kept, 0, sizeof kept);
+    }
+    if (!rc) {
+        p->judged_durable = durable;
+        p->held_by_durable = held;
+    }
+    kvm_fm_free(gone);
+    u64_free(&rel);
+    u64_free(&kept);
+    u64_free(&runs);
+    u64_free(&fresh);
+    u64_free(&early);
+    return rc;
+}
+
+/* Records of commits up to this many pages, and four times the record
+** pages their sets' pending pages take to list again, are voided by
+** records_carry. */
+#define CARRY_MIN_PAGES 64
+
+/* Void the live records of the commits <= durable that pile up while a
+** snapshot older than them holds some of their pending pages (a record is
+** void only with every older one, FORMAT.md §6): their pending pages are
+** listed again, as freed, by the next commit's record (`carried`; pending
+** there, and held for [writer, that commit), a longer span than before:
+** never less safe), their record pages are freed by it (stale), as
+** space_release does.  Never past durable: open verifies the records of
+** the commits after it.  Amortised: only once the records hold
+** CARRY_MIN_PAGES pages and four times what listing the pages again takes. */
+static int records_carry(kvm_space *sp, uint64_t durable)
+{
+    size_t r = 0, k = 0;
+    uint64_t rec_pages = 0, nruns = 0, moved = 0;
+    for (; r < sp->nrecords && sp->records[r].txnid <= durable; r++)
+        rec_pages += sp->records[r].pages.n;
+    if (!r)
+        return 0;
+    uint64_t upto = sp->records[r - 1].txnid, pay = sp->psize - PH_SIZE;
+    for (; k < sp->npending && sp->pending[k].txnid <= upto; k++)
+        nruns += (sp->pending[k].runs.n + sp->pending[k].fresh.n) / 2;
+    if (rec_pages < CARRY_MIN_PAGES || rec_pages < 4 * ((nruns * R_RUN_SIZE + pay - 1) / pay + 1))
+        return 0;
+    u64vec carried = {0}, stale = {0};
+    int rc = 0;
+    for (size_t i = 0; i < sp->carried.n && !rc; i += 2)
+        rc = run_push(&carried, sp->carried.v[i], sp->carried.v[i + 1]);
+    for (size_t i = 0; i < k && !rc; i++)
+        for (int l = 0; l < 2 && !rc; l++) {
+            const u64vec *runs = l ? &sp->pending[i].fresh : &sp->pending[i].runs;
+            for (size_t j = 0; j < runs->n && !rc; j += 2) {
+                rc = run_push(&carried, runs->v[j], runs->v[j + 1]);
+                moved += runs->v[j + 1];
+            }
+        }
+    for (size_t i = 0; i < sp->stale.n && !rc; i++)
+        rc = u64_push(&stale, sp->stale.v[i]);
+    for (size_t i = 0; i < r && !rc; i++)
+        for (size_t j = 0; j < sp->records[i].pages.n && !rc; j++)
+            rc = u64_push(&stale, sp->records[i].pages.v[j]);
+    if (rc) {
+        u64_free(&carried);
+        u64_free(&stale);
+        return rc;
+    }
+    u64_free(&sp->carried);
+    u64_free(&sp->stale);
+    sp->carried = carried;
+    sp->stale = stale;
+    sp->pending_count -= moved;
+    for (size_t i = 0; i < k; i++) {
+        u64_free(&sp->pending[i].runs);
+        u64_free(&sp->pending[i].fresh);
+        u64_free(&sp->pending[i].writers);
+    }
+    if (k)
+        memmove(sp->pending, sp->pending + k, (sp->npending - k) * sizeof *sp->pending);
+    sp->npending -= k;
+    for (size_t i = 0; i < r; i++)
+        u64_free(&sp->records[i].pages);
+    memmove(sp->records, sp->records + r, (sp->nrecords - r) * sizeof *sp->records);
+    sp->nrecords -= r;
+    if (upto > sp->floor)
+        sp->floor = upto;
+    return 0;
+}
+
+/* Release what the live snapshots snaps (txnids, ascending, distinct) and
+** the durable commit no longer need (above); *released gets the runs (for
+** madvise).  Permanent, like space_release. */
+int space_reclaim(kvm_space *sp, const u64vec *snaps, uint64_t durable, page_writer_fn writer_of, void *ctx,
+                  u64vec *released)
+{
+    int rc = 0;
+    if (!sp->snap_gen || snaps->n != sp->snap_set.n ||
+        (snaps->n && memcmp(snaps->v, sp->snap_set.v, snaps->n * sizeof *snaps->v))) {
+        u64vec copy = {0};
+        for (size_t i = 0; i < snaps->n && !rc; i++)
+            rc = u64_push(&copy, snaps->v[i]);
+        if (rc) {
+            u64_free(&copy);
+            return rc;
+        }
+        u64_free(&sp->snap_set);
+        sp->snap_set = copy;
+        sp->snap_gen++;
+    }
+    /* the sets judged by the last call against the same snapshots and
+    ** durable commit are judged: start after them */
+    size_t first = 0;
+    if (sp->judged_gen == sp->snap_gen && sp->judged_durable == durable)
+        for (first = sp->npending; first > 0 && sp->pending[first - 1].txnid > sp->judged_upto; first--)
+            ;
+    for (size_t i = first; i < sp->npending && !rc; i++) {
+        pending_set *p = &sp->pending[i];
+        if (p->judged_gen == sp->snap_gen && (p->judged_durable == durable || p->txnid <= p->judged_durable))
+            continue;   /* judged against the same snapshots, and D's place against the set is the same */
+        if (p->txnid > durable && p->classified && p->base == durable && !snap_within(snaps, 0, p->txnid))
+            continue;   /* its pages written after D are space_release's (no snapshot below F), the others D's */
+        if (!(rc = set_writers(p, writer_of, ctx)) && !(rc = set_judge(sp, p, snaps, durable, released)))
+            p->judged_gen = sp->snap_gen;
+    }
+    if (rc)
+        return rc;
+    sp->judged_gen = sp->snap_gen;
+    sp->judged_durable = durable;
+    sp->judged_upto = sp->npending ? sp->pending[sp->npending - 1].txnid : 0;
+    return records_carry(sp, durable);
+}
+
+/* The pages space_reclaim last found kept for the durable commit alone
+** (a flush would release them), in the sets newer than upto (space_held
+** counts the others). */
+uint64_t space_held_by_durable(const kvm_space *sp, uint64_t durable, uint64_t upto)
+{
+    uint64_t n = 0;
+    for (size_t i = sp->npending; i-- > 0 && sp->pending[i].txnid > durable;)
+        if (sp->pending[i].txnid > upto && sp->pending[i].judged_gen == sp->snap_gen &&
+            sp->pending[i].judged_durable == durable)
+            n += sp->pending[i].held_by_durable;
+    return n;
 }
 
 /* -------------------------------------------------------- giving back */

@@ -7,14 +7,18 @@
 ** either *reusable* (no snapshot can reach it: it may be written now), in the
 ** bitmap of freemap.c, or *pending*: freed by commit F and still visible to a
 ** snapshot older than F, or to a meta that open may fall back to, kept per
-** freeing commit.  Pages freed by F become reusable for write transaction W
-** once F <= the newest commit known durable (the meta open falls back to,
-** and the commits open verifies, stay intact after a power loss) and
-** F <= the txnid of every live snapshot (space_release).  A page written
-** after the newest durable commit and freed since is part of no state open
-** may fall back to (open verifies the others' pages against their records):
-** it is reusable once no snapshot needs it, without waiting for a flush
-** (the commit that makes it so lists it as released early in its record).
+** freeing commit.  A page written by commit C and freed by commit F is part
+** of the states C .. F-1: it becomes reusable once no live snapshot and not
+** the newest commit known durable D (the meta open falls back to; the
+** commits after it open verifies against their records) lies in [C, F)
+** (FORMAT.md §7).  space_release applies that to whole sets (F <= D and
+** F <= every snapshot; and the pages written after D, `fresh`, once F <=
+** every snapshot); space_reclaim page by page, reading C from the page's
+** header, only where the writer would otherwise grow the file.  Pages
+** released while their freeing commit's record is live are listed as
+** released early in the next commit's record; records piled up behind an
+** old snapshot are voided with their pending pages listed again as freed
+** by the next commit (records_carry).
 **
 ** Every change a write transaction makes is journaled (take, give, trim),
 ** so an abort or a failed commit puts the free pages back exactly
@@ -76,6 +80,14 @@ typedef struct pending_set {   /* pages freed by one commit, not yet reusable */
     u64vec   runs;             /* pairs (start, count): reusable once txnid is durable */
     u64vec   fresh;            /* pages written since the flush `base`: reusable early */
     uint64_t base;
+    int      classified;       /* fresh holds every page written after base (runs: none) */
+    /* precise reclamation (space_reclaim): the commit that wrote each page,
+    ** read once from its header, and what the set was last judged against */
+    u64vec   writers;          /* pairs (page, writing commit; 0: unknown), by page */
+    int      writers_known;
+    uint64_t judged_gen;       /* kvm_space.snap_gen then; 0: never judged */
+    uint64_t judged_durable;   /* the durable commit then */
+    uint64_t held_by_durable;  /* pages then kept only for the durable commit */
 } pending_set;
 
 typedef struct record_set {    /* the record pages of one commit (FORMAT.md §6) */
@@ -99,6 +111,7 @@ typedef struct freelist_staged {
     u64vec      freed_fresh;           /* those of them written since the last flush */
     u64vec      freed_old;             /* and the others */
     uint64_t    base;                  /* the flush freed_fresh is relative to */
+    int         classified;            /* freed_old holds no page written after base */
     u64vec      released;              /* runs the record lists as released early */
     uint64_t    freed_count, txnid;
     uint64_t    nwritten;              /* pages the record lists */
@@ -136,6 +149,11 @@ typedef struct kvm_space {
     uint64_t     floor;                /* commits <= floor are released */
     u64vec       stale;                /* record pages of released commits: freed next commit */
     u64vec       early;                /* runs released early, for the next commit's record */
+    u64vec       carried;              /* pending runs of voided records: freed again by the next commit */
+    u64vec       snap_set;             /* the live snapshots space_reclaim judged against last */
+    uint64_t     snap_gen;             /* bumped when snap_set changes */
+    uint64_t     judged_upto;          /* every set up to this commit judged against snap_gen */
+    uint64_t     judged_gen, judged_durable;   /* ... and this durable commit */
     kvm_freemap *fresh;                /* pages written by commits after the flush fresh_base */
     uint64_t     fresh_base;
     uint8_t     *dirty;                /* per bitmap range: changed since the last commit */
@@ -163,6 +181,10 @@ uint64_t space_free_count(const kvm_space *sp);
 int      space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released);
 int      space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added);
 void     space_held(const kvm_space *sp, uint64_t durable, uint64_t upto, uint64_t *pending, uint64_t *records);
+typedef int (*page_writer_fn)(void *ctx, uint64_t pg, uint64_t *writer);
+int      space_reclaim(kvm_space *sp, const u64vec *snaps, uint64_t durable, page_writer_fn writer_of, void *ctx,
+                       u64vec *released);
+uint64_t space_held_by_durable(const kvm_space *sp, uint64_t durable, uint64_t upto);
 void     space_begin(kvm_space *sp);
 int      space_take(kvm_space *sp, uint64_t n, u64vec *runs);
 int      space_undo_take(kvm_space *sp);

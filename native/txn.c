@@ -17,9 +17,10 @@
 **     (and then the meta), so open never verifies more than sync_bytes plus
 **     one commit.  Nothing reachable from a meta that open may choose is
 **     ever written.  Close seals the newest commit (env_seal).
-**  4. Pages freed by commit F are reused only once F is durable and no
-**     snapshot is older than F (space.h), so after a power loss the newest
-**     durable meta and every commit open verifies are intact.
+**  4. A page written by commit C and freed by commit F is reused only once
+**     no snapshot and not the newest durable commit lies in [C, F)
+**     (space.h), so after a power loss the newest durable meta and every
+**     commit open verifies are intact.
 */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -69,13 +70,45 @@ static int txn_end(kvm_txn *t)
 /* Pages freed by commit F may be reused once no live snapshot can see them
 ** (F <= every snapshot's txnid) and F is durable: after a power loss open
 ** may fall back to the newest durable meta, and verifies the commits after
-** it (design note 4); pages written after that meta, sooner (space.h). */
+** it (design note 4); pages written after that meta, sooner (space.h).
+** The page-by-page rule waits for growth (make_room, reclaim_precise). */
 static int reclaim(kvm_env *e)
 {
     u64vec released = {0};
     int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), &released);
     if (!rc && released.n)
         advise_free(e, &released);
+    u64_free(&released);
+    return rc;
+}
+
+/* The commit that wrote page pg, from its header (space_reclaim): 0 when
+** the header does not name the page (a page copy leaves pending pages
+** zero) or lies past the end of the file, so unknown. */
+static int page_writer(void *ctx, uint64_t pg, uint64_t *writer)
+{
+    kvm_env *e = ctx;
+    uint8_t h[PH_PGNO + 8];
+    ssize_t n = kvm_sys.pread(e->fd, h, sizeof h, (off_t)(pg * e->psize));
+    if (n < 0)
+        return kvm_err_sys(KVM_IO, errno, "reading a page header");
+    *writer = n == (ssize_t)sizeof h && rd64(h + PH_PGNO) == pg ? rd64(h + PH_TXNID) : 0;
+    return 0;
+}
+
+/* Before the writer would grow the file: release the pending pages that no
+** live snapshot and no state open may choose needs any more (space.c,
+** space_reclaim; FORMAT.md §7). */
+static int reclaim_precise(kvm_env *e)
+{
+    u64vec snaps = {0}, released = {0};
+    int rc = env_live_snapshots(e, &snaps);
+    if (!rc)
+        rc = space_reclaim(e->space, &snaps, __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), page_writer, e,
+                           &released);
+    if (!rc && released.n)
+        advise_free(e, &released);
+    u64_free(&snaps);
     u64_free(&released);
     return rc;
 }
@@ -98,13 +131,22 @@ static int make_room(kvm_env *e, uint64_t want)
     /* punched pages count as growth: they are allocated again before use */
     if (space_room(sp, e->file_size / e->psize) >= want)
         return 0;
-    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
-    space_held(sp, durable, env_oldest_reader(e), &pending, &records);
+    int rc = reclaim_precise(e);
+    if (rc || space_room(sp, e->file_size / e->psize) >= want)
+        return rc;
+    free_now = space_free_count(sp);
+    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
+    space_held(sp, durable, oldest, &pending, &records);
+    pending += space_held_by_durable(sp, durable, oldest);
+    if (oldest != UINT64_MAX) {   /* after a flush, the records newer than a snapshot go too (records_carry) */
+        uint64_t all_pending;
+        space_held(sp, durable, UINT64_MAX, &all_pending, &records);
+    }
     uint64_t held = pending + records, in_use = sp->hwm - free_now - sp->pending_count - records;
     if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
         return 0;
-    int rc = env_flush(e);
-    if (!rc && !(rc = reclaim(e)))
+    rc = env_flush(e);
+    if (!rc && !(rc = reclaim(e)) && !(rc = reclaim_precise(e)))
         /* the records held are freed by the next flush: grow by the least */
         e->grow_lean = space_free_count(sp) < want;
     return rc;

@@ -58,7 +58,11 @@ with a 0.11 s sleep before one planned commit, which must flush whatever
 the timing.  A commit that flushes by ``sync_interval`` without a planned
 sleep (a slow machine) is recorded as what it was; the oracle holds for it
 just the same, but a replay on another machine may record other flush
-points and so rebuild another image k (``--image`` says so).
+points and so rebuild another image k (``--image`` says so).  In half the
+runs a snapshot is held across some transactions (``_plan_hold``), and must
+read its transaction's state when released: the writer then reuses pages by
+the precise rule (FORMAT.md §7: pages no snapshot and not the durable
+commit reaches), which the recording's protocol check below covers.
 
 The recording also checks the write protocol the simulator relies on: a
 commit's meta goes to the meta slot that does not hold the newest durable
@@ -502,7 +506,7 @@ def run_plan(sync, seed, commits):
         for i in range(6, commits - 5):
             if rng.random() < 0.03:
                 plan["after"][i] = "reopen"
-        return plan
+        return _plan_hold(plan, sync, seed, commits)
     # the shape by the batch's seed (plan(): the last digit is the batch of
     # its configuration, the one before the configuration): each
     # configuration's first batch is mixed, its others churn or mixed with
@@ -534,6 +538,23 @@ def run_plan(sync, seed, commits):
             plan["before"][i] = "syncing"
     if plan["sync_interval"]:
         plan["before"][rng.randint(commits // 3, commits - 2)] = "sleep"
+    return _plan_hold(plan, sync, seed, commits)
+
+
+def _plan_hold(plan, sync, seed, commits):
+    """In half the runs, a snapshot held from after transaction a to after
+    transaction b (plan["hold"] = (a, b), no reopen in between): the writer
+    then reuses pages by the precise rule (FORMAT.md §7), pages the
+    snapshot does not reach but the durable state may.  Its own generator,
+    so the rest of the plan is what it was without it."""
+    rng = random.Random("powerloss-hold:%s:%s:%d" % (sync, seed, commits))
+    if commits < 4 or rng.random() < 0.5:
+        return plan
+    a = rng.randint(1, commits // 2)
+    b = min([commits, a + rng.randint(3, commits)] +
+            [i for i, what in plan["after"].items() if what == "reopen" and i >= a])
+    if b > a:
+        plan["hold"] = (a, b)
     return plan
 
 
@@ -626,6 +647,7 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
         db = kvmap.open(path, **kw)
         txnid_of[0] = db.stats()["txnid"]
         fd = os.open(path, os.O_RDONLY)
+        held = None                 # the snapshot plan["hold"] keeps
         try:
             if rec.hooks != 1 or len(rec.events) != 1:
                 problems.append("creating the file made %d syncs" % rec.hooks)
@@ -646,6 +668,12 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
                 rec.look(fd)
                 txns.append((i, how, first, len(rec.events), st["txnid"] != txnid_of[i - 1], unsynced))
                 durable.append((len(rec.events), i, st["durable_txnid"]))
+                if held is not None and i == plan["hold"][1]:
+                    if dict(held.items()) != states.model(plan["hold"][0]):
+                        problems.append("the snapshot held from transaction %d to %d changed"
+                                        % plan["hold"])
+                    held.close()
+                    held = None
                 what = plan["after"].get(i)
                 if what == "sync":
                     rec.ctx = ("sync",)
@@ -668,6 +696,8 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
                         problems.append("reopening after txn %d made %d fdatasyncs" % (i, rec.hooks - hooks))
                     rec.look(fd, why="after open")
                     durable.append((len(rec.events), i, db.stats()["durable_txnid"]))
+                if "hold" in plan and i == plan["hold"][0]:
+                    held = db.snapshot()
             rec.ctx = ("close",)
             db.close()
             rec.look(fd, why="after close()")
