@@ -283,6 +283,19 @@ def test_a_file_cut_at_close_and_grown_again(config, seed, image):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "failures: 0" in p.stdout, p.stdout + p.stderr
 
+
+def test_give_back_after_a_durable_commit_is_no_protocol_break():
+    """Regression (found by ``--long --seed 4403``): a sync=True commit
+    publishes, then punches free runs out of the file (zeros after its one
+    fdatasync); the recorder's protocol check must take those zeros for the
+    give-back, not for a write the commit made after its sync."""
+    tool = os.path.join(REPO_ROOT, "tools", "powerloss.py")
+    p = subprocess.run([sys.executable, tool, "--config", "mmap-remap-wm", "--seed", "4403050",
+                        "--commits", "150", "--page-size", "4096", "--image", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "simulator problems (broken write-protocol rules): 0" in p.stdout, \
+        p.stdout + p.stderr
+
 STALE_PAGE = r'''
 import os, sys
 import kvmap
