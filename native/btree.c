@@ -1179,7 +1179,7 @@ static int put_op(kvm_txn *t, const char *key_, size_t klen, const char *val_, s
             goto out;
         if (!old.inl && (rc = overflow_free(t, &old)))
             goto out;
-        if (LEAF_HDR + old.klen + (old.inl ? old.vlen : 8) == csize) {
+        if (cell_size(t->env, p, ph.idx[leaf]) == csize) {
             /* the same size: in place, no dead cell for a compaction to gather */
             memcpy(p + cptr(p, ph.idx[leaf]), cell, csize);
             t->mod++;

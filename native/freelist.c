@@ -297,6 +297,24 @@ int records_written(kvm_env *e, const kvm_state *s, uint64_t stop, void (*fn)(kv
     return records_walk(e, s, stop, NULL, each_written, &w);
 }
 
+/* The pending pages of record r, appended to *pending as runs: its freed
+** pages less those a newer record released early (in `early`, as the walk
+** reads the chain newest first); then the pages r released early join
+** `early` for the older records.  Every run is checked to lie in the file. */
+static int record_pending_runs(kvm_env *e, const kvm_record *r, kvm_freemap *early, u64vec *pending)
+{
+    int rc = 0;
+    for (size_t i = 0; i < (size_t)r->nfreed + r->nreleased && !rc; i++)   /* the released runs follow the freed */
+        if (!run_in_file(e, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8)))
+            rc = kvm_err(KVM_CORRUPT, "the record of commit %llu: page runs out of range",
+                         (unsigned long long)r->txnid);
+    for (size_t i = 0; i < r->nfreed && !rc; i++)
+        rc = runs_filter(early, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8), 0, pending);
+    for (size_t i = 0; i < r->nreleased && !rc; i++)
+        rc = fm_add_missing(early, rd64(rec_released(r, i)), rd64(rec_released(r, i) + 8));
+    return rc;
+}
+
 typedef struct pending_counter {
     kvm_freemap *early;     /* pages a newer record released early */
     uint64_t     pages;
@@ -306,22 +324,11 @@ static int count_pending(kvm_env *e, const kvm_state *s, kvm_record *r, void *ct
 {
     (void)s;
     pending_counter *c = ctx;
-    int rc = 0;
-    for (size_t i = 0; i < (size_t)r->nfreed + r->nreleased && !rc; i++)
-        if (!run_in_file(e, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8)))
-            rc = kvm_err(KVM_CORRUPT, "the record of commit %llu: page runs out of range",
-                         (unsigned long long)r->txnid);
-    for (size_t i = 0; i < r->nfreed && !rc; i++) {
-        uint64_t lo = rd64(rec_freed(r, i)), hi = lo + rd64(rec_freed(r, i) + 8);
-        c->pages += hi - lo;
-        for (uint64_t p = kvm_fm_find(c->early, lo, hi, 1); p < hi;) {   /* released early: not pending */
-            uint64_t q = kvm_fm_find(c->early, p, hi, 0);
-            c->pages -= q - p;
-            p = kvm_fm_find(c->early, q, hi, 1);
-        }
-    }
-    for (size_t i = 0; i < r->nreleased && !rc; i++)
-        rc = fm_add_missing(c->early, rd64(rec_released(r, i)), rd64(rec_released(r, i) + 8));
+    u64vec runs = {0};
+    int rc = record_pending_runs(e, r, c->early, &runs);
+    for (size_t i = 1; i < runs.n && !rc; i += 2)
+        c->pages += runs.v[i];
+    u64_free(&runs);
     return rc;
 }
 
@@ -382,18 +389,11 @@ static int load_record(kvm_env *e, const kvm_state *s, kvm_record *r, void *ctx)
     pending_set *ps = &sp->pending[sp->npending];
     memset(ps, 0, sizeof *ps);
     ps->txnid = r->txnid;
-    for (size_t i = 0; i < (size_t)r->nfreed + r->nreleased && !rc; i++)
-        if (!run_in_file(e, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8)))
-            rc = kvm_err(KVM_CORRUPT, "the record of commit %llu: page runs out of range",
-                         (unsigned long long)r->txnid);
-    for (size_t i = 0; i < r->nfreed && !rc; i++)
-        rc = runs_filter(early, rd64(rec_freed(r, i)), rd64(rec_freed(r, i) + 8), 0, &ps->runs);
+    rc = record_pending_runs(e, r, early, &ps->runs);
     for (size_t i = 0; i < ps->runs.n && !rc; i += 2)
         if (ps->runs.v[i] + ps->runs.v[i + 1] > sp->hwm)
             rc = kvm_err(KVM_CORRUPT, "the record of commit %llu: pending pages past the high-water mark",
                          (unsigned long long)r->txnid);
-    for (size_t i = 0; i < r->nreleased && !rc; i++)
-        rc = fm_add_missing(early, rd64(rec_released(r, i)), rd64(rec_released(r, i) + 8));
     if (!rc && ps->runs.n) {
         sp->npending++;
         for (size_t i = 1; i < ps->runs.n; i += 2)

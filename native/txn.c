@@ -127,15 +127,13 @@ static int reclaim_precise(kvm_env *e)
 static int make_room(kvm_env *e, uint64_t want)
 {
     kvm_space *sp = e->space;
-    uint64_t free_now = space_free_count(sp);
     /* punched pages count as growth: they are allocated again before use */
     if (space_room(sp, e->file_size / e->psize) >= want)
         return 0;
     int rc = reclaim_precise(e);
     if (rc || space_room(sp, e->file_size / e->psize) >= want)
         return rc;
-    free_now = space_free_count(sp);
-    uint64_t pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
+    uint64_t free_now = space_free_count(sp), pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
     space_held(sp, durable, oldest, &pending, &records);
     pending += space_held_by_durable(sp, durable, oldest);
     if (oldest != UINT64_MAX) {   /* after a flush, the records newer than a snapshot go too (records_carry) */

@@ -404,7 +404,6 @@ def test_destination_errors(tmp_path):
     assert kvmap.check(path).ok
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a size-limited tmpfs")
 def test_copy_to_a_full_disk(tmp_path):
     with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
         path = str(tmp_path / "src.kv")

@@ -12,13 +12,10 @@ was a crash, the test runs in a child process and a death by signal fails it.
 * errors from an errno: the builtin OSError subclasses, with the path.
 """
 
-import copy
 import errno
 import os
 import pickle
 import struct
-import subprocess
-import sys
 
 import pytest
 
@@ -640,11 +637,6 @@ print("DONE")
     assert lib is not None
 
 
-def _root():
-    return os.geteuid() == 0
-
-
-@pytest.mark.skipif(not _root(), reason="needs root to mount a size-limited tmpfs")
 def test_creation_on_a_nearly_full_tmpfs(tmp_path):
     with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
         filler = mnt / "filler"

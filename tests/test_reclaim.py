@@ -26,7 +26,7 @@ import time
 import pytest
 
 import kvmap
-from conftest import ALL_CONFIG_PARAMS, DEFAULT_CFG, PREAD_CFG, assert_child_ok, make_value, open_db, run_python
+from conftest import DEFAULT_CFG, PREAD_CFG, assert_child_ok, make_value, open_db, run_python
 
 KEYS = [b"key%06d" % i for i in range(10_000)]
 VALUE_SIZE = 100

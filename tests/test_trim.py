@@ -13,7 +13,7 @@ import pytest
 
 import kvmap
 from kvmap._lib import lib
-from conftest import ALL_CONFIG_PARAMS, assert_child_ok, open_db, run_python
+from conftest import ALL_CONFIG_PARAMS, open_db
 
 PS = 4096
 
