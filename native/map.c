@@ -271,24 +271,89 @@ void advise_free(kvm_env *e, const u64vec *runs)
     op_leave(e);
 }
 
+/* The give-back reserve (docs/ARCHITECTURE.md §4), in pages: the free
+** pages a pass keeps allocated for the next takes.  It is one growth step
+** for the pages in use (half of them, between grow_min and grow_max), or a
+** quarter of them when `prompt` (env_give_back), or, when that is more,
+** what one of the last 8 commits took and kept (the ring; the take of the
+** commit just made joins it): steady commits find what they take
+** allocated, and a workload that frees many pages and takes them back (a
+** delete of every key, then a reload) keeps them. */
+#define PROMPT_SHARE 4   /* the quarter, for the reserve and the step */
+#define PROMPT_STEP_MIN 16
+
+static uint64_t growth_step_pages(kvm_env *e, uint64_t used)
+{
+    uint64_t ps = e->psize, keep = used / 2;
+    keep = keep < e->grow_min / ps ? e->grow_min / ps : keep;
+    return keep > e->grow_max / ps ? e->grow_max / ps : keep;
+}
+
+static uint64_t give_back_reserve(kvm_env *e, uint64_t used, int prompt)
+{
+    kvm_space *sp = e->space;
+    size_t window = sizeof sp->taken_recent / sizeof *sp->taken_recent;
+    sp->taken_recent[sp->taken_next++ % window] = sp->taken;
+    uint64_t most = 0, keep = prompt ? used / PROMPT_SHARE : growth_step_pages(e, used);
+    for (size_t i = 0; i < window; i++)
+        if (most < sp->taken_recent[i])
+            most = sp->taken_recent[i];
+    if (keep > e->grow_max / e->psize)
+        keep = e->grow_max / e->psize;
+    return keep > most ? keep : most;
+}
+
 /* After a commit (freelist_adopt, under the writer lock): give the file
 ** system back the free runs space_punch_plan chooses, punched out of the
-** file.  What stays allocated is one growth step for the database as it is
-** now -- what the growth policy would add for a database of the pages in
-** use (half of them, clamped to grow_min and grow_max), in the free pages
-** the next takes hand out first, or more after large commits
-** (space_punch_plan) -- and runs too short to punch.  A pass is due when
-** the free pages beyond that grew by grow_min since the last one (or by
-** 1/1024 of the database, which bounds the bitmap scan per page given
-** back).  Advisory, like madvise: a punch that fails leaves the data as it
-** was and is skipped; a file system that cannot punch holes is not asked
-** again. */
+** file, but for the reserve.
+**
+** `prompt`: the commit is durable, no snapshot is older than it, and at
+** most one commit's freed pages are pending -- as after every sync=True
+** commit.  The next write transaction's begin then makes the pending
+** pages reusable, before it takes a page, and they are allocated already:
+** they count in the reserve, which is a quarter of the pages in use, and a
+** pass is due when the free pages beyond it grew by a quarter of the pages
+** in use (16 at least, grow_min at most).  But while fewer pages than that
+** are free below hwm (holes included), the next takes reach the file past
+** hwm, the growth step the database is filling: the reserve is then one
+** growth step, as below, so what the file just grew by is not punched and
+** allocated again page by page.  With this, once a long snapshot ends, a
+** small database's file holds about 1.4 times its pages in use again
+** (tests/test_reclaim.py), and steady commits, which take what the commit
+** before freed, never punch.
+**
+** Otherwise the reserve is one growth step for the pages in use and a pass
+** waits for grow_min beyond it.  A sync=False writer keeps the pages it
+** frees until a flush, which make_room (txn.c) calls only once the free
+** pages that need no allocation run out and 512 KiB or an eighth of the
+** database are held: it goes through every free page the file has between
+** two flushes, and what a pass punched of them would be allocated again
+** (a commit that is durable now and then, by sync_bytes or sync_interval,
+** has the pages of many commits pending, so it is not prompt either).  An
+** older snapshot's pages come back at once when it ends; the first prompt
+** commit after that gives them back.
+**
+** Every pass is also due only by 1/1024 of the database, which bounds the
+** bitmap scan per page given back.  Advisory, like madvise: a punch that
+** fails leaves the data as it was and is skipped; a file system that
+** cannot punch holes is not asked again. */
 void env_give_back(kvm_env *e)
 {
     kvm_space *sp = e->space;
-    uint64_t ps = e->psize, used = sp->hwm - space_free_count(sp) - sp->pending_count;
-    uint64_t keep = used * ps / 2, step = e->grow_min / ps;
-    keep = (keep < e->grow_min ? e->grow_min : keep > e->grow_max ? e->grow_max : keep) / ps;
+    uint64_t ps = e->psize, used = sp->hwm - space_free_count(sp) - sp->pending_count, step = e->grow_min / ps;
+    int prompt = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE) == e->space_txnid && sp->npending <= 1 &&
+                 env_oldest_reader(e) >= e->space_txnid;
+    uint64_t keep = give_back_reserve(e, used, prompt);
+    if (prompt) {
+        keep -= keep < sp->pending_count ? keep : sp->pending_count;
+        if (kvm_fm_count(sp->fm) < keep) {
+            uint64_t filling = growth_step_pages(e, used);
+            keep = keep > filling ? keep : filling;
+        } else if (step > used / PROMPT_SHARE)
+            step = used / PROMPT_SHARE;
+        if (step < PROMPT_STEP_MIN)
+            step = PROMPT_STEP_MIN;
+    }
     if (step < sp->hwm / 1024)
         step = sp->hwm / 1024;
     u64vec runs = {0};

@@ -756,28 +756,72 @@ int space_holes_load(kvm_space *sp, uint64_t file_pages)
 ** (docs/ARCHITECTURE.md §4). */
 #define PUNCH_MIN_RUN 16
 
-/* One free run [s, s+n) of the plan (in ascending order, reusable pages
-** before the file past hwm): the first *keep free pages that are not
-** holes, which the next takes hand out first, stay; of the rest of a run
-** long enough, the part from its first page that is not a hole yet, when
-** that is long enough too, is given back (a hole punched again costs
-** nothing).  It is noted as a hole before it is punched: a punch that
-** fails may have made a hole. */
-static int plan_run(kvm_space *sp, uint64_t s, uint64_t n, uint64_t *keep, u64vec *out)
+/* fn on every free run [s, e) a pass looks at: the reusable runs
+** ascending, then the file past hwm, up to file_pages. */
+typedef int (*free_run_fn)(kvm_space *sp, uint64_t s, uint64_t e, void *ctx);
+
+static int each_free_run(kvm_space *sp, uint64_t file_pages, free_run_fn fn, void *ctx)
 {
-    uint64_t e = s + n, p = s;
-    while (*keep && (p = kvm_fm_find(sp->holes, p, e, 0)) < e) {
-        uint64_t q = kvm_fm_find(sp->holes, p, e, 1), k = q - p < *keep ? q - p : *keep;
-        *keep -= k;
+    uint64_t buf[256], lo = 2;
+    size_t k;
+    int rc = 0;
+    while (!rc && (k = kvm_fm_runs(sp->fm, lo, sp->hwm, buf, 128)) > 0) {
+        for (size_t i = 0; i < k && !rc; i++)
+            rc = fn(sp, buf[2 * i], buf[2 * i] + buf[2 * i + 1], ctx);
+        lo = buf[2 * (k - 1)] + buf[2 * (k - 1) + 1];
+    }
+    if (!rc && file_pages > sp->hwm)
+        rc = fn(sp, sp->hwm, file_pages, ctx);
+    return rc;
+}
+
+/* A free run [s, e) is punched, if at all, from its first page that is
+** not a hole: a run whose part from there is shorter than PUNCH_MIN_RUN
+** stays allocated. */
+static int run_too_short(kvm_space *sp, uint64_t s, uint64_t e)
+{
+    return e - kvm_fm_find(sp->holes, s, e, 0) < PUNCH_MIN_RUN;
+}
+
+/* The free pages that are not holes in the runs too short to punch: they
+** stay, and are the first part of the reserve. */
+static int count_short(kvm_space *sp, uint64_t s, uint64_t e, void *ctx)
+{
+    if (run_too_short(sp, s, e))
+        for (uint64_t p = kvm_fm_find(sp->holes, s, e, 0), q; p < e; p = kvm_fm_find(sp->holes, q, e, 0)) {
+            q = kvm_fm_find(sp->holes, p, e, 1);
+            *(uint64_t *)ctx += q - p;
+        }
+    return 0;
+}
+
+typedef struct punch_plan {
+    uint64_t keep;   /* the rest of the reserve: in the longer runs, lowest first */
+    u64vec  *out;
+} punch_plan;
+
+/* One free run [s, e) of the plan: a run too short to punch stays (it was
+** counted in the reserve); of a longer one, the first plan->keep free pages
+** that are not holes stay, and the rest from its first page that is not a
+** hole, when that is PUNCH_MIN_RUN pages or more, is given back (a hole
+** punched again costs nothing).  It is noted as a hole before it is
+** punched: a punch that fails may have made a hole. */
+static int plan_run(kvm_space *sp, uint64_t s, uint64_t e, void *ctx)
+{
+    punch_plan *plan = ctx;
+    if (run_too_short(sp, s, e))
+        return 0;
+    uint64_t p = s;
+    while (plan->keep && (p = kvm_fm_find(sp->holes, p, e, 0)) < e) {
+        uint64_t q = kvm_fm_find(sp->holes, p, e, 1), k = q - p < plan->keep ? q - p : plan->keep;
+        plan->keep -= k;
         p += k;
     }
-    if (n < PUNCH_MIN_RUN)
-        return 0;
     uint64_t first = kvm_fm_find(sp->holes, p, e, 0);
     if (e - first < PUNCH_MIN_RUN)
         return 0;
     int rc = kvm_fm_set(sp->holes, first, e, 1);
-    return rc ? rc : run_push(out, first, e - first);
+    return rc ? rc : run_push(plan->out, first, e - first);
 }
 
 /* Free pages that need no allocation before use: reusable, or in the file
@@ -791,40 +835,28 @@ uint64_t space_room(kvm_space *sp, uint64_t file_pages)
 }
 
 /* The runs to give back to the file system after a commit, into *out
-** (empty: none).  The reserve -- the free pages not punched, those the
-** next takes hand out first -- is `keep` pages, or as many as one of the
-** last 8 commits took and kept when that is more: a workload that frees
-** many pages and takes them back (a delete of every key, then a reload)
-** does not have them punched and allocated again round after round; after
-** 8 commits that took less, the reserve shrinks back.  A pass is due once
-** the free pages beyond the reserve that need no allocation (space_room)
-** are `step` more than after the last pass (or than since, when reuse
-** lowered them): pages freed and reused between two passes never trigger
-** one, and a commit pays a few counts for the check.  It gives back every free run of PUNCH_MIN_RUN
-** pages or more -- reusable pages and the file past hwm, up to file_pages
-** -- but for the reserve. */
+** (empty: none).  The reserve -- the free pages that are not holes and
+** stay, which the next takes hand out before any hole -- is `keep` pages
+** (env_give_back sets it): the free runs too short to punch, wherever they
+** are, then the lowest pages of the longer runs.  A pass is due once the
+** free pages beyond the reserve that need no allocation (space_room) are
+** `step` more than after the last pass (or than since, when reuse lowered
+** them): pages freed and reused between two passes never trigger one, and
+** a commit pays a few counts for the check.  A pass gives back every free
+** run of PUNCH_MIN_RUN pages or more -- reusable pages and the file past
+** hwm, up to file_pages -- but for the reserve. */
 int space_punch_plan(kvm_space *sp, uint64_t file_pages, uint64_t keep, uint64_t step, u64vec *out)
 {
-    size_t window = sizeof sp->taken_recent / sizeof *sp->taken_recent;
-    sp->taken_recent[sp->taken_next++ % window] = sp->taken;
-    for (size_t i = 0; i < window; i++)
-        if (keep < sp->taken_recent[i])
-            keep = sp->taken_recent[i];
     uint64_t room = space_room(sp, file_pages), excess = room > keep ? room - keep : 0;
     if (excess < sp->punch_base)
         sp->punch_base = excess;
     if (sp->no_punch || excess < sp->punch_base + step)
         return 0;
-    uint64_t buf[256], lo = 2, left = keep;
-    size_t k;
-    int rc = 0;
-    while (!rc && (k = kvm_fm_runs(sp->fm, lo, sp->hwm, buf, 128)) > 0) {
-        for (size_t i = 0; i < k && !rc; i++)
-            rc = plan_run(sp, buf[2 * i], buf[2 * i + 1], &left, out);
-        lo = buf[2 * (k - 1)] + buf[2 * (k - 1) + 1];
-    }
-    if (!rc && file_pages > sp->hwm)
-        rc = plan_run(sp, sp->hwm, file_pages - sp->hwm, &left, out);
+    uint64_t short_pages = 0;
+    int rc = each_free_run(sp, file_pages, count_short, &short_pages);
+    punch_plan plan = {keep > short_pages ? keep - short_pages : 0, out};
+    if (!rc)
+        rc = each_free_run(sp, file_pages, plan_run, &plan);
     room = space_room(sp, file_pages);
     sp->punch_base = room > keep ? room - keep : 0;
     return rc;

@@ -4,7 +4,19 @@ without bound.
 Load 10,000 keys with 100-byte values, then overwrite every key 50 times in
 transactions of 100 keys (5,000 commits, 500,000 puts).  The file must stay
 within 2x its size after the initial load.  Run with ``pytest -s`` to see the
-sizes.
+sizes, and the file's allocated blocks against the live database.
+
+Issue 13 asks for allocated blocks within 1.3x the live size after the 50
+rounds; that is not asserted, because it cannot hold here
+(docs/ARCHITECTURE.md §4).  Each commit rewrites about 90 of the 300 leaves:
+with sync=True the pages the last commit freed, which the next one reuses,
+are 25-32% of the live pages by themselves (1.29x at the end of round 50,
+1.32x at worst), before any free page (1.41x allocated); with sync=False the
+pages freed since the last flush wait for the next one, which make_room
+(txn.c) calls only once 512 KiB (0.4x this database) are held.  What is
+asserted with sync=True: after the first round, which gives back the file's
+growth step, the commits neither punch nor allocate (posix_fallocate) a
+page: they take what the commit before freed.
 """
 
 import os
@@ -54,18 +66,27 @@ def test_churn_file_size_bounded(tmp_path, cfg, sync):
                     for i in order[s:s + BATCH]:
                         t[keys[i]] = _value(i, r)
             max_size = max(max_size, os.path.getsize(p))
+            if r == 1:
+                calls0 = db.stats()["syscalls"]
         size_final = os.path.getsize(p)
         st1 = db.stats()
+        calls1 = st1["syscalls"]
+        live = st1["used_pages"] * db.page_size
         print("\n[churn %s sync=%s] file size after load: %d bytes (%d pages high-water), "
-              "after %d rounds: %d bytes (%d pages high-water), max seen %d bytes, free_pages=%s"
+              "after %d rounds: %d bytes (%d pages high-water), max seen %d bytes, free_pages=%s; "
+              "allocated %d bytes, %.3fx the live %d bytes (pending %d pages); %d punch and %d fallocate calls "
+              "after round 1"
               % (cfg, sync, size_loaded, st0["pages"], ROUNDS, size_final, st1["pages"], max_size,
-                 st1.get("free_pages")))
+                 st1.get("free_pages"), st1["allocated_bytes"], st1["allocated_bytes"] / live, live,
+                 st1["pending_pages"], calls1["punch"] - calls0["punch"], calls1["fallocate"] - calls0["fallocate"]))
         # all data is the last round's
         for i in range(0, NKEYS, 97):
             assert db[keys[i]] == _value(i, ROUNDS)
         assert len(db) == NKEYS
         assert size_final <= 2 * size_loaded, (size_loaded, size_final)
         assert st1["pages"] * db.page_size <= 2 * size_loaded, (size_loaded, st1["pages"])
+        if sync:   # steady commits take what the commit before freed: nothing punched and allocated again
+            assert (calls1["punch"], calls1["fallocate"]) == (calls0["punch"], calls0["fallocate"]), (calls0, calls1)
     with open_db(p, cfg) as db:
         assert len(db) == NKEYS
         assert list(db.items()) == [(keys[i], _value(i, ROUNDS)) for i in range(NKEYS)]
