@@ -26,7 +26,8 @@
 **
 ** Giving disk back (docs/ARCHITECTURE.md §4): after a commit, when enough
 ** free pages piled up beyond a reserve kept for reuse, long free runs are
-** punched out of the file (space_punch_plan decides, map.c punches).  A
+** punched out of the file (map.c sizes the reserve and punches,
+** space_punch_plan chooses the runs).  A
 ** page that may be a hole is in `holes`; takes hand such pages out only
 ** once no other reusable page is left, and the taker allocates them again
 ** before anything writes them (env_take), so a full disk is an error
