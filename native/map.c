@@ -230,6 +230,16 @@ static int env_grow(kvm_env *e, uint64_t pages)
     return rc;
 }
 
+/* The growth policy's step for a database of `pages` pages, in pages:
+** half of them, between grow_min and grow_max (env_ensure_pages, and the
+** give-back reserve below). */
+static uint64_t growth_step_pages(kvm_env *e, uint64_t pages)
+{
+    uint64_t ps = e->psize, step = pages / 2;
+    step = step < e->grow_min / ps ? e->grow_min / ps : step;
+    return step > e->grow_max / ps ? e->grow_max / ps : step;
+}
+
 /* Grow the file to hold `pages` pages: a geometric step (half the file,
 ** between grow_min and grow_max), or exactly `pages` when the step does not
 ** fit on the disk or in the mapping. */
@@ -240,10 +250,9 @@ int env_ensure_pages(kvm_env *e, uint64_t pages)
         return 0;
     /* Half the file, clamped; just grow_min when a flush has just released
     ** what it could and will release more soon (txn.c, make_room). */
-    uint64_t step = e->grow_lean ? 0 : have * e->psize / 2;
+    uint64_t step = growth_step_pages(e, e->grow_lean ? 0 : have);
     e->grow_lean = 0;
-    step = step < e->grow_min ? e->grow_min : step > e->grow_max ? e->grow_max : step;
-    uint64_t target = have + step / e->psize;
+    uint64_t target = have + step;
     if (target < pages)
         target = pages;
     int rc = env_grow(e, target);
@@ -281,13 +290,6 @@ void advise_free(kvm_env *e, const u64vec *runs)
 ** delete of every key, then a reload) keeps them. */
 #define PROMPT_SHARE 4   /* the quarter, for the reserve and the step */
 #define PROMPT_STEP_MIN 16
-
-static uint64_t growth_step_pages(kvm_env *e, uint64_t used)
-{
-    uint64_t ps = e->psize, keep = used / 2;
-    keep = keep < e->grow_min / ps ? e->grow_min / ps : keep;
-    return keep > e->grow_max / ps ? e->grow_max / ps : keep;
-}
 
 static uint64_t give_back_reserve(kvm_env *e, uint64_t used, int prompt)
 {
