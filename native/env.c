@@ -197,7 +197,7 @@ int space_open(kvm_env *e)
 static void trim_tail(kvm_env *e)
 {
     uint64_t need = meta_pages_needed(e) * e->psize;
-    if (need >= 2ull * e->psize && need < e->file_size && kvm_sys.ftruncate(e->fd, (off_t)need) == 0)
+    if (need >= (uint64_t)META_PAGES * e->psize && need < e->file_size && kvm_sys.ftruncate(e->fd, (off_t)need) == 0)
         e->file_size = need;
 }
 
@@ -215,6 +215,8 @@ void kvm_env_close(kvm_env *e)
     /* Commits made with sync=False become durable at close, and the newest
     ** meta is sealed (txn.c, env_seal).  Python's close calls kvm_env_sync
     ** first, to report a failure. */
+    if (!forked)
+        flush_stop(e);   /* a background flush ends first (flush.c) */
     int writer = !forked && e->opened && !e->readonly && !e->failed;
     if (writer)
         env_seal(e);
@@ -240,6 +242,8 @@ static void env_free(kvm_env *e)
         pthread_mutex_destroy(&e->durable_lock);
         pthread_mutex_destroy(&e->writer_mutex);
         pthread_mutex_destroy(&e->follow_lock);
+        pthread_mutex_destroy(&e->flush_mutex);
+        pthread_cond_destroy(&e->flush_cond);
     }
     lock_free(e);
     free(e->scratch);
@@ -317,6 +321,8 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     pthread_mutex_init(&e->durable_lock, NULL);
     pthread_mutex_init(&e->writer_mutex, NULL);
     pthread_mutex_init(&e->follow_lock, NULL);
+    pthread_mutex_init(&e->flush_mutex, NULL);
+    pthread_cond_init(&e->flush_cond, NULL);
     e->lock_fd = -1;
     e->sync_bytes = opt->sync_bytes ? opt->sync_bytes : 64ull << 20;
     e->sync_interval_ns = opt->sync_interval_ms * 1000000ull;
@@ -537,7 +543,7 @@ int64_t kvm_env_txnid(kvm_env *e)
 int env_read_page(kvm_env *e, uint64_t pgno, uint64_t hwm, int type, char *out)
 {
     uint8_t *p = (uint8_t *)out;
-    if (pgno < 2 || pgno >= hwm)
+    if (pgno < META_PAGES || pgno >= hwm)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range", (unsigned long long)pgno);
     ssize_t n = kvm_sys.pread(e->fd, p, e->psize, (off_t)(pgno * e->psize));
     if (n < 0)

@@ -258,6 +258,10 @@ void     kvm_fault_clear(void);
 uint64_t kvm_fault_calls(int call);
 uint64_t kvm_fault_failures(int call);
 void     kvm_set_sync_hook(kvm_sync_hook hook);
+/* 0 (default): a sync=False flush runs in a thread of the handle; k > 0:
+** its fdatasync runs at its start, in the committing thread, and it ends k
+** write transactions later (tests that record every write; flush.c) */
+void     kvm_set_flush_mode(int commits);
 /* cdef-end */
 
 /* kvm_txn_commit in two steps, for a caller that releases the GIL between

@@ -264,7 +264,7 @@ void advise_free(kvm_env *e, const u64vec *runs)
     op_enter(e);
     for (size_t i = 0; i < runs->n; i += 2) {
         uint64_t start = runs->v[i], count = runs->v[i + 1];
-        if (count < ADVISE_MIN_RUN || start < 2 || (start + count) * e->psize > e->map_len)
+        if (count < ADVISE_MIN_RUN || start < META_PAGES || (start + count) * e->psize > e->map_len)
             continue;
         kvm_sys.madvise(e->base + start * e->psize, count * e->psize, MADV_DONTNEED);
     }

@@ -51,6 +51,7 @@ def offsets(fmt):
 @pytest.mark.parametrize("c_name, py_value", [
     ("KVM_MAGIC", layout.MAGIC),
     ("KVM_VERSION", layout.VERSION),
+    ("META_PAGES", layout.META_SLOTS),
     ("KVM_MIN_PAGE", layout.MIN_PAGE),
     ("KVM_MAX_PAGE", layout.MAX_PAGE),
     ("KVM_MAX_DEPTH", layout.MAX_DEPTH),
@@ -137,6 +138,6 @@ def test_checkpage_layout():
     second time, as its Python does: the same offsets as format.h's."""
     ckp = c_defines(os.path.join(REPO_ROOT, "native", "checkpage.h"))
     names = ["PH_SIZE", "PH_CHECKSUM", "PH_TYPE", "PH_NKEYS", "PH_TXNID", "PH_PGNO", "PH_UPPER", "PH_NEXT",
-             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW"]
+             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW", "META_PAGES"]
     assert {n: ckp["CKP_" + n] for n in names} == {n: C[n] for n in names}
 
