@@ -157,7 +157,9 @@ had, never older than the last completed flush.
 range; then ``crashkit.verify`` with the range: ``kvmap.check`` on the
 image, a writable open (recovery runs) whose contents must be in the range,
 ``db._check()``, one new commit (it must read back) and ``kvmap.check``
-again.  Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest``
+again; for odd k that open has ``sync=False`` and a ``sync_bytes`` of 8 KiB
+(its commit flushes, beside whatever metas the crash left), and the file,
+opened once more, must hold the state it recovered plus that commit.  Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest``
 (``hi``), ``state-durable`` (``lo``) or ``state-between``, ``-fallback``
 when open fell back from a newer meta whose commits did not verify.
 
@@ -790,8 +792,9 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
     whose end the transaction took up made durable, if it made the
     engine's durable commit newer (all of them after a "flush" in it).  A
     "flush" in a transaction (to reuse freed pages) is extra.  Returns the
-    commits that flushed by sync_interval without a planned sleep.  ``txns``: (i, how, first event, end event, committed,
-    unsynced bytes before, unsynced bytes after) per workload transaction."""
+    commits that flushed by sync_interval without a planned sleep.
+    ``txns``: (i, how, first event, end event, committed, unsynced bytes
+    before, unsynced bytes after) per workload transaction."""
     unplanned = []
     ps = spp * SECTOR
     limit = plan["sync_bytes"]
@@ -1359,17 +1362,47 @@ def verify_image(img, path, cfg, states):
             if not ro:
                 raise crashkit.CrashCheckFailed("a read-only open: %s" % _which_state(path, dict(cfg, readonly=True),
                                                                                     states))
-            n = crashkit.verify(path, states, hi, oldest=lo, open_kw=cfg, allow_next=False, probe=PROBE_KEY)
+            # the recovery commits once (the probe key); for odd k with
+            # sync=False and a small sync_bytes: a flush of its own (started,
+            # or the commit's) beside the metas the crash left, then close's
+            # seal -- and the file holds that commit when opened again
+            nosync = img.k % 2 == 1
+            kw = dict(cfg, sync=False, sync_bytes=8192) if nosync else cfg
+            n = crashkit.verify(path, states, hi, oldest=lo, open_kw=kw, allow_next=False, probe=PROBE_KEY)
         except crashkit.CrashCheckFailed as e:
             return "failed", "expected %s: %s (%s)" % (want, e, _which_state(path, cfg, states))
         except kvmap.Error as e:
             return "failed", "expected %s: %s: %s" % (want, type(e).__name__, e)
+        err = _reopened(path, cfg, states, n) if nosync else None
+        if err:
+            return "failed", err
         if exact:
             return "exact", None
         tag = "state-newest" if n == hi else "state-durable" if n == lo else "state-between"
         return tag + ("-fallback" if fallback else ""), None
     finally:
         os.unlink(path)
+
+
+def _reopened(path, cfg, states, n):
+    """The file, opened again after crashkit.verify's commit on the state
+    after transaction n, holds that state and the probe key: None, or the
+    text of a failure."""
+    import kvmap
+    try:
+        db = kvmap.open(path, readonly=True, **cfg)
+        try:
+            got = dict(db.items())
+        finally:
+            db.close()
+    except kvmap.Error as e:
+        return "reopened after the commit made after the crash: %s: %s" % (type(e).__name__, e)
+    probe = got.pop(PROBE_KEY, None)
+    if probe == b"written after the crash" and got == states.states[n]:
+        return None
+    return "reopened after the commit made after the crash on the state after transaction %d: the state after " \
+           "transaction(s) %s, %s" % (n, states.which(got) or "none",
+                                      "the probe key lost" if probe is None else "the probe key")
 
 
 def _which_state(path, cfg, states):
@@ -1411,6 +1444,7 @@ def run_batch(spec, out=None, only=None, keep=None):
     from kvmap._lib import ffi, lib
     no_sync = ffi.callback("int(int)", lambda fd: 0)
     lib.kvm_set_sync_hook(no_sync)
+    lib.kvm_set_flush_mode(1)       # no thread calls the hook (verify_image's sync=False commits)
     try:
         for img in gen(events, states, spec["seed"], first, last, spec["page_size"]):
             print("IMG %d" % img.k, file=out, flush=True)
@@ -1440,6 +1474,7 @@ def run_batch(spec, out=None, only=None, keep=None):
                                             point=repr(img.point), note=img.note, error=err))
     finally:
         lib.kvm_set_sync_hook(ffi.NULL)
+        lib.kvm_set_flush_mode(0)
         signal.signal(signal.SIGALRM, old)
         for name in os.listdir(tmp):
             os.unlink(os.path.join(tmp, name))
