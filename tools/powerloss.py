@@ -1620,7 +1620,8 @@ def summarize(results):
         lines += ["  (%d commits flushed by sync_interval without a planned sleep: the first after an open,"
                   " or a slow machine)" % unplanned]
     if flight:
-        lines += ["", "flushes in flight (sync=False; their end taken up 1-3 write transactions later):"]
+        lines += ["", "flushes in flight (sync=False; their end taken up k write transactions later, "
+                      "k the run's flush mode):"]
         lines += ["  %-44s %6d" % (k, v) for k, v in sorted(flight.items())]
     lines += ["", "simulator problems (broken write-protocol rules): %d" % len(problems)]
     lines += ["  " + p for p in problems[:20]]
