@@ -149,14 +149,15 @@ def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: 
         ``fdatasync`` per commit).  False: commits do not wait for the disk;
         they survive a killed process, and after a power loss the database
         opens to a commit at or after the last flush (README "Durability").
-    :param sync_bytes: with ``sync=False``, flush once this many bytes were
-        written since the last flush (default 64 MiB).  It also bounds what
-        open verifies after a crash: a commit larger than this syncs its
-        pages before its meta.
+    :param sync_bytes: with ``sync=False``, a commit that leaves this many
+        bytes written since the last flush (default 64 MiB) starts a flush
+        in the background and returns; one that leaves twice this many
+        flushes and waits.  It also bounds what open verifies after a crash:
+        a commit larger than four times this syncs its pages before its meta.
     :param sync_interval: with ``sync=False``, a commit made this many
-        seconds after the last flush flushes (default 1.0; None: never).
-        Commits are the only clock: an idle database flushes at the next
-        commit, ``sync()`` or ``close()``.
+        seconds after the last flush starts one in the background (default
+        None: never).  Commits are the only clock: an idle database flushes
+        at the next commit, ``sync()`` or ``close()``.
     :param map_size: bytes of address space reserved for ``growth="reserve"``
         (not memory, not disk); the file cannot grow past it.
     :param cache_size: bytes of page cache of the ``pread`` backend.

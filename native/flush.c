@@ -48,6 +48,26 @@ int flush_in_flight(kvm_env *e)
     return e->sh->flush_txnid != 0;
 }
 
+/* A failed flush fails the handle: the kernel may have dropped the pages it
+** could not write, so it is never retried.  The next call that writes says
+** why, once (env_failed). */
+static void flush_failed(kvm_env *e, int err)
+{
+    __atomic_store_n(&e->flush_errno, err ? err : EIO, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->failed, 1, __ATOMIC_RELEASE);
+}
+
+/* The error of a call refused by a failed handle: the background flush's
+** failure the first time, when that is what failed it. */
+int env_failed(kvm_env *e)
+{
+    int err = __atomic_exchange_n(&e->flush_errno, 0, __ATOMIC_ACQ_REL);
+    if (err)
+        return kvm_err_sys(KVM_IO, err, "syncing the database file in the background "
+                                        "(the handle refuses writes until reopened)");
+    return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+}
+
 static void *flusher(void *arg)
 {
     kvm_env *e = arg;
@@ -61,7 +81,7 @@ static void *flusher(void *arg)
         pthread_mutex_unlock(&e->flush_mutex);
         int ok = kvm_sys.fdatasync(e->fd) == 0;
         if (!ok)
-            __atomic_store_n(&e->failed, 1, __ATOMIC_RELEASE);   /* the kernel may have dropped pages */
+            flush_failed(e, errno);
         __atomic_store_n(&e->sh->flush_done, ok ? txnid : FLUSH_FAILED, __ATOMIC_RELEASE);
         pthread_mutex_lock(&e->flush_mutex);
         e->flush_asked = 0;
@@ -95,7 +115,7 @@ void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes)
     if (k) {
         int ok = kvm_sys.fdatasync(e->fd) == 0;
         if (!ok)
-            e->failed = 1;
+            flush_failed(e, errno);
         e->inline_done = ok ? txnid : FLUSH_FAILED;
         e->inline_left = k;
     } else {

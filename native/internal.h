@@ -147,6 +147,7 @@ struct kvm_env {
     uint64_t    flush_asked;
     uint64_t    inline_done;
     int         inline_left;
+    int         flush_errno;     /* a background flush failed with it: told once (env_failed) */
 };
 
 #define FLUSH_FAILED UINT64_MAX   /* sh->flush_done: the flush's fdatasync failed */
@@ -296,6 +297,7 @@ int  env_take(kvm_env *e, uint64_t n, u64vec *runs);   /* n pages from the free 
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
 /* flush.c: background flushes of sync=False commits */
 int  flush_in_flight(kvm_env *e);
+int  env_failed(kvm_env *e);                      /* the error of a write refused by a failed handle */
 void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes);
 void flush_wait_own(kvm_env *e);
 int  flush_settle(kvm_env *e);                     /* under the writer and durable locks; 1: D moved */

@@ -205,7 +205,7 @@ static int env_grow(kvm_env *e, uint64_t pages)
     if (e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     if (pages > UINT64_MAX / e->psize / 2)
         return kvm_err(KVM_DISKFULL, "database size limit reached");
     uint64_t len = pages * e->psize;

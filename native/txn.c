@@ -223,7 +223,7 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
     if (write && e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (write && e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     kvm_txn *t = calloc(1, sizeof *t);
     if (!t)
         return kvm_err(KVM_NOMEM, "allocating a transaction");
@@ -605,7 +605,7 @@ static int txn_commit(kvm_txn *t, int sync)
     if (!t->write)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc;
     if (t->level && (rc = pg_savepoint_end(t, 1, 0)))   /* a commit releases every savepoint */
         return rc;
@@ -701,7 +701,7 @@ static int env_durable(kvm_env *e, int seal, int wait)
     if (e->readonly)
         return 0;
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc = lock_writer(e, wait);
     if (rc == KVM_BUSY)
         return flush(e, "syncing the database file (the handle refuses writes until reopened)");
@@ -713,7 +713,7 @@ static int env_durable(kvm_env *e, int seal, int wait)
     kvm_state s;
     state_load(e, &s);
     if (e->failed)
-        rc = kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        rc = env_failed(e);
     else if (s.txnid > e->sh->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
         now_durable(e, s.txnid, e->sh->meta_slot);
     if (!rc && seal && s.durable < s.txnid && s.txnid >= 2) {
