@@ -31,6 +31,10 @@
 **     kvm_set_flush_mode(k > 0) makes the flush's fdatasync at its start,
 **     in the committing thread, and its end known k write transactions
 **     later, so the commits in between still run beside a flush in flight.
+**     A sync hook (kvm_set_sync_hook) is Python code that needs the GIL,
+**     which a writer may hold while it waits for the flush: with one
+**     installed, the flush runs in the committing thread too (k = 0: its
+**     end is taken up at the next begin).
 */
 #include "internal.h"
 #include <errno.h>
@@ -97,9 +101,9 @@ static void *flusher(void *arg)
 ** tries again; close makes it durable). */
 void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes)
 {
-    int k = __atomic_load_n(&inline_commits, __ATOMIC_ACQUIRE);
+    int k = __atomic_load_n(&inline_commits, __ATOMIC_ACQUIRE), in_thread = !k && !os_sync_hooked();
     pthread_mutex_lock(&e->flush_mutex);
-    if (!k && !e->flusher_running) {
+    if (in_thread && !e->flusher_running) {
         if (pthread_create(&e->flusher, NULL, flusher, e) != 0) {
             pthread_mutex_unlock(&e->flush_mutex);
             return;
@@ -112,7 +116,7 @@ void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes)
     sh->flush_handle = e->handle;
     __atomic_store_n(&sh->flush_done, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&sh->flush_txnid, txnid, __ATOMIC_RELEASE);
-    if (k) {
+    if (!in_thread) {
         int ok = kvm_sys.fdatasync(e->fd) == 0;
         if (!ok)
             flush_failed(e, errno);
