@@ -83,6 +83,7 @@ class Stats(TypedDict):
     meta_slot: int
     meta_fallback: bool
     durable_txnid: int
+    flushing_txnid: int | None
     unsynced_bytes: int
     file_size: int
     used_pages: int
@@ -619,7 +620,7 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
 
         * ``pages``: the high-water mark, pages ``[0, pages)`` of the file
           are the database; ``used_pages`` of them are the newest commit's
-          (tree, overflow chains, free-space pages, the two metas);
+          (tree, overflow chains, free-space pages, the three metas);
         * ``free_pages``: reusable now; ``pending_pages``: freed by recent
           commits and not reusable yet (a live snapshot may read them, or,
           with ``sync=False``, the last flushed commit uses them); so
@@ -630,6 +631,11 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
         * ``file_size``; ``allocated_bytes``, the disk the file holds; and
           ``given_back_bytes``, the part of it that is holes: free runs
           punched out of the file (``syscalls["punch"]`` counts the punches).
+
+        Durability: ``durable_txnid``, the newest commit known on disk;
+        ``flushing_txnid``, the commit a background flush (``sync=False``)
+        is making durable, None when none runs; ``unsynced_bytes``, what
+        was written since the last flush.
 
         ``pinned_pages``, ``allocated_bytes`` and ``given_back_bytes`` are
         read from the file (the commit records, ``fstat``): None when that
@@ -659,7 +665,8 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
-            "durable_txnid": st.durable, "unsynced_bytes": st.unsynced_bytes,
+            "durable_txnid": st.durable, "flushing_txnid": st.flushing or None,
+            "unsynced_bytes": st.unsynced_bytes,
             "file_size": st.file_size,
             "used_pages": st.hwm - st.free_count - st.pending_count,
             "free_pages": st.free_count, "pending_pages": st.pending_count,

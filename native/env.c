@@ -448,6 +448,7 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->floor = s.floor;
     st->durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->unsynced_bytes = e->sh->unsynced_bytes;
+    st->flushing = __atomic_load_n(&e->sh->flush_txnid, __ATOMIC_ACQUIRE);
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->sh->meta_slot;
