@@ -151,10 +151,8 @@ int flush_settle(kvm_env *e)
     if (!f)
         return 0;
     if (sh->flush_handle == e->handle && e->inline_done) {
-        if (e->inline_left > 0) {
-            e->inline_left--;
+        if (e->inline_left > 0 && --e->inline_left > 0)
             return 0;
-        }
         flush_wait_own(e);
     }
     uint64_t done = __atomic_load_n(&sh->flush_done, __ATOMIC_ACQUIRE);
