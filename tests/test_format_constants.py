@@ -51,7 +51,7 @@ def offsets(fmt):
 @pytest.mark.parametrize("c_name, py_value", [
     ("KVM_MAGIC", layout.MAGIC),
     ("KVM_VERSION", layout.VERSION),
-    ("META_PAGES", layout.META_SLOTS),
+    ("META_PAGES", layout.META_PAGES),
     ("KVM_MIN_PAGE", layout.MIN_PAGE),
     ("KVM_MAX_PAGE", layout.MAX_PAGE),
     ("KVM_MAX_DEPTH", layout.MAX_DEPTH),
@@ -131,6 +131,7 @@ def test_other_readers_constants():
     assert test_badfiles.M_PAGESIZE == C["M_PAGESIZE"]
     assert test_badfiles.M_CHECKSUM == C["M_CHECKSUM"]
     assert test_badfiles.PS == test_defects.PS == C["KVM_MIN_PAGE"]
+    assert test_badfiles.META_PAGES == tuple(range(C["META_PAGES"]))
 
 
 def test_checkpage_layout():
