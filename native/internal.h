@@ -129,6 +129,7 @@ struct kvm_env {
     int         writer_depth;    /* holds of the writer lock in this handle */
     pthread_mutex_t follow_lock;    /* the mapping follows another process's growth */
     int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
+    int         metas_valid;     /* how many meta slots load_meta found valid */
     uint64_t    space_txnid;     /* the commit the free space (space) was loaded at or made */
     uint64_t    sync_bytes;      /* flush once this much is unsynced */
     uint64_t    sync_interval_ns;   /* flush at a commit this long after the last flush */

@@ -132,8 +132,8 @@ static void held_pages(kvm_env *e, uint64_t *held, uint64_t *in_use)
 }
 
 /* Before the file grows for `want` pages, or punched pages are allocated
-** again for them, flush instead when the pages held (held_pages) are an
-** eighth of the pages in use and at least FLUSH_MIN_BYTES: a churning
+** again for them, flush instead when the pages held (held_pages) are a
+** quarter of the pages in use and at least FLUSH_MIN_BYTES: a churning
 ** database's file stays within about 1.5 times its data, a small one
 ** flushes at most once per FLUSH_MIN_BYTES held, and a growing one grows.
 ** A flush of this handle's in flight is waited for first (a background
@@ -153,7 +153,7 @@ static int make_room(kvm_env *e, uint64_t want)
         return rc;
     uint64_t held, in_use;
     held_pages(e, &held, &in_use);
-    if (held < in_use / 4 || held * e->psize < 2 * FLUSH_MIN_BYTES)
+    if (held < in_use / 4 || held * e->psize < FLUSH_MIN_BYTES)
         return 0;
     if (flush_in_flight(e) && e->sh->flush_handle == e->handle) {
         flush_wait_own(e);
@@ -181,10 +181,10 @@ static void flush_due(kvm_env *e, const kvm_state *s)
         return;
     int due = sh->unsynced_bytes >= e->sync_bytes ||
               (e->sync_interval_ns && now_ns() - sh->last_flush_ns >= e->sync_interval_ns);
-    if (!due && sh->unsynced_bytes >= FLUSH_MIN_BYTES) {
+    if (!due && sh->unsynced_bytes >= FLUSH_MIN_BYTES / 2) {
         uint64_t held, in_use;
         held_pages(e, &held, &in_use);
-        due = held >= in_use / 8 && held * e->psize >= FLUSH_MIN_BYTES;
+        due = held >= in_use / 8 && held * e->psize >= FLUSH_MIN_BYTES / 2;
     }
     if (due)
         flush_start(e, s->txnid, sh->meta_slot, sh->unsynced_bytes);
