@@ -138,7 +138,8 @@ struct kvm_env {
     void       *cells;
     kvm_space  *space;           /* writable handles: the free space (space.h) */
     uint64_t    grow_min, grow_max;
-    int         grow_lean;       /* the next growth is one grow_min step (txn.c, make_room) */
+    int         grow_lean;       /* the next growth is one grow_min step, or GROW_EXACT what
+                                 ** it needs (txn.c, make_room) */
     /* the background flush (flush.c): its thread, the commit it is asked to
     ** make durable (0: none), and the test mode's result and countdown */
     pthread_mutex_t flush_mutex;
@@ -151,6 +152,7 @@ struct kvm_env {
     int         flush_errno;     /* a background flush failed with it: told once (env_failed) */
 };
 
+#define GROW_EXACT 2
 #define FLUSH_FAILED UINT64_MAX   /* sh->flush_done: the flush's fdatasync failed */
 
 typedef struct dirty_ent {
