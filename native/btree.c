@@ -887,7 +887,7 @@ static int rebalance(kvm_txn *t, path_t *ph, int level)
             return 0;
         uint8_t *pp = owned(t, ph->pg[level - 1]);
         unsigned pn = nkeys(pp), i = ph->idx[level - 1];
-        if (pn < META_PAGES)
+        if (pn < 2)
             return 0;
         unsigned j = i + 1 < pn ? i + 1 : i - 1;
         pgno_t spg;

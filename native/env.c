@@ -276,15 +276,18 @@ static int build_region(kvm_env *e, const kvm_options *opt, uint32_t want)
         if (!may_init)
             return kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", e->path);
         rc = init_file(e, want ? want : KVM_MIN_PAGE);
-    } else if ((rc = load_meta(e, want)) != 0 && (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
-        /* A file that only an interrupted creation wrote holds nothing. */
+    } else if (((rc = load_meta(e, want)) != 0 && (rc == KVM_FORMAT || rc == KVM_CORRUPT)) ||
+               (!rc && may_init && e->metas_valid < (int)META_PAGES && e->sh->st.txnid <= 1)) {
+        /* A file that only an interrupted creation wrote holds nothing (one
+        ** whose lost meta pages the others stand in for too: a writable open
+        ** finishes the creation, so every slot holds a meta). */
         uint32_t ps = 0;
         int left = creation_leftover(e, want, &ps);
         if (left < 0)
             rc = left;
         else if (left && may_init)
             rc = init_file(e, ps);
-        else if (left)
+        else if (left && rc)
             rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
                                      "to initialise it", e->path);
     }
@@ -448,6 +451,7 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->floor = s.floor;
     st->durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->unsynced_bytes = e->sh->unsynced_bytes;
+    st->flushing = __atomic_load_n(&e->sh->flush_txnid, __ATOMIC_ACQUIRE);
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->sh->meta_slot;

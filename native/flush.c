@@ -31,6 +31,10 @@
 **     kvm_set_flush_mode(k > 0) makes the flush's fdatasync at its start,
 **     in the committing thread, and its end known k write transactions
 **     later, so the commits in between still run beside a flush in flight.
+**     A sync hook (kvm_set_sync_hook) is Python code that needs the GIL,
+**     which a writer may hold while it waits for the flush: with one
+**     installed, the flush runs in the committing thread too (k = 0: its
+**     end is taken up at the next begin).
 */
 #include "internal.h"
 #include <errno.h>
@@ -48,6 +52,26 @@ int flush_in_flight(kvm_env *e)
     return e->sh->flush_txnid != 0;
 }
 
+/* A failed flush fails the handle: the kernel may have dropped the pages it
+** could not write, so it is never retried.  The next call that writes says
+** why, once (env_failed). */
+static void flush_failed(kvm_env *e, int err)
+{
+    __atomic_store_n(&e->flush_errno, err ? err : EIO, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->failed, 1, __ATOMIC_RELEASE);
+}
+
+/* The error of a call refused by a failed handle: the background flush's
+** failure the first time, when that is what failed it. */
+int env_failed(kvm_env *e)
+{
+    int err = __atomic_exchange_n(&e->flush_errno, 0, __ATOMIC_ACQ_REL);
+    if (err)
+        return kvm_err_sys(KVM_IO, err, "syncing the database file in the background "
+                                        "(the handle refuses writes until reopened)");
+    return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+}
+
 static void *flusher(void *arg)
 {
     kvm_env *e = arg;
@@ -61,7 +85,7 @@ static void *flusher(void *arg)
         pthread_mutex_unlock(&e->flush_mutex);
         int ok = kvm_sys.fdatasync(e->fd) == 0;
         if (!ok)
-            __atomic_store_n(&e->failed, 1, __ATOMIC_RELEASE);   /* the kernel may have dropped pages */
+            flush_failed(e, errno);
         __atomic_store_n(&e->sh->flush_done, ok ? txnid : FLUSH_FAILED, __ATOMIC_RELEASE);
         pthread_mutex_lock(&e->flush_mutex);
         e->flush_asked = 0;
@@ -77,9 +101,9 @@ static void *flusher(void *arg)
 ** tries again; close makes it durable). */
 void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes)
 {
-    int k = __atomic_load_n(&inline_commits, __ATOMIC_ACQUIRE);
+    int k = __atomic_load_n(&inline_commits, __ATOMIC_ACQUIRE), in_thread = !k && !os_sync_hooked();
     pthread_mutex_lock(&e->flush_mutex);
-    if (!k && !e->flusher_running) {
+    if (in_thread && !e->flusher_running) {
         if (pthread_create(&e->flusher, NULL, flusher, e) != 0) {
             pthread_mutex_unlock(&e->flush_mutex);
             return;
@@ -92,10 +116,10 @@ void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes)
     sh->flush_handle = e->handle;
     __atomic_store_n(&sh->flush_done, 0, __ATOMIC_RELEASE);
     __atomic_store_n(&sh->flush_txnid, txnid, __ATOMIC_RELEASE);
-    if (k) {
+    if (!in_thread) {
         int ok = kvm_sys.fdatasync(e->fd) == 0;
         if (!ok)
-            e->failed = 1;
+            flush_failed(e, errno);
         e->inline_done = ok ? txnid : FLUSH_FAILED;
         e->inline_left = k;
     } else {
@@ -127,10 +151,8 @@ int flush_settle(kvm_env *e)
     if (!f)
         return 0;
     if (sh->flush_handle == e->handle && e->inline_done) {
-        if (e->inline_left > 0) {
-            e->inline_left--;
+        if (e->inline_left > 0 && --e->inline_left > 0)
             return 0;
-        }
         flush_wait_own(e);
     }
     uint64_t done = __atomic_load_n(&sh->flush_done, __ATOMIC_ACQUIRE);

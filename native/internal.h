@@ -129,6 +129,7 @@ struct kvm_env {
     int         writer_depth;    /* holds of the writer lock in this handle */
     pthread_mutex_t follow_lock;    /* the mapping follows another process's growth */
     int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
+    int         metas_valid;     /* how many meta slots load_meta found valid */
     uint64_t    space_txnid;     /* the commit the free space (space) was loaded at or made */
     uint64_t    sync_bytes;      /* flush once this much is unsynced */
     uint64_t    sync_interval_ns;   /* flush at a commit this long after the last flush */
@@ -137,7 +138,8 @@ struct kvm_env {
     void       *cells;
     kvm_space  *space;           /* writable handles: the free space (space.h) */
     uint64_t    grow_min, grow_max;
-    int         grow_lean;       /* the next growth is one grow_min step (txn.c, make_room) */
+    int         grow_lean;       /* the next growth is one grow_min step, or GROW_EXACT what
+                                 ** it needs (txn.c, make_room) */
     /* the background flush (flush.c): its thread, the commit it is asked to
     ** make durable (0: none), and the test mode's result and countdown */
     pthread_mutex_t flush_mutex;
@@ -147,8 +149,10 @@ struct kvm_env {
     uint64_t    flush_asked;
     uint64_t    inline_done;
     int         inline_left;
+    int         flush_errno;     /* a background flush failed with it: told once (env_failed) */
 };
 
+#define GROW_EXACT 2
 #define FLUSH_FAILED UINT64_MAX   /* sh->flush_done: the flush's fdatasync failed */
 
 typedef struct dirty_ent {
@@ -296,6 +300,7 @@ int  env_take(kvm_env *e, uint64_t n, u64vec *runs);   /* n pages from the free 
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
 /* flush.c: background flushes of sync=False commits */
 int  flush_in_flight(kvm_env *e);
+int  env_failed(kvm_env *e);                      /* the error of a write refused by a failed handle */
 void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes);
 void flush_wait_own(kvm_env *e);
 int  flush_settle(kvm_env *e);                     /* under the writer and durable locks; 1: D moved */

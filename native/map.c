@@ -205,7 +205,7 @@ static int env_grow(kvm_env *e, uint64_t pages)
     if (e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     if (pages > UINT64_MAX / e->psize / 2)
         return kvm_err(KVM_DISKFULL, "database size limit reached");
     uint64_t len = pages * e->psize;
@@ -239,10 +239,12 @@ int env_ensure_pages(kvm_env *e, uint64_t pages)
     if (pages <= have)
         return 0;
     /* Half the file, clamped; just grow_min when a flush has just released
-    ** what it could and will release more soon (txn.c, make_room). */
+    ** what it could and will release more soon, and only what is needed
+    ** while a flush that will release pages runs (txn.c, make_room). */
     uint64_t step = e->grow_lean ? 0 : have * e->psize / 2;
+    if (e->grow_lean != GROW_EXACT)
+        step = step < e->grow_min ? e->grow_min : step > e->grow_max ? e->grow_max : step;
     e->grow_lean = 0;
-    step = step < e->grow_min ? e->grow_min : step > e->grow_max ? e->grow_max : step;
     uint64_t target = have + step / e->psize;
     if (target < pages)
         target = pages;

@@ -380,6 +380,7 @@ int load_meta(kvm_env *e, uint32_t want_ps)
     }
     int order[META_PAGES], nvalid;
     slot_order(s, rc, order, &nvalid);
+    e->metas_valid = nvalid;
     if (!nvalid) {
         for (int i = 0; i < (int)META_PAGES; i++)
             if (rc[i] == KVM_VERSION_OLD)

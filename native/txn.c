@@ -132,13 +132,14 @@ static void held_pages(kvm_env *e, uint64_t *held, uint64_t *in_use)
 }
 
 /* Before the file grows for `want` pages, or punched pages are allocated
-** again for them, flush instead when the pages held (held_pages) are an
-** eighth of the pages in use and at least FLUSH_MIN_BYTES: a churning
+** again for them: when the pages held (held_pages) are a sixteenth of the
+** pages in use and at least FLUSH_MIN_BYTES / 2, start a background flush
+** of the newest commit (flush.c) and grow by the least step meanwhile; when
+** they are an eighth and at least FLUSH_MIN_BYTES, wait for this handle's
+** flush, or flush now, and release them instead of growing.  A churning
 ** database's file stays within about 1.5 times its data, a small one
-** flushes at most once per FLUSH_MIN_BYTES held, and a growing one grows.
-** A flush of this handle's in flight is waited for first (a background
-** flush starts at half that bar, flush_due, so it has mostly ended by
-** then).  Called when a write transaction begins (for its commit's
+** flushes at most about once per FLUSH_MIN_BYTES / 2 held, and a growing
+** one grows.  Called when a write transaction begins (for its commit's
 ** free-space pages) and before its pool takes pages. */
 #define FLUSH_MIN_BYTES (512u << 10)
 
@@ -153,40 +154,46 @@ static int make_room(kvm_env *e, uint64_t want)
         return rc;
     uint64_t held, in_use;
     held_pages(e, &held, &in_use);
-    if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
+    if (held < in_use / 16 || held * e->psize < FLUSH_MIN_BYTES / 2)
         return 0;
-    if (flush_in_flight(e) && e->sh->flush_handle == e->handle) {
-        flush_wait_own(e);
+    int hard = held >= in_use / 8 && held * e->psize >= FLUSH_MIN_BYTES;
+    if (flush_in_flight(e)) {
+        if (hard && e->sh->flush_handle == e->handle)
+            flush_wait_own(e);
         pthread_mutex_lock(&e->durable_lock);
-        flush_settle(e);
+        int moved = flush_settle(e);
         pthread_mutex_unlock(&e->durable_lock);
-        if ((rc = reclaim(e)) || (rc = reclaim_precise(e)) || space_room(sp, e->file_size / e->psize) >= want)
+        if (moved && ((rc = reclaim(e)) || (rc = reclaim_precise(e)) ||
+                      space_room(sp, e->file_size / e->psize) >= want))
             return rc;
     }
-    rc = env_flush(e);
-    if (!rc && !(rc = reclaim(e)) && !(rc = reclaim_precise(e)))
-        /* the records held are freed by the next flush: grow by the least */
-        e->grow_lean = space_free_count(sp) < want;
-    return rc;
+    if (hard) {
+        rc = env_flush(e);
+        if (!rc && !(rc = reclaim(e)) && !(rc = reclaim_precise(e)))
+            /* the records held are freed by the next flush: grow by the least */
+            e->grow_lean = space_free_count(sp) < want;
+        return rc;
+    }
+    kvm_state s;
+    state_load(e, &s);
+    pthread_mutex_lock(&e->durable_lock);
+    if (!flush_in_flight(e) && s.txnid > e->sh->durable && !e->failed)
+        flush_start(e, s.txnid, e->sh->meta_slot, e->sh->unsynced_bytes);
+    pthread_mutex_unlock(&e->durable_lock);
+    e->grow_lean = GROW_EXACT;   /* the flush gives pages back soon */
+    return 0;
 }
 
 /* After a sync=False commit s, under the durable lock: start a flush of it
-** in the background (flush.c) when sync_bytes are unsynced, sync_interval
-** has passed, or the pages held for the durable commit reach half of
-** make_room's bar.  One flush at a time. */
+** in the background (flush.c) when sync_bytes are unsynced or
+** sync_interval has passed.  One flush at a time. */
 static void flush_due(kvm_env *e, const kvm_state *s)
 {
     kvm_shared *sh = e->sh;
     if (flush_in_flight(e) || s->txnid <= sh->durable || e->failed)
         return;
-    int due = sh->unsynced_bytes >= e->sync_bytes ||
-              (e->sync_interval_ns && now_ns() - sh->last_flush_ns >= e->sync_interval_ns);
-    if (!due && sh->unsynced_bytes >= FLUSH_MIN_BYTES / 2) {
-        uint64_t held, in_use;
-        held_pages(e, &held, &in_use);
-        due = held >= in_use / 16 && held * e->psize >= FLUSH_MIN_BYTES / 2;
-    }
-    if (due)
+    if (sh->unsynced_bytes >= e->sync_bytes ||
+        (e->sync_interval_ns && now_ns() - sh->last_flush_ns >= e->sync_interval_ns))
         flush_start(e, s->txnid, sh->meta_slot, sh->unsynced_bytes);
 }
 
@@ -223,7 +230,7 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
     if (write && e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (write && e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     kvm_txn *t = calloc(1, sizeof *t);
     if (!t)
         return kvm_err(KVM_NOMEM, "allocating a transaction");
@@ -605,7 +612,7 @@ static int txn_commit(kvm_txn *t, int sync)
     if (!t->write)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc;
     if (t->level && (rc = pg_savepoint_end(t, 1, 0)))   /* a commit releases every savepoint */
         return rc;
@@ -701,7 +708,7 @@ static int env_durable(kvm_env *e, int seal, int wait)
     if (e->readonly)
         return 0;
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc = lock_writer(e, wait);
     if (rc == KVM_BUSY)
         return flush(e, "syncing the database file (the handle refuses writes until reopened)");
@@ -713,7 +720,7 @@ static int env_durable(kvm_env *e, int seal, int wait)
     kvm_state s;
     state_load(e, &s);
     if (e->failed)
-        rc = kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        rc = env_failed(e);
     else if (s.txnid > e->sh->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
         now_durable(e, s.txnid, e->sh->meta_slot);
     if (!rc && seal && s.durable < s.txnid && s.txnid >= 2) {
