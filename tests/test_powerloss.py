@@ -15,9 +15,10 @@ not pytest:
 * ``sync=False``: flush points come from a small ``sync_bytes``, db.sync(),
   one-off syncing commits, close (and its seal), ``sync_interval``, the
   pages held for the durable commit and the flushes a transaction makes to
-  reuse freed pages; a commit due to flush starts a flush of itself, which
-  the recording runs inline (``kvm_set_flush_mode(k)``, k of 1 to 3 by the
-  seed: the engine takes up its end k write transactions later, and the
+  reuse freed pages; a commit due to flush starts a flush of itself (a
+  transaction short of pages one of the commit before), which the
+  recording runs inline (``kvm_set_flush_mode(k)``, k of 1 to 4 by the
+  seed: the engine takes up its end at the k-th write transaction's begin, the
   commits in between write the third meta slot); every page written since
   the last completed flush may hold its old version, its new one or a
   tear, every meta slot any version written to it since -- and in a
@@ -132,19 +133,18 @@ def test_power_loss(group, group_results):
 def test_every_sync_point_kind_occurs(group_results):
     """Over the runs of test_power_loss: sync=True commits that sync once and
     pages-first ones, close()'s seal; sync=False commits that start a flush
-    of themselves because sync_bytes were reached, sync_interval passed or
-    the pages held for the durable commit grew, commits that sync
-    themselves because 2 x sync_bytes were reached, pages-first ones,
-    db.sync(), close() and one-off syncing commits.  (The flushes a
-    transaction makes to reuse freed pages are rarer since a commit starts
-    one at half their bar: test_a_flush_in_flight has them.)"""
+    of themselves because sync_bytes were reached or sync_interval passed,
+    transactions that start one because the pages held for the durable
+    commit grew, commits that sync themselves because 2 x sync_bytes were
+    reached, pages-first ones, db.sync(), close(), one-off syncing commits
+    and the flushes a transaction makes to reuse freed pages."""
     kinds = {sync: set().union(*(r["events"] for g in GROUPS if g.endswith("-" + sync) for r in group_results[g]))
              for sync in ("sync", "nosync")}
     assert {"commit/sync=True", "pages/pages-first", "commit/pages-first", "seal/in close()"} <= kinds["sync"], \
         kinds["sync"]
-    assert {"commit/sync_bytes", "commit/interval", "commit/held pages", "commit/2 x sync_bytes",
+    assert {"commit/sync_bytes", "commit/interval", "commit/2 x sync_bytes", "flush/started in a transaction",
             "pages/pages-first", "flush/in db.sync()", "commit/syncing", "flush/in close()",
-            "seal/in close()"} <= kinds["nosync"], kinds["nosync"]
+            "seal/in close()", "flush/in a transaction"} <= kinds["nosync"], kinds["nosync"]
 
 
 def test_recorder_sees_every_write_and_every_sync(tmp_path):
@@ -267,8 +267,8 @@ import io, sys
 sys.path.insert(0, ARGS["tools"])
 import powerloss
 spp = 4096 // 512
-for k in (1, 3):
-    events, states, problems, plan = powerloss.record("pread", False, ARGS["seed"], 60, flush_mode=k)
+for seed, k, kind in ARGS["runs"]:
+    events, states, problems, plan = powerloss.record("pread", False, seed, 60, flush_mode=k)
     assert not problems, problems
     assert plan["flush_mode"] == k
     buf = bytearray()
@@ -293,15 +293,14 @@ for k in (1, 3):
         third += 1
     assert third >= 1, k
     # the images: some in a flush's window, the flush completed or not
-    spec = dict(config="pread", sync=False, seed=ARGS["seed"], commits=60, losses=250, page_size=4096,
-                flush_mode=k)
+    spec = dict(config="pread", sync=False, seed=seed, commits=60, losses=250, page_size=4096, flush_mode=k)
     res = powerloss.run_batch(spec, out=io.StringIO())
     assert not res["failures"] and not res["problems"], powerloss.summarize([res])
     fl = res["flight"]
     assert fl["commits beside a flush in flight"] == third, fl
     assert fl["images in a flush's window, completed"] >= 5, fl
     assert fl["images in a flush's window, not completed"] >= 5, fl
-    assert "flush/in a transaction" in res["events"], res["events"]
+    assert kind in res["events"], res["events"]
     print(k, dict(fl), third)
 print("FLIGHT-OK")
 """
@@ -309,16 +308,19 @@ print("FLIGHT-OK")
 
 def test_a_flush_in_flight():
     """Format version 3's new path (native/flush.c): a sync=False commit due
-    to flush starts a flush of itself; the recording runs its fdatasync at
-    once (``kvm_set_flush_mode(k)``) and the engine takes up its end k write
-    transactions later.  With k = 1 and k = 3: commits made in between
-    wrote their metas to the third slot, leaving the flush's commit and the
-    durable one in theirs; the images taken in such a window -- the flush
-    completed, or, as a flush in the background may not have, not -- all
-    verify; and with 512 KiB values churned beside a held snapshot a
-    transaction flushes to reuse pages (make_room, after taking up its own
+    to flush starts a flush of itself, and so does a transaction that needs
+    pages while the pages held for the durable commit grew (make_room); the
+    recording runs the fdatasync at once (``kvm_set_flush_mode(k)``) and
+    the engine takes up its end at the k-th write transaction's begin.
+    With k = 3 and 2: commits made in between wrote their metas to the
+    third slot, leaving the flush's commit and the durable one in theirs;
+    the images taken in such a window -- the flush completed, or, as a
+    flush in the background may not have, not -- all verify; a transaction
+    starts a flush (seed 7521), and with 512 KiB values churned one flushes
+    and waits to reuse pages (seed 1508; make_room, after taking up its own
     flush's end)."""
-    rc, out, err = run_python(FLIGHT, args=dict(tools=os.path.join(REPO_ROOT, "tools"), seed=1553), timeout=300)
+    runs = [(7521, 3, "flush/started in a transaction"), (1508, 2, "flush/in a transaction")]
+    rc, out, err = run_python(FLIGHT, args=dict(tools=os.path.join(REPO_ROOT, "tools"), runs=runs), timeout=300)
     assert_child_ok(rc, out, err, marker="FLIGHT-OK")
 
 

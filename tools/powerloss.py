@@ -49,23 +49,24 @@ flag) when it is made with the handle's sync switched on for once
 (``db._sync``) or when the bytes unsynced before it plus its own reach
 2 x ``sync_bytes`` ("2 x sync_bytes"); pages-first as above.  Any other
 commit does not wait for the disk: when no flush is in flight and the bytes
-unsynced reach ``sync_bytes``, ``sync_interval`` has passed since the last
-flush, or the pages held for D have grown ("held pages"), it *starts a
-flush of itself* (flush.c), F = that commit; else its writes form an "ack"
-event.  The recording runs the flush's fdatasync inline, in the committing
-thread right after the commit is published (``kvm_set_flush_mode(k)``, k of
-1 to 3 by the seed, ``plan["flush_mode"]``): a "commit" point whose meta
-has the no-sync flag, which makes F durable on disk (``lo``) at the hook,
-while the engine takes up its end only k write transactions later (or at
-db.sync(), close, or make_room): until then D stays as it was, the commits
-made meanwhile write their metas to the third slot, and the writer keeps
-the pages of both D and F -- the *window* of the flush.  ``db.sync()``,
-close() and a writable open take up a flush's end, then make a "flush" when
-anything is unsynced, and close() then seals: it copies the newest meta,
-saying it is durable, into a slot other than the newest's ("seal").  A
-transaction may also flush to reuse the pages commits freed ("flush" in a
-transaction; make_room, which takes up its own flush's end first).
-Creating the file is a "create" point.
+unsynced reach ``sync_bytes`` or ``sync_interval`` has passed since the
+last flush, it *starts a flush of itself* (flush.c), F = that commit; else
+its writes form an "ack" event.  A transaction that needs pages while the
+pages held for D have grown (make_room) starts a flush of the newest commit
+too ("flush", "started in a transaction"; past twice that bar it flushes
+and waits instead: "flush", "in a transaction").  The recording runs a
+flush's fdatasync inline, in the thread that starts it
+(``kvm_set_flush_mode(k)``, k of 1 to 4 by the seed, ``plan["flush_mode"]``):
+a sync point right after the commit's publication -- a "commit" point whose
+meta has the no-sync flag -- or in the transaction, which makes F durable
+on disk (``lo``) at the hook, while the engine takes up its end only at the
+k-th write transaction's begin after it (or sooner: db.sync(), close,
+make_room): until then D stays as it was, the commits made meanwhile write
+their metas to the third slot, and the writer keeps the pages of both D
+and F -- the *window* of the flush.  ``db.sync()``, close() and a writable
+open take up a flush's end, then make a "flush" when anything is unsynced,
+and close() then seals: it copies the newest meta, saying it is durable,
+into a slot other than the newest's ("seal").  Creating the file is a "create" point.
 
 Each run follows a seeded plan (``run_plan``): ``sync=True`` runs alternate
 between the default ``sync_bytes`` and 32 KiB (pages-first commits), and
@@ -159,9 +160,10 @@ image, a writable open (recovery runs) whose contents must be in the range,
 ``db._check()``, one new commit (it must read back) and ``kvmap.check``
 again; for odd k that open has ``sync=False`` and a ``sync_bytes`` of 8 KiB
 (its commit flushes, beside whatever metas the crash left), and the file,
-opened once more, must hold the state it recovered plus that commit.  Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest``
-(``hi``), ``state-durable`` (``lo``) or ``state-between``, ``-fallback``
-when open fell back from a newer meta whose commits did not verify.
+opened once more, must hold the state it recovered plus that commit.
+Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest`` (``hi``),
+``state-durable`` (``lo``) or ``state-between``, ``-fallback`` when open
+fell back from a newer meta whose commits did not verify.
 
 Batches of images run in child processes (``--batch``, a few batches per
 child), which print ``IMG k`` before verifying image k, so an engine crash
@@ -194,7 +196,6 @@ META_SIZE = 128
 META_PAGES = 3                  # meta slots: pages 0, 1 and 2 (native/format.h)
 M_TXNID, M_FLAGS, M_HWM, M_RECORD, M_DURABLE = 16, 36, 48, 64, 96     # meta fields (native/format.h)
 M_FLAGS_NOSYNC = 1              # a sync=False commit's meta that did not sync itself
-FLUSH_MIN_BYTES = 512 << 10     # txn.c: a flush for the pages held starts at half of it
 IMAGE_TIMEOUT = 60          # seconds per image before it counts as a hang
 INTERVAL = 0.1              # sync_interval of the runs that use one
 PROBE_KEY = b"\xffpowerloss-probe"
@@ -468,7 +469,7 @@ def annotate(events, spp, problems, scratch=None, reuse=True, flush_mode=None):
     another slot, saying it is durable).
 
     The engine learns of a flush's end later (flush.c; with
-    ``kvm_set_flush_mode(k)`` k write transactions later): until then it
+    ``kvm_set_flush_mode(k)`` at the k-th write transaction's begin): until then it
     keeps both the durable commit D and the flushed one F, and a commit
     writes neither's slot.  The lock region read at every look says which
     flush is in flight (``Event.flight``); an event whose look no longer
@@ -535,7 +536,7 @@ def annotate(events, spp, problems, scratch=None, reuse=True, flush_mode=None):
                     eng_d, eng_d_slot = eng_f, eng_f_slot
                 eng_f = 0
                 bg, prot_bg, flushed_bg = None, {}, None
-            if eng_f and flush_mode and ctx == "txn" and last - eng_f_txn > flush_mode:
+            if eng_f and flush_mode and ctx == "txn" and last - eng_f_txn >= flush_mode:
                 problems.append("%r: the flush of txn %d (flush mode %d) is still in flight" % (
                     e, eng_f_txn, flush_mode))
             e.bg = bg
@@ -639,6 +640,18 @@ def annotate(events, spp, problems, scratch=None, reuse=True, flush_mode=None):
                         eng_f, eng_f_slot, eng_f_bytes, eng_f_txn = txnid, fl[1], fl[2], last
                     else:
                         eng_d, eng_d_slot = txnid, cslot
+                elif e.kind == "flush" and ctx == "txn" and fl is not None and fl[0] and \
+                        fl[0] == meta_field(newest, M_TXNID):
+                    # make_room started a flush of the newest commit (the
+                    # pages held for D grew): F = that commit
+                    e.start, e.why = True, "started in a transaction"
+                    if fl[1] != newest_slot:
+                        problems.append("%r: the flush in flight names slot %d, its commit wrote %d" % (
+                            e, fl[1], newest_slot))
+                    if eng_d is not None and fl[0] <= eng_d:
+                        problems.append("%r: a flush started of txnid %d, durable already" % (e, fl[0]))
+                    bg, prot_bg, flushed_bg = last_sync, protected, flushed
+                    eng_f, eng_f_slot, eng_f_bytes, eng_f_txn = fl[0], fl[1], fl[2], last
                 elif e.kind == "flush":
                     t = meta_field(newest, M_TXNID)
                     if eng_d is not None and t <= eng_d:
@@ -706,9 +719,11 @@ def run_plan(sync, seed, commits):
     rng = random.Random("powerloss-plan:%s:%s:%d" % (sync, seed, commits))
     plan = dict(after={}, before={}, workload={}, sync_interval=None, shape="sync")
     # the engine's flushes inline (kvm_set_flush_mode): their end taken up
-    # 1 to 3 write transactions after their start (its own generator, so
-    # the rest of the plan does not depend on it)
-    plan["flush_mode"] = random.Random("powerloss-flush:%s:%s:%d" % (sync, seed, commits)).randint(1, 3)
+    # at the 1st to 4th write transaction's begin after their start (k = 1:
+    # the next one, no commit in between), by the batch and configuration
+    # (plan(): the seed's last digit and the one before), so that every
+    # configuration has a batch with commits beside a flush in flight
+    plan["flush_mode"] = 1 + (seed % 10 + 2 * (seed // 10 % 10) + 1) % 4
     if sync:
         # a small sync_bytes (pages-first commits) in every other batch,
         # alternating over batches and configurations (plan(): the seed's last
@@ -783,11 +798,12 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
     sync=False commit makes no fdatasync of its own, but starts a flush of
     itself ("commit" too, its meta with the no-sync flag: the fdatasync
     right after it, flush.c) when no flush is in flight and the bytes
-    unsynced after it reach sync_bytes, when sync_interval has passed since
-    the last flush (a planned sleep makes sure, unless a flush's end was
-    taken up in the transaction; without one, only allowed), or when the
-    pages held for the durable commit are large (only allowed: at least
-    half of FLUSH_MIN_BYTES unsynced).  The bytes unsynced before a commit
+    unsynced after it reach sync_bytes, or when sync_interval has passed
+    since the last flush (a planned sleep makes sure, unless a flush's end
+    was taken up in the transaction; without one, only allowed).  (A flush
+    make_room starts in a transaction, of the commit before, for the pages
+    held for the durable commit, is a "flush" too.)  The bytes unsynced
+    before a commit
     are those db.stats() said before its transaction, less what a flush
     whose end the transaction took up made durable, if it made the
     engine's durable commit newer (all of them after a "flush" in it).  A
@@ -818,7 +834,7 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
             if e.takeup is not None:
                 unsynced = max(0, unsynced - e.takeup)
                 reset = True
-            if e.kind == "flush":
+            if e.kind == "flush" and not e.start:
                 unsynced, reset = 0, True
             if e is me:
                 break
@@ -838,11 +854,10 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
             fits = not (sync or how == "syncing" or big or twice)
             due = after >= limit
             if me.start:
-                why = ("sync_bytes" if due else "interval" if how == "sleep" or plan["sync_interval"]
-                       else "held pages")
+                why = "sync_bytes" if due else "interval"
                 ok = fits and own == ["commit"] and not me.inflight and (
-                    due or how == "sleep" or plan["sync_interval"] or after >= FLUSH_MIN_BYTES // 2)
-                if ok and why == "interval" and how != "sleep":
+                    due or how == "sleep" or plan["sync_interval"])
+                if ok and not due and how != "sleep":
                     unplanned.append(i)
             else:
                 why = None
@@ -896,8 +911,9 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None, flush_mo
     txnid_of = {}                   # workload txn -> engine txnid after it
     lib.kvm_set_sync_hook(cb)
     # the flush's fdatasync in this thread, at its start (so the hook sees
-    # every write in order), its end taken up k write transactions later
-    # (native/flush.c); process-wide, so set here, before the open
+    # every write in order), its end taken up at the k-th write
+    # transaction's begin (native/flush.c); process-wide, so set here,
+    # before the open
     lib.kvm_set_flush_mode(plan["flush_mode"])
     try:
         db = kvmap.open(path, **kw)
@@ -1620,7 +1636,7 @@ def summarize(results):
         lines += ["  (%d commits flushed by sync_interval without a planned sleep: the first after an open,"
                   " or a slow machine)" % unplanned]
     if flight:
-        lines += ["", "flushes in flight (sync=False; their end taken up k write transactions later, "
+        lines += ["", "flushes in flight (sync=False; their end taken up at the k-th write transaction's begin, "
                       "k the run's flush mode):"]
         lines += ["  %-44s %6d" % (k, v) for k, v in sorted(flight.items())]
     lines += ["", "simulator problems (broken write-protocol rules): %d" % len(problems)]
@@ -1656,7 +1672,7 @@ def main(argv=None):
     ap.add_argument("--image", type=int, help="replay one image of the run (--config, --seed, ...)")
     ap.add_argument("--flush-mode", type=int,
                     help="with --image: the write transactions after which the engine takes up a flush's end "
-                         "(default: the run's plan, 1 to 3 by the seed)")
+                         "(default: the run's plan, 1 to 4 by the seed)")
     ap.add_argument("--keep", help="with --image: write the image to this file too")
     ap.add_argument("--batch", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
