@@ -428,6 +428,7 @@ def test_valid_database_matches_engine(tmp_path, page_size, snapshot):
         assert rep.meta_used == st["meta_slot"]
         assert 0.2 < s["fill_factor"] <= 1.0
         assert sum(s["pages_by_type"].values()) == st["pages"]
+        assert s["pages_by_type"]["meta"] == META_PAGES
         assert s["pages_by_type"].get("overflow", 0) >= 20 * -(-9000 // (page_size - 32))
     if snapshot:
         assert st["pending_pages"] > 0
