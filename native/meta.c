@@ -429,13 +429,6 @@ int load_meta(kvm_env *e, uint32_t want_ps)
     }
     if (last)
         return last;
-    /* Creation's metas (txnid 0 or 1) describe a file of META_PAGES pages
-    ** at most, and one of them may sit in a slot no commit has used yet:
-    ** taken while another slot is not valid and the file is longer, it
-    ** would open a database whose newer metas are damaged as empty. */
-    if (s[use].txnid <= 1 && nvalid < (int)META_PAGES && e->file_size > (uint64_t)META_PAGES * psize)
-        return kvm_err(KVM_CORRUPT, "%s: no valid meta page but creation's, and the file holds more pages "
-                                    "(meta 0: %s; meta 1: %s; meta 2: %s)", e->path, why[0], why[1], why[2]);
     e->sh->st = s[use];
     e->sh->meta_slot = use;
     e->meta_fallback = fallback;

@@ -210,27 +210,6 @@ def test_a_flush_whose_process_died_is_dropped(tmp_path):
     assert kvmap.check(path).ok
 
 
-def test_a_creation_meta_never_stands_for_damaged_newer_ones(tmp_path):
-    """With sync=True the commits take turns between two slots, so the third
-    keeps creation's empty meta.  If the other two are damaged, that meta
-    must not open the file as an empty database (a writer would reuse its
-    pages): open raises CorruptionError, as it did with two slots."""
-    path = str(tmp_path / "db")
-    with kvmap.open(path) as db:
-        for i in range(20):
-            db[b"k%02d" % i] = b"v" * 300
-    assert sorted(meta_txnids(path))[0] == 0          # one slot never used since creation
-    with open(path, "r+b") as f:
-        for slot, txnid in enumerate(meta_txnids(path)):
-            if txnid:
-                f.seek(slot * PS + 100)
-                f.write(b"\xff" * 8)                  # checksum fails
-    with pytest.raises(kvmap.CorruptionError, match="creation"):
-        kvmap.open(path)
-    with pytest.raises(kvmap.CorruptionError):
-        kvmap.open(path, readonly=True)
-
-
 def test_an_aborted_growth_of_a_new_file_still_opens(tmp_path):
     """A new file grown by a transaction that never committed holds only
     creation's metas and is longer than them: that is no damage."""
