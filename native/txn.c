@@ -529,18 +529,19 @@ static void now_durable(kvm_env *e, uint64_t txnid, int slot)
 /* The meta slot a commit writes: neither the durable commit's (what a
 ** power loss falls back to) nor that of a flush in flight (what it makes
 ** durable); the newest commit's when it is neither, so the commits
-** between two flushes share one slot, else the next one after it.  Taking
-** the slots in turn leaves no meta in any of them much older than the
-** durable commit (a creation meta is gone by the second flush).  Under
-** the durable lock. */
+** between two flushes share one slot, else the next one below it (2
+** after 0).  Taking the slots in turn leaves no meta in any of them much
+** older than the durable commit (a creation meta is gone by the second
+** flush); going down, the first commit takes slot 0 (FORMAT.md §8).
+** Under the durable lock. */
 int commit_slot(kvm_env *e)
 {
     int d = e->sh->durable_slot, f = flush_in_flight(e) ? e->sh->flush_slot : -1, m = e->sh->meta_slot;
     if (m != d && m != f)
         return m;
-    int slot = (m + 1) % (int)META_PAGES;
+    int slot = (m + (int)META_PAGES - 1) % (int)META_PAGES;
     while (slot == d || slot == f)
-        slot = (slot + 1) % (int)META_PAGES;
+        slot = (slot + (int)META_PAGES - 1) % (int)META_PAGES;
     return slot;
 }
 

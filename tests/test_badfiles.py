@@ -609,7 +609,7 @@ os.wait()
 with open(p, "rb") as f:
     data = f.read()
 metas = [struct.unpack_from("<QQ", data, s * 4096 + 16)[0:1] + struct.unpack_from("<Q", data, s * 4096 + 96)
-         + struct.unpack_from("<Q", data, s * 4096 + 64) for s in (0, 1)]
+         + struct.unpack_from("<Q", data, s * 4096 + 64) for s in range(3)]
 newest_txnid, _, record = max(metas)      # (txnid, durable, record): a sealed copy sorts first
 assert newest_txnid == txnid + 1 and record
 with open(p, "r+b") as f:                  # the commit record's write never reached the disk

@@ -844,21 +844,21 @@ def test_nosync_commit_lost_follows_the_engine(tmp_path):
 
 
 def test_every_meta_bad(copy, capsys):
-    """No meta page is valid: the file cannot be checked.  With only the
-    metas of its commits bad (a file whose commits never used the third
-    slot keeps the creation's meta there, txnid 0), the check reads that
-    one: an empty tree beside two damaged metas, not a sound file."""
+    """No meta page is valid: the file cannot be checked.  With the two
+    newest metas bad, the check reads the third (an older commit: the
+    commits take the slots in turn) and reports the two damaged ones."""
     p = copy()
-    assert struct.unpack_from("<Q", open(p, "rb").read(3 * 4096), 2 * 4096 + 16)[0] == 0
+    L = _Layout(p)
+    newest, oldest = L.order[:2], L.order[2]
     with open(p, "r+b") as f:
-        f.write(bytes(128))
-        f.seek(4096)
-        f.write(b"\xff" * 128)
+        for s, junk in zip(newest, (bytes(128), b"\xff" * 128)):
+            f.seek(s * 4096)
+            f.write(junk)
     rep = check(p)
-    assert _kinds(rep) == {("meta-damaged", 0), ("meta-damaged", 1)} and rep.meta_used == 2
+    assert _kinds(rep) == {("meta-damaged", s) for s in newest} and rep.meta_used == oldest
     assert _cli(p) == 1
     with open(p, "r+b") as f:
-        f.seek(2 * 4096)
+        f.seek(oldest * 4096)
         f.write(b"\xfe" * 128)
     with pytest.raises(CheckUnreadable, match="no valid meta"):
         check(p)
@@ -1307,7 +1307,8 @@ def test_commit_not_verified_falls_back(crashed, base, tmp_path, damage):
     edge paths, or the record page itself) is what a power loss before the
     commit's flush leaves: the engine opens the durable commit's meta, and
     so does the checker (a note, no problem).  With that other meta damaged
-    too, the engine refuses the file, and the checker says so."""
+    too (every other slot), the engine refuses the file, and the checker
+    says so."""
     p = tmp_path / "image.kv"
     shutil.copyfile(crashed[0], p)
     L = _Layout(p)
@@ -1333,12 +1334,13 @@ def test_commit_not_verified_falls_back(crashed, base, tmp_path, damage):
         assert dict(db.items()) == base_items
     # salvage takes the newest commit's tree, whose damaged page loses its value
     assert_salvaged(p, tmp_path, crashed[1], {pg}, L)
-    off = L.other_slot * L.ps
-    L.data[off:off + 128] = bytes(128)
+    fallbacks = [s for s in range(META_PAGES) if s != L.slot]   # every meta open could fall back to
+    for s in fallbacks:
+        L.data[s * L.ps:s * L.ps + 128] = bytes(128)
     L.save(p)
     rep = check(p)
     assert ("meta-unusable", L.slot) in _kinds(rep)
-    assert ("meta-damaged", L.other_slot) in _kinds(rep)
+    assert all(("meta-damaged", s) in _kinds(rep) for s in fallbacks)
     msg = [x.message for x in rep.problems if x.kind == "meta-unusable"][0]
     assert "refuses to open" in msg and f"page {pg}" in msg
     assert _cli(p) == 1

@@ -37,7 +37,8 @@ At every look it also reads the flush in flight from the lock file
 Format version 3 has three meta slots, pages 0, 1 and 2: creation writes
 txnids 0, 1 (durable) and 0.  A commit writes its meta to a slot that holds
 neither the durable commit D nor the commit F a flush in flight makes
-durable: the newest commit's when it is neither, else the lowest other.
+durable: the newest commit's when it is neither, else the next one below it
+(2 after 0).
 
 A commit's sync points (txn.c): with ``sync=True`` one, "commit", after its
 meta (its pages, record and meta since the last sync); a commit larger than
@@ -49,12 +50,12 @@ flag) when it is made with the handle's sync switched on for once
 (``db._sync``) or when the bytes unsynced before it plus its own reach
 2 x ``sync_bytes`` ("2 x sync_bytes"); pages-first as above.  Any other
 commit does not wait for the disk: when no flush is in flight and the bytes
-unsynced reach ``sync_bytes`` or ``sync_interval`` has passed since the
-last flush, it *starts a flush of itself* (flush.c), F = that commit; else
-its writes form an "ack" event.  A transaction that needs pages while the
-pages held for D have grown (make_room) starts a flush of the newest commit
-too ("flush", "started in a transaction"; past twice that bar it flushes
-and waits instead: "flush", "in a transaction").  The recording runs a
+unsynced reach ``sync_bytes``, ``sync_interval`` has passed since the last
+flush, or the pages held for D have grown ("held pages"), it *starts a
+flush of itself* (flush.c), F = that commit; else its writes form an "ack"
+event.  A transaction that needs pages while the pages held for D have
+grown twice as far (make_room) takes up its own flush's end, or flushes and
+waits ("flush", "in a transaction").  The recording runs a
 flush's fdatasync inline, in the thread that starts it
 (``kvm_set_flush_mode(k)``, k of 1 to 4 by the seed, ``plan["flush_mode"]``):
 a sync point right after the commit's publication -- a "commit" point whose
@@ -194,6 +195,7 @@ import crashkit  # noqa: E402
 SECTOR = 512
 META_SIZE = 128
 META_PAGES = 3                  # meta slots: pages 0, 1 and 2 (native/format.h)
+FLUSH_MIN_BYTES = 512 << 10     # txn.c: a commit's flush for the pages held starts at half of it
 M_TXNID, M_FLAGS, M_HWM, M_RECORD, M_DURABLE = 16, 36, 48, 64, 96     # meta fields (native/format.h)
 M_FLAGS_NOSYNC = 1              # a sync=False commit's meta that did not sync itself
 IMAGE_TIMEOUT = 60          # seconds per image before it counts as a hang
@@ -640,18 +642,6 @@ def annotate(events, spp, problems, scratch=None, reuse=True, flush_mode=None):
                         eng_f, eng_f_slot, eng_f_bytes, eng_f_txn = txnid, fl[1], fl[2], last
                     else:
                         eng_d, eng_d_slot = txnid, cslot
-                elif e.kind == "flush" and ctx == "txn" and fl is not None and fl[0] and \
-                        fl[0] == meta_field(newest, M_TXNID):
-                    # make_room started a flush of the newest commit (the
-                    # pages held for D grew): F = that commit
-                    e.start, e.why = True, "started in a transaction"
-                    if fl[1] != newest_slot:
-                        problems.append("%r: the flush in flight names slot %d, its commit wrote %d" % (
-                            e, fl[1], newest_slot))
-                    if eng_d is not None and fl[0] <= eng_d:
-                        problems.append("%r: a flush started of txnid %d, durable already" % (e, fl[0]))
-                    bg, prot_bg, flushed_bg = last_sync, protected, flushed
-                    eng_f, eng_f_slot, eng_f_bytes, eng_f_txn = fl[0], fl[1], fl[2], last
                 elif e.kind == "flush":
                     t = meta_field(newest, M_TXNID)
                     if eng_d is not None and t <= eng_d:
@@ -798,12 +788,11 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
     sync=False commit makes no fdatasync of its own, but starts a flush of
     itself ("commit" too, its meta with the no-sync flag: the fdatasync
     right after it, flush.c) when no flush is in flight and the bytes
-    unsynced after it reach sync_bytes, or when sync_interval has passed
-    since the last flush (a planned sleep makes sure, unless a flush's end
-    was taken up in the transaction; without one, only allowed).  (A flush
-    make_room starts in a transaction, of the commit before, for the pages
-    held for the durable commit, is a "flush" too.)  The bytes unsynced
-    before a commit
+    unsynced after it reach sync_bytes, when sync_interval has passed since
+    the last flush (a planned sleep makes sure, unless a flush's end was
+    taken up in the transaction; without one, only allowed), or when the
+    pages held for the durable commit are large (only allowed: at least
+    half of FLUSH_MIN_BYTES unsynced).  The bytes unsynced before a commit
     are those db.stats() said before its transaction, less what a flush
     whose end the transaction took up made durable, if it made the
     engine's durable commit newer (all of them after a "flush" in it).  A
@@ -834,7 +823,7 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
             if e.takeup is not None:
                 unsynced = max(0, unsynced - e.takeup)
                 reset = True
-            if e.kind == "flush" and not e.start:
+            if e.kind == "flush":
                 unsynced, reset = 0, True
             if e is me:
                 break
@@ -854,10 +843,11 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
             fits = not (sync or how == "syncing" or big or twice)
             due = after >= limit
             if me.start:
-                why = "sync_bytes" if due else "interval"
+                why = ("sync_bytes" if due else "interval" if how == "sleep" or plan["sync_interval"]
+                       else "held pages")
                 ok = fits and own == ["commit"] and not me.inflight and (
-                    due or how == "sleep" or plan["sync_interval"])
-                if ok and not due and how != "sleep":
+                    due or how == "sleep" or plan["sync_interval"] or after >= FLUSH_MIN_BYTES // 2)
+                if ok and why == "interval" and how != "sleep":
                     unplanned.append(i)
             else:
                 why = None
