@@ -136,19 +136,21 @@ static void held_pages(kvm_env *e, uint64_t *held, uint64_t *in_use)
 ** eighth of the pages in use and at least FLUSH_MIN_BYTES: a churning
 ** database's file stays within about 1.5 times its data, a small one
 ** flushes at most once per FLUSH_MIN_BYTES held, and a growing one grows.
-** A commit starts a background flush at half that bar (flush_due), so by
-** the time a transaction reaches it the flush has mostly ended: this
-** handle's flush in flight is waited for and taken up first, and only
-** without one does the transaction flush itself.  Called when a write
+** A commit starts a background flush at half that bar once the free pages
+** the file has are fewer than those held (flush_due), so by the time a
+** transaction reaches the bar the flush has mostly ended: this handle's
+** flush in flight is waited for and taken up first, and only without one
+** does the transaction flush itself.  Called when a write
 ** transaction begins (for its commit's free-space pages) and before its
 ** pool takes pages. */
 #define FLUSH_MIN_BYTES (512u << 10)
 
-static int hold_due(kvm_env *e, unsigned divisor, uint64_t min_bytes)
+/* The pages held, when they are 1/divisor of those in use and min_bytes; else 0. */
+static uint64_t held_due(kvm_env *e, unsigned divisor, uint64_t min_bytes)
 {
     uint64_t held, in_use;
     held_pages(e, &held, &in_use);
-    return held >= in_use / divisor && held * e->psize >= min_bytes;
+    return held >= in_use / divisor && held * e->psize >= min_bytes ? held : 0;
 }
 
 static int make_room(kvm_env *e, uint64_t want)
@@ -160,7 +162,7 @@ static int make_room(kvm_env *e, uint64_t want)
     int rc = reclaim_precise(e);
     if (rc || space_room(sp, e->file_size / e->psize) >= want)
         return rc;
-    if (!hold_due(e, 8, FLUSH_MIN_BYTES))
+    if (!held_due(e, 8, FLUSH_MIN_BYTES))
         return 0;
     if (flush_in_flight(e) && e->sh->flush_handle == e->handle) {
         flush_wait_own(e);
@@ -179,16 +181,23 @@ static int make_room(kvm_env *e, uint64_t want)
 
 /* After a sync=False commit s, under the durable lock: start a flush of it
 ** in the background (flush.c) when sync_bytes are unsynced, sync_interval
-** has passed, or the pages held reach half of make_room's bar.  One flush
-** at a time. */
+** has passed, or the pages held reach half of make_room's bar while the
+** file has fewer free pages than that left (a file with room to spare
+** does not flush for it).  One flush at a time. */
 static void flush_due(kvm_env *e, const kvm_state *s)
 {
     kvm_shared *sh = e->sh;
     if (flush_in_flight(e) || s->txnid <= sh->durable || e->failed)
         return;
+    /* the pages held are about those written since the flush (each page
+    ** freed since then was written before, or is written again): the room
+    ** is compared with those first, to count the pages held (a walk of the
+    ** commits since) only once the room is short */
+    uint64_t held, room = space_room(e->space, e->file_size / e->psize);
     if (sh->unsynced_bytes >= e->sync_bytes ||
         (e->sync_interval_ns && now_ns() - sh->last_flush_ns >= e->sync_interval_ns) ||
-        (sh->unsynced_bytes >= FLUSH_MIN_BYTES / 2 && hold_due(e, 16, FLUSH_MIN_BYTES / 2)))
+        (sh->unsynced_bytes >= FLUSH_MIN_BYTES / 2 && room < sh->unsynced_bytes / e->psize &&
+         (held = held_due(e, 16, FLUSH_MIN_BYTES / 2)) && room < held))
         flush_start(e, s->txnid, sh->meta_slot, sh->unsynced_bytes);
 }
 
