@@ -317,9 +317,9 @@ def test_a_flush_in_flight():
     the images taken in such a window -- the flush completed, or, as a
     flush in the background may not have, not -- all verify; commits start
     flushes for the pages held (seed 7513), and with 512 KiB values churned
-    a transaction flushes and waits to reuse pages (seed 1508; make_room,
+    a transaction flushes and waits to reuse pages (seed 1568; make_room,
     after taking up its own flush's end)."""
-    runs = [(7513, 3, "commit/held pages"), (1508, 2, "flush/in a transaction")]
+    runs = [(7513, 3, "commit/held pages"), (1568, 2, "flush/in a transaction")]
     rc, out, err = run_python(FLIGHT, args=dict(tools=os.path.join(REPO_ROOT, "tools"), runs=runs), timeout=300)
     assert_child_ok(rc, out, err, marker="FLIGHT-OK")
 
