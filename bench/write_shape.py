@@ -15,10 +15,11 @@ C would build its iovecs for free.  Four measurements:
            contiguous runs, into a file grown with posix_fallocate as kvmap
            grows it, in each shape, then fdatasync: time and system calls.
 2. small   Small commits of 3-5 pages (one run, two runs, or scattered) plus
-           the 128-byte meta write at offset 0 or 4096, with an fdatasync
-           after the pages and after the meta (sync=True) or none
-           (sync=False): us per commit, one pwrite per page against one
-           pwritev per run.
+           the 128-byte meta write, with an fdatasync after the pages and
+           after the meta (sync=True: the metas alternate between offsets 0
+           and 4096) or none (sync=False: the commits between two flushes
+           share one meta slot): us per commit, one pwrite per page against
+           one pwritev per run.
 3. folios  The large-folio effect.  A 64 MiB fallocated file whose first
            48 MiB were written in one of the shapes or by 1 MiB pwrites, or
            written page by page and evicted from the page cache ("cold", a
@@ -59,6 +60,7 @@ import time
 
 PAGE = 4096
 META = 128
+META_PAGES = 3                  # kvmap's meta pages 0, 1 and 2: the others from page 3
 MIB = 1 << 20
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 
@@ -219,9 +221,10 @@ def execute(fd, calls):
 # ----------------------------------------------------------- 1. bulk commits
 
 def bulk_layout(rng, npages):
-    """Pages of a bulk-load commit, from page 2: runs of 64-512 pages (1-8 for
-    one run in ten: pages reused from the free list), 1-3 pages apart."""
-    pages, p = [], 2
+    """Pages of a bulk-load commit, from the first after the metas: runs of
+    64-512 pages (1-8 for one run in ten: pages reused from the free list),
+    1-3 pages apart."""
+    pages, p = [], META_PAGES
     while len(pages) < npages:
         n = rng.randint(1, 8) if rng.random() < 0.1 else rng.randint(64, 512)
         n = min(n, npages - len(pages))
@@ -264,23 +267,26 @@ def measure_bulk(d, rng, rounds, counters, views):
 def small_commit_pages(rng, pattern):
     """3-5 ascending pages among the lowest SMALL_LOW data pages."""
     k = rng.randint(3, 5)
+    lo = META_PAGES
     if pattern == "one run":
-        s = rng.randrange(2, 2 + SMALL_LOW - k)
+        s = rng.randrange(lo, lo + SMALL_LOW - k)
         return list(range(s, s + k))
     if pattern == "two runs":
         a = rng.randint(1, k - 1)
-        s1 = rng.randrange(2, SMALL_LOW // 2 - a)
-        s2 = rng.randrange(2 + SMALL_LOW // 2, 2 + SMALL_LOW - (k - a))
+        s1 = rng.randrange(lo, SMALL_LOW // 2 - a)
+        s2 = rng.randrange(lo + SMALL_LOW // 2, lo + SMALL_LOW - (k - a))
         return list(range(s1, s1 + a)) + list(range(s2, s2 + k - a))
-    return sorted(rng.sample(range(2, 2 + SMALL_LOW, 2), k))     # none adjacent
+    return sorted(rng.sample(range(lo, lo + SMALL_LOW, 2), k))     # none adjacent
 
 
 def commit(fd, calls, sync, txnid, meta):
-    """kvmap's commit: the pages, (fdatasync), the meta page, (fdatasync)."""
+    """kvmap's commit: the pages, (fdatasync), the meta page, (fdatasync).
+    The meta goes to a slot other than the durable commit's: with sync=True
+    slots 0 and 1 in turn; with sync=False (no flush here) one slot."""
     n = execute(fd, calls)
     if sync:
         os.fdatasync(fd)
-    if os.pwrite(fd, meta, (txnid & 1) * PAGE) != META:
+    if os.pwrite(fd, meta, (txnid & 1 if sync else 0) * PAGE) != META:
         raise OSError("short meta write")
     if sync:
         os.fdatasync(fd)
@@ -380,7 +386,7 @@ def folio_scenario(d, rng, scenario, counters, pool, views):
     holes = rng.sample(range(written, FOLIO_FILE // PAGE), FOLIO_COMMITS)
     read_at = [[rng.randrange(written) * PAGE for _ in range(FOLIO_READS)]
                for _ in range(FOLIO_COMMITS)]
-    targets = [(rng.randrange(2, written), rng.randrange(2, written))
+    targets = [(rng.randrange(META_PAGES, written), rng.randrange(META_PAGES, written))
                for _ in range(FOLIO_COMMITS)]
     rows = []
     with scratch_file(d, FOLIO_FILE) as fd, contextlib.ExitStack() as maps:

@@ -83,6 +83,7 @@ class Stats(TypedDict):
     meta_slot: int
     meta_fallback: bool
     durable_txnid: int
+    flushing_txnid: int | None
     unsynced_bytes: int
     file_size: int
     used_pages: int
@@ -149,14 +150,15 @@ def open(path: PathLike, flag: Literal["r", "w", "c", "n"] | None = None, mode: 
         ``fdatasync`` per commit).  False: commits do not wait for the disk;
         they survive a killed process, and after a power loss the database
         opens to a commit at or after the last flush (README "Durability").
-    :param sync_bytes: with ``sync=False``, flush once this many bytes were
-        written since the last flush (default 64 MiB).  It also bounds what
-        open verifies after a crash: a commit larger than this syncs its
-        pages before its meta.
+    :param sync_bytes: with ``sync=False``, a commit that leaves this many
+        bytes written since the last flush (default 64 MiB) starts a flush
+        in the background and returns; one that leaves twice this many
+        flushes and waits.  It also bounds what open verifies after a crash:
+        a commit larger than four times this syncs its pages before its meta.
     :param sync_interval: with ``sync=False``, a commit made this many
-        seconds after the last flush flushes (default 1.0; None: never).
-        Commits are the only clock: an idle database flushes at the next
-        commit, ``sync()`` or ``close()``.
+        seconds after the last flush starts one in the background (default
+        None: never).  Commits are the only clock: an idle database flushes
+        at the next commit, ``sync()`` or ``close()``.
     :param map_size: bytes of address space reserved for ``growth="reserve"``
         (not memory, not disk); the file cannot grow past it.
     :param cache_size: bytes of page cache of the ``pread`` backend.
@@ -618,7 +620,7 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
 
         * ``pages``: the high-water mark, pages ``[0, pages)`` of the file
           are the database; ``used_pages`` of them are the newest commit's
-          (tree, overflow chains, free-space pages, the two metas);
+          (tree, overflow chains, free-space pages, the three metas);
         * ``free_pages``: reusable now; ``pending_pages``: freed by recent
           commits and not reusable yet (a live snapshot may read them, or,
           with ``sync=False``, the last flushed commit uses them); so
@@ -629,6 +631,11 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
         * ``file_size``; ``allocated_bytes``, the disk the file holds; and
           ``given_back_bytes``, the part of it that is holes: free runs
           punched out of the file (``syscalls["punch"]`` counts the punches).
+
+        Durability: ``durable_txnid``, the newest commit known on disk;
+        ``flushing_txnid``, the commit a background flush (``sync=False``)
+        is making durable, None when none runs; ``unsynced_bytes``, what
+        was written since the last flush.
 
         ``pinned_pages``, ``allocated_bytes`` and ``given_back_bytes`` are
         read from the file (the commit records, ``fstat``): None when that
@@ -658,7 +665,8 @@ class Database(_Closing, _Reads, _Updates, MutableMapping[bytes, bytes]):
         return {
             "entries": st.entries, "depth": st.depth, "page_size": st.page_size, "pages": st.hwm,
             "txnid": st.txnid, "meta_slot": st.meta_slot, "meta_fallback": bool(st.meta_fallback),
-            "durable_txnid": st.durable, "unsynced_bytes": st.unsynced_bytes,
+            "durable_txnid": st.durable, "flushing_txnid": st.flushing or None,
+            "unsynced_bytes": st.unsynced_bytes,
             "file_size": st.file_size,
             "used_pages": st.hwm - st.free_count - st.pending_count,
             "free_pages": st.free_count, "pending_pages": st.pending_count,

@@ -1443,7 +1443,7 @@ static __attribute__((noinline)) void cur_prefetch_next(kvm_cursor *c, int dir)
         return;
     int i = c->idx[l] + dir;
     if (i >= 0 && i < (int)nkeys(q) && !branch_child(t, q, c->pg[l], (unsigned)i, &next) &&
-        next >= 2 && next < t->limit && (next + 1) * t->env->psize <= t->env->map_len)
+        next >= META_PAGES && next < t->limit && (next + 1) * t->env->psize <= t->env->map_len)
         prefetch_page(t->env, t->env->base + next * t->env->psize);
 }
 

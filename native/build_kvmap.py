@@ -15,7 +15,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["os.c", "crc32c.c", "guard.c", "env.c", "lock.c", "meta.c", "readers.c", "map.c", "cache.c", "page.c",
-           "txn.c", "btree.c", "freemap.c", "space.c", "freelist.c", "copy.c", "checkpage.c"]
+           "txn.c", "flush.c", "btree.c", "freemap.c", "space.c", "freelist.c", "copy.c", "checkpage.c"]
 WARNINGS = ["-Wall", "-Wextra", "-std=gnu11"]
 
 

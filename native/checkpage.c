@@ -298,7 +298,7 @@ int64_t ckp_leaves(int fd, const ckp_geometry *g, const uint8_t *branch, const c
         uint8_t *page = buf + k * (size_t)ps;
         uint64_t pgno = cells[cell].page;
         size_t got = 0;
-        if (pgno >= 2 && pgno < g->npages) {
+        if (pgno >= CKP_META_PAGES && pgno < g->npages) {
             int64_t rc = read_at(fd, page, ps, pgno * ps);
             if (rc < 0)
                 return rc;
@@ -329,7 +329,7 @@ int ckp_overflow_chain(int fd, const ckp_geometry *g, uint64_t first, uint64_t p
     for (uint64_t k = 0; k < pieces; k++) {
         out->piece = (uint32_t)k;
         out->page = p;
-        if (p < 2 || p >= g->npages) {
+        if (p < CKP_META_PAGES || p >= g->npages) {
             out->end = CKP_CHAIN_RANGE;
             return 0;
         }
@@ -386,7 +386,7 @@ int ckp_bitmap_claims(const uint8_t *body, size_t len, uint64_t first, uint64_t 
             continue;
         }
         *bit = b;
-        if (b > UINT64_MAX - first || first + b < 2 || first + b >= hwm)
+        if (b > UINT64_MAX - first || first + b < CKP_META_PAGES || first + b >= hwm)
             return CKP_BITS_OUTSIDE;
         uint64_t p = first + b;
         ++*counted;

@@ -31,6 +31,7 @@
 #define CKP_PT_BRANCH      1
 #define CKP_PT_LEAF        2
 #define CKP_PT_OVERFLOW    3
+#define CKP_META_PAGES     3   /* pages below this are meta pages */
 
 /* A page's verdict: what is wrong with it before its cells, in the order
 ** the check tests it (the first that applies). */

@@ -87,7 +87,7 @@ static int read_verified(kvm_env *e, const kvm_state *s, uint64_t pg, size_t n, 
 static int copy_reached(kvm_env *e, const kvm_state *s, kvm_freemap *unreached, int fd, uint8_t *buf)
 {
     size_t chunk = COPY_CHUNK / e->psize ? COPY_CHUNK / e->psize : 1;
-    for (uint64_t pg = kvm_fm_find(unreached, 2, s->hwm, 0); pg < s->hwm;) {
+    for (uint64_t pg = kvm_fm_find(unreached, META_PAGES, s->hwm, 0); pg < s->hwm;) {
         uint64_t end = kvm_fm_find(unreached, pg, s->hwm, 1);
         while (pg < end) {
             /* close() waits for calls in flight: let it in between two reads */
@@ -109,18 +109,18 @@ static int copy_reached(kvm_env *e, const kvm_state *s, kvm_freemap *unreached, 
     return 0;
 }
 
-/* Both meta pages: commit s, durable (so sealed, FORMAT.md §7). */
+/* Every meta page: commit s, durable (so sealed, FORMAT.md §7). */
 static int write_metas(kvm_env *e, const kvm_state *s, int fd)
 {
-    uint8_t *m = calloc(2, e->psize);
+    uint8_t *m = calloc(META_PAGES, e->psize);
     if (!m)
         return kvm_err(KVM_NOMEM, "allocating meta pages");
     kvm_state sealed = *s;
     sealed.durable = sealed.txnid;
     sealed.flags &= ~M_FLAGS_NOSYNC;
-    meta_encode(m, e->psize, &sealed);
-    meta_encode(m + e->psize, e->psize, &sealed);
-    struct iovec iov = {m, 2ull * e->psize};
+    for (unsigned i = 0; i < META_PAGES; i++)
+        meta_encode(m + (size_t)i * e->psize, e->psize, &sealed);
+    struct iovec iov = {m, (size_t)META_PAGES * e->psize};
     int rc = fd_write(fd, &iov, 1, 0, "writing the copy's meta pages");
     free(m);
     return rc;

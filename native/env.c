@@ -197,7 +197,7 @@ int space_open(kvm_env *e)
 static void trim_tail(kvm_env *e)
 {
     uint64_t need = meta_pages_needed(e) * e->psize;
-    if (need >= 2ull * e->psize && need < e->file_size && kvm_sys.ftruncate(e->fd, (off_t)need) == 0)
+    if (need >= (uint64_t)META_PAGES * e->psize && need < e->file_size && kvm_sys.ftruncate(e->fd, (off_t)need) == 0)
         e->file_size = need;
 }
 
@@ -215,6 +215,8 @@ void kvm_env_close(kvm_env *e)
     /* Commits made with sync=False become durable at close, and the newest
     ** meta is sealed (txn.c, env_seal).  Python's close calls kvm_env_sync
     ** first, to report a failure. */
+    if (!forked)
+        flush_stop(e);   /* a background flush ends first (flush.c) */
     int writer = !forked && e->opened && !e->readonly && !e->failed;
     if (writer)
         env_seal(e);
@@ -240,6 +242,8 @@ static void env_free(kvm_env *e)
         pthread_mutex_destroy(&e->durable_lock);
         pthread_mutex_destroy(&e->writer_mutex);
         pthread_mutex_destroy(&e->follow_lock);
+        pthread_mutex_destroy(&e->flush_mutex);
+        pthread_cond_destroy(&e->flush_cond);
     }
     lock_free(e);
     free(e->scratch);
@@ -272,15 +276,18 @@ static int build_region(kvm_env *e, const kvm_options *opt, uint32_t want)
         if (!may_init)
             return kvm_err(KVM_FORMAT, "%s is empty, not a kvmap database", e->path);
         rc = init_file(e, want ? want : KVM_MIN_PAGE);
-    } else if ((rc = load_meta(e, want)) != 0 && (rc == KVM_FORMAT || rc == KVM_CORRUPT)) {
-        /* A file that only an interrupted creation wrote holds nothing. */
+    } else if (((rc = load_meta(e, want)) != 0 && (rc == KVM_FORMAT || rc == KVM_CORRUPT)) ||
+               (!rc && may_init && e->metas_valid < (int)META_PAGES && e->sh->st.txnid <= 1)) {
+        /* A file that only an interrupted creation wrote holds nothing (one
+        ** whose lost meta pages the others stand in for too: a writable open
+        ** finishes the creation, so every slot holds a meta). */
         uint32_t ps = 0;
         int left = creation_leftover(e, want, &ps);
         if (left < 0)
             rc = left;
         else if (left && may_init)
             rc = init_file(e, ps);
-        else if (left)
+        else if (left && rc)
             rc = kvm_err(KVM_FORMAT, "%s holds only an interrupted creation (no data): open it writable "
                                      "to initialise it", e->path);
     }
@@ -317,6 +324,8 @@ int kvm_env_open(const char *path, const kvm_options *opt, kvm_env **out)
     pthread_mutex_init(&e->durable_lock, NULL);
     pthread_mutex_init(&e->writer_mutex, NULL);
     pthread_mutex_init(&e->follow_lock, NULL);
+    pthread_mutex_init(&e->flush_mutex, NULL);
+    pthread_cond_init(&e->flush_cond, NULL);
     e->lock_fd = -1;
     e->sync_bytes = opt->sync_bytes ? opt->sync_bytes : 64ull << 20;
     e->sync_interval_ns = opt->sync_interval_ms * 1000000ull;
@@ -442,6 +451,7 @@ int kvm_env_stat(kvm_env *e, kvm_stat *st)
     st->floor = s.floor;
     st->durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
     st->unsynced_bytes = e->sh->unsynced_bytes;
+    st->flushing = __atomic_load_n(&e->sh->flush_txnid, __ATOMIC_ACQUIRE);
     st->depth = s.depth;
     st->page_size = e->psize;
     st->meta_slot = e->sh->meta_slot;
@@ -537,7 +547,7 @@ int64_t kvm_env_txnid(kvm_env *e)
 int env_read_page(kvm_env *e, uint64_t pgno, uint64_t hwm, int type, char *out)
 {
     uint8_t *p = (uint8_t *)out;
-    if (pgno < 2 || pgno >= hwm)
+    if (pgno < META_PAGES || pgno >= hwm)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range", (unsigned long long)pgno);
     ssize_t n = kvm_sys.pread(e->fd, p, e->psize, (off_t)(pgno * e->psize));
     if (n < 0)

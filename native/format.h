@@ -1,16 +1,17 @@
 /*
-** format.h -- the kvmap file format v2, byte by byte (docs/FORMAT.md has the
+** format.h -- the kvmap file format v3, byte by byte (docs/FORMAT.md has the
 ** full description; this is the summary the code works from).
 **
 ** A database is one file of fixed-size pages (a power of two, 4 KiB to
-** 64 KiB, chosen at creation).  All integers are little-endian.  Pages 0 and
-** 1 are meta pages; every other page starts with the 32-byte page header.
+** 64 KiB, chosen at creation).  All integers are little-endian.  Pages 0, 1
+** and 2 (META_PAGES) are meta pages; every other page starts with the 32-byte
+** page header.
 **
 ** Meta page (only the first META_SIZE bytes are used, the rest is zero):
 **
 **   off  size  field
 **     0     8  magic  "\x89KVM\r\n\x1a\n"
-**     8     4  format version (2)
+**     8     4  format version (3)
 **    12     4  page size in bytes
 **    16     8  txnid of the commit that wrote this meta
 **    24     8  root page of the main tree (0: empty tree)
@@ -89,7 +90,8 @@
 #endif
 
 #define KVM_MAGIC          "\x89KVM\r\n\x1a\n"
-#define KVM_VERSION        2u
+#define KVM_VERSION        3u
+#define META_PAGES         3u   /* meta slots: pages 0, 1 and 2 (FORMAT.md §2, §7) */
 #define KVM_MIN_PAGE       4096u
 #define KVM_MAX_PAGE       65536u
 #define KVM_MAX_DEPTH      32
@@ -146,7 +148,7 @@
 /* The lock file <path>-lock (FORMAT.md §9; lock.c): byte offsets of the
 ** fields an independent reader (kvmap-check) looks at, the fcntl lock bytes,
 ** and the reader slot's packing (txnid << 16 | handle). */
-#define LOCK_MAGIC         0x31306b6c706d766bull   /* "kvmplk01" */
+#define LOCK_MAGIC         0x32306b6c706d766bull   /* "kvmplk02" */
 #define LOCK_HANDLES       1024
 #define LOCK_BYTE_OPEN     0
 #define LOCK_BYTE_WRITER   1
@@ -156,8 +158,9 @@
 #define LOCK_OFF_TXNID     24  /* the newest commit's txnid (the state's first field) */
 #define LOCK_OFF_FILE_ID   152 /* u64 st_dev, u64 st_ino of the database file */
 #define LOCK_OFF_PENDING   168 /* u64: the commit whose meta is being written, 0 when none */
-#define LOCK_OFF_PID       176 /* u32 per handle */
-#define LOCK_OFF_READERS   4272   /* u64 per reader slot */
+#define LOCK_OFF_FLUSH     176 /* u64 flush_txnid, flush_done, flush_bytes; u32 flush_slot, flush_handle */
+#define LOCK_OFF_PID       208 /* u32 per handle */
+#define LOCK_OFF_READERS   4304   /* u64 per reader slot */
 
 #define LEAF_HDR           6   /* u16 klen, u32 vlen */
 #define BRANCH_HDR         10  /* u16 klen, u64 child */

@@ -76,7 +76,7 @@ static int runs_filter(kvm_freemap *fm, uint64_t start, uint64_t count, int in, 
 ** free tail that a later commit trimmed. */
 static int run_in_file(const kvm_env *e, uint64_t start, uint64_t count)
 {
-    return start >= 2 && count >= 1 && start + count > start && start + count <= e->file_size / e->psize;
+    return start >= META_PAGES && count >= 1 && start + count > start && start + count <= e->file_size / e->psize;
 }
 
 /* Add the pages of run (start, count) to fm, those not there already. */
@@ -104,7 +104,7 @@ void record_free(kvm_record *r)
 static int claim_page(kvm_freemap *seen, uint64_t pg)
 {
     uint64_t run[2] = {pg, 1};
-    if (seen && (pg < 2 || kvm_fm_add(seen, run, 1)))
+    if (seen && (pg < META_PAGES || kvm_fm_add(seen, run, 1)))
         return kvm_err(KVM_CORRUPT, "page %llu appears twice in the free space", (unsigned long long)pg);
     return 0;
 }
@@ -212,9 +212,9 @@ static int verify_record(kvm_env *e, const kvm_state *s, kvm_record *r, void *ct
     for (size_t i = 0; i < r->nwritten && !rc; i++) {
         uint64_t w = rd64(rec_written(r, i)), one[2];
         uint32_t crc = rd32(rec_written(r, i) + 8);
-        if (w >= 2 && kvm_fm_runs(v->later, w, w + 1, one, 1))
+        if (w >= META_PAGES && kvm_fm_runs(v->later, w, w + 1, one, 1))
             continue;
-        ssize_t n = w < 2 || w >= s->hwm ? -2 : kvm_sys.pread(e->fd, v->page, e->psize, (off_t)(w * e->psize));
+        ssize_t n = w < META_PAGES || w >= s->hwm ? -2 : kvm_sys.pread(e->fd, v->page, e->psize, (off_t)(w * e->psize));
         if (n == -1)
             rc = kvm_err_sys(KVM_IO, errno, "reading a page");
         else if (n != (ssize_t)e->psize || rd32(v->page + PH_CHECKSUM) != crc || rd64(v->page + PH_PGNO) != w ||
@@ -641,7 +641,7 @@ int freelist_prepare(kvm_txn *t, kvm_space *sp, kvm_state *s, size_t ntree, int 
         rc = sets_reserve(sp);   /* freelist_adopt cannot fail */
     /* which freed pages were written since the last flush (fresh: reusable
     ** early, space.h), and the early releases this record lists */
-    int current = sp->fresh_base == __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE);
+    int current = sp->fresh_base == env_fresh_base(e);
     st->base = sp->fresh_base;
     st->classified = current;
     for (size_t i = 0; i < pl.free_runs.n && !rc; i += 2) {

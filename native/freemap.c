@@ -77,7 +77,7 @@ static int fm_check_runs(kvm_freemap *fm, const uint64_t *runs, size_t nruns, in
 {
     for (size_t i = 0; i < nruns; i++) {
         uint64_t s = runs[2 * i], n = runs[2 * i + 1];
-        if (s < 2 || n == 0 || s + n < s)
+        if (s < META_PAGES || n == 0 || s + n < s)
             return kvm_err(KVM_CORRUPT, "bad free-page run [%llu, +%llu)", (unsigned long long)s,
                            (unsigned long long)n);
         if (!want_set) {
@@ -223,7 +223,7 @@ size_t kvm_fm_take_but(kvm_freemap *fm, const kvm_freemap *but, uint64_t n, uint
 uint64_t kvm_fm_tail(kvm_freemap *fm, uint64_t end)
 {
     uint64_t n = 0;
-    while (end > 2 && end - 1 < fm->nwords * 64 && (fm->w[(end - 1) / 64] >> ((end - 1) % 64) & 1)) {
+    while (end > META_PAGES && end - 1 < fm->nwords * 64 && (fm->w[(end - 1) / 64] >> ((end - 1) % 64) & 1)) {
         end--;
         n++;
     }
@@ -255,7 +255,7 @@ int64_t kvm_fm_decode(kvm_freemap *fm, uint64_t first, uint64_t nbits, const cha
         if (!w)
             continue;
         uint64_t base = first + 64 * i;
-        uint64_t lowbad = base < 2 ? run_mask(0, 2 - base) : 0;
+        uint64_t lowbad = base < META_PAGES ? run_mask(0, META_PAGES - base) : 0;
         uint64_t highbad = base + 64 <= limit ? 0 : (limit <= base ? ~0ull : ~run_mask(0, limit - base));
         if (w & (lowbad | highbad))
             return kvm_err(KVM_CORRUPT, "free-list bitmap lists pages outside the database near page %llu",

@@ -60,11 +60,18 @@ typedef struct kvm_shared {
     uint64_t  unsynced_bytes, last_flush_ns;
     uint32_t  open_flush;        /* the state opened from the file may not be durable:
                                  ** the first write transaction flushes before it builds on it */
-    uint32_t  unused;
+    int32_t   pending_slot;      /* the slot meta_pending's meta is written to */
     uint64_t  file_dev, file_ino;   /* the database file the region is of (st_dev, st_ino) */
     uint64_t  meta_pending;      /* the commit whose meta is being written, not yet published
                                  ** (0: none): a writer that finds it set adopts that commit
                                  ** if its meta made it to the file (meta.c, meta_adopt_pending) */
+    /* a background flush (flush.c): the commit it makes durable (0: none),
+    ** what its thread reports (that txnid once its fdatasync returned,
+    ** FLUSH_FAILED when it failed), the bytes unsynced when it began, the
+    ** meta slot of its commit and the handle whose thread runs it */
+    uint64_t  flush_txnid, flush_done, flush_bytes;
+    int32_t   flush_slot;
+    uint32_t  flush_handle;
     uint32_t  handle_pid[LOCK_HANDLES];   /* the process of each live handle, for people */
     uint64_t  readers[];         /* nreaders slots, then a u32 thread id per slot */
 } kvm_shared;
@@ -122,6 +129,7 @@ struct kvm_env {
     int         writer_depth;    /* holds of the writer lock in this handle */
     pthread_mutex_t follow_lock;    /* the mapping follows another process's growth */
     int         meta_fallback;   /* open passed over the newer valid meta (FORMAT.md §2) */
+    int         metas_valid;     /* how many meta slots load_meta found valid */
     uint64_t    space_txnid;     /* the commit the free space (space) was loaded at or made */
     uint64_t    sync_bytes;      /* flush once this much is unsynced */
     uint64_t    sync_interval_ns;   /* flush at a commit this long after the last flush */
@@ -131,7 +139,19 @@ struct kvm_env {
     kvm_space  *space;           /* writable handles: the free space (space.h) */
     uint64_t    grow_min, grow_max;
     int         grow_lean;       /* the next growth is one grow_min step (txn.c, make_room) */
+    /* the background flush (flush.c): its thread, the commit it is asked to
+    ** make durable (0: none), and the test mode's result and countdown */
+    pthread_mutex_t flush_mutex;
+    pthread_cond_t  flush_cond;
+    pthread_t   flusher;
+    int         flusher_running, flush_stop;
+    uint64_t    flush_asked;
+    uint64_t    inline_done;
+    int         inline_left;
+    int         flush_errno;     /* a background flush failed with it: told once (env_failed) */
 };
+
+#define FLUSH_FAILED UINT64_MAX   /* sh->flush_done: the flush's fdatasync failed */
 
 typedef struct dirty_ent {
     pgno_t   pgno;
@@ -223,6 +243,7 @@ void lock_free(kvm_env *e);
 int  lock_writer(kvm_env *e, int wait);   /* KVM_BUSY: another handle writes (not wait) */
 void unlock_writer(kvm_env *e);
 void lock_sweep(kvm_env *e);
+int  lock_handle_dead(kvm_env *e, uint32_t h);   /* 1: handle h's process is gone */
 void lock_forget_all(void);
 uint32_t this_thread(void);              /* readers.c: the thread id, cached */
 void this_thread_forget(void);           /* a child after fork() */               /* a child after fork(): close the lock descriptors */
@@ -231,7 +252,7 @@ void state_load(kvm_env *e, kvm_state *out);
 void state_publish(kvm_env *e, const kvm_state *s);
 uint64_t env_oldest_reader(kvm_env *e);   /* the oldest snapshot's txnid; UINT64_MAX: none */
 uint64_t env_oldest_other(kvm_env *e, int slot);   /* the same, but for reader slot `slot` */
-int env_live_snapshots(kvm_env *e, u64vec *out);   /* every live snapshot's txnid, ascending, distinct */
+int env_live_snapshots(kvm_env *e, u64vec *out);   /* every live snapshot's txnid and a flush's, ascending, distinct */
 /* map.c */
 int map_open(kvm_env *e, uint64_t map_size);
 int env_follow(kvm_env *e, const kvm_state *s);   /* up to a commit another handle may have made */
@@ -275,6 +296,22 @@ int  txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys
 int  txn_pool_ensure(kvm_txn *t, uint64_t need);   /* at least need pages in the pool */
 int  env_take(kvm_env *e, uint64_t n, u64vec *runs);   /* n pages from the free space, ready to write */
 int  env_flush(kvm_env *e);                        /* every commit so far durable (txn.c) */
+/* flush.c: background flushes of sync=False commits */
+int  flush_in_flight(kvm_env *e);
+int  env_failed(kvm_env *e);                      /* the error of a write refused by a failed handle */
+void flush_start(kvm_env *e, uint64_t txnid, int slot, uint64_t bytes);
+void flush_wait_own(kvm_env *e);
+int  flush_settle(kvm_env *e);                     /* under the writer and durable locks; 1: D moved */
+void flush_stop(kvm_env *e);
+/* the slot a commit writes its meta to: neither the durable commit's nor a flush's */
+int  commit_slot(kvm_env *e);
+/* pages written after this commit are the ones reused early: the durable
+** commit, or the one a flush in flight makes durable */
+static inline uint64_t env_fresh_base(kvm_env *e)
+{
+    uint64_t d = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), f = __atomic_load_n(&e->sh->flush_txnid, __ATOMIC_ACQUIRE);
+    return f > d ? f : d;
+}
 int  env_sync(kvm_env *e, int wait);               /* the same; wait 0: see kvm_env_sync */
 int  writer_follow(kvm_env *e, kvm_state *s);      /* a writer up to the newest commit (txn.c) */
 int  env_seal(kvm_env *e);                         /* and the newest meta sealed durable (close) */

@@ -88,13 +88,14 @@ typedef struct kvm_options {
     uint64_t grow_min;      /* the file grows by half its size, at least grow_min */
     uint64_t grow_max;      /* and at most grow_max bytes (0: 1 MiB and 1 GiB) */
     uint32_t mode;          /* permissions of a file created (under the umask) */
-    uint64_t sync_bytes;    /* sync=False: flush once this many bytes are unsynced (0: 16 MiB) */
+    uint64_t sync_bytes;    /* sync=False: a background flush once this many bytes are unsynced (0: 64 MiB) */
     uint64_t sync_interval_ms;  /* and at a commit this long after the last flush (0: never) */
 } kvm_options;
 
 typedef struct kvm_stat {
     uint64_t txnid, root, entries, hwm, free_index, record;
     uint64_t free_count, pending_count, floor, durable, unsynced_bytes;
+    uint64_t flushing;      /* the commit a background flush makes durable (0: none) */
     uint32_t depth, page_size;
     int      meta_slot, meta_fallback, meta_nosync, failed;
     uint64_t file_size, map_base, map_length, map_reserved;
@@ -258,6 +259,10 @@ void     kvm_fault_clear(void);
 uint64_t kvm_fault_calls(int call);
 uint64_t kvm_fault_failures(int call);
 void     kvm_set_sync_hook(kvm_sync_hook hook);
+/* 0 (default): a sync=False flush runs in a thread of the handle; k > 0:
+** its fdatasync runs at its start, in the committing thread, and it ends k
+** write transactions later (tests that record every write; flush.c) */
+void     kvm_set_flush_mode(int commits);
 /* cdef-end */
 
 /* kvm_txn_commit in two steps, for a caller that releases the GIL between

@@ -51,6 +51,7 @@ _Static_assert(offsetof(kvm_shared, nreaders) == LOCK_OFF_NREADERS, "FORMAT.md �
 _Static_assert(offsetof(kvm_shared, st) == LOCK_OFF_TXNID && offsetof(kvm_state, txnid) == 0, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, file_dev) == LOCK_OFF_FILE_ID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, meta_pending) == LOCK_OFF_PENDING, "FORMAT.md §9");
+_Static_assert(offsetof(kvm_shared, flush_txnid) == LOCK_OFF_FLUSH, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, handle_pid) == LOCK_OFF_PID, "FORMAT.md §9");
 _Static_assert(offsetof(kvm_shared, readers) == LOCK_OFF_READERS, "FORMAT.md §9");
 
@@ -356,4 +357,16 @@ void lock_sweep(kvm_env *e)
             kvm_sys.lock(e->lock_fd, KVM_LK_UNLOCK, LOCK_BYTE_HANDLE + h);
         }
     }
+}
+
+/* 1 when handle h is not alive: its byte can be locked (its process died,
+** or it closed).  This handle's own, and any in a private region, live. */
+int lock_handle_dead(kvm_env *e, uint32_t h)
+{
+    if (e->lock_fd < 0 || h == e->handle || h >= LOCK_HANDLES)
+        return 0;
+    if (kvm_sys.lock(e->lock_fd, KVM_LK_EXCL, LOCK_BYTE_HANDLE + h) != 0)
+        return 0;
+    kvm_sys.lock(e->lock_fd, KVM_LK_UNLOCK, LOCK_BYTE_HANDLE + h);
+    return 1;
 }

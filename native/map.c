@@ -205,7 +205,7 @@ static int env_grow(kvm_env *e, uint64_t pages)
     if (e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     if (pages > UINT64_MAX / e->psize / 2)
         return kvm_err(KVM_DISKFULL, "database size limit reached");
     uint64_t len = pages * e->psize;
@@ -273,7 +273,7 @@ void advise_free(kvm_env *e, const u64vec *runs)
     op_enter(e);
     for (size_t i = 0; i < runs->n; i += 2) {
         uint64_t start = runs->v[i], count = runs->v[i + 1];
-        if (count < ADVISE_MIN_RUN || start < 2 || (start + count) * e->psize > e->map_len)
+        if (count < ADVISE_MIN_RUN || start < META_PAGES || (start + count) * e->psize > e->map_len)
             continue;
         kvm_sys.madvise(e->base + start * e->psize, count * e->psize, MADV_DONTNEED);
     }

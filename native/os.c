@@ -85,6 +85,7 @@ uint64_t kvm_fault_failures(int call)
 }
 
 void kvm_set_sync_hook(kvm_sync_hook hook) { __atomic_store_n(&sync_hook, hook, __ATOMIC_RELEASE); }
+int os_sync_hooked(void) { return __atomic_load_n(&sync_hook, __ATOMIC_ACQUIRE) != NULL; }
 
 #define FAULT(call, failed) \
     do {                        \

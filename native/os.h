@@ -61,4 +61,9 @@ typedef struct kvm_os_counts {
 } kvm_os_counts;
 extern kvm_os_counts kvm_sys_counts;
 
+/* 1 while a sync hook (kvm_set_sync_hook) replaces fdatasync: a Python
+** hook needs the GIL, which a thread of the engine must not wait for
+** (flush.c then flushes in the committing thread). */
+int os_sync_hooked(void);
+
 #endif

@@ -108,7 +108,7 @@ int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
 {
     kvm_env *e = t->env;
     *own = PAGE_COMMITTED;
-    if (pg < 2 || pg >= t->limit)
+    if (pg < META_PAGES || pg >= t->limit)
         return kvm_err(KVM_CORRUPT, "page number %llu out of range (database has %llu pages)",
                        (unsigned long long)pg, (unsigned long long)t->limit);
     if (t->write) {
@@ -146,7 +146,7 @@ int pg_read_own(kvm_txn *t, pgno_t pg, const uint8_t **out, int *own)
 void pg_drop(kvm_txn *t, pgno_t pg, uint64_t n)
 {
     kvm_env *e = t->env;
-    if (e->backend != KVM_BACKEND_MMAP || !n || pg < 2 || (pg + n) * e->psize > e->map_len)
+    if (e->backend != KVM_BACKEND_MMAP || !n || pg < META_PAGES || (pg + n) * e->psize > e->map_len)
         return;
     kvm_sys.madvise(e->base + pg * e->psize, n * e->psize, MADV_DONTNEED);
 }

@@ -211,7 +211,10 @@ static int cmp_txnid(const void *a, const void *b)
 int env_live_snapshots(kvm_env *e, u64vec *out)
 {
     out->n = 0;
-    int rc = 0;
+    /* the commit a flush in flight makes durable is kept as a snapshot's
+    ** state is (flush.c) */
+    uint64_t f = __atomic_load_n(&e->sh->flush_txnid, __ATOMIC_ACQUIRE);
+    int rc = f ? u64_push(out, f) : 0;
     for (uint32_t i = 0; i < e->sh->nreaders && !rc; i++) {
         uint64_t v = __atomic_load_n(&e->sh->readers[i], __ATOMIC_SEQ_CST);
         if (v != READER_FREE)

@@ -176,17 +176,17 @@ static int space_remove(kvm_space *sp, const uint64_t *runs, size_t nruns)
 
 /* ------------------------------------------------------------- release */
 
-/* Forget which pages were written since the flush fresh_base once a newer
-** commit is durable: they are part of the state open may fall back to. */
-static void fresh_rebase(kvm_space *sp, uint64_t durable)
+/* Forget which pages were written since fresh_base once a newer commit is
+** durable or being flushed: they are part of a state open may take. */
+static void fresh_rebase(kvm_space *sp, uint64_t base)
 {
-    if (sp->fresh_base == durable)
+    if (sp->fresh_base == base)
         return;
     kvm_freemap *fm = kvm_fm_new();
     if (fm) {   /* else keep the old set: its pages stay fresh only where base matches */
         kvm_fm_free(sp->fresh);
         sp->fresh = fm;
-        sp->fresh_base = durable;
+        sp->fresh_base = base;
     }
 }
 
@@ -204,15 +204,16 @@ static int release_runs(kvm_space *sp, u64vec *runs, u64vec *released)
 
 /* Make reusable the pages freed by commits F <= min(upto, durable) (upto:
 ** the oldest snapshot), and, early, the fresh pages of commits F <= upto
-** whose classification is still current (no flush since: base == durable);
+** whose classification is still current (written after `base`, the durable
+** commit or the one a flush in flight makes durable: p->base == base);
 ** append their runs to *released (when given, for madvise).  The records
 ** of the commits released are freed by the next commit: until its meta is
 ** on disk, the metas there hold them as their pending lists.  Permanent:
 ** not journaled (the early pages are listed by the next commit's record). */
-int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released)
+int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, uint64_t base, u64vec *released)
 {
     uint64_t all = upto < durable ? upto : durable;
-    fresh_rebase(sp, durable);
+    fresh_rebase(sp, base);
     size_t k = 0;
     int rc = 0;
     for (; k < sp->npending && sp->pending[k].txnid <= all && !rc; k++) {
@@ -227,7 +228,7 @@ int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *releas
     }
     for (size_t i = 0; i < sp->npending && sp->pending[i].txnid <= upto && !rc; i++) {
         pending_set *p = &sp->pending[i];
-        if (!p->fresh.n || p->base != durable)
+        if (!p->fresh.n || p->base != base)
             continue;
         for (size_t j = 0; j < p->fresh.n && !rc; j += 2)
             rc = run_push(&sp->early, p->fresh.v[j], p->fresh.v[j + 1]);
@@ -255,12 +256,13 @@ int space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *releas
     return rc;
 }
 
-/* Pages [pages, n) were written by a commit after the flush `durable`:
-** note them fresh; *added counts those not noted before (what a flush will
-** have to write anew). */
-int space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added)
+/* Pages [pages, n) were written by a commit after `base` (the durable
+** commit, or the one a flush in flight makes durable): note them fresh;
+** *added counts those not noted before (what a flush will have to write
+** anew). */
+int space_written(kvm_space *sp, uint64_t base, const uint64_t *pages, size_t n, uint64_t *added)
 {
-    fresh_rebase(sp, durable);
+    fresh_rebase(sp, base);
     *added = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t run[2] = {pages[i], 1}, one[2];

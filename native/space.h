@@ -179,8 +179,8 @@ typedef struct kvm_space {
 int      space_new(kvm_space **out, uint32_t psize, uint64_t hwm);
 void     space_free(kvm_space *sp);
 uint64_t space_free_count(const kvm_space *sp);
-int      space_release(kvm_space *sp, uint64_t upto, uint64_t durable, u64vec *released);
-int      space_written(kvm_space *sp, uint64_t durable, const uint64_t *pages, size_t n, uint64_t *added);
+int      space_release(kvm_space *sp, uint64_t upto, uint64_t durable, uint64_t base, u64vec *released);
+int      space_written(kvm_space *sp, uint64_t base, const uint64_t *pages, size_t n, uint64_t *added);
 void     space_held(const kvm_space *sp, uint64_t durable, uint64_t upto, uint64_t *pending, uint64_t *records);
 typedef int (*page_writer_fn)(void *ctx, uint64_t pg, uint64_t *writer);
 int      space_reclaim(kvm_space *sp, const u64vec *snaps, uint64_t durable, page_writer_fn writer_of, void *ctx,

@@ -75,7 +75,8 @@ static int txn_end(kvm_txn *t)
 static int reclaim(kvm_env *e)
 {
     u64vec released = {0};
-    int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), &released);
+    int rc = space_release(e->space, env_oldest_reader(e), __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE),
+                           env_fresh_base(e), &released);
     if (!rc && released.n)
         advise_free(e, &released);
     u64_free(&released);
@@ -113,16 +114,44 @@ static int reclaim_precise(kvm_env *e)
     return rc;
 }
 
+/* The pages held for the commits since the last flush -- the pages they
+** freed, which sync=False keeps until a flush, and their records, freed one
+** commit after it (*held) -- and the pages in use (*in_use). */
+static void held_pages(kvm_env *e, uint64_t *held, uint64_t *in_use)
+{
+    kvm_space *sp = e->space;
+    uint64_t free_now = space_free_count(sp), pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
+    space_held(sp, durable, oldest, &pending, &records);
+    pending += space_held_by_durable(sp, durable, oldest);
+    if (oldest != UINT64_MAX) {   /* after a flush, the records newer than a snapshot go too (records_carry) */
+        uint64_t all_pending;
+        space_held(sp, durable, UINT64_MAX, &all_pending, &records);
+    }
+    *held = pending + records;
+    *in_use = sp->hwm - free_now - sp->pending_count - records;
+}
+
 /* Before the file grows for `want` pages, or punched pages are allocated
-** again for them, flush instead when the pages held for the commits since
-** the last flush -- the pages they freed, which sync=False keeps until a
-** flush, and their records, freed one commit after it -- are an eighth of
-** the pages in use and at least FLUSH_MIN_BYTES: a
-** churning database's file stays within about 1.5 times its data, a small
-** one flushes at most once per FLUSH_MIN_BYTES held, and a growing one
-** grows.  Called when a write transaction begins (for its commit's
-** free-space pages) and before its pool takes pages. */
+** again for them, flush instead when the pages held (held_pages) are an
+** eighth of the pages in use and at least FLUSH_MIN_BYTES: a churning
+** database's file stays within about 1.5 times its data, a small one
+** flushes at most once per FLUSH_MIN_BYTES held, and a growing one grows.
+** A commit starts a background flush at half that bar once the free pages
+** the file has are fewer than those held (flush_due), so by the time a
+** transaction reaches the bar the flush has mostly ended: this handle's
+** flush in flight is waited for and taken up first, and only without one
+** does the transaction flush itself.  Called when a write
+** transaction begins (for its commit's free-space pages) and before its
+** pool takes pages. */
 #define FLUSH_MIN_BYTES (512u << 10)
+
+/* The pages held, when they are 1/divisor of those in use and min_bytes; else 0. */
+static uint64_t held_due(kvm_env *e, unsigned divisor, uint64_t min_bytes)
+{
+    uint64_t held, in_use;
+    held_pages(e, &held, &in_use);
+    return held >= in_use / divisor && held * e->psize >= min_bytes ? held : 0;
+}
 
 static int make_room(kvm_env *e, uint64_t want)
 {
@@ -133,21 +162,43 @@ static int make_room(kvm_env *e, uint64_t want)
     int rc = reclaim_precise(e);
     if (rc || space_room(sp, e->file_size / e->psize) >= want)
         return rc;
-    uint64_t free_now = space_free_count(sp), pending, records, durable = __atomic_load_n(&e->sh->durable, __ATOMIC_ACQUIRE), oldest = env_oldest_reader(e);
-    space_held(sp, durable, oldest, &pending, &records);
-    pending += space_held_by_durable(sp, durable, oldest);
-    if (oldest != UINT64_MAX) {   /* after a flush, the records newer than a snapshot go too (records_carry) */
-        uint64_t all_pending;
-        space_held(sp, durable, UINT64_MAX, &all_pending, &records);
-    }
-    uint64_t held = pending + records, in_use = sp->hwm - free_now - sp->pending_count - records;
-    if (held < in_use / 8 || held * e->psize < FLUSH_MIN_BYTES)
+    if (!held_due(e, 8, FLUSH_MIN_BYTES))
         return 0;
+    if (flush_in_flight(e) && e->sh->flush_handle == e->handle) {
+        flush_wait_own(e);
+        pthread_mutex_lock(&e->durable_lock);
+        flush_settle(e);
+        pthread_mutex_unlock(&e->durable_lock);
+        if ((rc = reclaim(e)) || (rc = reclaim_precise(e)) || space_room(sp, e->file_size / e->psize) >= want)
+            return rc;
+    }
     rc = env_flush(e);
     if (!rc && !(rc = reclaim(e)) && !(rc = reclaim_precise(e)))
         /* the records held are freed by the next flush: grow by the least */
         e->grow_lean = space_free_count(sp) < want;
     return rc;
+}
+
+/* After a sync=False commit s, under the durable lock: start a flush of it
+** in the background (flush.c) when sync_bytes are unsynced, sync_interval
+** has passed, or the pages held reach half of make_room's bar while the
+** file has fewer free pages than that left (a file with room to spare
+** does not flush for it).  One flush at a time. */
+static void flush_due(kvm_env *e, const kvm_state *s)
+{
+    kvm_shared *sh = e->sh;
+    if (flush_in_flight(e) || s->txnid <= sh->durable || e->failed)
+        return;
+    /* the pages held are about those written since the flush (each page
+    ** freed since then was written before, or is written again): the room
+    ** is compared with those first, to count the pages held (a walk of the
+    ** commits since) only once the room is short */
+    uint64_t held, room = space_room(e->space, e->file_size / e->psize);
+    if (sh->unsynced_bytes >= e->sync_bytes ||
+        (e->sync_interval_ns && now_ns() - sh->last_flush_ns >= e->sync_interval_ns) ||
+        (sh->unsynced_bytes >= FLUSH_MIN_BYTES / 2 && room < sh->unsynced_bytes / e->psize &&
+         (held = held_due(e, 16, FLUSH_MIN_BYTES / 2)) && room < held))
+        flush_start(e, s->txnid, sh->meta_slot, sh->unsynced_bytes);
 }
 
 /* A write transaction begins where the newest commit is, whichever handle
@@ -161,6 +212,9 @@ int writer_follow(kvm_env *e, kvm_state *s)
     int rc = meta_adopt_pending(e);
     if (rc)
         return rc;
+    pthread_mutex_lock(&e->durable_lock);
+    flush_settle(e);
+    pthread_mutex_unlock(&e->durable_lock);
     state_load(e, s);
     rc = env_follow(e, s);
     if (!rc && e->sh->open_flush && !(rc = env_flush(e)))
@@ -180,7 +234,7 @@ static int txn_begin(kvm_env *e, int write, kvm_txn **out)
     if (write && e->readonly)
         return kvm_err(KVM_READONLY, "database is open read-only");
     if (write && e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     kvm_txn *t = calloc(1, sizeof *t);
     if (!t)
         return kvm_err(KVM_NOMEM, "allocating a transaction");
@@ -286,7 +340,7 @@ static int pool_add(kvm_txn *t, const uint64_t *runs, size_t nruns)
     kvm_env *e = t->env;
     for (size_t r = nruns; r-- > 0;) {
         uint64_t start = runs[2 * r], count = runs[2 * r + 1];
-        if (!t->write || start < 2 || start + count < start || (start + count) * e->psize > e->file_size)
+        if (!t->write || start < META_PAGES || start + count < start || (start + count) * e->psize > e->file_size)
             return kvm_err(KVM_INVALID, "pool pages [%llu, %llu) are not in the file",
                            (unsigned long long)start, (unsigned long long)(start + count));
         for (uint64_t i = count; i-- > 0;) {
@@ -481,6 +535,25 @@ static void now_durable(kvm_env *e, uint64_t txnid, int slot)
     e->sh->last_flush_ns = now_ns();
 }
 
+/* The meta slot a commit writes: neither the durable commit's (what a
+** power loss falls back to) nor that of a flush in flight (what it makes
+** durable); the newest commit's when it is neither, so the commits
+** between two flushes share one slot, else the next one below it (2
+** after 0).  Taking the slots in turn leaves no meta in any of them much
+** older than the durable commit (a creation meta is gone by the second
+** flush); going down, the first commit takes slot 0 (FORMAT.md §8).
+** Under the durable lock. */
+int commit_slot(kvm_env *e)
+{
+    int d = e->sh->durable_slot, f = flush_in_flight(e) ? e->sh->flush_slot : -1, m = e->sh->meta_slot;
+    if (m != d && m != f)
+        return m;
+    int slot = (m + (int)META_PAGES - 1) % (int)META_PAGES;
+    while (slot == d || slot == f)
+        slot = (slot + (int)META_PAGES - 1) % (int)META_PAGES;
+    return slot;
+}
+
 /* Note the pages of a commit that is not durable as written since the last
 ** flush (space.h); the number new to that set is what the next flush has to
 ** write for it (rewriting a fresh page costs the flush nothing more).  On a
@@ -492,7 +565,7 @@ static uint64_t fresh_pages(kvm_env *e, dirty_ent *const *order, size_t n)
     if (pages) {
         for (size_t i = 0; i < n; i++)
             pages[i] = order[i]->pgno;
-        if (space_written(e->space, e->sh->durable, pages, n, &added))
+        if (space_written(e->space, env_fresh_base(e), pages, n, &added))
             added = n;
         free(pages);
     }
@@ -547,7 +620,7 @@ static int txn_commit(kvm_txn *t, int sync)
     if (!t->write)
         return kvm_err(KVM_INVALID, "commit of a read-only transaction");
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc;
     if (t->level && (rc = pg_savepoint_end(t, 1, 0)))   /* a commit releases every savepoint */
         return rc;
@@ -556,15 +629,16 @@ static int txn_commit(kvm_txn *t, int sync)
         txn_end(t);
         return 0;
     }
-    /* How durable (FORMAT.md §7): a sync=True commit, one that leaves
-    ** sync_bytes or more unsynced, or one due by sync_interval flushes once,
-    ** after its meta; a commit larger than 4 * sync_bytes syncs its pages
-    ** before its meta too, so open verifies at most sync_bytes plus one
-    ** commit; otherwise nothing waits for the disk. */
+    /* How durable (FORMAT.md §7): a sync=True commit flushes once, after
+    ** its meta; a commit larger than 4 * sync_bytes syncs its pages before
+    ** its meta too.  A sync=False commit that leaves sync_bytes unsynced or
+    ** is due by sync_interval starts a flush in the background (flush.c)
+    ** and does not wait, unless 2 * sync_bytes are unsynced (a flush cannot
+    ** keep up): then it flushes itself.  So open verifies at most
+    ** 2 * sync_bytes plus one commit. */
     uint64_t bytes = (ntree + 2) * (uint64_t)e->psize;
     int pages_first = bytes > 4 * e->sync_bytes;
-    int flushing = sync || pages_first || e->sh->unsynced_bytes + bytes >= e->sync_bytes ||
-                   (e->sync_interval_ns && now_ns() - e->sh->last_flush_ns >= e->sync_interval_ns);
+    int flushing = sync || pages_first || e->sh->unsynced_bytes + bytes >= 2 * e->sync_bytes;
     kvm_state s = {.txnid = t->txnid, .root = t->root, .entries = t->entries, .depth = t->depth,
                    .flags = flushing ? 0 : M_FLAGS_NOSYNC};
     GUARDED(e, t, rc, freelist_prepare(t, e->space, &s, ntree, pages_first));   /* writemap: pages are mapped */
@@ -584,8 +658,9 @@ static int txn_commit(kvm_txn *t, int sync)
         /* The slot of the newest durable commit stays as it is until a newer
         ** commit is durable: it is what open falls back to. */
         pthread_mutex_lock(&e->durable_lock);
-        int slot = 1 - e->sh->durable_slot;
+        int slot = commit_slot(e);
         s.durable = pages_first ? s.txnid : e->sh->durable;
+        e->sh->pending_slot = slot;
         e->sh->meta_pending = s.txnid;   /* until published: a writer after a death here adopts it */
         rc = write_meta(e, &s, slot);
         if (!rc && flushing)
@@ -614,6 +689,11 @@ static int txn_commit(kvm_txn *t, int sync)
     state_publish(e, &s);
     e->sh->meta_pending = 0;
     e->space_txnid = s.txnid;
+    if (!sync) {
+        pthread_mutex_lock(&e->durable_lock);
+        flush_due(e, &s);
+        pthread_mutex_unlock(&e->durable_lock);
+    }
     pthread_mutex_lock(&e->cache_lock);
     if (e->cache_txnid == s.txnid - 1)   /* the cache has this commit's pages as written */
         e->cache_txnid = s.txnid;
@@ -636,19 +716,23 @@ static int env_durable(kvm_env *e, int seal, int wait)
     if (e->readonly)
         return 0;
     if (e->failed)
-        return kvm_err(KVM_FAILED, "an earlier write or sync failed: reopen the database");
+        return env_failed(e);
     int rc = lock_writer(e, wait);
     if (rc == KVM_BUSY)
         return flush(e, "syncing the database file (the handle refuses writes until reopened)");
     if (rc)
         return rc;
     pthread_mutex_lock(&e->durable_lock);
+    flush_wait_own(e);   /* then it ends here: this flush covers it */
+    flush_settle(e);
     kvm_state s;
     state_load(e, &s);
-    if (s.txnid > e->sh->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
+    if (e->failed)
+        rc = env_failed(e);
+    else if (s.txnid > e->sh->durable && !(rc = flush(e, "syncing the database file (the handle refuses writes until reopened)")))
         now_durable(e, s.txnid, e->sh->meta_slot);
     if (!rc && seal && s.durable < s.txnid && s.txnid >= 2) {
-        int slot = 1 - e->sh->meta_slot;
+        int slot = commit_slot(e);   /* now the newest commit's slot is the durable one */
         s.durable = s.txnid;
         if (!(rc = write_meta(e, &s, slot)) && !(rc = flush(e, "syncing the meta page"))) {
             state_publish(e, &s);

@@ -18,7 +18,7 @@ import kvmap
 from conftest import assert_child_ok, make_value, run_python
 
 PS = 4096
-META_PAGES = (0, 1)  # the two meta pages (see the engine's file format)
+META_PAGES = (0, 1, 2)  # the three meta pages (see the engine's file format)
 
 OPEN_CHILD = r"""
 import hashlib, os
@@ -331,7 +331,7 @@ def test_one_meta_garbled(tmp_path):
     assert max(found) == len(states) - 1, found
 
 
-def test_both_metas_zeroed(tmp_path):
+def test_every_meta_zeroed(tmp_path):
     src = tmp_path / "db"
     build_history_db(src)
     buf = bytearray(src.read_bytes())
@@ -609,7 +609,7 @@ os.wait()
 with open(p, "rb") as f:
     data = f.read()
 metas = [struct.unpack_from("<QQ", data, s * 4096 + 16)[0:1] + struct.unpack_from("<Q", data, s * 4096 + 96)
-         + struct.unpack_from("<Q", data, s * 4096 + 64) for s in (0, 1)]
+         + struct.unpack_from("<Q", data, s * 4096 + 64) for s in range(3)]
 newest_txnid, _, record = max(metas)      # (txnid, durable, record): a sealed copy sorts first
 assert newest_txnid == txnid + 1 and record
 with open(p, "r+b") as f:                  # the commit record's write never reached the disk

@@ -76,24 +76,35 @@ def test_crc_reference(tmp_path):
         assert list(sums) == [SUM_FAILS if i & 1 else SUM_HOLDS for i in range(6)], ps
 
 
+META_PAGES = 3        # meta k at byte k x page size (format version 3)
+
+
 class _Layout:
     """Pages of a kvmap file, found by walking from the meta the engine
-    takes when both are sound (the larger txnid, then the larger durable:
-    a close seals the newest commit durable into the other slot)."""
+    takes when all are sound (the larger txnid, then the larger durable: a
+    close seals the newest commit durable into another slot; then the lower
+    slot).  ``order``: the sound meta slots in that order; ``other_slot``:
+    the one after ``slot`` in it, which the engine takes when ``slot`` is
+    not valid (in a file a crash left: the durable commit it falls back
+    to)."""
 
     def __init__(self, path, meta=None):
         self.data = bytearray(open(path, "rb").read())
+        ps0 = struct.unpack_from("<I", self.data, 12)[0]
         metas = []
-        for slot in (0, 1):
-            off = slot * 4096 if slot == 0 else struct.unpack_from("<I", self.data, 12)[0]
+        for slot in range(META_PAGES):
+            off = slot * ps0
             m = self.data[off:off + 128]
             if m[:8] == b"\x89KVM\r\n\x1a\n" and crc(m[:124]) == struct.unpack_from("<I", m, 124)[0]:
                 txnid, durable = struct.unpack_from("<Q", m, 16)[0], struct.unpack_from("<Q", m, 96)[0]
                 metas.append(((txnid, durable, -slot), slot, off))
+        metas.sort(reverse=True)
+        self.order = [m[1] for m in metas]
         if meta is not None:                    # walk the tree of this meta slot
             metas = [m for m in metas if m[1] == meta]
-        _, self.slot, self.meta_off = max(metas)
-        self.other_slot = 1 - self.slot
+        _, self.slot, self.meta_off = metas[0]
+        later = self.order[self.order.index(self.slot) + 1:]
+        self.other_slot = later[0] if later else None
         f = self.meta_fields()
         self.ps = f["ps"]
         self.hwm = f["hwm"]
@@ -140,10 +151,11 @@ class _Layout:
         self.leaves_with_overflow = set()
         # the free space: the bitmap index, the live records (newest first),
         # the newest one's overrides replacing index entries (version 1's
-        # free list is another format: not read)
+        # free list is another format, version 2's numbers pages from 2: not
+        # read)
         self.index_pages, self.records, index = [], [], []
         self.stale_bitmaps = []     # index entries that the newest record overrides
-        if struct.unpack_from("<I", self.data, self.meta_off + 8)[0] == 1:
+        if struct.unpack_from("<I", self.data, self.meta_off + 8)[0] != 3:
             self.bitmaps = []
             return
         idx = f["free_index"]
@@ -416,6 +428,7 @@ def test_valid_database_matches_engine(tmp_path, page_size, snapshot):
         assert rep.meta_used == st["meta_slot"]
         assert 0.2 < s["fill_factor"] <= 1.0
         assert sum(s["pages_by_type"].values()) == st["pages"]
+        assert s["pages_by_type"]["meta"] == META_PAGES
         assert s["pages_by_type"].get("overflow", 0) >= 20 * -(-9000 // (page_size - 32))
     if snapshot:
         assert st["pending_pages"] > 0
@@ -709,7 +722,7 @@ def test_truncated_at_page_boundary(base, crashed, tmp_path, original, where):
     # deleted key) and, when asked, writes the unproven leaves' entries to a
     # second database, which then holds every entry not on a lost page.
     T = L.meta_fields()["txnid"]
-    assert all(struct.unpack_from("<Q", L.page(pg), 8)[0] < T - 1 for pg in range(2, keep))
+    assert all(struct.unpack_from("<Q", L.page(pg), 8)[0] < T - 1 for pg in range(META_PAGES, keep))
     from kvmap.checker import salvage
     res = salvage(p, tmp_path / "out.kv", unverified=tmp_path / "unverified.kv")
     got = _contents(tmp_path / "out.kv")
@@ -778,23 +791,28 @@ def test_newest_meta_torn(base, copy, tmp_path):
     assert res.meta_used == L.other_slot
 
 
-def test_creation_interrupted(tmp_path):
-    """A crash while a file is created can leave one of its two metas
-    unwritten (zeros): a sound empty database, as the engine opens it."""
+@pytest.mark.parametrize("unwritten", [(0,), (1,), (2,), (0, 2), (1, 2), (0, 1)])
+def test_creation_interrupted(tmp_path, unwritten):
+    """A crash while a file is created can leave some of its three metas
+    unwritten (zeros; txnids 0, 1 and 0 when written): a sound empty
+    database, read from the newest meta written, as the engine opens it."""
     p = str(tmp_path / "new.kv")
     kvmap.open(p).close()
-    for slot in (0, 1):
-        with open(p, "r+b") as f:
-            data = bytearray(f.read())
-            good = bytes(data)
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        assert len(data) == META_PAGES * 4096
+        for slot in unwritten:
             data[slot * 4096:slot * 4096 + 128] = bytes(128)
-            f.seek(0)
-            f.write(data)
-        rep = check(p)
-        assert rep.ok and rep.meta_used == 1 - slot, (slot, rep.problems)
-        assert any("creation was interrupted" in n for n in rep.meta_notes), rep.meta_notes
-        with open(p, "wb") as f:
-            f.write(good)
+        f.seek(0)
+        f.write(data)
+    newest = 1 if 1 not in unwritten else min({0, 2} - set(unwritten))
+    rep = check(p)
+    assert rep.ok and rep.meta_used == newest, (unwritten, rep.problems)
+    for slot in unwritten:
+        assert any(f"meta {slot} unwritten" in n and "creation was interrupted" in n
+                   for n in rep.meta_notes), rep.meta_notes
+    with kvmap.open(p, readonly=True) as db:
+        assert len(db) == 0 and db.stats()["meta_slot"] == newest
 
 
 def test_nosync_commit_lost_follows_the_engine(tmp_path):
@@ -825,12 +843,23 @@ def test_nosync_commit_lost_follows_the_engine(tmp_path):
         assert db[b"k0000"] == b"v" * 50
 
 
-def test_both_metas_bad(copy, capsys):
+def test_every_meta_bad(copy, capsys):
+    """No meta page is valid: the file cannot be checked.  With the two
+    newest metas bad, the check reads the third (an older commit: the
+    commits take the slots in turn) and reports the two damaged ones."""
     p = copy()
+    L = _Layout(p)
+    newest, oldest = L.order[:2], L.order[2]
     with open(p, "r+b") as f:
-        f.write(bytes(128))
-        f.seek(4096)
-        f.write(b"\xff" * 128)
+        for s, junk in zip(newest, (bytes(128), b"\xff" * 128)):
+            f.seek(s * 4096)
+            f.write(junk)
+    rep = check(p)
+    assert _kinds(rep) == {("meta-damaged", s) for s in newest} and rep.meta_used == oldest
+    assert _cli(p) == 1
+    with open(p, "r+b") as f:
+        f.seek(oldest * 4096)
+        f.write(b"\xfe" * 128)
     with pytest.raises(CheckUnreadable, match="no valid meta"):
         check(p)
     assert _cli(p) == 2
@@ -876,7 +905,8 @@ def test_wrong_page_size_in_meta(base, copy, tmp_path, original, which):
     p = copy()
     L = _Layout(p)
     slot = L.slot if which == "newest" else L.other_slot
-    off = 0 if slot == 0 else 4096
+    used = L.other_slot if which == "newest" else L.slot       # the next newest valid meta
+    off = slot * 4096
     struct.pack_into("<I", L.data, off + 12, 8192)
     struct.pack_into("<I", L.data, off + 124, crc(L.data[off:off + 124]))
     L.save(p)
@@ -885,16 +915,16 @@ def test_wrong_page_size_in_meta(base, copy, tmp_path, original, which):
     dmg = [x for x in rep.problems if x.kind == "meta-damaged"]
     assert [x.page for x in dmg] == [slot]
     assert "8192" in dmg[0].message
-    assert rep.meta_used == 1 - slot
+    assert rep.meta_used == used
     assert rep.summary["page_size"] == 4096
     assert _cli(p) == 1
-    # only a meta page is damaged: the other meta's whole tree must come back
+    # only a meta page is damaged: the used meta's whole tree must come back
     if which == "newest":
-        used = _Layout(base[0], meta=1 - slot)
-        res = assert_salvaged(p, tmp_path, used.items, set(), used)
+        old = _Layout(base[0], meta=used)
+        res = assert_salvaged(p, tmp_path, old.items, set(), old)
     else:
         res = assert_salvaged(p, tmp_path, original, set(), L)
-    assert res.meta_used == 1 - slot
+    assert res.meta_used == used
 
 
 def test_hostile_meta_fields(copy, tmp_path, original):
@@ -902,7 +932,7 @@ def test_hostile_meta_fields(copy, tmp_path, original):
     huge allocation."""
     p = copy()
     L = _Layout(p)
-    for slot_off in (0, 4096):
+    for slot_off in range(0, META_PAGES * 4096, 4096):
         struct.pack_into("<Q", L.data, slot_off + 48, (2 ** 64 - 1) // 4096)
         struct.pack_into("<I", L.data, slot_off + 124, crc(L.data[slot_off:slot_off + 124]))
     L.save(p)
@@ -1093,7 +1123,7 @@ def test_salvage_unreadable(copy, tmp_path):
     from kvmap.checker import salvage
     p = copy()
     with open(p, "r+b") as f:
-        f.write(bytes(8192))
+        f.write(bytes(META_PAGES * 4096))
     with pytest.raises(CheckUnreadable):
         salvage(p, tmp_path / "out.kv")
     assert _cli(p, "--salvage", str(tmp_path / "out2.kv")) == 2
@@ -1186,13 +1216,15 @@ def test_freed_runs_longer_than_the_file(copy, original):
     pg = rec["pages"][0]
     off = pg * L.ps + 32 + RECORD_FIXED + 12 * len(rec["written"])   # the first freed run
     for i in range(2):
-        struct.pack_into("<QQ", L.data, off + 16 * i, 2, L.hwm - 2)
+        struct.pack_into("<QQ", L.data, off + 16 * i, META_PAGES, L.hwm - META_PAGES)
     L.fix(pg)
     L.save(p)
     for quick in (False, True):
         rep = check(p, quick=quick, max_errors=10 ** 6)
+        # the first run marks every page but the metas: the second marks
+        # as many as there are meta pages (the file's count), all taken
         assert [(x.kind, x.page) for x in rep.problems if x.kind == "double-reference"] == [
-            ("double-reference", 2), ("double-reference", 3)]
+            ("double-reference", META_PAGES + i) for i in range(META_PAGES)]
         assert {x.kind for x in rep.problems} == {"reachable-and-free", "double-reference", "free-count",
                                                   "pending-count"}
         assert rep.summary["pages_by_type"]["pending"] + sum(
@@ -1275,7 +1307,8 @@ def test_commit_not_verified_falls_back(crashed, base, tmp_path, damage):
     edge paths, or the record page itself) is what a power loss before the
     commit's flush leaves: the engine opens the durable commit's meta, and
     so does the checker (a note, no problem).  With that other meta damaged
-    too, the engine refuses the file, and the checker says so."""
+    too (every other slot), the engine refuses the file, and the checker
+    says so."""
     p = tmp_path / "image.kv"
     shutil.copyfile(crashed[0], p)
     L = _Layout(p)
@@ -1301,17 +1334,95 @@ def test_commit_not_verified_falls_back(crashed, base, tmp_path, damage):
         assert dict(db.items()) == base_items
     # salvage takes the newest commit's tree, whose damaged page loses its value
     assert_salvaged(p, tmp_path, crashed[1], {pg}, L)
-    off = L.other_slot * L.ps
-    L.data[off:off + 128] = bytes(128)
+    fallbacks = [s for s in range(META_PAGES) if s != L.slot]   # every meta open could fall back to
+    for s in fallbacks:
+        L.data[s * L.ps:s * L.ps + 128] = bytes(128)
     L.save(p)
     rep = check(p)
     assert ("meta-unusable", L.slot) in _kinds(rep)
-    assert ("meta-damaged", L.other_slot) in _kinds(rep)
+    assert all(("meta-damaged", s) in _kinds(rep) for s in fallbacks)
     msg = [x.message for x in rep.problems if x.kind == "meta-unusable"][0]
     assert "refuses to open" in msg and f"page {pg}" in msg
     assert _cli(p) == 1
     with pytest.raises(kvmap.CorruptionError):
         kvmap.open(str(p), readonly=True)
+
+
+@pytest.fixture(scope="module")
+def three_commits(tmp_path_factory):
+    """(path, slots): a file a power loss left while sync=False commits ran
+    beside background flushes (in the committing thread, kvm_set_flush_mode:
+    deterministic), when its three metas hold three commits M > O1 > O2
+    (``slots``: theirs) and M names as durable a commit no newer than O2:
+    open may fall back to O1 or to O2."""
+    from kvmap._lib import lib
+    d = tmp_path_factory.mktemp("three")
+    work, image = d / "work.kv", d / "three.kv"
+    lib.kvm_set_flush_mode(2)
+    try:
+        db = kvmap.open(str(work), sync=False, sync_bytes=100_000, sync_interval=None)
+        try:
+            for i in range(30):
+                with db.transaction() as t:
+                    for j in range(40):
+                        t[b"k%02d-%02d" % (i, j)] = bytes([i]) * 1000
+                data = open(work, "rb").read(META_PAGES * 4096)
+                # (txnid, durable) of each slot: every meta is sound, nothing crashed
+                metas = [struct.unpack_from("<Q", data, k * 4096 + 16) + struct.unpack_from(
+                    "<Q", data, k * 4096 + 96) for k in range(META_PAGES)]
+                order = sorted(range(META_PAGES), key=lambda k: (-metas[k][0], -metas[k][1], k))
+                (m_txnid, m_durable), (o1, _), (o2, _) = (metas[k] for k in order)
+                if 2 <= m_durable <= o2 < o1 < m_txnid:
+                    shutil.copyfile(work, image)
+                    return image, order
+        finally:
+            db.close()
+    finally:
+        lib.kvm_set_flush_mode(0)
+    pytest.fail("no three commits in the three slots")
+
+
+def test_fallback_over_three_slots(three_commits, tmp_path):
+    """The newest meta M's commits do not verify: open takes the newest other
+    meta no older than the durable commit M names that passes (FORMAT.md §2,
+    step 4), and so does the checker: O1 when M's page is damaged, O2 when
+    O1's record is damaged too; with O2 gone as well the engine refuses the
+    file, and the checker names both metas that fail."""
+    src, (M, O1, O2) = three_commits
+    p = tmp_path / "image.kv"
+    shutil.copyfile(src, p)
+    L = _Layout(p)
+    assert L.order == [M, O1, O2]
+    t = {k: struct.unpack_from("<Q", L.data, k * L.ps + 16)[0] for k in (M, O1, O2)}
+    written = [w for w, _ in L.records[0]["written"] if w not in L.edge_pages()]
+    L.data[written[0] * L.ps + 100] ^= 1
+    L.save(p)
+
+    def engine():
+        with kvmap.open(str(p), readonly=True) as db:
+            st = db.stats()
+            return st["meta_slot"], st["meta_fallback"], st["txnid"]
+    rep = check(p)
+    assert rep.ok and rep.meta_used == O1, rep.problems
+    assert any(f"meta {M} (txnid {t[M]}" in n and "lost by a crash" in n and f"page {written[0]}" in n
+               and f"using meta {O1}" in n for n in rep.meta_notes), rep.meta_notes
+    assert engine() == (O1, True, t[O1])
+    rec = [r for r in L.records if r["txnid"] == t[O1]][0]["pages"][0]
+    L.data[rec * L.ps + 100] ^= 1
+    L.save(p)
+    rep = check(p)
+    assert rep.ok and rep.meta_used == O2, rep.problems
+    assert any(f"meta {O1} (txnid {t[O1]}) does not pass either" in n and f"using meta {O2}" in n
+               for n in rep.meta_notes), rep.meta_notes
+    assert engine() == (O2, True, t[O2])
+    L.data[O2 * L.ps:O2 * L.ps + 128] = bytes(128)
+    L.save(p)
+    rep = check(p)
+    assert {("meta-damaged", O2), ("meta-unusable", M)} <= _kinds(rep)
+    msg = [x.message for x in rep.problems if x.kind == "meta-unusable"][0]
+    assert f"page {written[0]}" in msg and f"meta {O1} (txnid {t[O1]})" in msg and f"page {rec}" in msg
+    with pytest.raises(kvmap.CorruptionError):
+        engine()
 
 
 def test_edge_path_damage_refused(copy):
@@ -1388,47 +1499,121 @@ def test_pages_released_early(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# version 1 files
+# version 1 and 2 files: two meta pages (0 and 1), the other pages from 2;
+# tree pages and the page header as in version 3
 
 
-def make_v1(src, dst):
-    """A version 1 file with src's tree: both metas rewritten in version 1's
-    layout (version 1 at 8; at 64 free_pending and at 88 pending_floor, 0:
-    no pending list; 96.. reserved, zero), every other page as it is (tree
-    pages and the page header are the same in both versions)."""
-    data = bytearray(open(src, "rb").read())
-    ps = struct.unpack_from("<I", data, 12)[0]
-    for off in (0, ps):
-        struct.pack_into("<I", data, off + 8, 1)
-        struct.pack_into("<Q", data, off + 64, 0)
-        struct.pack_into("<Q", data, off + 80, 0)          # pending_count
-        struct.pack_into("<Q", data, off + 88, 0)
-        data[off + 96:off + 124] = bytes(28)
-        struct.pack_into("<I", data, off + 124, crc(data[off:off + 124]))
-    with open(dst, "wb") as f:
-        f.write(data)
+def _old_meta(version, ps, txnid, root, depth, entries, hwm, record=0, floor=0, durable=0):
+    """A meta page's 128 bytes in version 1's or 2's layout: version 1 has
+    free_index at 56, free_pending at 64, free_count at 72, pending_count at
+    80, pending_floor at 88 and zeros up to the checksum; version 2 has
+    version 3's fields (free_index, record, free_count, pending_count,
+    floor, durable)."""
+    m = bytearray(128)
+    struct.pack_into("<8sIIQQIIQQ", m, 0, b"\x89KVM\r\n\x1a\n", version, ps, txnid, root, depth, 0,
+                     entries, hwm)
+    if version == 2:
+        struct.pack_into("<QQQQQQ", m, 56, 0, record, 0, 0, floor, durable)
+    struct.pack_into("<I", m, 124, crc(m[:124]))
+    return bytes(m)
 
 
-def test_version_1_file(base, tmp_path, original, capsys):
-    """The engine does not open a version 1 file; the checker reports it as
-    one (checking its tree only), and salvage copies it into a new file."""
-    p = tmp_path / "v1.kv"
-    make_v1(base[0], p)
+def _page_header(buf, off, ptype, nkeys, txnid, pgno, nxt):
+    struct.pack_into("<IBBHQQQ", buf, off, 0, ptype, 0, nkeys, txnid, pgno, nxt)
+
+
+def _seal_page(buf, off, ps):
+    struct.pack_into("<I", buf, off, crc(buf[off + 4:off + ps]))
+
+
+def make_old(src, dst, version, first=None):
+    """A version 1 or 2 file holding src's tree (its newest meta's): the
+    tree's pages (branches, leaves, overflow pages) renumbered from page 2
+    in their order in src, ``first`` (one of them) moved to page 2, their
+    page numbers, child pointers, first overflow pages and chain links
+    rewritten (checksums fixed); two metas of the commit (version 2: and a
+    record page after the tree, listing nothing, the pages durable before
+    the meta; meta 1 the sealed copy).  Returns the page of src now at 2."""
+    L = _Layout(src)
+    f, ps = L.meta_fields(), L.ps
+    pages = sorted([b for b, _ in L.branches] + L.leaves + [p for ch in L.overflow_chains for p in ch])
+    if first is not None:
+        pages.remove(first)
+        pages.insert(0, first)
+    new = {pg: 2 + i for i, pg in enumerate(pages)}
+    nrec = 1 if version == 2 else 0
+    hwm = 2 + len(pages) + nrec
+    out = bytearray(hwm * ps)
+    usable_max = (ps - 32) // 4
+    for pg in pages:
+        o = new[pg] * ps
+        out[o:o + ps] = L.page(pg)
+        struct.pack_into("<Q", out, o + 16, new[pg])
+        nk = struct.unpack_from("<H", out, o + 6)[0]
+        if out[o + 4] == 3:                                 # overflow: the chain link
+            nxt = struct.unpack_from("<Q", out, o + 24)[0]
+            struct.pack_into("<Q", out, o + 24, new[nxt] if nxt else 0)
+        for i in range(nk):
+            c = o + struct.unpack_from("<H", out, o + 32 + 2 * i)[0]
+            if out[o + 4] == 1:                             # branch: the child
+                struct.pack_into("<Q", out, c + 2, new[struct.unpack_from("<Q", out, c + 2)[0]])
+            else:
+                klen, vlen = struct.unpack_from("<HI", out, c)
+                if 8 + klen + vlen > usable_max:            # leaf: the first overflow page
+                    at = c + 6 + klen
+                    struct.pack_into("<Q", out, at, new[struct.unpack_from("<Q", out, at)[0]])
+        _seal_page(out, o, ps)
+    T = f["txnid"]
+    record = 0
+    if version == 2:
+        record = hwm - 1
+        o = record * ps
+        _page_header(out, o, 8, 0, T, record, 0)
+        struct.pack_into("<QIIIIII", out, o + 32, 0, 0, 0, 0, 0, 1, 0)
+        _seal_page(out, o, ps)
+    for slot in (0, 1):
+        out[slot * ps:slot * ps + 128] = _old_meta(version, ps, T, new[f["root"]], f["depth"], f["entries"],
+                                                   hwm, record, T - 1, T - 1 + slot)
+    with open(dst, "wb") as fh:
+        fh.write(out)
+    return pages[0]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_version_file(base, tmp_path, original, capsys, version):
+    """The engine does not open a version 1 or 2 file; the checker reports it
+    as one (checking its tree only), and salvage copies it into a new
+    version 3 file.  Page 2, a meta page in version 3, holds an overflow
+    page (version 1) or a leaf under a bottom branch (version 2) here: both
+    are read and checked as any other."""
+    p = tmp_path / f"v{version}.kv"
+    L0 = _Layout(base[0])
+    at2 = L0.overflow_chains[0][1] if version == 1 else L0.inner_leaves()[0]
+    assert make_old(base[0], p, version, first=at2) == at2
+    L = _Layout(p)
+    if version == 1:
+        assert 2 in L.overflow_chains[0]
+    else:
+        assert 2 in L.inner_leaves() and 2 in {c for b, lvl in L.branches for c in L.children[b]
+                                                 if lvl == L.meta_fields()["depth"] - 2}
     before = open(p, "rb").read()
     rep = check(p)
     assert not rep.ok
     assert [(x.kind, x.page) for x in rep.problems] == [("version", None)]
     msg = rep.problems[0].message
-    assert "version 1" in msg and "--salvage" in msg
+    assert f"version {version}" in msg and "--salvage" in msg
     assert rep.summary["entries"] == len(original) and rep.summary["free_pages"] is None
+    assert rep.summary["pages_by_type"]["meta"] == 2
+    assert sum(rep.summary["pages_by_type"].values()) == L.hwm
+    assert rep.summary["pages_by_type"].get("unread", 0) == (version == 2)     # its record
     assert _cli(p) == 1
-    assert "version 1" in capsys.readouterr().out
+    assert f"version {version}" in capsys.readouterr().out
     for readonly in (True, False):
-        with pytest.raises(kvmap.FormatError, match="version 1") as e:
+        with pytest.raises(kvmap.FormatError, match=f"version {version}") as e:
             kvmap.open(str(p), readonly=readonly)
         assert "--salvage" in str(e.value)
     assert open(p, "rb").read() == before
-    res = assert_salvaged(p, tmp_path, original, set(), _Layout(p))
+    res = assert_salvaged(p, tmp_path, original, set(), L)
     assert res.lost == 0 and res.recovered == len(original)
     out = check(tmp_path / "salvaged.kv")
     assert out.ok and out.summary["entries"] == len(original)
@@ -1439,10 +1624,12 @@ def test_version_1_file(base, tmp_path, original, capsys):
 def test_version_1_file_damaged(base, tmp_path, original):
     """Damage in a version 1 file's tree is reported beside the version, and
     salvage loses only the damaged leaf; with its root damaged too, its
-    orphan leaves cannot be proven current (its free list is not read)."""
+    orphan leaves (one of them at page 2) cannot be proven current (its
+    free list is not read)."""
     p = tmp_path / "v1.kv"
-    make_v1(base[0], p)
+    make_old(base[0], p, 1, first=_Layout(base[0]).inner_leaves()[1])
     L = _Layout(p)
+    assert 2 in L.inner_leaves()
     leaf = L.inner_leaves()[3]
     L.data[leaf * L.ps + 300] ^= 2
     L.save(p)
@@ -1455,23 +1642,99 @@ def test_version_1_file_damaged(base, tmp_path, original):
     res = salvage(p, tmp_path / "o.kv", unverified=tmp_path / "u.kv")
     got, unproven = _contents(tmp_path / "o.kv"), _contents(tmp_path / "u.kv")
     assert all(original.get(k) == v for k, v in got.items())
-    assert res.unverified > 0
+    assert res.unverified > 0 and 2 in res.unverified_leaves + res.orphan_leaves
     on_lost = _keys_on_pages(L, {leaf})
     assert not [k for k in original if k not in on_lost and k not in got and k not in unproven]
 
 
-def test_version_1_meta_beside_version_2(copy):
-    """A version 1 meta next to a valid version 2 one is damage to that
-    meta (no version 2 engine writes it); the engine uses the other."""
+def write_v2(path, pairs, ps=4096):
+    """A small version 2 file written byte by byte, as a version 2 engine
+    leaves one commit closed: meta 0 (commit 2, durable 1) and meta 1 (its
+    sealed copy, durable 2) at pages 0 and 1; the commit's tree, one leaf
+    at page 2 (the root); the overflow chains of the values not inline
+    after it; its record (listing the pages it wrote) last."""
+    items = sorted(pairs.items())
+    max_cell = (ps - 32) // 4
+    chains = {}
+    npages = 3
+    for k, v in items:
+        if 8 + len(k) + len(v) > max_cell:
+            chains[k] = list(range(npages, npages + -(-len(v) // (ps - 32))))
+            npages += len(chains[k])
+    record, hwm = npages, npages + 1
+    out = bytearray(hwm * ps)
+    leaf = 2 * ps
+    upper = ps
+    for i, (k, v) in enumerate(items):
+        body = struct.pack("<HI", len(k), len(v)) + k + (struct.pack("<Q", chains[k][0]) if k in chains else v)
+        upper -= len(body)
+        out[leaf + upper:leaf + upper + len(body)] = body
+        struct.pack_into("<H", out, leaf + 32 + 2 * i, upper)
+    assert 32 + 2 * len(items) <= upper
+    _page_header(out, leaf, 2, len(items), 2, 2, upper)
+    _seal_page(out, leaf, ps)
+    written = [2]
+    for k, ch in chains.items():
+        v = pairs[k]
+        for j, pg in enumerate(ch):
+            o = pg * ps
+            _page_header(out, o, 3, 0, 2, pg, ch[j + 1] if j + 1 < len(ch) else 0)
+            piece = v[j * (ps - 32):(j + 1) * (ps - 32)]
+            out[o + 32:o + 32 + len(piece)] = piece
+            _seal_page(out, o, ps)
+            written.append(pg)
+    o = record * ps
+    _page_header(out, o, 8, 0, 2, record, 0)
+    struct.pack_into("<QIIIIII", out, o + 32, 0, len(written), 0, 0, 0, 0, 0)
+    for i, pg in enumerate(written):
+        struct.pack_into("<QI", out, o + 64 + 12 * i, pg, struct.unpack_from("<I", out, pg * ps)[0])
+    _seal_page(out, o, ps)
+    for slot in (0, 1):
+        out[slot * ps:slot * ps + 128] = _old_meta(2, ps, 2, 2, 1, len(items), hwm, record, 1, 1 + slot)
+    with open(path, "wb") as fh:
+        fh.write(out)
+
+
+def test_version_2_file_refused_and_salvaged(tmp_path, capsys):
+    """A version 2 file (two metas, a leaf at page 2) is refused by the
+    engine with a FormatError naming version 2 and the salvage; ``kvmap-check
+    --salvage OLD NEW`` copies its pairs into a version 3 file."""
+    pairs = {b"apple": b"red", b"banana": b"yellow" * 3, b"big": bytes(range(256)) * 30, b"cherry": b""}
+    p, out = tmp_path / "v2.kv", tmp_path / "v3.kv"
+    write_v2(p, pairs)
+    before = open(p, "rb").read()
+    with pytest.raises(kvmap.FormatError, match="version 2") as e:
+        kvmap.open(str(p), readonly=True)
+    assert f"kvmap-check --salvage {p}" in str(e.value)
+    with pytest.raises(kvmap.FormatError, match="version 2"):
+        kvmap.open(str(p))
+    rep = check(p)
+    assert [(x.kind, x.page) for x in rep.problems] == [("version", None)], rep.problems
+    assert "version 2" in rep.problems[0].message and "--salvage" in rep.problems[0].message
+    assert rep.summary["entries"] == len(pairs)
+    assert rep.summary["pages_by_type"] == {"meta": 2, "leaf": 1, "overflow": 2, "unread": 1}   # the record
+    assert _cli(p, "--salvage", str(out)) == 1              # (the version is reported)
+    assert f"salvage: {len(pairs)} entries recovered into {out}, 0 lost" in capsys.readouterr().out
+    assert open(p, "rb").read() == before
+    data = open(out, "rb").read()
+    assert struct.unpack_from("<I", data, 8)[0] == 3        # a version 3 file, three metas
+    assert all(data[k * 4096:k * 4096 + 8] == b"\x89KVM\r\n\x1a\n" for k in range(META_PAGES))
+    assert _contents(out) == pairs
+    assert check(out).ok
+
+
+def test_version_2_meta_beside_version_3(copy):
+    """A version 2 meta next to valid version 3 ones is damage to that meta
+    (no version 3 engine writes it); the engine uses the newest valid one."""
     p = copy()
     L = _Layout(p)
     off = L.other_slot * L.ps
-    struct.pack_into("<I", L.data, off + 8, 1)
+    struct.pack_into("<I", L.data, off + 8, 2)
     struct.pack_into("<I", L.data, off + 124, crc(L.data[off:off + 124]))
     L.save(p)
     rep = check(p)
     assert [(x.kind, x.page) for x in rep.problems] == [("meta-damaged", L.other_slot)]
-    assert "version 1" in rep.problems[0].message and rep.meta_used == L.slot
+    assert "version 2" in rep.problems[0].message and rep.meta_used == L.slot
     with kvmap.open(str(p), readonly=True) as db:
         assert db.stats()["meta_slot"] == L.slot
 

@@ -96,7 +96,7 @@ for case in range(args["first"], args["last"]):
             if r.random() < 0.5:
                 ps = int.from_bytes(bases[bi][12:16], "little")
                 pg = r.randrange(len(data) // ps)
-                off = pg * ps + (r.randrange(128) if pg < 2 else r.randrange(40))
+                off = pg * ps + (r.randrange(128) if pg < 3 else r.randrange(40))   # metas: pages 0-2
             else:
                 off = r.randrange(len(data))
             data[off] ^= r.randint(1, 255)

@@ -331,11 +331,12 @@ def test_check_beside_a_writable_handle_of_this_process(db_path):
 def _leaf_holding(path, key):
     """(page, page size, nkeys, upper) of the leaf that holds ``key`` in the
     newest commit's tree, found with a little parser of its own (FORMAT.md
-    §2, §4): meta (txnid at 16, root at 24, depth at 32), then branch cells
-    (key length u16, child u64, key) down to the leaf."""
+    §2, §4): the newest of the three metas (txnid at 16, root at 24, depth
+    at 32), then branch cells (key length u16, child u64, key) down to the
+    leaf."""
     data = open(path, "rb").read()
     ps = struct.unpack_from("<I", data, 12)[0]
-    txnid, root, depth = max(struct.unpack_from("<QQI", data, off + 16) for off in (0, ps))
+    txnid, root, depth = max(struct.unpack_from("<QQI", data, off + 16) for off in (0, ps, 2 * ps))
     page = root
     for _ in range(depth - 1):
         o = page * ps

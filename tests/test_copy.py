@@ -25,6 +25,7 @@ figures of db.stats() that say when a compact copy is worth it.
 
 import errno
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -313,7 +314,13 @@ def test_compact_copy_of_a_churned_database(tmp_path, cfg):
     for name in ("pages", "compact"):
         with kvmap.open(str(tmp_path / (name + ".kv")), "r") as c:
             assert dict(c.items()) == pairs
-    # the page copy is the commit as it was: same pages, same free space
+    # the page copy is the commit as it was: same pages, same free space;
+    # its three meta pages (0, 1 and 2) all hold that commit, sealed durable
+    with open(str(tmp_path / "pages.kv"), "rb") as f:
+        head = f.read(3 * 4096)
+    slots = [(struct.unpack_from("<Q", head, k * 4096 + 16)[0], struct.unpack_from("<Q", head, k * 4096 + 96)[0])
+             for k in range(3)]          # (txnid, durable)
+    assert slots == [(st["txnid"], st["txnid"])] * 3, slots
     assert reports["pages"].summary["hwm"] == st["pages"]
     assert reports["pages"].summary["free_pages"] == st["free_pages"]
     # the compact one: smaller, filled as a load in key order fills

@@ -551,7 +551,7 @@ def test_damaged_overflow_page_is_not_freed_through(tmp_path):
 
 
 def creation_image(ps=PS):
-    """The bytes a new database starts with (two meta pages)."""
+    """The bytes a new database starts with (three meta pages)."""
     d = tmp = None
     import tempfile
     d = tempfile.mkdtemp()
@@ -567,17 +567,17 @@ def test_every_leftover_of_creation_is_initialised(tmp_path, ps):
     or not (zero), holds no data: a writable open initialises it; a
     read-only open refuses it saying so; nothing else is such a file."""
     img = creation_image(ps)
-    assert len(img) == 2 * ps
+    assert len(img) == 3 * ps            # metas 0, 1 and 2
     cases = {}
-    for n in sorted({1, 16, 100, 128, 129, 512, 4095, 4096, 4200, ps, ps + 128, 2 * ps - 1}):
+    for n in sorted({1, 16, 100, 128, 129, 512, 4095, 4096, 4200, ps, ps + 128, 2 * ps - 1, 2 * ps,
+                     2 * ps + 128, 3 * ps - 1}):
         if n <= len(img):
             cases[f"prefix{n}"] = img[:n]
-    sec = bytearray(img)
-    sec[0:512] = bytes(512)              # meta 0's sector lost, meta 1 written
-    cases["meta1-only"] = bytes(sec)
-    sec = bytearray(img)
-    sec[ps:ps + 512] = bytes(512)        # meta 1's sector lost
-    cases["meta0-only"] = bytes(sec)
+    for lost in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2)):
+        sec = bytearray(img)
+        for k in lost:                   # these metas' sectors lost, the others written
+            sec[k * ps:k * ps + 512] = bytes(512)
+        cases["lost-meta" + "".join(map(str, lost))] = bytes(sec)
     cases["zeros-short"] = bytes(ps + 7)
     kw = {} if ps == PS else dict(page_size=ps)
     for name, data in cases.items():
@@ -598,14 +598,14 @@ def test_every_leftover_of_creation_is_initialised(tmp_path, ps):
 
 
 def test_truncated_real_database_is_not_taken_for_a_creation(tmp_path):
-    """A committed database cut to a meta page or less still raises: its meta
+    """A committed database cut to its meta pages or less still raises: its meta
     carries a txnid and tree that creation never writes."""
     p = tmp_path / "db"
     with kvmap.open(str(p)) as db:
         for i in range(5):
             db[b"k%d" % i] = b"v" * 100
     data = p.read_bytes()
-    for n in (100, 128, PS, PS + 300):
+    for n in (100, 128, PS, PS + 300, 2 * PS, 2 * PS + 300, 3 * PS):
         p.write_bytes(data[:n])
         with pytest.raises((kvmap.CorruptionError, kvmap.FormatError)):
             kvmap.open(str(p)).close()

@@ -51,6 +51,7 @@ def offsets(fmt):
 @pytest.mark.parametrize("c_name, py_value", [
     ("KVM_MAGIC", layout.MAGIC),
     ("KVM_VERSION", layout.VERSION),
+    ("META_PAGES", layout.META_PAGES),
     ("KVM_MIN_PAGE", layout.MIN_PAGE),
     ("KVM_MAX_PAGE", layout.MAX_PAGE),
     ("KVM_MAX_DEPTH", layout.MAX_DEPTH),
@@ -130,6 +131,7 @@ def test_other_readers_constants():
     assert test_badfiles.M_PAGESIZE == C["M_PAGESIZE"]
     assert test_badfiles.M_CHECKSUM == C["M_CHECKSUM"]
     assert test_badfiles.PS == test_defects.PS == C["KVM_MIN_PAGE"]
+    assert test_badfiles.META_PAGES == tuple(range(C["META_PAGES"]))
 
 
 def test_checkpage_layout():
@@ -137,6 +139,6 @@ def test_checkpage_layout():
     second time, as its Python does: the same offsets as format.h's."""
     ckp = c_defines(os.path.join(REPO_ROOT, "native", "checkpage.h"))
     names = ["PH_SIZE", "PH_CHECKSUM", "PH_TYPE", "PH_NKEYS", "PH_TXNID", "PH_PGNO", "PH_UPPER", "PH_NEXT",
-             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW"]
+             "LEAF_HDR", "BRANCH_HDR", "PT_BRANCH", "PT_LEAF", "PT_OVERFLOW", "META_PAGES"]
     assert {n: ckp["CKP_" + n] for n in names} == {n: C[n] for n in names}
 

@@ -13,10 +13,16 @@ not pytest:
   after the reopen; every commit made one fdatasync (two when it synced its
   pages first), counted by the hook;
 * ``sync=False``: flush points come from a small ``sync_bytes``, db.sync(),
-  one-off syncing commits, close (and its seal), ``sync_interval`` and the
-  flushes a transaction makes to reuse freed pages; every page written
-  since the last completed flush may hold its old version, its new one or a
-  tear, every meta slot any version written to it since; the image must
+  one-off syncing commits, close (and its seal), ``sync_interval``, the
+  pages held for the durable commit and the flushes a transaction makes to
+  reuse freed pages; a commit due to flush starts a flush of itself (a
+  transaction short of pages one of the commit before), which the
+  recording runs inline (``kvm_set_flush_mode(k)``, k of 1 to 4 by the
+  seed: the engine takes up its end at the k-th write transaction's begin, the
+  commits in between write the third meta slot); every page written since
+  the last completed flush may hold its old version, its new one or a
+  tear, every meta slot any version written to it since -- and in a
+  flush's window the flush may not have completed at all; the image must
   open, check clean and hold exactly the state after some commit from the
   last completed flush to the last one written: never contents no commit
   had, never older than the flush.
@@ -30,6 +36,7 @@ not pytest:
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -117,20 +124,26 @@ def test_power_loss(group, group_results):
         # flush points: pages-first commits, db.sync(), one-off syncing
         # commits, close() and its seal
         assert {"pages/pages-first", "flush/in db.sync()", "commit/syncing", "seal/in close()"} <= events, report
+        # flushes started by a commit, and commits and images beside them
+        # (test_a_flush_in_flight)
+        flight = sum((Counter(r["flight"]) for r in results), Counter())
+        assert flight["flushes started"] and flight["commits beside a flush in flight"], report
 
 
 def test_every_sync_point_kind_occurs(group_results):
     """Over the runs of test_power_loss: sync=True commits that sync once and
-    pages-first ones, close()'s seal; sync=False commits that flush because
-    sync_bytes were reached or sync_interval passed, pages-first ones,
-    db.sync(), close(), one-off syncing commits, and the flushes a
-    transaction makes to reuse freed pages."""
+    pages-first ones, close()'s seal; sync=False commits that start a flush
+    of themselves because sync_bytes were reached, sync_interval passed or
+    the pages held for the durable commit grew, commits that sync themselves because 2 x sync_bytes were
+    reached, pages-first ones, db.sync(), close(), one-off syncing commits
+    and the flushes a transaction makes to reuse freed pages."""
     kinds = {sync: set().union(*(r["events"] for g in GROUPS if g.endswith("-" + sync) for r in group_results[g]))
              for sync in ("sync", "nosync")}
     assert {"commit/sync=True", "pages/pages-first", "commit/pages-first", "seal/in close()"} <= kinds["sync"], \
         kinds["sync"]
-    assert {"commit/sync_bytes", "commit/interval", "pages/pages-first", "flush/in db.sync()", "commit/syncing",
-            "flush/in close()", "seal/in close()", "flush/in a transaction"} <= kinds["nosync"], kinds["nosync"]
+    assert {"commit/sync_bytes", "commit/interval", "commit/2 x sync_bytes", "commit/held pages",
+            "pages/pages-first", "flush/in db.sync()", "commit/syncing", "flush/in close()",
+            "seal/in close()", "flush/in a transaction"} <= kinds["nosync"], kinds["nosync"]
 
 
 def test_recorder_sees_every_write_and_every_sync(tmp_path):
@@ -139,13 +152,36 @@ def test_recorder_sees_every_write_and_every_sync(tmp_path):
     every commit makes one "commit" sync point holding its pages and exactly
     one meta sector, or, pages-first, a "pages" point without a meta and
     then a "commit" point; the hook counts exactly those fdatasyncs.  The
-    checks that fail a run do fail on a commit with an extra fdatasync, or
-    a write to a page of the durable state before the next flush."""
-    code = r'''
+    checks that fail a run do fail on a commit with an extra fdatasync, a
+    write to a page of the durable state before the next flush, a write in
+    a flush's window to a page of the state durable before it, and a commit
+    in that window writing its meta into the slot of the flush's commit."""
+    code = r"""
 import os, sys
 sys.path.insert(0, ARGS["tools"])
 import powerloss
 spp = 4096 // 512
+
+def raw(events):
+    # the events as the recorder left them, for annotate to name again
+    out = [powerloss.Event(x.index, "sync" if x.sync else "ack", x.txn if x.ctx == "txn" else None,
+                           x.old_len, x.new_len, dict(x.delta), 0, 0) for x in events]
+    for x, y in zip(out, events):
+        x.ctx, x.flight = y.ctx, y.flight
+    return out
+
+def annotate_problems(events, flush_mode):
+    got = []
+    powerloss.annotate(events, spp, got, flush_mode=flush_mode)
+    return got
+
+def newest_meta(events, upto):
+    buf = bytearray()
+    for x in events[:upto + 1]:
+        powerloss.apply_delta(buf, x.new_len, x.delta)
+    slots = [bytes(buf[i * 4096:i * 4096 + 512]) for i in range(powerloss.META_PAGES)]
+    return max(slots, key=lambda m: powerloss.meta_field(m, powerloss.M_TXNID))
+
 for cfg in ("mmap-reserve-wm", "mmap-mremap", "pread"):
     for sync, seed in ((True, 7), (False, 60)):
         events, states, problems, plan = powerloss.record(cfg, sync, seed, 30, directory=ARGS["dir"])
@@ -166,37 +202,126 @@ for cfg in ("mmap-reserve-wm", "mmap-mremap", "pread"):
             assert f.read() == bytes(buf), cfg
         # an extra fdatasync in a sync=True commit fails the run
         if sync:
-            i, how, first, end, committed, unsynced = next(t for t in plan["txns"] if t[4])
+            i, how, first, end, committed, unsynced, after = next(t for t in plan["txns"] if t[4])
             extra = powerloss.Event(0, "flush", i, events[first].old_len, events[first].old_len, {}, 0, 0)
             extra.ctx = "txn"
             tampered = events[:first] + [extra] + events[first:]
-            txns = [(j, h, f + (f > first), e + (e > first), c, u) for j, h, f, e, c, u in plan["txns"]]
+            txns = [(j, h, f + (f > first), e + (e > first), c, u, a) for j, h, f, e, c, u, a in plan["txns"]]
             got = []
             powerloss.check_syncs(tampered, txns, True, plan, states, spp, got)
             assert any("extra flush" in p or "sync points" in p for p in got), got
+            continue
+        k = plan["flush_mode"]
+        assert not annotate_problems(raw(events), k)
         # a write to a page of the durable state before the next flush
         # (here: its root, right after the commit that made it durable) fails
         # the run
+        for n, e in enumerate(events):
+            if e.kind == "commit" and n + 1 < len(events):
+                root = powerloss.meta_field(powerloss.metas_of(e, spp)[0][1], 24)
+                tampered = raw(events)
+                tampered[n + 1].delta[root * spp] = bytes(512)
+                got = annotate_problems(tampered, k)
+                assert any("(branch) of the durable state" in p or "(leaf) of the durable state" in p
+                           for p in got), got
+                break
         else:
-            for k, e in enumerate(events):
-                if e.kind == "commit" and k + 1 < len(events):
-                    root = powerloss.meta_field(powerloss.metas_of(e, spp)[0][1], 24)
-                    raw = [powerloss.Event(x.index, "sync" if x.sync else "ack", x.txn if x.ctx == "txn" else None,
-                                           x.old_len, x.new_len, dict(x.delta), 0, 0) for x in events]
-                    for x, y in zip(raw, events):
-                        x.ctx = y.ctx
-                    raw[k + 1].delta[root * spp] = bytes(512)
-                    got = []
-                    powerloss.annotate(raw, spp, got)
-                    assert any("(branch) of the durable state" in p or "(leaf) of the durable state" in p
-                               for p in got), got
-                    break
-            else:
-                raise AssertionError("no flushing commit")
+            raise AssertionError("no flushing commit")
+        # in a flush's window (the flush started, its end not taken up): a
+        # write to the root of the state durable before it fails the run
+        for n, e in enumerate(events):
+            if e.start and n + 1 < len(events) and events[n + 1].bg is not None and \
+                    events[events[n + 1].bg].kind != "create":
+                root = powerloss.meta_field(newest_meta(events, events[n + 1].bg), 24)
+                tampered = raw(events)
+                tampered[n + 1].delta[root * spp] = bytes(512)
+                got = annotate_problems(tampered, k)
+                assert any("while the flush that replaces it is in flight" in p for p in got), got
+                break
+        else:
+            raise AssertionError("no flush started after another")
+        # a commit beside the flush in flight that writes its meta into the
+        # slot of the flush's commit fails the run
+        for n, e in enumerate(events):
+            if e.third:
+                start = max(x.index for x in events[:n] if x.start)
+                (fslot, _), = powerloss.metas_of(events[start], spp)
+                (slot, m), = powerloss.metas_of(e, spp)
+                tampered = raw(events)
+                del tampered[n].delta[slot * spp]
+                tampered[n].delta[fslot * spp] = m
+                got = annotate_problems(tampered, k)
+                assert any("the commit a flush in flight makes durable" in p for p in got), got
+                break
+        else:
+            raise AssertionError("no commit beside a flush in flight")
 print("RECORDER-OK")
-'''
+"""
     assert_child_ok(*run_python(code, args=dict(tools=os.path.join(REPO_ROOT, "tools"),
                                                 dir=str(tmp_path)), timeout=300), marker="RECORDER-OK")
+
+
+FLIGHT = r"""
+import io, sys
+sys.path.insert(0, ARGS["tools"])
+import powerloss
+spp = 4096 // 512
+for seed, k, kind in ARGS["runs"]:
+    events, states, problems, plan = powerloss.record("pread", False, seed, 60, flush_mode=k)
+    assert not problems, problems
+    assert plan["flush_mode"] == k
+    buf = bytearray()
+    third = 0
+    for e in events:
+        powerloss.apply_delta(buf, e.new_len, e.delta)
+        if not e.third:
+            continue
+        # a commit made while the flush of commit F is in flight (the engine
+        # has not taken up its end): its meta went to the third slot, and
+        # the slots hold F, the durable commit D its meta names and the
+        # commit (a pages-first commit names itself; a commit that synced
+        # itself in the window names itself, and the next ones name it)
+        (slot, m), = powerloss.metas_of(e, spp)
+        txnid, durable = powerloss.meta_field(m, powerloss.M_TXNID), powerloss.meta_field(m, powerloss.M_DURABLE)
+        held = powerloss.slot_txnids(buf, 4096)
+        assert held[slot] == txnid
+        if durable != txnid:
+            assert sorted(held) == sorted({durable, e.inflight, txnid}), (held, durable, e.inflight)
+            assert durable != e.inflight and max(durable, e.inflight) < txnid, (durable, e.inflight, txnid)
+        else:
+            assert e.inflight in held and held.index(e.inflight) != slot, (held, e.inflight)
+        third += 1
+    assert third >= 1, k
+    # the images: some in a flush's window, the flush completed or not
+    spec = dict(config="pread", sync=False, seed=seed, commits=60, losses=250, page_size=4096, flush_mode=k)
+    res = powerloss.run_batch(spec, out=io.StringIO())
+    assert not res["failures"] and not res["problems"], powerloss.summarize([res])
+    fl = res["flight"]
+    assert fl["commits beside a flush in flight"] == third, fl
+    assert fl["images in a flush's window, completed"] >= 5, fl
+    assert fl["images in a flush's window, not completed"] >= 5, fl
+    assert kind in res["events"], res["events"]
+    print(k, dict(fl), third)
+print("FLIGHT-OK")
+"""
+
+
+def test_a_flush_in_flight():
+    """Format version 3's new path (native/flush.c): a sync=False commit due
+    to flush starts a flush of itself (among them one for the pages held for
+    the durable commit, which a transaction short of pages would otherwise
+    flush and wait for, make_room); the recording runs the fdatasync at once (``kvm_set_flush_mode(k)``) and
+    the engine takes up its end at the k-th write transaction's begin.
+    With k = 3 and 2: commits made in between wrote their metas to the
+    third slot, leaving the flush's commit and the durable one in theirs;
+    the images taken in such a window -- the flush completed, or, as a
+    flush in the background may not have, not -- all verify; commits start
+    flushes for the pages held (seed 7513), and with 512 KiB values churned
+    a transaction flushes and waits to reuse pages (seed 1568; make_room,
+    after taking up its own flush's end)."""
+    runs = [(7513, 3, "commit/held pages"), (1568, 2, "flush/in a transaction")]
+    rc, out, err = run_python(FLIGHT, args=dict(tools=os.path.join(REPO_ROOT, "tools"), runs=runs), timeout=300)
+    assert_child_ok(rc, out, err, marker="FLIGHT-OK")
 
 
 def test_oracle_rejects_a_state_outside_the_range(tmp_path):
@@ -331,7 +456,7 @@ def leaf_with(buf, pg, key):
 found = 0
 for n in range(2, len(files)):
     old, new = files[n - 1], files[n]
-    for pg in range(2, len(new) // PS):
+    for pg in range(3, len(new) // PS):
         # commit n reused page pg, which held an older version of key050's
         # leaf at the last flush, for the new one: a write-back that did not
         # reach pg leaves the older leaf, with a valid checksum

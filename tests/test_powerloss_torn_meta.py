@@ -2,14 +2,15 @@
 
 A power loss during the meta write of commit T can leave the meta's sector
 torn (the meta is 128 bytes of a 512-byte sector); a power loss while a new
-file is created can leave one of its two metas unwritten; with
+file is created can leave any of its three metas unwritten; with
 ``sync=False`` a meta slot written by several commits since the last flush
-can hold any of them or be torn between two; close() seals the newest meta
-into the other slot, and that write can be torn too.  FORMAT.md §2: "A meta
-whose checksum fails is simply not a candidate: it was torn by a crash, its
-commit never completed, and open silently uses the other meta."  The crash
-oracle also demands a clean ``kvmap.check`` on such images (the checker
-notes a torn meta instead of reporting it as damage).
+can hold any of them or be torn between two -- the third slot too, which
+the commits made beside a flush in flight write (format version 3); close()
+seals the newest meta into another slot, and that write can be torn too.
+FORMAT.md §2: a meta whose checksum fails is simply not a candidate: it was
+torn by a crash, its commit never completed, and open uses another meta.
+The crash oracle also demands a clean ``kvmap.check`` on such images (the
+checker notes a torn meta instead of reporting it as damage).
 
 The images are chosen from a recorded run by what they hold, not by number
 (numbers move whenever the engine's write pattern changes), and each is
@@ -27,7 +28,9 @@ from conftest import REPO_ROOT, assert_child_ok, run_python
 
 TOOL = os.path.join(REPO_ROOT, "tools", "powerloss.py")
 CONFIG, COMMITS = "mmap-reserve", 60
-SEED = {True: 1001, False: 1503}      # 1001: pages-first commits too; 1503: several commits per flush
+# sync: pages-first commits too; nosync: several commits per flush; flight:
+# commits beside flushes in flight (sync=False too)
+SEED = {"sync": 1001, "nosync": 1503, "flight": 1500}
 
 FIND = r'''
 import json, re, sys
@@ -35,10 +38,11 @@ sys.path.insert(0, ARGS["tools"])
 import powerloss
 spp = 4096 // 512
 found = {}
-for sync, seed in (("sync", ARGS["seed_sync"]), ("nosync", ARGS["seed_nosync"])):
+for sync, seed in (("sync", ARGS["seed_sync"]), ("nosync", ARGS["seed_nosync"]), ("flight", ARGS["seed_flight"])):
     events, states, problems, plan = powerloss.record(ARGS["config"], sync == "sync", seed, ARGS["commits"])
     assert not problems, problems
     gen = powerloss.images_sync if sync == "sync" else powerloss.images_nosync
+    third = {e.index: powerloss.metas_of(e, spp)[0][0] for e in events if e.third}
     for img in gen(events, states, seed, 0, 3000, 4096):
         e, d = img.point, img.data
         if sync == "sync":
@@ -53,6 +57,13 @@ for sync, seed in (("sync", ARGS["seed_sync"]), ("nosync", ARGS["seed_nosync"]))
                 kind = "commit: meta written up to a byte inside it"
             elif e.kind == "commit" and img.mode.startswith("all+meta-all") and img.expect[1] == e.txn:
                 kind = "commit: everything landed"
+            else:
+                continue
+        elif sync == "flight":
+            if img.window and any(i <= e.index and e.bg is not None and i > e.bg and
+                                  re.search(r"meta %d torn \(meta-torn-" % slot, img.note)
+                                  for i, slot in third.items()):
+                kind = "sync=False: the third slot torn beside a flush in flight (%s)" % img.window
             else:
                 continue
         else:
@@ -71,8 +82,8 @@ print("FOUND " + json.dumps(found))
 
 def _find():
     rc, out, err = run_python(FIND, args=dict(tools=os.path.join(REPO_ROOT, "tools"), config=CONFIG,
-                                              commits=COMMITS, seed_sync=SEED[True], seed_nosync=SEED[False]),
-                              timeout=300)
+                                              commits=COMMITS, seed_sync=SEED["sync"], seed_nosync=SEED["nosync"],
+                                              seed_flight=SEED["flight"]), timeout=300)
     assert_child_ok(rc, out, err, "FOUND")
     return json.loads(out.split("FOUND ", 1)[1])
 
@@ -87,6 +98,8 @@ KINDS = [
     "sync=False: a meta slot torn (8-byte words) between two unsynced commits' metas",
     "sync=False: a meta slot torn (prefix) between two unsynced commits' metas",
     "sync=False: a meta slot two commits wrote since the last flush as it was then",
+    "sync=False: the third slot torn beside a flush in flight (completed)",
+    "sync=False: the third slot torn beside a flush in flight (not completed)",
 ]
 
 
@@ -99,8 +112,8 @@ def found():
 def test_torn_meta_image(found, kind):
     assert kind in found, "no such image in the first 3000 of the run: %s (found: %s)" % (kind, sorted(found))
     mode, k = found[kind]
-    cmd = [sys.executable, TOOL, "--config", CONFIG, "--seed", str(SEED[mode == "sync"]),
-           "--commits", str(COMMITS), "--image", str(k)] + (["--nosync"] if mode == "nosync" else [])
+    cmd = [sys.executable, TOOL, "--config", CONFIG, "--seed", str(SEED[mode]),
+           "--commits", str(COMMITS), "--image", str(k)] + (["--nosync"] if mode != "sync" else [])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, "%s (image %d)\n%s%s" % (kind, k, p.stdout, p.stderr)
     assert "simulated power losses: 1 " in p.stdout and "failures: 0" in p.stdout, p.stdout

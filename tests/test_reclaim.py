@@ -106,7 +106,7 @@ def test_held_snapshot_bounds_growth(tmp_path, cfg, where, sync):
     sees (it grew by 5,000 tree paths, 400 MB, when every page freed after
     the snapshot waited for it); the snapshot reads its commit exactly; once
     released (and, with sync=False, flushed) and ten commits later, every
-    page it held is free again.  With sync=True the file's allocated blocks
+    page it held is free again, and reused: the file's pages did not grow.  With sync=True the file's allocated blocks
     are then within 1.5x the live database (issue 13: free pages beyond the
     give-back reserve are punched out), and a hundred more small commits
     make no punch and no posix_fallocate call: what they take is allocated.
@@ -155,7 +155,8 @@ def test_held_snapshot_bounds_growth(tmp_path, cfg, where, sync):
             end = holder.stdout.readline().split()
             assert holder.wait(timeout=120) == 0, holder.stderr.read()
             assert end == ["END", str(held_n), held_digest]
-        live_pages = _page_figures(db)[1]
+        _, used, free, pending = _page_figures(db)
+        pages_at_release = used + free + pending
         for i in range(10 if sync else 11):
             if not sync and i in (0, 10):
                 # with sync=False the pages the last flushed commit reaches,
@@ -164,11 +165,14 @@ def test_held_snapshot_bounds_growth(tmp_path, cfg, where, sync):
             with db.transaction() as txn:
                 txn.put(KEYS[i], make_value(("after", i), VALUE_SIZE))
         st, used, free, pending = _page_figures(db)
-        # what the snapshot held is free again: the file holds the live
-        # database, the free pages of the snapshot's version and the
-        # pending pages of the last commits, no more
-        assert used + free <= 1.5 * (seen_pages + live_pages), (used, free, seen_pages, live_pages)
+        # what the snapshot held is free again (no more than the last
+        # commits' pages pending) and reused: the commits after the release
+        # did not make the file's pages grow.  (The file's size itself is
+        # bounded by the growth assertion above: whatever records and pages
+        # were pending at the release, the used pages then, varies with
+        # when flushes ran, so it is no measure of the live database.)
         assert pending <= 10 * 8, st
+        assert used + free + pending <= pages_at_release, (used, free, pending, pages_at_release)
         live_bytes, allocated = used * page_size, st["allocated_bytes"]
         print("\n[held snapshot %s %s sync=%s] after release and ten commits: allocated %d bytes, %.3fx the live "
               "%d bytes (file %d bytes; used %d, free %d, pending %d pages)"

@@ -26,10 +26,10 @@ def _load(db, n=60000, seed=1):
 
 
 def _hwm(path):
-    """The larger hwm of the two metas (FORMAT.md §2: hwm at byte 48)."""
+    """The largest hwm of the three metas (FORMAT.md §2: hwm at byte 48)."""
     with open(path, "rb") as f:
-        data = f.read(2 * PS)
-    return max(int.from_bytes(data[s * PS + 48:s * PS + 56], "little") for s in (0, 1))
+        data = f.read(3 * PS)
+    return max(int.from_bytes(data[s * PS + 48:s * PS + 56], "little") for s in range(3))
 
 
 @pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)

@@ -174,8 +174,9 @@ _CREATION_IMAGES = {}
 
 def creation_leftover(data, page_size=4096):
     """True when ``data`` (a file's bytes) is what an interrupted creation
-    can leave (FORMAT.md §8): at most two pages, every byte either the one
-    creating a file writes there or zero; the page size is the one a
+    can leave (FORMAT.md §8): at most three pages (the meta pages), every
+    byte either the one creating a file writes there or zero; the page size
+    is the one a
     surviving meta header names, else ``page_size``.  Such a file holds no
     data, kvmap.check finds no database in it, and a writable open
     initialises it."""
@@ -188,7 +189,7 @@ def creation_leftover(data, page_size=4096):
         hp = struct.unpack_from("<I", data, 12)[0]
         if 4096 <= hp <= 65536 and not hp & (hp - 1):
             ps = hp
-    if len(data) > 2 * ps:
+    if len(data) > 3 * ps:          # META_PAGES
         return False
     if ps not in _CREATION_IMAGES:
         with tempfile.TemporaryDirectory() as d:

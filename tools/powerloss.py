@@ -5,7 +5,8 @@ Usage::
     python tools/powerloss.py [--losses N] [--nosync-losses N] [--long]
                               [--seed S] [--jobs J] [--configs ID,ID]
     python tools/powerloss.py --config mmap-reserve-wm --seed S --commits N \\
-        --image K [--nosync] [--page-size P] [--keep FILE]   # replay one image
+        --image K [--nosync] [--page-size P] [--flush-mode K] [--keep FILE]
+                                                              # replay one image
 
 It prints the images verified by configuration, mode, file length and
 outcome, the sync points recorded, then every failure with the command that
@@ -28,34 +29,57 @@ look (an *event*), with the file length before and after; a file cut short
 is what they read as if the file grows back.  The *shadow*, the
 bytes durable on the simulated disk, is the file as it was at the last
 hooked fdatasync.  ``annotate`` then names the events and gives each the
-newest transaction whose meta is written (``hi``) and the newest the engine
-has made durable (``lo``: raised by a completed flush; FORMAT.md §7).
+newest transaction whose meta is written (``hi``) and the newest made
+durable on the disk (``lo``: raised by a completed flush; FORMAT.md §7).
+At every look it also reads the flush in flight from the lock file
+(``read_flight``: ``LOCK_OFF_FLUSH``, FORMAT.md §9).
+
+Format version 3 has three meta slots, pages 0, 1 and 2: creation writes
+txnids 0, 1 (durable) and 0.  A commit writes its meta to a slot that holds
+neither the durable commit D nor the commit F a flush in flight makes
+durable: the newest commit's when it is neither, else the next one below it
+(2 after 0).
 
 A commit's sync points (txn.c): with ``sync=True`` one, "commit", after its
 meta (its pages, record and meta since the last sync); a commit larger than
 4 x ``sync_bytes`` ("pages-first") first syncs its pages ("pages"), then
 "commit".  ``check_syncs`` holds every commit to exactly that many
 fdatasyncs, counted by the hook: one, or two when pages-first.  With
-``sync=False`` a commit flushes ("commit") when the bytes unsynced before it
-plus its own reach ``sync_bytes``, when ``sync_interval`` has passed since
-the last flush, or when it is made with the handle's sync switched on for
-once (``db._sync``); pages-first as above; else it makes no fdatasync and
-its writes form an "ack" event.  ``db.sync()``, close() and a writable open
-make a "flush" when anything is unsynced, and close() then seals: it copies
-the newest meta, saying it is durable, into the other slot ("seal").  A
-transaction may also flush to reuse the pages commits freed ("flush" in a
-transaction).  Creating the file is a "create" point.
+``sync=False`` a commit syncs itself ("commit", its meta without the no-sync
+flag) when it is made with the handle's sync switched on for once
+(``db._sync``) or when the bytes unsynced before it plus its own reach
+2 x ``sync_bytes`` ("2 x sync_bytes"); pages-first as above.  Any other
+commit does not wait for the disk: when no flush is in flight and the bytes
+unsynced reach ``sync_bytes``, ``sync_interval`` has passed since the last
+flush, or the pages held for D have grown ("held pages"), it *starts a
+flush of itself* (flush.c), F = that commit; else its writes form an "ack"
+event.  A transaction that needs pages while the pages held for D have
+grown twice as far (make_room) takes up its own flush's end, or flushes and
+waits ("flush", "in a transaction").  The recording runs a
+flush's fdatasync inline, in the thread that starts it
+(``kvm_set_flush_mode(k)``, k of 1 to 4 by the seed, ``plan["flush_mode"]``):
+a sync point right after the commit's publication -- a "commit" point whose
+meta has the no-sync flag -- or in the transaction, which makes F durable
+on disk (``lo``) at the hook, while the engine takes up its end only at the
+k-th write transaction's begin after it (or sooner: db.sync(), close,
+make_room): until then D stays as it was, the commits made meanwhile write
+their metas to the third slot, and the writer keeps the pages of both D
+and F -- the *window* of the flush.  ``db.sync()``, close() and a writable
+open take up a flush's end, then make a "flush" when anything is unsynced,
+and close() then seals: it copies the newest meta, saying it is durable,
+into a slot other than the newest's ("seal").  Creating the file is a "create" point.
 
 Each run follows a seeded plan (``run_plan``): ``sync=True`` runs alternate
 between the default ``sync_bytes`` and 32 KiB (pages-first commits), and
 close and reopen now and then; ``sync=False`` runs take turns between
 "mixed" (``sync_bytes`` of 16 to 64 KiB, ``db.sync()`` after about one
 commit in eight, one-off syncing commits, a close and reopen; every
-configuration's first batch), "churn" (big values overwritten every third
-commit, ``sync_bytes`` of 1 or 4 MiB, few explicit flushes) and "mixed"
-with ``sync_bytes`` of 256 KiB or 1 MiB and a ``sync_interval`` of 0.1 s,
-with a 0.11 s sleep before one planned commit, which must flush whatever
-the timing.  A commit that flushes by ``sync_interval`` without a planned
+configuration's first batch), "churn" (big values of 64, 128 or 512 KiB
+overwritten every third commit, ``sync_bytes`` of 1 or 4 MiB, few explicit
+flushes) and "mixed" with ``sync_bytes`` of 256 KiB or 1 MiB and a
+``sync_interval`` of 0.1 s, with a 0.11 s sleep before one planned commit,
+which must start a flush whatever the timing, unless a flush is in flight
+or its transaction took up a flush's end.  A commit that flushes by ``sync_interval`` without a planned
 sleep (a slow machine) is recorded as what it was; the oracle holds for it
 just the same, but a replay on another machine may record other flush
 points and so rebuild another image k (``--image`` says so).  In half the
@@ -65,15 +89,22 @@ the precise rule (FORMAT.md §7: pages no snapshot and not the durable
 commit reaches), which the recording's protocol check below covers.
 
 The recording also checks the write protocol the simulator relies on: a
-commit's meta goes to the meta slot that does not hold the newest durable
-commit; a "pages" or "flush" point holds no meta, a "commit" point exactly
-one; a seal is the newest meta, durable, in the other slot; the durable
-commit the simulator tracks is the one ``db.stats()`` reports; and, in
-``sync=False`` runs, at every flush the file checks clean and until the next
-flush no write touches a page the durable state uses (its tree, free-space
-pages and records, by the checker's ownership map).  Pages written since
-the last flush may be written again (pages freed since are reused early):
-the images allow every page any version written since the last completed
+commit's meta goes to a slot holding neither the commit durable on disk,
+nor the engine's durable commit D, nor, while a flush is in flight, its
+commit F, and names D as its durable commit; a flush starts only at a
+commit with the no-sync flag, names that commit's slot, and is taken up
+within k write transactions; a "pages" or "flush" point holds no meta, a
+"commit" point exactly one; a seal is the newest meta, durable, in a slot
+other than the newest's and the flush's; the durable commit the simulator
+tracks for the engine (the disk's, or in a flush's window the one before
+it) is the one ``db.stats()`` reports, and never newer than the disk's;
+and, in ``sync=False`` runs, at every flush the file checks clean and until
+the next flush no write touches a page the durable state uses (its tree,
+free-space pages and records, by the checker's ownership map) -- nor, in a
+flush's window, a page the state durable before that flush uses, which a
+flush in the background has not replaced yet.  Pages written since the
+last flush may be written again (pages freed since are reused early): the
+images allow every page any version written since the last completed
 sync.
 
 **Crash images.**  Image k of a run is a pure function of (run, k): an RNG
@@ -106,7 +137,9 @@ image must open empty or raise a ``kvmap.Error``.
 
 ``sync=False``: a moment -- right after an event, or during the fdatasync of
 a sync point (not completed) -- and the image is the shadow at the last
-completed sync plus any of what was written since: every page may hold its
+completed sync plus any of what was written since (in a flush's window, for
+half the images, the sync before the flush started: a flush in the
+background may not have completed; FORMAT.md §7): every page may hold its
 content at that sync, its newer version, or a tear between them (sector by
 sector), and a meta slot any of the versions written to it since (or a
 tear inside its sector between two of them); a page written more than
@@ -126,9 +159,12 @@ had, never older than the last completed flush.
 range; then ``crashkit.verify`` with the range: ``kvmap.check`` on the
 image, a writable open (recovery runs) whose contents must be in the range,
 ``db._check()``, one new commit (it must read back) and ``kvmap.check``
-again.  Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest``
-(``hi``), ``state-durable`` (``lo``) or ``state-between``, ``-fallback``
-when open fell back from a newer meta whose commits did not verify.
+again; for odd k that open has ``sync=False`` and a ``sync_bytes`` of 8 KiB
+(its commit flushes, beside whatever metas the crash left), and the file,
+opened once more, must hold the state it recovered plus that commit.
+Outcomes: ``exact``; for ``sync=False`` ranges ``state-newest`` (``hi``),
+``state-durable`` (``lo``) or ``state-between``, ``-fallback`` when open
+fell back from a newer meta whose commits did not verify.
 
 Batches of images run in child processes (``--batch``, a few batches per
 child), which print ``IMG k`` before verifying image k, so an engine crash
@@ -158,10 +194,14 @@ import crashkit  # noqa: E402
 
 SECTOR = 512
 META_SIZE = 128
-M_TXNID, M_HWM, M_RECORD, M_DURABLE = 16, 48, 64, 96     # meta fields (native/format.h)
+META_PAGES = 3                  # meta slots: pages 0, 1 and 2 (native/format.h)
+FLUSH_MIN_BYTES = 512 << 10     # txn.c: a commit's flush for the pages held starts at half of it
+M_TXNID, M_FLAGS, M_HWM, M_RECORD, M_DURABLE = 16, 36, 48, 64, 96     # meta fields (native/format.h)
+M_FLAGS_NOSYNC = 1              # a sync=False commit's meta that did not sync itself
 IMAGE_TIMEOUT = 60          # seconds per image before it counts as a hang
 INTERVAL = 0.1              # sync_interval of the runs that use one
 PROBE_KEY = b"\xffpowerloss-probe"
+MAGIC = b"\x89KVM\r\n\x1a\n"
 
 # configurations: name -> kvmap.open keyword arguments (read-only)
 from kvmap.configurations import CONFIGURATIONS as CONFIGS  # noqa: E402
@@ -193,7 +233,7 @@ class Event:
     completed)."""
 
     __slots__ = ("index", "kind", "txn", "old_len", "new_len", "delta", "sync", "lo", "hi", "why", "ctx",
-                 "ntree", "listed")
+                 "ntree", "listed", "flight", "start", "bg", "engine", "inflight", "takeup", "third")
 
     def __init__(self, index, kind, txn, old_len, new_len, delta, lo, hi, why=""):
         self.index, self.kind, self.txn = index, kind, txn
@@ -203,11 +243,18 @@ class Event:
         self.ctx = None
         self.ntree = None           # a commit's tree pages, by its record
         self.listed = None          # the pages its record lists, and the record's own
+        self.flight = None          # the lock region's flush fields at the look (read_flight)
+        self.start = False          # a sync point that starts a flush of its commit (flush.c)
+        self.bg = None              # in a flush's window: the last sync before its start (annotate)
+        self.engine = None          # the engine's durable txnid once the event is over (annotate)
+        self.inflight = 0           # a commit's meta: the txnid of the flush in flight when written
+        self.takeup = None          # the flush in flight before the event, taken up by it: its bytes
+        self.third = False          # a commit's meta written beside a flush in flight
 
     def __repr__(self):
-        return "Event(#%d txn %s %s%s, %d -> %d bytes, %d sectors, lo %d hi %d)" % (
+        return "Event(#%d txn %s %s%s, %d -> %d bytes, %d sectors, lo %d hi %d%s)" % (
             self.index, self.txn, self.kind, "/" + self.why if self.why else "", self.old_len, self.new_len,
-            len(self.delta), self.lo, self.hi)
+            len(self.delta), self.lo, self.hi, ", flush in flight" if self.flight and self.flight[0] else "")
 
 
 def _read_all(fd, size):
@@ -259,13 +306,45 @@ def meta_field(sector, off):
     return struct.unpack_from("<Q", sector, off)[0]
 
 
+def meta_flags(sector):
+    return struct.unpack_from("<I", sector, M_FLAGS)[0]
+
+
+def _lock_off_flush():
+    """Where the lock file keeps the flush in flight (FORMAT.md §9), as
+    native/format.h defines it: u64 flush_txnid, flush_done, flush_bytes,
+    then i32 flush_slot, u32 flush_handle."""
+    with open(os.path.join(os.path.dirname(HERE), "native", "format.h")) as f:
+        return int(re.search(r"#define\s+LOCK_OFF_FLUSH\s+(\d+)", f.read()).group(1))
+
+
+LOCK_OFF_FLUSH = _lock_off_flush()
+FLIGHT = struct.Struct("<QQQiI")
+
+
+def read_flight(lock_path):
+    """(flush_txnid, flush_slot, flush_bytes) of the lock region: the commit
+    a flush in flight makes durable (0: none), its meta slot and the bytes
+    unsynced when it began; None when the lock file cannot be read."""
+    try:
+        with open(lock_path, "rb") as f:
+            f.seek(LOCK_OFF_FLUSH)
+            b = f.read(FLIGHT.size)
+    except OSError:
+        return None
+    if len(b) < FLIGHT.size:
+        return None
+    txnid, _done, nbytes, slot, _handle = FLIGHT.unpack(b)
+    return (txnid, slot, nbytes)
+
+
 class Recorder:
     """The sync hook and the event log (see the module doc).  ``ctx`` says
     what the writer is doing: ("create",), ("txn", i), ("sync",),
     ("close",) or ("open",).  Events are recorded raw; ``annotate`` names
     their kinds once the transaction they belong to is over."""
 
-    def __init__(self, page_size):
+    def __init__(self, page_size, lock_path=None):
         self.page_size = page_size
         self.spp = page_size // SECTOR
         self.cur = b""              # the file at the last look
@@ -273,6 +352,7 @@ class Recorder:
         self.ctx = ("create",)
         self.hooks = 0              # fdatasyncs seen
         self.error = None
+        self.lock_path = lock_path  # the database's lock file: the flush in flight (read_flight)
 
     def look(self, fd, hook=False, why=""):
         size = os.fstat(fd).st_size
@@ -289,6 +369,8 @@ class Recorder:
         txn = self.ctx[1] if self.ctx[0] == "txn" else None
         ev = Event(len(self.events), "sync" if hook else "ack", txn, old_len, len(cur), delta, 0, 0, why)
         ev.ctx = self.ctx[0]
+        if self.lock_path:
+            ev.flight = read_flight(self.lock_path)
         self.events.append(ev)
         return ev
 
@@ -301,9 +383,14 @@ class Recorder:
         return 0
 
 
+def is_meta(sector, spp):
+    """Whether sector number ``sector`` holds a meta (the first of a meta page)."""
+    return sector % spp == 0 and sector < META_PAGES * spp
+
+
 def metas_of(ev, spp):
     """The meta slots an event wrote: [(slot, sector bytes)]."""
-    return [(s // spp, ev.delta[s]) for s in sorted(ev.delta) if s in (0, spp)]
+    return [(s // spp, ev.delta[s]) for s in sorted(ev.delta) if is_meta(s, spp)]
 
 
 def record_lists(buf, first, page_size):
@@ -346,31 +433,77 @@ def durable_pages(buf, scratch, problems, where):
     return {pg: walk.OWNER_NAMES[o] for pg, o in enumerate(c.owner) if o in walk.CHECKED}
 
 
-def annotate(events, spp, problems, scratch=None, reuse=True):
+def slot_txnids(buf, page_size):
+    """The txnid each meta slot of ``buf`` holds (None: none there)."""
+    out = []
+    for i in range(META_PAGES):
+        m = bytes(buf[i * page_size:i * page_size + META_SIZE])
+        out.append(meta_field(m, M_TXNID) if len(m) == META_SIZE and m[:8] == MAGIC else None)
+    return out
+
+
+def open_slot(buf, page_size):
+    """The slot open takes in a file whose metas are all whole and whose
+    commits all verify (native/meta.c, slot_order): the newest commit, of
+    equal ones the meta that says it is durable, of equal ones the lowest
+    slot."""
+    best = None
+    for i in range(META_PAGES):
+        m = bytes(buf[i * page_size:i * page_size + META_SIZE])
+        if len(m) == META_SIZE and m[:8] == MAGIC:
+            key = (meta_field(m, M_TXNID), meta_field(m, M_DURABLE))
+            if best is None or key > best[0]:
+                best = (key, i)
+    return None if best is None else best[1]
+
+
+def annotate(events, spp, problems, scratch=None, reuse=True, flush_mode=None):
     """Name each event's kind and set its ``txn``, ``lo`` and ``hi``
     (Event), checking the write protocol (module doc) on the way.
 
     Sync points: "create"; in a transaction, the one that holds its meta is
-    "commit", a meta-less one right before it in a pages-first commit
-    (its meta says it is durable) is "pages", any other meta-less one is a
-    "flush" (the engine flushed to reuse freed pages); in db.sync() or when
-    opening, "flush"; in close(), "flush", then "seal" (the newest meta
-    copied into the other slot, saying it is durable).
+    "commit" (the commit synced itself, or, a sync=False commit whose meta
+    says it did not, the fdatasync is the start of a flush of it: ``start``),
+    a meta-less one right before it in a pages-first commit (its meta says
+    it is durable) is "pages", any other meta-less one is a "flush" (the
+    engine flushed to reuse freed pages); in db.sync() or when opening,
+    "flush"; in close(), "flush", then "seal" (the newest meta copied into
+    another slot, saying it is durable).
 
-    At every flush the whole file is durable: the checker's ownership map of
+    The engine learns of a flush's end later (flush.c; with
+    ``kvm_set_flush_mode(k)`` at the k-th write transaction's begin): until then it
+    keeps both the durable commit D and the flushed one F, and a commit
+    writes neither's slot.  The lock region read at every look says which
+    flush is in flight (``Event.flight``); an event whose look no longer
+    shows it took its end up before its writes.  ``Event.engine`` is the
+    engine's durable commit after the event (db.stats() must say the same,
+    ``record``), never newer than the disk's; ``Event.bg`` marks the events
+    of a flush's window (after its start, before its end is taken up or
+    another sync completes), where a flush running in the background may
+    not have completed: the last sync before its start (``images_nosync``).
+
+    At every sync the whole file is durable: the checker's ownership map of
     it gives the pages the durable state uses (tree, free-space pages,
     records), and no later write may touch one of them before the next
-    flush (FORMAT.md §7, the reuse rule); ``reuse=False`` skips this (a
-    sync=True run, where every commit is a flush and its images test the
-    same rule).  Pages written since the last flush may be written again
-    (freed and reused early, or written through the map with writemap and
-    not used): the images allow any version."""
+    sync completes (FORMAT.md §7, the reuse rule) -- nor, in a flush's
+    window, a page of the state durable before its start; ``reuse=False``
+    skips this (a sync=True run, where every commit is a flush and its
+    images test the same rule).  Pages written since the last flush may be
+    written again (freed and reused early, or written through the map with
+    writemap and not used): the images allow any version."""
     lo = hi = 0
     last = 0                        # the newest workload transaction so far
-    durable_slot = newest_slot = None
+    newest_slot = None              # the newest meta's slot
     newest = None                   # the newest meta's sector
+    disk_slot = None                # the slot of the newest commit the disk holds durable (lo)
+    wl = {0: 0, 1: 0}               # engine txnid -> workload transaction (0 and 1: creation)
+    eng_d = eng_d_slot = None       # the engine's durable commit D (txnid) and its slot
+    eng_f = eng_f_slot = eng_f_bytes = eng_f_txn = 0    # the flush in flight F (0: none)
+    bg = None                       # F's window: the last sync before its start
     protected = {}                  # page -> owner: the durable state's pages
-    flushed = None                  # the last flush
+    prot_bg = {}                    # in F's window: the pages of the state durable before it
+    flushed = flushed_bg = None     # the last sync; the one before F's start
+    last_sync = None
     buf = bytearray()               # the file after the events so far
     page_size = spp * SECTOR
     if scratch is None:
@@ -396,6 +529,19 @@ def annotate(events, spp, problems, scratch=None, reuse=True):
         for k, e in enumerate(group):
             e.txn = last
             ms = metas_of(e, spp)
+            fl = e.flight
+            # the end of the flush in flight taken up (at a transaction's
+            # begin, in make_room, db.sync() or close): before these writes
+            if eng_f and fl is not None and fl[0] != eng_f:
+                if eng_f > eng_d:   # (else a commit that synced itself since made a newer one durable)
+                    e.takeup = eng_f_bytes
+                    eng_d, eng_d_slot = eng_f, eng_f_slot
+                eng_f = 0
+                bg, prot_bg, flushed_bg = None, {}, None
+            if eng_f and flush_mode and ctx == "txn" and last - eng_f_txn >= flush_mode:
+                problems.append("%r: the flush of txn %d (flush mode %d) is still in flight" % (
+                    e, eng_f_txn, flush_mode))
+            e.bg = bg
             if e.kind == "sync":
                 if ctx == "create":
                     e.kind = "create"
@@ -409,19 +555,38 @@ def annotate(events, spp, problems, scratch=None, reuse=True):
                     e.kind = "seal" if ms and ctx == "close" else "flush"
                     e.why = e.why or ("in %s" % {"sync": "db.sync()", "close": "close()", "open": "open"}[ctx])
             if ms and ctx == "create":
-                durable_slot = newest_slot = 1
-                newest = e.delta[spp]
+                got = [(slot, meta_field(m, M_TXNID), meta_field(m, M_DURABLE)) for slot, m in ms]
+                if [(slot, t) for slot, t, _ in got] != [(0, 0), (1, 1), (2, 0)] or got[1][2] != 1:
+                    problems.append("%r: creation wrote the metas (slot, txnid, durable) %s, not txnids 0, 1 "
+                                    "(durable), 0" % (e, got))
+                newest_slot, newest = 1, e.delta[spp]
+                eng_d, eng_d_slot = 1, 1
             elif ms and e.kind == "seal":
                 (slot, m), = ms
-                if slot == newest_slot or m[:M_DURABLE] != newest[:M_DURABLE] or \
-                        meta_field(m, M_DURABLE) != meta_field(m, M_TXNID):
-                    problems.append("%r: the seal is not the newest meta, saying durable, in the other slot" % e)
+                if slot == newest_slot or (eng_f and slot == eng_f_slot) or m[:M_DURABLE] != newest[:M_DURABLE] \
+                        or meta_field(m, M_DURABLE) != meta_field(m, M_TXNID):
+                    problems.append("%r: the seal is not the newest meta, saying durable, in another slot" % e)
                 newest_slot, newest = slot, m
+                eng_d, eng_d_slot = meta_field(m, M_TXNID), slot
             elif ms and ctx == "txn":
                 for slot, m in ms:
-                    if slot == durable_slot:
-                        problems.append("txn %d wrote its meta into slot %d, which holds the durable commit"
-                                        % (last, slot))
+                    txnid = meta_field(m, M_TXNID)
+                    holds = []
+                    if slot == disk_slot:
+                        holds.append("the durable commit on disk (txn %d)" % lo)
+                    if slot == eng_d_slot:
+                        holds.append("the engine's durable commit (txnid %s)" % eng_d)
+                    if eng_f and slot == eng_f_slot:
+                        holds.append("the commit a flush in flight makes durable (txnid %d)" % eng_f)
+                    if holds:
+                        problems.append("txn %d wrote its meta into slot %d, which holds %s" % (
+                            last, slot, " and ".join(holds)))
+                    if meta_field(m, M_DURABLE) not in (eng_d, txnid):
+                        problems.append("txn %d's meta names durable commit %d, the engine's is %s" % (
+                            last, meta_field(m, M_DURABLE), eng_d))
+                    e.inflight = eng_f
+                    e.third = bool(eng_f)
+                    wl[txnid] = last
                     newest_slot, newest = slot, m
                     hi = last
             elif ms:
@@ -431,9 +596,20 @@ def annotate(events, spp, problems, scratch=None, reuse=True):
             if e.kind in ("pages", "flush") and ms:
                 problems.append("%r: a %s point with a meta" % (e, e.kind))
             apply_delta(buf, e.new_len, e.delta)
-            for pg in sorted({s // spp for s in e.delta} & set(protected)):
+            written = {s // spp for s in e.delta}
+            for pg in sorted(written & set(protected)):
                 problems.append("page %d (%s) of the durable state of %r written by %r before the next flush"
                                 % (pg, protected[pg], flushed, e))
+            for pg in sorted(written & set(prot_bg) - set(protected)):
+                problems.append("page %d (%s) of the durable state of %r written by %r while the flush that "
+                                "replaces it is in flight" % (pg, prot_bg[pg], flushed_bg, e))
+            if ctx == "open" and k == 0:
+                # what the engine took from the file (native/meta.c, load_meta)
+                eng_d_slot = newest_slot = disk_slot = open_slot(buf, page_size)
+                newest = bytes(buf[newest_slot * page_size:newest_slot * page_size + SECTOR])
+                eng_d, eng_f = meta_field(newest, M_TXNID), 0
+                if meta_field(newest, M_DURABLE) < eng_d:
+                    problems.append("%r: the newest meta after close is not sealed" % e)
             if ms and ctx == "txn":
                 try:
                     own, lists = record_lists(buf, meta_field(ms[-1][1], M_RECORD), page_size)
@@ -446,13 +622,48 @@ def annotate(events, spp, problems, scratch=None, reuse=True):
                         problems.append("%r: its record lists pages past the end of the file" % e)
                     e.ntree = sum(buf[pg * page_size + 4] in (1, 2, 3) for pg in lists
                                   if (pg + 1) * page_size <= len(buf))
-            if e.kind in ("create", "commit", "flush", "seal"):
-                lo = hi
-                durable_slot = newest_slot
+            if e.kind in ("create", "commit", "pages", "flush", "seal"):
+                # an fdatasync returned: everything written so far is on disk
+                if e.kind == "commit":
+                    cslot, m = ms[-1]
+                    txnid = meta_field(m, M_TXNID)
+                    nosync = meta_flags(m) & M_FLAGS_NOSYNC
+                    e.start = fl is not None and fl[0] == txnid
+                    if nosync and not e.start:
+                        problems.append("%r: a commit whose meta says it did not sync made an fdatasync that "
+                                        "starts no flush of it (flush in flight: %s)" % (e, fl))
+                    elif e.start and not nosync:
+                        problems.append("%r: a commit that synced itself started a flush of itself" % e)
+                    if e.start:
+                        if fl[1] != cslot:
+                            problems.append("%r: the flush in flight names slot %d, its commit wrote %d" % (
+                                e, fl[1], cslot))
+                        bg, prot_bg, flushed_bg = last_sync, protected, flushed
+                        eng_f, eng_f_slot, eng_f_bytes, eng_f_txn = txnid, fl[1], fl[2], last
+                    else:
+                        eng_d, eng_d_slot = txnid, cslot
+                elif e.kind == "flush":
+                    t = meta_field(newest, M_TXNID)
+                    if eng_d is not None and t <= eng_d:
+                        problems.append("%r: a flush with every commit durable (txnid %d)" % (e, t))
+                    eng_d, eng_d_slot = t, newest_slot
+                if not e.start:
+                    # a sync that completed: the window of a flush in flight is over
+                    bg, prot_bg, flushed_bg = None, {}, None
+                last_sync = e.index
+                if e.kind != "pages":
+                    # (a pages-first commit's first sync is not a flush: the
+                    # engine makes no commit durable by it, and the commit's
+                    # meta may then replace a newer one than the durable one)
+                    lo = hi
+                    disk_slot = newest_slot
+                    flushed = e
+                    protected = durable_pages(buf, scratch, problems, e) if e.kind != "create" and reuse else {}
             e.lo, e.hi = lo, hi
-            if e.kind in ("create", "commit", "flush", "seal"):
-                flushed = e
-                protected = durable_pages(buf, scratch, problems, e) if e.kind != "create" and reuse else {}
+            e.engine = eng_d
+            if eng_d is not None and wl.get(eng_d, hi + 1) > lo:
+                problems.append("%r: the engine's durable commit (txnid %d) is newer than the disk's (txn %d)"
+                                % (e, eng_d, lo))
         i = j
     return events
 
@@ -497,6 +708,12 @@ def run_plan(sync, seed, commits):
     commit, "sleep": sleep past the interval first)."""
     rng = random.Random("powerloss-plan:%s:%s:%d" % (sync, seed, commits))
     plan = dict(after={}, before={}, workload={}, sync_interval=None, shape="sync")
+    # the engine's flushes inline (kvm_set_flush_mode): their end taken up
+    # at the 1st to 4th write transaction's begin after their start (k = 1:
+    # the next one, no commit in between), by the batch and configuration
+    # (plan(): the seed's last digit and the one before), so that every
+    # configuration has a batch with commits beside a flush in flight
+    plan["flush_mode"] = 1 + (seed % 10 + 2 * (seed // 10 % 10) + 1) % 4
     if sync:
         # a small sync_bytes (pages-first commits) in every other batch,
         # alternating over batches and configurations (plan(): the seed's last
@@ -515,10 +732,13 @@ def run_plan(sync, seed, commits):
     shape = "mixed" if b == 0 else ("churn", "interval")[(b + c) % 2]
     if shape == "churn":
         # churn: big values overwritten every third commit, few explicit
-        # flushes: freed pages pile up until a transaction flushes to reuse
-        # them (txn_pool_ensure)
+        # flushes: freed pages pile up until a commit starts a flush for them
+        # (txn.c, flush_due), or, with 512 KiB values, faster than the flushes
+        # in flight end, until a transaction flushes to reuse them (make_room);
+        # the value size taking turns over batches and configurations
+        rng.random()                # (the draw that chose the size before)
         plan.update(shape="churn", sync_bytes=rng.choice((1 << 20, 4 << 20)),
-                    workload=dict(grow_every=3, big=rng.choice((64 << 10, 128 << 10)), big_keys=2))
+                    workload=dict(grow_every=3, big=(64 << 10, 128 << 10, 512 << 10)[(b + c // 2) % 3], big_keys=2))
         p_sync, p_reopen, p_syncing = 0.03, 0.01, 0.02
     else:
         # small sync_bytes (pages-first commits too), or with sync_interval
@@ -562,27 +782,33 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
     """The fdatasyncs of every commit (FORMAT.md §7, txn.c): a commit of
     ``bytes`` = (its tree pages + 2) x page size syncs its pages before its
     meta ("pages", then "commit") when bytes > 4 x sync_bytes; else it
-    flushes once after its meta ("commit") with sync=True, as a one-off
-    syncing commit, when the bytes unsynced before it plus ``bytes`` reach
-    sync_bytes, or when sync_interval has passed since the last flush (a
-    planned sleep makes sure; without one, only allowed); else it makes no
-    fdatasync.  A "flush" in a transaction (to reuse freed pages) is extra.
-    Returns the commits that flushed by sync_interval without a planned
-    sleep.  ``txns``: (i, how, first event, end event, committed, unsynced
-    bytes before) per workload transaction."""
+    syncs itself once after its meta ("commit", its meta without the
+    no-sync flag) with sync=True, as a one-off syncing commit, or when the
+    bytes unsynced before it plus ``bytes`` reach 2 x sync_bytes.  Any other
+    sync=False commit makes no fdatasync of its own, but starts a flush of
+    itself ("commit" too, its meta with the no-sync flag: the fdatasync
+    right after it, flush.c) when no flush is in flight and the bytes
+    unsynced after it reach sync_bytes, when sync_interval has passed since
+    the last flush (a planned sleep makes sure, unless a flush's end was
+    taken up in the transaction; without one, only allowed), or when the
+    pages held for the durable commit are large (only allowed: at least
+    half of FLUSH_MIN_BYTES unsynced).  The bytes unsynced before a commit
+    are those db.stats() said before its transaction, less what a flush
+    whose end the transaction took up made durable, if it made the
+    engine's durable commit newer (all of them after a "flush" in it).  A
+    "flush" in a transaction (to reuse freed pages) is extra.  Returns the
+    commits that flushed by sync_interval without a planned sleep.
+    ``txns``: (i, how, first event, end event, committed, unsynced bytes
+    before, unsynced bytes after) per workload transaction."""
     unplanned = []
     ps = spp * SECTOR
     limit = plan["sync_bytes"]
-    for i, how, first, end, committed, unsynced in txns:
+    for i, how, first, end, committed, unsynced, after in txns:
         group = events[first:end]
         kinds = [e.kind for e in group if e.sync]
         own = [k for k in kinds if k != "flush"]
-        if "flush" in kinds[:1]:
-            unsynced = 0            # the flush in the transaction made everything durable
         metas = [(e, m) for e in group for m in metas_of(e, spp)]
-        pages_first = bool(metas) and meta_field(metas[-1][1][1], M_DURABLE) == meta_field(metas[-1][1][1], M_TXNID)
-        changed = len({x // spp for e in group for x in e.delta} - {0, 1})
-        ntree = metas[-1][0].ntree if metas and not pages_first else None
+        changed = len({x // spp for e in group for x in e.delta} - set(range(META_PAGES)))
         if not committed:
             if kinds or group[-1].delta or states.states[i] != states.states[i - 1]:
                 problems.append("transaction %d did not commit but made %d syncs, %d sectors"
@@ -591,25 +817,49 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
         if len(metas) != 1:
             problems.append("transaction %d wrote %d metas" % (i, len(metas)))
             continue
+        me, (_, m) = metas[-1]
+        reset = False               # last_flush_ns moved in the transaction (no interval flush)
+        for e in group:
+            if e.takeup is not None:
+                unsynced = max(0, unsynced - e.takeup)
+                reset = True
+            if e.kind == "flush":
+                unsynced, reset = 0, True
+            if e is me:
+                break
+        pages_first = meta_field(m, M_DURABLE) == meta_field(m, M_TXNID)
+        nosync = bool(meta_flags(m) & M_FLAGS_NOSYNC)
+        ntree = me.ntree if not pages_first else None
+        nbytes = ((ntree if ntree is not None else changed) + 2) * ps
+        big = ntree is not None and nbytes > 4 * limit
+        twice = unsynced + nbytes >= 2 * limit
         if pages_first:
             why = "pages-first"
-            ok = own == ["pages", "commit"] and (changed + 2) * ps > 4 * limit
+            ok = own == ["pages", "commit"] and not nosync and (changed + 2) * ps > 4 * limit
+        elif not nosync:
+            why = "sync=True" if sync else "syncing" if how == "syncing" else "2 x sync_bytes"
+            ok = own == ["commit"] and not me.start and not big and (sync or how == "syncing" or twice)
         else:
-            big = ntree is not None and (ntree + 2) * ps > 4 * limit
-            due = unsynced + ((ntree if ntree is not None else changed) + 2) * ps >= limit
-            why = ("sync=True" if sync else "syncing" if how == "syncing" else "interval" if how == "sleep"
-                   else "sync_bytes" if due else "interval")
-            if own == ["commit"]:
-                ok = not big and (sync or how in ("syncing", "sleep") or due or plan["sync_interval"])
-                if ok and not (sync or how or due):
+            fits = not (sync or how == "syncing" or big or twice)
+            due = after >= limit
+            if me.start:
+                why = ("sync_bytes" if due else "interval" if how == "sleep" or plan["sync_interval"]
+                       else "held pages")
+                ok = fits and own == ["commit"] and not me.inflight and (
+                    due or how == "sleep" or plan["sync_interval"] or after >= FLUSH_MIN_BYTES // 2)
+                if ok and why == "interval" and how != "sleep":
                     unplanned.append(i)
             else:
-                ok = own == [] and not (big or sync or how in ("syncing", "sleep") or due)
+                why = None
+                must = not me.inflight and (due or (how == "sleep" and not reset))
+                ok = fits and own == [] and not must
         if not ok:
-            problems.append("transaction %d (%d tree pages, %d pages changed, %d bytes unsynced before, "
-                            "sync_bytes %d, %s) made the sync points %s" % (
-                                i, -1 if ntree is None else ntree, changed, unsynced, limit,
-                                "pages-first" if pages_first else how or "sync=%s" % sync, kinds))
+            problems.append("transaction %d (%d tree pages, %d pages changed, %d bytes unsynced before, %d after, "
+                            "sync_bytes %d, %s%s%s) made the sync points %s" % (
+                                i, -1 if ntree is None else ntree, changed, unsynced, after, limit,
+                                "pages-first" if pages_first else how or "sync=%s" % sync,
+                                ", no-sync meta" if nosync else "",
+                                ", a flush in flight" if me.inflight else "", kinds))
         elif sync and kinds != own:
             problems.append("transaction %d (sync=True) made an extra flush: %s" % (i, kinds))
         elif sync and (any(any(v) for v in group[-1].delta.values()) or group[-1].old_len != group[-1].new_len):
@@ -623,29 +873,38 @@ def check_syncs(events, txns, sync, plan, states, spp, problems):
     return unplanned
 
 
-def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
+def record(cfg_id, sync, seed, commits, page_size=4096, directory=None, flush_mode=None):
     """Run ``commits`` workload transactions on a fresh database with the
     sync hook; return (events, states, problems, plan).  ``problems`` lists
     anything about the write protocol the simulator relies on that did not
     hold (module doc), and every commit that did not make the fdatasyncs it
-    must (``sync=True``: exactly one, two when pages-first)."""
+    must (``sync=True``: exactly one, two when pages-first).  The engine's
+    flushes run inline, their end taken up ``plan["flush_mode"]`` write
+    transactions later (``flush_mode`` overrides the plan's)."""
     import kvmap
     from kvmap._lib import ffi, lib
 
     plan = run_plan(sync, seed, commits)
+    if flush_mode is not None:
+        plan["flush_mode"] = flush_mode
     states = States(seed, commits, **plan["workload"])
-    rec = Recorder(page_size)
-    cb = ffi.callback("int(int)", rec.hook)
     own_dir = directory is None
     directory = directory or tempfile.mkdtemp(prefix="kvmap-powerloss-")
     path = crashkit.scratch_path(directory, "recorded.kv")
+    rec = Recorder(page_size, lock_path=path + "-lock")
+    cb = ffi.callback("int(int)", rec.hook)
     problems = []
     kw = dict(sync=sync, page_size=page_size, sync_bytes=plan["sync_bytes"],
               sync_interval=plan["sync_interval"], **CONFIGS[cfg_id])
-    txns = []                       # (i, how, first event, events after, committed)
-    durable = []                    # (event count, engine txnid, engine durable txnid) after each call
+    txns = []                       # (i, how, first event, events after, committed, unsynced before, after)
+    durable = []                    # (event count, workload txn, engine durable txnid) after each call
     txnid_of = {}                   # workload txn -> engine txnid after it
     lib.kvm_set_sync_hook(cb)
+    # the flush's fdatasync in this thread, at its start (so the hook sees
+    # every write in order), its end taken up at the k-th write
+    # transaction's begin (native/flush.c); process-wide, so set here,
+    # before the open
+    lib.kvm_set_flush_mode(plan["flush_mode"])
     try:
         db = kvmap.open(path, **kw)
         txnid_of[0] = db.stats()["txnid"]
@@ -669,7 +928,8 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
                 st = db.stats()
                 txnid_of[i] = st["txnid"]
                 rec.look(fd)
-                txns.append((i, how, first, len(rec.events), st["txnid"] != txnid_of[i - 1], unsynced))
+                txns.append((i, how, first, len(rec.events), st["txnid"] != txnid_of[i - 1], unsynced,
+                             st["unsynced_bytes"]))
                 durable.append((len(rec.events), i, st["durable_txnid"]))
                 if held is not None and i == plan["hold"][1]:
                     if dict(held.items()) != states.model(plan["hold"][0]):
@@ -681,7 +941,10 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
                 if what == "sync":
                     rec.ctx = ("sync",)
                     hooks = rec.hooks
-                    unsynced = st["durable_txnid"] != st["txnid"]
+                    # db.sync() takes up the end of a flush in flight first
+                    # (its fdatasync made that commit durable)
+                    fl = read_flight(rec.lock_path) or (0,)
+                    unsynced = st["txnid"] > max(st["durable_txnid"], fl[0])
                     db.sync()
                     if rec.hooks - hooks != int(unsynced):
                         problems.append("db.sync() after txn %d made %d fdatasyncs with %s unsynced" % (
@@ -709,22 +972,26 @@ def record(cfg_id, sync, seed, commits, page_size=4096, directory=None):
         if rec.error is not None:
             raise rec.error
         spp = page_size // SECTOR
-        events = annotate(rec.events, spp, problems, scratch=os.path.join(directory, "durable.kv"), reuse=not sync)
+        events = annotate(rec.events, spp, problems, scratch=os.path.join(directory, "durable.kv"), reuse=not sync,
+                          flush_mode=plan["flush_mode"])
     finally:
         lib.kvm_set_sync_hook(ffi.NULL)
+        lib.kvm_set_flush_mode(0)
         if own_dir:
             try:
-                os.unlink(path)
+                for name in os.listdir(directory):
+                    os.unlink(os.path.join(directory, name))
                 os.rmdir(directory)
             except OSError:
                 pass
     unplanned = check_syncs(events, txns, sync, plan, states, spp, problems)
-    # the durable commit the simulator tracks is the engine's
+    # the durable commit the simulator tracks (annotate: the disk's, or while
+    # the end of a flush is not taken up, the one before it) is the engine's
     for n, i, d in durable:
-        lo = events[n - 1].lo
-        if txnid_of[lo] != d:
-            problems.append("after txn %d: durable_txnid %d, the simulator says txn %d (txnid %d)" % (
-                i, d, lo, txnid_of[lo]))
+        e = events[n - 1]
+        if e.engine != d:
+            problems.append("after txn %d: durable_txnid %d, the simulator says txnid %s (on disk: txn %d, "
+                            "txnid %d)" % (i, d, e.engine, e.lo, txnid_of[e.lo]))
     if events[-1].lo != events[-1].hi:
         problems.append("close() left txn %d not durable" % events[-1].hi)
     plan["unplanned_flushes"] = unplanned
@@ -739,11 +1006,12 @@ class Image:
     ``expect`` is "empty-or-error" or (lo, hi, exact): the state after a
     transaction in lo..hi (exact: after hi itself, lo == hi)."""
 
-    __slots__ = ("k", "point", "mode", "length", "data", "expect", "note")
+    __slots__ = ("k", "point", "mode", "length", "data", "expect", "note", "window")
 
-    def __init__(self, k, point, mode, length, data, expect, note=""):
+    def __init__(self, k, point, mode, length, data, expect, note="", window=None):
         self.k, self.point, self.mode, self.length = k, point, mode, length
         self.data, self.expect, self.note = data, expect, note
+        self.window = window        # sync=False, in a flush's window: "completed" or "not completed"
 
 
 def _pages_of(delta, spp):
@@ -876,8 +1144,8 @@ def images_sync(events, states, seed, first, last, page_size):
             img[s * SECTOR:(s + 1) * SECTOR] = tear_meta(rng, mmode, old, e.delta[s])
             yield Image(k, e, "seal:" + mmode, "same-length", bytes(img), (e.hi, e.hi, True), "close()'s seal")
             continue
-        metas = [s for s in e.delta if s in (0, spp)]
-        pages = {s: d for s, d in e.delta.items() if s not in (0, spp)}
+        metas = [s for s in e.delta if is_meta(s, spp)]
+        pages = {s: d for s, d in e.delta.items() if not is_meta(s, spp)}
         if rng.random() < 0.15:
             mode = "all"
         else:
@@ -931,11 +1199,19 @@ def images_nosync(events, states, seed, first, last, page_size):
         # the last completed sync: the shadow the crash starts from
         s = m if (events[m].sync and not during) else max(
             (e.index for e in events[:m] if e.sync), default=-1)
-        plans.append((s, m, k, during, rng))
+        # in a flush's window (after its start, before the engine took up its
+        # end): a flush in the background may not have completed yet, the
+        # crash then starts from the sync before it (annotate, Event.bg)
+        window = None
+        if events[m].bg is not None and (during or not events[m].sync):
+            window = "completed"
+            if rng.random() < 0.5:
+                s, window = events[m].bg, "not completed"
+        plans.append((s, m, k, during, rng, window))
     plans.sort(key=lambda t: (t[0], t[2]))
     shadow = bytearray()
     at = 0                          # the writes of events[:at] are applied to shadow
-    for s, m, k, during, rng in plans:
+    for s, m, k, during, rng, window in plans:
         while at <= s:
             apply_delta(shadow, events[at].new_len, events[at].delta)
             at += 1
@@ -962,7 +1238,7 @@ def images_nosync(events, states, seed, first, last, page_size):
                     old = bytes(shadow[pg * ps:(pg + 1) * ps]).ljust(ps, b"\0")
                     versions[pg] = [old]
                     cur[pg] = bytearray(old)
-            for x in sorted(ev.delta, key=lambda x: (x in (0, spp), x)):     # pages, then the meta
+            for x in sorted(ev.delta, key=lambda x: (is_meta(x, spp), x)):     # pages, then the meta
                 pg = x // spp
                 o = (x - pg * spp) * SECTOR
                 cur[pg][o:o + SECTOR] = ev.delta[x]
@@ -998,7 +1274,7 @@ def images_nosync(events, states, seed, first, last, page_size):
             for pg, vs in versions.items():
                 if (pg + 1) * ps > length:
                     continue
-                if pg in (0, 1):
+                if pg < META_PAGES:
                     # version 0: as at the last completed sync; tears inside the sector
                     if mode == "pages":
                         v = rng.randrange(len(vs))
@@ -1028,9 +1304,11 @@ def images_nosync(events, states, seed, first, last, page_size):
             note = "%d torn pages; %s" % (torn, "; ".join(metas) or "no meta written")
         lname = "same-length" if len(lengths) == 1 else "old-length" if length < lengths[-1] else "new-length"
         yield Image(k, e, mode, lname, bytes(img), expect,
-                    "crash %s %r; last completed sync #%d; %d pages written since (%s); %s" % (
-                        "during" if during else "after", e, s, len(versions),
-                        ",".join(sorted({ev.kind for ev in since})) or "-", note))
+                    "crash %s %r; last completed sync #%d%s; %d pages written since (%s); %s" % (
+                        "during" if during else "after", e, s,
+                        " (the flush in flight not completed)" if window == "not completed" else
+                        " (in a flush's window)" if window else "", len(versions),
+                        ",".join(sorted({ev.kind for ev in since})) or "-", note), window=window)
 
 
 # ---------------------------------------------------------------- verification
@@ -1090,17 +1368,47 @@ def verify_image(img, path, cfg, states):
             if not ro:
                 raise crashkit.CrashCheckFailed("a read-only open: %s" % _which_state(path, dict(cfg, readonly=True),
                                                                                     states))
-            n = crashkit.verify(path, states, hi, oldest=lo, open_kw=cfg, allow_next=False, probe=PROBE_KEY)
+            # the recovery commits once (the probe key); for odd k with
+            # sync=False and a small sync_bytes: a flush of its own (started,
+            # or the commit's) beside the metas the crash left, then close's
+            # seal -- and the file holds that commit when opened again
+            nosync = img.k % 2 == 1
+            kw = dict(cfg, sync=False, sync_bytes=8192) if nosync else cfg
+            n = crashkit.verify(path, states, hi, oldest=lo, open_kw=kw, allow_next=False, probe=PROBE_KEY)
         except crashkit.CrashCheckFailed as e:
             return "failed", "expected %s: %s (%s)" % (want, e, _which_state(path, cfg, states))
         except kvmap.Error as e:
             return "failed", "expected %s: %s: %s" % (want, type(e).__name__, e)
+        err = _reopened(path, cfg, states, n) if nosync else None
+        if err:
+            return "failed", err
         if exact:
             return "exact", None
         tag = "state-newest" if n == hi else "state-durable" if n == lo else "state-between"
         return tag + ("-fallback" if fallback else ""), None
     finally:
         os.unlink(path)
+
+
+def _reopened(path, cfg, states, n):
+    """The file, opened again after crashkit.verify's commit on the state
+    after transaction n, holds that state and the probe key: None, or the
+    text of a failure."""
+    import kvmap
+    try:
+        db = kvmap.open(path, readonly=True, **cfg)
+        try:
+            got = dict(db.items())
+        finally:
+            db.close()
+    except kvmap.Error as e:
+        return "reopened after the commit made after the crash: %s: %s" % (type(e).__name__, e)
+    probe = got.pop(PROBE_KEY, None)
+    if probe == b"written after the crash" and got == states.states[n]:
+        return None
+    return "reopened after the commit made after the crash on the state after transaction %d: the state after " \
+           "transaction(s) %s, %s" % (n, states.which(got) or "none",
+                                      "the probe key lost" if probe is None else "the probe key")
 
 
 def _which_state(path, cfg, states):
@@ -1126,13 +1434,15 @@ def run_batch(spec, out=None, only=None, keep=None):
     t0 = time.time()
     tmp = tempfile.mkdtemp(prefix="kvmap-powerloss-")
     events, states, problems, plan = record(spec["config"], spec["sync"], spec["seed"], spec["commits"],
-                                            spec["page_size"], directory=tmp)
+                                            spec["page_size"], directory=tmp, flush_mode=spec.get("flush_mode"))
     first, last = (only, only + 1) if only is not None else (0, spec["losses"])
     gen = images_sync if spec["sync"] else images_nosync
     res = dict(spec=spec, modes=Counter(), lengths=Counter(), outcomes=Counter(), failures=[],
                problems=problems, losses=0, examples={}, events=Counter(e.kind + ("/" + e.why if e.why else "")
                                                                       for e in events),
-               unplanned_flushes=plan["unplanned_flushes"])
+               unplanned_flushes=plan["unplanned_flushes"], flush_mode=plan["flush_mode"],
+               flight=Counter({"flushes started": sum(e.start for e in events),
+                               "commits beside a flush in flight": sum(e.third for e in events)}))
     path = os.path.join(tmp, "image.kv")
     old = signal.signal(signal.SIGALRM, _on_alarm)
     # the verification's own syncs (its commit, the flush of a reopened
@@ -1140,6 +1450,7 @@ def run_batch(spec, out=None, only=None, keep=None):
     from kvmap._lib import ffi, lib
     no_sync = ffi.callback("int(int)", lambda fd: 0)
     lib.kvm_set_sync_hook(no_sync)
+    lib.kvm_set_flush_mode(1)       # no thread calls the hook (verify_image's sync=False commits)
     try:
         for img in gen(events, states, spec["seed"], first, last, spec["page_size"]):
             print("IMG %d" % img.k, file=out, flush=True)
@@ -1160,11 +1471,16 @@ def run_batch(spec, out=None, only=None, keep=None):
             res["lengths"][img.length] += 1
             res["outcomes"][outcome] += 1
             res["examples"].setdefault(outcome, img.k)
+            if img.window:
+                res["flight"]["images in a flush's window, %s" % img.window] += 1
+                if err:
+                    res["flight"]["failures in a flush's window, %s" % img.window] += 1
             if err:
                 res["failures"].append(dict(image=img.k, mode=img.mode, length=img.length,
                                             point=repr(img.point), note=img.note, error=err))
     finally:
         lib.kvm_set_sync_hook(ffi.NULL)
+        lib.kvm_set_flush_mode(0)
         signal.signal(signal.SIGALRM, old)
         for name in os.listdir(tmp):
             os.unlink(os.path.join(tmp, name))
@@ -1205,10 +1521,11 @@ def plan(losses=None, seed=1, *, long=False, configs=None, nosync=None, per_batc
 
 
 def replay_command(spec, image):
-    return ("python tools/powerloss.py --config %s%s --seed %d --commits %d --page-size %d --image %d "
+    return ("python tools/powerloss.py --config %s%s --seed %d --commits %d --page-size %d%s --image %d "
             "--keep /tmp/powerloss-image.kv" % (
                 spec["config"], "" if spec["sync"] else " --nosync",
-                spec["seed"], spec["commits"], spec["page_size"], image))
+                spec["seed"], spec["commits"], spec["page_size"],
+                " --flush-mode %d" % spec["flush_mode"] if spec.get("flush_mode") is not None else "", image))
 
 
 def run_child(specs, timeout=1800):
@@ -1245,7 +1562,7 @@ def run_child(specs, timeout=1800):
     spec = specs[len(results)]
     at = imgs[-1] if imgs else None
     results.append(dict(
-        spec=spec, modes={}, lengths={}, outcomes={}, examples={}, events={}, unplanned_flushes=[],
+        spec=spec, modes={}, lengths={}, outcomes={}, examples={}, events={}, unplanned_flushes=[], flight={},
         losses=len(imgs) - 1 if imgs else 0, problems=[], seconds=None,
         failures=[dict(image=at, error="child died (returncode %r) %s" % (
             rc, "while recording" if at is None else "on image %d" % at),
@@ -1273,6 +1590,7 @@ def summarize(results):
     lengths = Counter()
     outcomes = {True: Counter(), False: Counter()}
     events = {True: Counter(), False: Counter()}
+    flight = Counter()
     failures = []
     problems = []
     unplanned = 0
@@ -1284,6 +1602,7 @@ def summarize(results):
         lengths.update(r["lengths"])
         outcomes[s["sync"]].update(r["outcomes"])
         events[s["sync"]].update(r.get("events", {}))
+        flight.update(r.get("flight", {}))
         unplanned += len(r.get("unplanned_flushes", ()))
         failures += r["failures"]
         problems += ["%s seed %d: %s" % (s["config"], s["seed"], p) for p in r["problems"]]
@@ -1306,6 +1625,10 @@ def summarize(results):
     if unplanned:
         lines += ["  (%d commits flushed by sync_interval without a planned sleep: the first after an open,"
                   " or a slow machine)" % unplanned]
+    if flight:
+        lines += ["", "flushes in flight (sync=False; their end taken up at the k-th write transaction's begin, "
+                      "k the run's flush mode):"]
+        lines += ["  %-44s %6d" % (k, v) for k, v in sorted(flight.items())]
     lines += ["", "simulator problems (broken write-protocol rules): %d" % len(problems)]
     lines += ["  " + p for p in problems[:20]]
     lines += ["failures: %d" % len(failures)]
@@ -1337,6 +1660,9 @@ def main(argv=None):
     ap.add_argument("--commits", type=int, default=60, help="with --image: transactions in the run")
     ap.add_argument("--page-size", type=int, default=4096, help="with --image: the run's page size")
     ap.add_argument("--image", type=int, help="replay one image of the run (--config, --seed, ...)")
+    ap.add_argument("--flush-mode", type=int,
+                    help="with --image: the write transactions after which the engine takes up a flush's end "
+                         "(default: the run's plan, 1 to 4 by the seed)")
     ap.add_argument("--keep", help="with --image: write the image to this file too")
     ap.add_argument("--batch", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -1352,6 +1678,8 @@ def main(argv=None):
             ap.error("--image needs --config, one of: " + ", ".join(CONFIGS))
         spec = dict(config=a.config, sync=not a.nosync, seed=a.seed, commits=a.commits, losses=a.image + 1,
                     page_size=a.page_size)
+        if a.flush_mode is not None:
+            spec["flush_mode"] = a.flush_mode
         res = run_batch(spec, only=a.image, keep=a.keep)
         print(summarize([res]))
         for f in res["failures"]:

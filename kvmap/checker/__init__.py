@@ -1,4 +1,4 @@
-"""kvmap-check: an integrity checker for kvmap files (format v2, docs/FORMAT.md;
+"""kvmap-check: an integrity checker for kvmap files (format v3, docs/FORMAT.md;
 native/format.h).
 
 It never trusts the file: it reads its pages with ``pread`` only, from
@@ -48,16 +48,16 @@ chooses it: the newest valid meta if its commits not known durable verify
 against their records, its tree's edge paths verify and the file is long
 enough for it, else the durable commit that meta names (what a crash leaves
 of commits not yet durable -- pages unwritten, or the file's growth lost: a
-note, not a problem).  Full mode verifies both metas, the checksum
+note, not a problem).  Full mode verifies every meta, the checksum
 of every page it reaches, the tree (types, headers, cell bounds, key order
 within pages and against every ancestor separator, uniform leaf depth),
 overflow chains, the free space (bitmap index, bitmaps, the commit records
 after the floor), the counts in the meta, and that every page below the
 high-water mark has exactly one owner.  ``quick`` does the same without
 verifying page checksums and reads only the 32-byte header of overflow pages
-(never their payload).  A version 1 file is reported as such (the engine
-does not open it; ``--salvage`` copies it into a new file), and only its
-tree is checked.
+(never their payload).  A version 1 or 2 file is reported as such (the
+engine does not open it; ``--salvage`` copies it into a new version 3 file),
+and only its tree is checked.
 
 ``salvage(path, out)`` / ``--salvage OUT`` copies the newest committed state,
 as far as it can be read intact (from leaves and overflow pages whose
@@ -68,9 +68,10 @@ source is only read.  Case by case:
   the salvage began, read under the snapshot while writers go on (a newer
   meta that the engine passes over, below, is read as at rest: a commit
   landing meanwhile gives ``changed`` and no damage figures);
-* newest meta damaged (torn, zeroed, bad fields): the older meta's tree;
-* a version 1 file: its newest meta's tree (its free list is not read, so
-  only orphan leaves of its newest commit are proven current);
+* newest meta damaged (torn, zeroed, bad fields): the next newest meta's tree;
+* a version 1 or 2 file (two meta pages, its other pages from page 2): its
+  newest meta's tree (its free space is not read, so only orphan leaves of
+  its newest commit are proven current);
 * newest meta intact but its hwm past the end of the file (truncated): still
   the newest meta's tree (the check itself reports on the older meta when
   that one fits); pages past the end count as missing;

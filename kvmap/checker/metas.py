@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
-from .pagelayout import (HDR, M_FLAGS_NOSYNC, META_SIZE, META_SLOTS, PT_BRANCH, PT_LEAF, PT_RECORD, VERSION,
-                         Meta, crc32c, decode_meta, header, u16, u32, u64)
+from .pagelayout import (HDR, M_FLAGS_NOSYNC, META_PAGES, META_SIZE, PAGE_SIZES, PT_BRANCH, PT_LEAF, PT_RECORD,
+                         VERSION, Meta, crc32c, decode_meta, header, meta_pages, u16, u32, u64)
 from .records import RecordFault, Runs, record_items
 from .report import CheckUnreadable, Findings
 from .snapshot import commit_state
@@ -40,7 +40,7 @@ class MetaChoice(Findings):
     (its slot), beside ``metas`` and ``newest``; found by read_metas (the
     file at rest) or snapshot_metas (a snapshot's commit)."""
 
-    metas: list[Any]          # two, None where invalid
+    metas: list[Any]          # one per meta slot (three; two in a version 1 or 2 file), None where invalid
     newest: Optional[int]     # the newest valid meta (live_metas: meta_used, the newest it judges)
     meta_used: Optional[int]  # the meta checked; None: a snapshot's commit no meta holds any more
     meta: Meta
@@ -55,16 +55,19 @@ class MetaChoice(Findings):
         """Why an invalid meta is what a crash leaves, not damage (None when
         it is damage).  A power loss in a commit's meta write leaves that meta
         torn: the magic intact (it is the same in every meta) and the
-        checksum wrong, while the other meta is valid -- the engine then
-        opens the other one, as designed (FORMAT.md §2).  A power loss while
-        a file is created can leave one of its two metas unwritten: zeros,
-        next to a valid meta of the empty database.  A bit flipped in a meta
-        looks like a tear, so it is not told apart."""
+        checksum wrong, while the other metas are valid -- the engine then
+        opens the newest of them, as designed (FORMAT.md §2).  A power loss
+        while a file is created can leave some of its three metas unwritten:
+        zeros, next to a valid meta of the empty database (``other``, the
+        newest valid one), in a file no longer than its meta pages.  A bit flipped in a meta looks like a tear, so it
+        is not told apart."""
         if why == "checksum mismatch":
             return ("fails its checksum: a commit's meta write interrupted by a crash (that "
-                    "commit never completed), or damage to it; the other meta stands")
-        raw = os.pread(self.fd, META_SIZE, slot * other["page_size"])
-        if raw == bytes(META_SIZE) and other["txnid"] <= 1 and other["root"] == 0:
+                    "commit never completed), or damage to it; the valid metas stand")
+        ps = other["page_size"]
+        raw = os.pread(self.fd, META_SIZE, slot * ps)
+        if (raw == bytes(META_SIZE) and other["txnid"] <= 1 and other["root"] == 0
+                and self.file_size <= META_PAGES * ps):
             return "unwritten (zeros): the file's creation was interrupted by a crash"
         return None
 
@@ -77,7 +80,7 @@ class MetaChoice(Findings):
             page = m["root"]
             for level in range(m["depth"]):
                 ptype = PT_BRANCH if level + 1 < m["depth"] else PT_LEAF
-                if not 2 <= page < hwm:
+                if not META_PAGES <= page < hwm:
                     return f"page number {page} out of range"
                 buf = os.pread(self.fd, ps, page * ps)
                 if len(buf) < ps:
@@ -107,7 +110,7 @@ class MetaChoice(Findings):
         fd, ps, hwm = self.fd, m["page_size"], m["hwm"]
 
         def read(page: int, k: int) -> bytes:
-            if not 2 <= page < hwm:
+            if not META_PAGES <= page < hwm:
                 raise RecordFault(page, f"page number {page} out of range")
             buf = os.pread(fd, ps, page * ps)
             if len(buf) < ps:
@@ -131,7 +134,7 @@ class MetaChoice(Findings):
                         w, crc = item[1], item[2]
                         if w in later:
                             continue
-                        buf = os.pread(fd, ps, w * ps) if 2 <= w < hwm else b""
+                        buf = os.pread(fd, ps, w * ps) if META_PAGES <= w < hwm else b""
                         if (len(buf) < ps or u32(buf, 0)[0] != crc or u64(buf, 16)[0] != w
                                 or crc32c(memoryview(buf)[4:]) != crc):
                             return f"page {w}, written by commit {txn}, does not hold what it wrote"
@@ -154,111 +157,156 @@ class MetaChoice(Findings):
             return f"the file has {self.file_size} bytes of the {need} it needs"
         return self._commits_fault(m) or self._edge_fault(m)
 
-    def read_metas(self) -> Meta:
+    def _read_slots(self) -> tuple[list[Any], list[Optional[str]]]:
+        """Every meta slot decoded, found as the engine finds them (FORMAT.md
+        §2; meta.c, load_meta): meta k at k x the page size of meta 0, or,
+        when meta 0 is not valid, of the first possible page size at which
+        meta 1 or meta 2 is.  One thing more than the engine: when meta 0
+        is valid but neither other meta is at its page size while one is at
+        another, meta 0's page size field is the damaged part (the others
+        are confirmed by their places), and meta 0 is not valid."""
         fd, size = self.fd, self.file_size
-        raw0 = os.pread(fd, META_SIZE, 0)
-        m0, why0 = decode_meta(raw0)
-        m1 = why1 = None
-        if m0 is not None:
-            off = m0["page_size"]
-            m1, why1 = decode_meta(os.pread(fd, META_SIZE, off), off)
-            if m1 is None:
-                # Is there a valid meta 1 at another offset?  Then meta 0's
-                # page size is the wrong one (meta 1's is confirmed by its place).
-                for o in META_SLOTS:
-                    if o == off or o + META_SIZE > size:
+        metas: list[Any] = [None] * META_PAGES
+        whys: list[Optional[str]] = [f"short file (no room for meta {k})" for k in range(META_PAGES)]
+        metas[0], whys[0] = decode_meta(os.pread(fd, META_SIZE, 0))
+
+        def at(ps: int) -> tuple[list[Any], list[Optional[str]]]:
+            ms: list[Any] = [None] * META_PAGES
+            ws = list(whys)
+            for k in range(1, META_PAGES):
+                if k * ps + META_SIZE > size:
+                    break
+                ms[k], ws[k] = decode_meta(os.pread(fd, META_SIZE, k * ps), k, ps)
+            return ms, ws
+
+        if metas[0] is not None:
+            ps0 = metas[0]["page_size"]
+            ms, ws = at(ps0)
+            if not any(ms[1:]):
+                for ps in PAGE_SIZES:
+                    if ps == ps0:
                         continue
-                    alt, _ = decode_meta(os.pread(fd, META_SIZE, o), o)
-                    if alt is not None:
-                        why0 = (f"page size {m0['page_size']} conflicts with meta 1 found at "
-                                f"offset {o} (page size {o})")
-                        m0, m1, why1 = None, alt, None
+                    alt, alt_ws = at(ps)
+                    found = [k for k in range(1, META_PAGES) if alt[k] is not None]
+                    if found:
+                        whys[0] = (f"page size {ps0} conflicts with meta {found[0]} found at "
+                                   f"offset {found[0] * ps} (page size {ps})")
+                        metas[0], ms, ws = None, alt, alt_ws
                         break
         else:
-            for o in META_SLOTS:
-                if o + META_SIZE > size:
+            for ps in PAGE_SIZES:
+                ms, ws = at(ps)
+                if any(ms[1:]):
                     break
-                m1, why1 = decode_meta(os.pread(fd, META_SIZE, o), o)
-                if m1 is not None:
-                    break
-            if m1 is None:
-                why1 = why1 or "short file (no room for meta 1)"
-        metas: list[Any] = [m0, m1]   # (typed Any: the code below checks which is None)
-        whys = [why0, why1]
-        valid = [i for i in (0, 1) if metas[i] is not None]
+        metas[1:], whys[1:] = ms[1:], ws[1:]
+        return metas, whys
+
+    def read_metas(self) -> Meta:
+        size = self.file_size
+        metas, whys = self._read_slots()
+        valid = [i for i in range(META_PAGES) if metas[i] is not None]
         if not valid:
-            raise CheckUnreadable(f"no valid meta page: meta 0: {why0}; meta 1: {why1}")
+            raise CheckUnreadable("no valid meta page: " + "; ".join(
+                f"meta {k}: {whys[k]}" for k in range(META_PAGES)))
         version = max(metas[i]["version"] for i in valid)
-        for i in valid:
-            if metas[i]["version"] != version:
+        nslots = meta_pages(version)            # a version 1 or 2 file: page 2 is not a meta
+        metas, whys = metas[:nslots], whys[:nslots]
+        for i in range(nslots):
+            if metas[i] is not None and metas[i]["version"] != version:
                 metas[i], whys[i] = None, f"a version {metas[i]['version']} meta"
         if version != VERSION:
             self.add("version", None, f"{self.path} is a kvmap version {version} file; this kvmap "
                      f"reads version {VERSION}: copy its data into a new file with "
                      f"`kvmap-check --salvage {self.path} NEW` (only its tree is checked)")
-        # the newest: the larger txnid, then the larger durable (the meta a
-        # close sealed durable holds the same commit as the other); else meta 0
-        newest = 1 if metas[0] is None or (metas[1] is not None and recency(metas[1])
-                                           > recency(metas[0])) else 0
-        other = 1 - newest
-        nm, om = metas[newest], metas[other]
-        crash = None
-        if om is None:
-            crash = self._crash_left(other, whys[other], nm)
-            if not crash:
-                self.add("meta-damaged", other, f"meta {other} is damaged ({whys[other]})")
+        # the engine's order: the newest commit first; of equal commits the
+        # one whose meta names the newer durable one (a close seals the
+        # newest commit durable into another slot), then the lower slot
+        order = sorted((i for i in range(nslots) if metas[i] is not None),
+                       key=lambda i: (-metas[i]["txnid"], -metas[i].get("durable", 0), i))
+        newest = order[0]
+        nm = metas[newest]
         ps = nm["page_size"]
+        invalid = {}                            # slot: what it is
+        for i in range(nslots):
+            if metas[i] is None:
+                crash = self._crash_left(i, whys[i], nm)
+                if not crash:
+                    self.add("meta-damaged", i, f"meta {i} is damaged ({whys[i]})")
+                invalid[i] = crash or f"is damaged ({whys[i]})"
 
         def fits(m: Meta) -> bool:
             return bool(m["hwm"] * ps <= size)
         # The engine's choice (FORMAT.md §2; meta.c, load_meta): the newest
         # meta if it is usable; else, when the commits after the durable one
         # it names do not verify (a file too short for them included: their
-        # growth may not have reached the disk either), that durable
-        # commit's meta; else nothing.
-        fallback = False
+        # growth may not have reached the disk either), the newest other
+        # meta that passes, of those no older than that durable commit
+        # (the durable commit's own, or one a flush made durable since);
+        # else nothing.
+        fallback = None
+        fault = None
+        tried: list[tuple[int, str]] = []       # fallbacks that do not pass: slot, why
         if version == VERSION:
             fault = self._unusable(nm)
-            ofault = None
-            if (fault and nm["durable"] < nm["txnid"] and om is not None
-                    and om["txnid"] == nm["durable"]):
-                ofault = self._unusable(om)
-                fallback = ofault is None
-            if fault and not fallback and (fits(nm) or ofault):
+            if fault and nm["durable"] < nm["txnid"]:
+                for o in order[1:]:
+                    if not nm["durable"] <= metas[o]["txnid"] < nm["txnid"]:
+                        continue
+                    ofault = self._unusable(metas[o])
+                    if ofault is None:
+                        fallback = o
+                        break
+                    tried.append((o, ofault))
+            if fault and fallback is None and (fits(nm) or tried):
                 self.add("meta-unusable", newest, f"the engine refuses to open the file: meta "
-                         f"{newest} (txnid {nm['txnid']}): {fault}" + (
-                             f"; meta {other} (txnid {om['txnid']}), the durable commit it falls "
-                             f"back to: {ofault}" if ofault else ""))
-        if not fits(nm) and not fallback:
+                         f"{newest} (txnid {nm['txnid']}): {fault}" + "".join(
+                             f"; meta {o} (txnid {metas[o]['txnid']}), a commit it would fall "
+                             f"back to: {ofault}" for o, ofault in tried))
+        if not fits(nm) and fallback is None:
             first_missing = size // ps
             self.add("truncated", first_missing,
                      f"file is {size} bytes, shorter than hwm {nm['hwm']} x page size {ps} of "
                      f"meta {newest} (txnid {nm['txnid']}); pages from {first_missing} are missing")
-        chosen = other if fallback or (not fits(nm) and om is not None and fits(om)) else newest
+        if fallback is not None:
+            chosen = fallback
+        elif not fits(nm):
+            # an older meta that fits, if its commit is one the newest meta
+            # keeps (no older than the durable commit it names: its pages
+            # are not reused), is checked instead, with the truncation noted
+            keep = nm.get("durable", 0)
+            chosen = next((o for o in order[1:] if fits(metas[o]) and metas[o]["txnid"] >= keep),
+                          newest)
+        else:
+            chosen = newest
         cm = metas[chosen]
         if not fits(cm):
             self.notes.append(f"no meta fits the file size; checking meta {chosen} anyway")
-        if fallback:
+        for i, what in invalid.items():
+            self.notes.append(f"meta {i} {what}; using meta {chosen}")
+        if fallback is not None:
             sync = ", a commit made with sync=False" if nm["flags"] & M_FLAGS_NOSYNC else ""
             self.notes.append(
                 f"meta {newest} (txnid {nm['txnid']}{sync}) names commit {nm['durable']} as "
-                f"durable, and the commits after it were lost by a crash before they were "
-                f"durable ({fault}), or damaged; using meta {chosen} (txnid {cm['txnid']}), as "
-                f"the engine does")
-        elif om is None:
-            self.notes.append(f"meta {other} " + (crash if crash else f"is damaged ({whys[other]})")
-                              + f"; using meta {chosen}")
+                f"durable, and the commits after {cm['txnid']} were lost by a crash before they "
+                f"were durable ({fault}), or damaged; " + "".join(
+                    f"meta {o} (txnid {metas[o]['txnid']}) does not pass either ({ofault}); "
+                    for o, ofault in tried)
+                + f"using meta {chosen} (txnid {cm['txnid']}), as the engine does")
         elif chosen != newest:
             self.notes.append(f"meta {newest} (txnid {nm['txnid']}) does not fit the file; "
                               f"checking the older meta {chosen} (txnid {cm['txnid']})")
-        elif nm["txnid"] != om["txnid"]:
-            self.details.append(f"using meta {chosen}: the newer (txnid {nm['txnid']} > "
-                                f"{om['txnid']})")
-        elif nm.get("durable") != om.get("durable"):
-            self.details.append(f"using meta {chosen}: both metas hold commit {nm['txnid']}; it "
-                                f"names the newer durable one ({nm['durable']} > {om['durable']})")
-        else:
-            self.details.append(f"using meta {chosen}: both metas hold commit {nm['txnid']}")
+        elif len(order) > 1:
+            om, o = metas[order[1]], order[1]
+            if nm["txnid"] != om["txnid"]:
+                self.details.append(f"using meta {chosen}: the newest (txnid {nm['txnid']}; the "
+                                    f"next, meta {o}, has {om['txnid']})")
+            elif nm.get("durable") != om.get("durable"):
+                self.details.append(f"using meta {chosen}: metas {chosen} and {o} hold commit "
+                                    f"{nm['txnid']}; it names the newer durable one "
+                                    f"({nm['durable']} > {om['durable']})")
+            else:
+                self.details.append(f"using meta {chosen}: metas {chosen} and {o} hold commit "
+                                    f"{nm['txnid']} alike")
         if cm.get("durable", cm["txnid"]) < cm["txnid"]:
             first = cm["durable"] + 1
             self.details.append(
@@ -279,7 +327,7 @@ class MetaChoice(Findings):
         meta pages beside it.  When the meta pages make read_metas choose
         that commit too, and no commit lands while they are read (the commit
         state and the newest published commit unchanged), they are checked
-        as at rest: the choice with its notes, both metas' fields, the edge
+        as at rest: the choice with its notes, the metas' fields, the edge
         paths and the records of the commits not known durable.  Otherwise a
         later commit has rewritten a meta page, perhaps while it was read,
         and what read_metas found is dropped: live_metas checks what still
@@ -298,7 +346,7 @@ class MetaChoice(Findings):
 
     def live_metas(self, state: Meta) -> None:
         """The meta pages beside a snapshot of commit ``state`` of a database
-        in use.  Later commits may have rewritten either slot, or be
+        in use.  Later commits may have rewritten any slot, or be
         rewriting it as it is read, so a slot is checked against the
         snapshot's fields only where it holds the snapshot's commit; a later
         commit's meta is not judged (its pages are not the snapshot's and may
@@ -309,11 +357,11 @@ class MetaChoice(Findings):
         done (every meta has the same magic, version and page size)."""
         ps, txnid = state["page_size"], state["txnid"]
         self.meta = dict(state, version=VERSION)
-        self.metas = [None, None]
+        self.metas = [None] * META_PAGES
         holding = []                # the slots that hold the snapshot's commit
         rewritten = False           # a slot holds a later commit's meta, or one being written
-        for slot in (0, 1):
-            m, why = decode_meta(os.pread(self.fd, META_SIZE, slot * ps), slot * ps if slot else None)
+        for slot in range(META_PAGES):
+            m, why = decode_meta(os.pread(self.fd, META_SIZE, slot * ps), slot, ps if slot else None)
             self.metas[slot] = m
             if m is None and why == "checksum mismatch":
                 rewritten = True
@@ -347,7 +395,7 @@ class MetaChoice(Findings):
                 self.details.append(f"no meta page holds commit {txnid}, the snapshot's, any more: "
                                     f"later commits rewrote them; its fields are the engine's")
             else:
-                self.add("meta-damaged", None, f"neither meta page holds commit {txnid}, the "
+                self.add("meta-damaged", None, f"no meta page holds commit {txnid}, the "
                          f"snapshot's, nor a later commit")
         self.newest = self.meta_used            # salvage copies the snapshot's commit
         if state["hwm"] * ps > self.file_size:

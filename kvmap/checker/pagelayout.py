@@ -17,13 +17,15 @@ if TYPE_CHECKING:
 from .._kvmap_cffi import ffi as _ffi, lib as _lib
 
 MAGIC = b"\x89KVM\r\n\x1a\n"
-VERSION = 2
+VERSION = 3
+META_PAGES = 3                   # pages 0, 1 and 2 are meta pages: meta k at byte k x page size
+OLD_META_PAGES = 2               # versions 1 and 2: meta pages 0 and 1, other pages from 2
 MIN_PAGE, MAX_PAGE = 4096, 65536
 MAX_DEPTH = 32
 META_SIZE = 128
 HDR = 32                         # the page header
 M_FLAGS_NOSYNC = 1
-META_SLOTS = (4096, 8192, 16384, 32768, 65536)     # where meta 1 can be: at its page size
+PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)     # the possible page sizes (meta k at k x one)
 
 PT_BRANCH, PT_LEAF, PT_OVERFLOW = 1, 2, 3
 PT_FREE_INDEX, PT_FREE_BITMAP, PT_RECORD = 4, 5, 8
@@ -64,13 +66,23 @@ def crc32c(data: ReadableBuffer, crc: int = 0) -> int:
 
 # ---------------------------------------------------------------- meta
 
-def decode_meta(buf: bytes, offset: Optional[int] = None) -> tuple[Optional[Meta], Optional[str]]:
+def meta_pages(version: int) -> int:
+    """How many meta pages a file of format ``version`` has: its first
+    other page (tree, free space) is this one."""
+    return META_PAGES if version == VERSION else OLD_META_PAGES
+
+
+def decode_meta(buf: bytes, slot: int = 0, page_size: Optional[int] = None
+                ) -> tuple[Optional[Meta], Optional[str]]:
     """(meta dict, None) or (None, reason) following FORMAT.md §2 (meta.c,
-    meta_decode).  A version 1 meta whose checksum and tree fields hold is
-    decoded too, with only those fields (its tree pages and page header are
-    version 2's, so salvage can copy its tree): ``version`` tells."""
+    meta_decode), for meta ``slot`` read at ``slot`` x ``page_size`` (its
+    page size field must be that one; ``page_size`` None: not checked, as
+    for meta 0).  A version 1 or 2 meta whose checksum and tree fields hold
+    is decoded too, with only those fields (their tree pages and page
+    header are version 3's, with two meta pages before them, so salvage can
+    copy the tree): ``version`` tells."""
     if len(buf) < META_SIZE:
-        return None, "short file (no room for a meta page)"
+        return None, f"short file (no room for meta {slot})"
     (magic, version, ps, txnid, root, depth, flags, entries, hwm, free_index, record,
      free_count, pending_count, floor, durable) = meta_fields.unpack_from(buf, 0)
     if magic != MAGIC:
@@ -78,25 +90,27 @@ def decode_meta(buf: bytes, offset: Optional[int] = None) -> tuple[Optional[Meta
     stored = u32(buf, 124)[0]
     if crc32c(memoryview(buf)[:124]) != stored:
         return None, "checksum mismatch"
-    if version not in (1, VERSION):
+    if version not in (1, 2, VERSION):
         return None, f"unsupported version {version}"
     if ps < MIN_PAGE or ps > MAX_PAGE or ps & (ps - 1):
         return None, f"bad page size {ps}"
-    if offset is not None and ps != offset:
-        return None, f"page size {ps} does not match its offset {offset}"
-    if hwm < 2 or hwm > (2 ** 64 - 1) // ps:
+    if page_size is not None and ps != page_size:
+        return None, (f"page size {ps} disagrees with the meta page's position (meta {slot} at "
+                      f"offset {slot * page_size})")
+    first = meta_pages(version)
+    if hwm < first or hwm > (2 ** 64 - 1) // ps:
         return None, f"bad high-water mark {hwm}"
     if (root == 0) != (depth == 0) or depth > MAX_DEPTH or (root == 0 and entries != 0):
         return None, f"inconsistent root {root} / depth {depth} / entries {entries}"
-    if root != 0 and not 2 <= root < hwm:
-        return None, f"root {root} out of range [2, {hwm})"
+    if root != 0 and not first <= root < hwm:
+        return None, f"root {root} out of range [{first}, {hwm})"
     tree = dict(version=version, page_size=ps, txnid=txnid, root=root, depth=depth, flags=flags,
                 entries=entries, hwm=hwm)
     if version != VERSION:
         return tree, None
     for name, v in (("free_index", free_index), ("record", record)):
-        if v != 0 and not 2 <= v < hwm:
-            return None, f"{name} {v} out of range [2, {hwm})"
+        if v != 0 and not first <= v < hwm:
+            return None, f"{name} {v} out of range [{first}, {hwm})"
     if free_count + pending_count > hwm:
         return None, f"free_count {free_count} + pending_count {pending_count} > hwm {hwm}"
     # every commit has a record; released commits and durable ones precede it
@@ -232,7 +246,7 @@ def claim_run(owner: Any, freed: Any, start: int, count: int, code: int, most: i
 
 class BitmapClaims:
     """The set bits of a free-space bitmap page's body (bit b: page
-    ``first`` + b), in order: each for a page in [2, hwm) counted, claimed
+    ``first`` + b), in order: each for a page in [META_PAGES, hwm) counted, claimed
     for ``code`` in ``owner`` below ``npages`` and marked in ``freed``, up to
     the next bit a caller must report (``next``)."""
 

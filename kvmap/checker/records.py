@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Callable, Iterator, Optional
 
-from .pagelayout import (HDR, PF_CONTINUED, R_RUN_SIZE, R_WRITTEN_SIZE, RECORD_SPARE_MAX, header,
+from .pagelayout import (HDR, META_PAGES, PF_CONTINUED, R_RUN_SIZE, R_WRITTEN_SIZE, RECORD_SPARE_MAX, header,
                          record_head, record_run, record_written)
 
 # A page reader of a record chain: read(page, k) -> the k-th page's bytes.
@@ -95,9 +95,9 @@ class Runs:
         """Add [start, start + count), merging with the runs already in (a
         page written, freed, reused and freed again is freed by two
         commits); False (nothing added) if the run is empty or not inside
-        [2, limit)."""
+        [META_PAGES, limit)."""
         end = start + count
-        if count < 1 or start < 2 or end > limit:
+        if count < 1 or start < META_PAGES or end > limit:
             return False
         i = bisect.bisect_left(self.ends, start)          # the first run ending at or after start
         j = bisect.bisect_right(self.starts, end)         # the runs starting at or before end

@@ -13,8 +13,8 @@ from ..errors import Error
 
 
 class CheckUnreadable(Error):
-    """The file cannot be checked at all: it cannot be opened, or neither
-    meta page is a valid kvmap meta.  A :class:`kvmap.Error`."""
+    """The file cannot be checked at all: it cannot be opened, or no meta
+    page is a valid kvmap meta.  A :class:`kvmap.Error`."""
 
 
 @dataclass

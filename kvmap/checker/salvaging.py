@@ -89,8 +89,8 @@ def _free_pages_intact(s: Checker) -> bool:
     """Do the checksums of all the free-space pages (index, bitmaps, live
     records) match?"""
     want = s.owner.translate(_FREE_SPACE_CODES)
-    s.reader.checksums(uint8_array(want), s.sums_c, 2, s.npages)
-    p = want.find(1, 2)
+    s.reader.checksums(uint8_array(want), s.sums_c, s.first, s.npages)
+    p = want.find(1, s.first)
     while p != -1:
         if s.sums[p] != SUM_HOLDS:
             return False
@@ -138,7 +138,7 @@ def _salvage_tree(s: Checker) -> Iterator[tuple[bytes, bytes]]:
     while stack:
         page, level, lo, hi = stack.pop()
         leaf = level == depth - 1
-        inside = 2 <= page < s.npages
+        inside = s.first <= page < s.npages
         if inside and (s.taken[page] or seen[page]):
             s.missing.append((lo, hi))         # one page behind two pointers
             continue
@@ -179,7 +179,7 @@ def _salvage_orphans(s: Checker) -> Iterator[tuple[int, bytes, list[_Cell], bool
     # far as the free space can tell)
     cands = []
     chunk = max(4, (8 << 20) // ps)
-    p = 2
+    p = s.first
     while p < s.npages:
         cnt = min(chunk, s.npages - p)
         buf = os.pread(s.fd, cnt * ps, p * ps)
@@ -250,7 +250,7 @@ def _read_chain(c: Checker, p: int, vlen: int) -> Optional[bytes]:
     parts = []
     seen = set()
     for k in range(n):
-        if not 2 <= p < c.npages or p in seen:
+        if not c.first <= p < c.npages or p in seen:
             return None
         seen.add(p)
         buf = os.pread(c.fd, ps, p * ps)
@@ -394,8 +394,11 @@ def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath]
     if s is not c:
         notes.append(f"salvaged the newest meta {s.meta_used} (txnid {s.meta['txnid']}), not "
                      f"the meta {c.meta_used} checked: its pages past the end of the file are lost")
-    if any(p.kind == "meta-damaged" and p.page != s.meta_used for p in rep.problems):
-        notes.append(f"salvaged from meta {s.meta_used}: the other meta is damaged")
+    damaged = sorted({p.page for p in rep.problems if p.kind == "meta-damaged" and p.page is not None
+                      and p.page != s.meta_used})
+    if damaged:
+        which = f"meta {damaged[0]} is" if len(damaged) == 1 else f"metas {damaged[0]} and {damaged[1]} are"
+        notes.append(f"salvaged from meta {s.meta_used}: {which} damaged")
     if s.missing or s.dead:
         notes.append(f"{len(s.missing) + s.dead} parts of the tree are missing or damaged "
                      f"({s.dead} of them single leaves)")
@@ -408,7 +411,7 @@ def _salvage(fd: int, path: StrPath, out: StrPath, unverified: Optional[StrPath]
                  else "not copied (see --unverified)")
         notes.append(f"{unv_pairs} entries in {len(unv_leaves)} intact leaf pages under the "
                      f"missing parts of the tree cannot be proven current (the newest free "
-                     f"space is incomplete, or unread in a version 1 file): they may be older "
+                     f"space is incomplete, or unread in a version 1 or 2 file): they may be older "
                      f"values or deleted keys; {where}")
     return SalvageResult(report=rep, out=os.fspath(out), meta_used=s.meta_used,
                          recovered=recovered, lost=max(0, s.meta["entries"] - recovered),

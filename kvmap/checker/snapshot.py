@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..db import Database, open as open_engine
 from ..errors import Error
-from .pagelayout import MAGIC, META_SIZE, META_SLOTS, Meta, u32
+from .pagelayout import MAGIC, META_PAGES, META_SIZE, PAGE_SIZES, Meta, u32
 from .report import CheckUnreadable
 
 if TYPE_CHECKING:
@@ -36,15 +36,15 @@ if TYPE_CHECKING:
 # be opened (read-only media, or one this user may not write: a writer
 # elsewhere would not see the snapshot), or the engine fails otherwise (every
 # reader slot taken, ...).  Such a check compares the file's "commit state"
-# before and after its reads: the size and the raw first 128 bytes of both
-# metas.  Equal states mean no commit completed in between, so every page
+# before and after its reads: the size and the raw first 128 bytes of every
+# meta.  Equal states mean no commit completed in between, so every page
 # that either meta reaches was left alone (FORMAT.md: a page is never
 # overwritten while a meta can reach it; a commit in progress writes only
-# pages that neither meta reaches -- free pages, or pages past the hwm --
+# pages that no meta reaches -- free pages, or pages past the hwm --
 # whose contents the check does not judge) and the report stands.  A writer
 # cannot change pages and put the metas back to identical bytes: every
 # commit writes the next txnid (its predecessor's + 1) into one meta's first
-# 128 bytes (a close that seals the newest commit durable rewrites the other
+# 128 bytes (a close that seals the newest commit durable rewrites another
 # meta with a larger durable field), and a txnid is used again only in place
 # of a commit that open passed over (lost by a crash), so after any
 # completed commit at least one meta differs from every earlier version of
@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 # A meta write caught half done by the first read is caught again by the
 # second (its final bytes differ from the torn ones).  Growth (or a
 # truncation by anyone) changes the size, which is compared too.
+
+
+# where the metas after meta 0 can be: meta k at k x a possible page size
+META_OFFSETS = tuple(sorted({k * ps for k in range(1, META_PAGES) for ps in PAGE_SIZES}))
 
 
 class HeldCommit:
@@ -75,7 +79,7 @@ def register(fd: int, path: StrPath) -> tuple[Optional[HeldCommit], str]:
     """A snapshot of the newest commit of the database at ``path``, its
     reader slot in the lock file; or (None, why the file is read at rest)."""
     try:
-        kvmap_file = any(os.pread(fd, len(MAGIC), o) == MAGIC for o in (0,) + META_SLOTS)
+        kvmap_file = any(os.pread(fd, len(MAGIC), o) == MAGIC for o in (0,) + META_OFFSETS)
     except OSError as e:
         raise CheckUnreadable(f"cannot read {path}: {e.strerror or e}") from None
     if not kvmap_file:
@@ -108,17 +112,18 @@ def at_rest_note(why: str) -> str:
 
 def commit_state(fd: int, slots: Optional[tuple[int, ...]] = None) -> tuple[tuple[int, ...], tuple[object, ...]]:
     """(slots, state): the file size and the raw first META_SIZE bytes of
-    meta 0 and of meta 1, read at ``slots`` (meta 1's possible offsets).
-    Without ``slots``: the page size meta 0 names, if it is a possible one,
-    plus every other offset that holds a meta magic (meta 0's page size
-    field may be the damaged part); pass the result back to read the same
-    places again."""
+    meta 0 and of the other metas, read at ``slots`` (offsets of the metas
+    after meta 0).  Without ``slots``: those at the page size meta 0 names,
+    if it is a possible one, plus every other possible offset that holds a
+    meta magic (meta 0's page size field may be the damaged part); pass the
+    result back to read the same places again."""
     size = os.fstat(fd).st_size
     raw0 = os.pread(fd, META_SIZE, 0)
     if slots is None:
         ps = u32(raw0, 12)[0] if len(raw0) >= 16 else 0
-        slots = tuple(o for o in META_SLOTS
-                      if o == ps or os.pread(fd, len(MAGIC), o) == MAGIC)
+        named = {k * ps for k in range(1, META_PAGES)} if ps in PAGE_SIZES else set()
+        slots = tuple(o for o in META_OFFSETS
+                      if o in named or os.pread(fd, len(MAGIC), o) == MAGIC)
     return slots, (size, raw0) + tuple(os.pread(fd, META_SIZE, o) for o in slots)
 
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from .metas import MetaChoice
 from .pagelayout import (BRANCH_HDR, CELL_OFFSET, CELL_PAST_END, CHAIN_CUT, CHAIN_LONG, CHAIN_PAGE,
                          CHAIN_RANGE, CHAIN_TAKEN, FIRST_KEY, HDR, KEY_LENGTH, KEY_ORDER, KEY_PAST_END,
-                         LEAF_HDR, OVERFLOW, PAGE_COUNTS, PAGE_DEPTH, PAGE_MISPLACED, PAGE_OK, PAGE_SHORT,
+                         LEAF_HDR, META_PAGES, OVERFLOW, PAGE_COUNTS, PAGE_DEPTH, PAGE_MISPLACED, PAGE_OK, PAGE_SHORT,
                          PAGE_TYPE, PT_BRANCH, PT_FREE_BITMAP, PT_FREE_INDEX, PT_LEAF, PT_OVERFLOW,
                          PT_RECORD, R_FLAGS_PAGES_DURABLE, SUM_FAILS, SUM_HOLDS, TYPE_NAMES, VERSION, Meta,
-                         BITS_END, BITS_OUTSIDE, BitmapClaims, PageReader, claim_run, header, u16, u64,
-                         uint8_array)
+                         BITS_END, BITS_OUTSIDE, BitmapClaims, PageReader, claim_run, header, meta_pages, u16,
+                         u64, uint8_array)
 from .records import Read, RecordFault, Runs, record_items
 from ..errors import Error
 from .report import CheckReport, CheckUnreadable
@@ -47,6 +47,7 @@ class Checker(MetaChoice):
 
     # Set by setup, the walks, and salvage (salvaging.py).
     ps: int
+    first: int                # the first page after the meta pages (2 in a version 1 or 2 file)
     hwm: int
     npages: int
     free_bits: Any            # None until walk_free counts them, then an int
@@ -76,7 +77,8 @@ class Checker(MetaChoice):
         self.owner = bytearray(self.npages)
         self.sums = bytearray(self.npages)                 # checksum states (SUM_*), full mode
         self.freed = bytearray(self.npages)                # 1: listed free or pending
-        for i in range(min(2, self.npages)):
+        self.first = meta_pages(m["version"])
+        for i in range(min(self.first, self.npages)):
             self.owner[i] = O_META
         self.reader = PageReader(self.fd, ps, self.npages, m["txnid"], not self.quick, self.sums)
         self.owner_c, self.sums_c, self.freed_c = (uint8_array(self.owner), uint8_array(self.sums),
@@ -91,14 +93,14 @@ class Checker(MetaChoice):
         n, owner = self.npages, self.owner
         want = owner.translate(_CHECKED_CODES)            # 1 per page to verify
         want_c = uint8_array(want)
-        p = 2
+        p = self.first
         while p < n:
             cnt = min(self.reader.batch, n - p)
             self.reader.checksums(want_c, self.sums_c, p, p + cnt)
             p += cnt
             if self.progress:
                 self.progress(n + p, 2 * n)
-        pg = self.sums.find(SUM_FAILS, 2)
+        pg = self.sums.find(SUM_FAILS, self.first)
         while pg != -1:
             if want[pg]:
                 self.add("bad-checksum", pg, f"page {pg} ({OWNER_NAMES[owner[pg]]}): checksum mismatch")
@@ -106,8 +108,9 @@ class Checker(MetaChoice):
 
     def ref_ok(self, page: int, what: str) -> bool:
         """Is ``page`` a possible target?  Reports out-of-range otherwise."""
-        if page < 2 or page >= self.hwm:
-            self.add("out-of-range", page, f"{what} refers to page {page}, outside [2, {self.hwm})")
+        if page < self.first or page >= self.hwm:
+            self.add("out-of-range", page, f"{what} refers to page {page}, outside [{self.first}, "
+                     f"{self.hwm})")
             return False
         if page >= self.npages:
             self.add("out-of-range", page,
@@ -202,8 +205,10 @@ class Checker(MetaChoice):
                 self.leaf(page, res, buf, 0, lo, hi)
                 continue
             self.cell_events(page, res, buf, 0, lo, hi)
-            if level + 1 < leaf_level:
-                # so that the walk visits them left to right
+            if level + 1 < leaf_level or self.first < META_PAGES:
+                # so that the walk visits them left to right (a version 1 or
+                # 2 file's leaves too, one by one: the C reader's batches of
+                # leaves do not read page 2, version 3's third meta page)
                 stack.extend(reversed(self.children(page, level, res.nkeys, buf, lo, hi)))
             elif not self.leaves(page, res.nkeys, buf, lo, hi):
                 break
@@ -305,7 +310,7 @@ class Checker(MetaChoice):
                     return False
                 res = results[j]
                 page = res.pgno
-                if not 2 <= page < npages or owner[page]:
+                if not META_PAGES <= page < npages or owner[page]:
                     # out of range, or a page with an owner: as the walk reports them
                     what = f"branch {branch} cell {res.cell}"
                     if self.ref_ok(page, what):
@@ -337,8 +342,18 @@ class Checker(MetaChoice):
         follows it and claims its pages; here what ends it is reported)."""
         n = -(-vlen // self.usable)
         what = f"leaf {leaf} cell {cell}"
-        chain = self.reader.overflow_chain(first, n, self.owner_c, O_OVERFLOW)
-        end, k, p = chain.end, chain.piece, chain.page
+        done = 0                                  # pieces followed before ``first``
+        while True:
+            chain = self.reader.overflow_chain(first, n - done, self.owner_c, O_OVERFLOW)
+            end, k, p = chain.end, done + chain.piece, chain.page
+            if not (end == CHAIN_RANGE and self.first <= p < min(META_PAGES, self.npages)):
+                break
+            # page 2 of a version 1 or 2 file, which the C reader takes for
+            # version 3's third meta page: that piece here, then on
+            nxt = self.low_overflow_piece(p, k, n, vlen, what)
+            if nxt is None:
+                return
+            first, done = nxt, k + 1
         if end == CHAIN_RANGE:
             self.ref_ok(p, f"overflow chain of {what} (piece {k})")
         elif end == CHAIN_TAKEN:
@@ -353,6 +368,29 @@ class Checker(MetaChoice):
             self.add("overflow-chain", p, f"page {p}: overflow chain of {what} ends after "
                      f"{k + 1} pages; {vlen} bytes need {n}")
 
+    def low_overflow_piece(self, p: int, k: int, n: int, vlen: int, what: str) -> Optional[int]:
+        """Piece ``k`` (of ``n``, for ``vlen`` bytes) of the overflow chain
+        of ``what`` at page ``p``, below META_PAGES (a version 1 or 2 file),
+        as checkpage.c follows a piece: claimed, its header vetted, its next
+        page returned (None: the chain ends here, reported if it must not)."""
+        if self.owner[p]:
+            self.claim(p, O_OVERFLOW, f"overflow piece {k} of {what}")
+            return None
+        self.owner[p] = O_OVERFLOW
+        buf = os.pread(self.fd, self.ps, p * self.ps)
+        verdict = self.reader.header_verdict(p, buf, (PT_OVERFLOW,))
+        if verdict != PAGE_OK:
+            self.unvetted(p, f"overflow piece {k} of {what}", verdict, buf, (PT_OVERFLOW,))
+            return None
+        nxt: int = u64(buf, 24)[0]
+        if k == n - 1 and nxt:
+            self.add("overflow-chain", p, f"page {p}: last overflow page of {what} "
+                     f"({n} pages for {vlen} bytes) has next {nxt}, not 0")
+        elif k < n - 1 and not nxt:
+            self.add("overflow-chain", p, f"page {p}: overflow chain of {what} ends after "
+                     f"{k + 1} pages; {vlen} bytes need {n}")
+        return nxt if k < n - 1 and nxt else None
+
     # ------------------------------------------------------------ free space
 
     def walk_free(self) -> None:
@@ -360,8 +398,9 @@ class Checker(MetaChoice):
         freelist_load): the bitmap-index chain, the records of the commits
         after the floor (the newest one's overrides replace index entries),
         then the bitmaps; the free and pending pages they list are claimed.
-        A version 1 file's free list is not read (its format is gone):
-        nothing is known free there."""
+        A version 1 or 2 file's free space is not read (version 1's format
+        is gone; version 2's names pages from 2): nothing is known free
+        there."""
         m = self.meta
         self.free_bits = self.pending_pages = None
         self.free_complete = False
@@ -440,14 +479,14 @@ class Checker(MetaChoice):
                     elif kind == "freed":
                         # a run may reach past hwm where a newer record released
                         # its pages early (a later commit may have trimmed them)
-                        if b < 1 or a < 2 or a + b > self.file_pages:
+                        if b < 1 or a < META_PAGES or a + b > self.file_pages:
                             marked = self._pending_run(first, a, b, marked)   # reports it
                         else:
                             for s_, c_ in released.outside(a, b):
                                 marked = self._pending_run(first, s_, c_, marked)
                     elif kind == "released" and not released.add(a, b, self.file_pages):
                         self.add("free-list", first, f"record page {first}: released run "
-                                 f"({a}, {b}) is empty or outside [2, {self.file_pages}) "
+                                 f"({a}, {b}) is empty or outside [{META_PAGES}, {self.file_pages}) "
                                  f"(the file's pages)")
                     elif kind == "override" and txn == m["txnid"]:
                         if a >= nranges or (last_range is not None and a <= last_range):
@@ -484,9 +523,9 @@ class Checker(MetaChoice):
 
     def _pending_run(self, record: int, start: int, count: int, marked: int) -> int:
         """Claim the run (start, count) that a live record lists freed."""
-        if count < 1 or start < 2 or start + count > self.hwm:
+        if count < 1 or start < META_PAGES or start + count > self.hwm:
             self.add("free-list", record, f"record page {record}: freed run ({start}, {count}) "
-                     f"is empty or outside [2, {self.hwm})")
+                     f"is empty or outside [{META_PAGES}, {self.hwm})")
             return marked
         self.pending_pages += count
         pg, end = start, min(start + count, self.npages)
@@ -527,7 +566,8 @@ class Checker(MetaChoice):
                     break
                 pg = first + bit
                 if stop == BITS_OUTSIDE:
-                    self.add("free-list", bm, f"bitmap page {bm}: bit set for page {pg}, outside [2, {hwm})")
+                    self.add("free-list", bm, f"bitmap page {bm}: bit set for page {pg}, outside "
+                             f"[{META_PAGES}, {hwm})")
                 else:                              # BITS_TAKEN: a page with an owner
                     self.claim(pg, O_FREE, f"set in bitmap page {bm}")
 
@@ -535,7 +575,7 @@ class Checker(MetaChoice):
 
     def ownership(self) -> None:
         owner = self.owner
-        p = owner.find(0, 2)
+        p = owner.find(0, self.first)
         while p != -1:
             self.add("leaked", p, f"page {p} is neither reachable nor free nor pending")
             p = owner.find(0, p + 1)
@@ -548,8 +588,8 @@ class Checker(MetaChoice):
             if c:
                 counts[name] = c
         leaked = self.owner.count(0)
-        if leaked:
-            counts["leaked"] = leaked
+        if leaked:       # (a version 1 or 2 file's free space is not read: its pages are unread)
+            counts["leaked" if m["version"] == VERSION else "unread"] = leaked
         cap = self.nleaves * self.usable
         return dict(
             pages_by_type=counts, depth=m["depth"], entries=self.entries,
@@ -581,7 +621,7 @@ def run(fd: int, path: StrPath, quick: bool, max_errors: int, progress: Optional
         c.walk_free()
         if not quick:
             c.checksum_pass()
-        if c.meta["version"] == VERSION:       # (a version 1 file's free pages are unknown)
+        if c.meta["version"] == VERSION:       # (a version 1 or 2 file's free pages are unknown)
             c.ownership()
         summary = c.summary()
     except Error:                              # kvmap's own (CheckUnreadable & co.) are OSErrors too
