@@ -378,7 +378,12 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
         return 0;
     kvm_env *e = t->env;
     u64vec runs = {0};
-    uint64_t want = need > 64 ? need : 64;
+    /* A transaction's first refill takes what it needs, each later one
+    ** twice as much as the one before, up to 64 pages: a one-put commit
+    ** takes (and gives back) only a few pages more than it writes, and a
+    ** bulk load refills rarely. */
+    uint64_t want = need > t->pool_batch ? need : t->pool_batch;
+    t->pool_batch = t->pool_batch ? (t->pool_batch < 32 ? 2 * t->pool_batch : 64) : 16;
     int rc = make_room(e, want);
     if (!rc && (rc = env_take(e, want, &runs)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need)
         rc = env_take(e, need, &runs);
@@ -427,11 +432,11 @@ int txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys,
                  const void *body, size_t len, uint8_t **out)
 {
     kvm_env *e = t->env;
-    if (!t->write || pgno < 2 || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
+    if (!t->write || pgno < META_PAGES || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
         nkeys > 0xffff)
         return kvm_err(KVM_INVALID, "bad free-list page %llu", (unsigned long long)pgno);
     uint8_t *p;
-    int rc = dirty_page(t, pgno, type, &p);
+    int rc = dirty_page(t, pgno, type, NULL, &p);
     if (rc)
         return rc;
     p[PH_FLAGS] = (uint8_t)flags;
