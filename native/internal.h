@@ -193,7 +193,6 @@ struct kvm_txn {
     dirty_ent *dirty;
     size_t     ndirty, dcap;     /* dirty: open-addressing table of dcap slots */
     pgvec      pool, freed;
-    uint64_t   pool_batch;       /* the least a pool refill takes (txn_pool_ensure) */
     /* savepoints: level = how many are open; shadowed = pages of outer
     ** levels that an inner level freed (they stay as they were, for a
     ** rollback, until their own level lets them go) */

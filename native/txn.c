@@ -378,12 +378,7 @@ int txn_pool_ensure(kvm_txn *t, uint64_t need)
         return 0;
     kvm_env *e = t->env;
     u64vec runs = {0};
-    /* A transaction's first refill takes what it needs, each later one
-    ** twice as much as the one before, up to 64 pages: a one-put commit
-    ** takes (and gives back) only a few pages more than it writes, and a
-    ** bulk load refills rarely. */
-    uint64_t want = need > t->pool_batch ? need : t->pool_batch;
-    t->pool_batch = t->pool_batch ? (t->pool_batch < 32 ? 2 * t->pool_batch : 64) : 16;
+    uint64_t want = need > 64 ? need : 64;
     int rc = make_room(e, want);
     if (!rc && (rc = env_take(e, want, &runs)) && (rc == KVM_DISKFULL || rc == KVM_MAPFULL) && want > need)
         rc = env_take(e, need, &runs);
