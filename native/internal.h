@@ -267,7 +267,7 @@ int32_t cache_find(kvm_cache *c, pgno_t pg);
 int cache_get(kvm_env *e, pgno_t pg, const uint8_t **out);
 void cache_follow(kvm_env *e, const kvm_state *s);
 /* page.c */
-int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out);
+int dirty_page(kvm_txn *t, pgno_t pg, int type, const uint8_t *src, uint8_t **out);
 uint8_t *dirty_ptr(kvm_txn *t, const dirty_ent *d);
 /* freelist.c: the commit record, once the other pages have their checksums */
 int freelist_record(kvm_txn *t, kvm_space *sp, dirty_ent *const *order, size_t n);

@@ -162,7 +162,7 @@ int pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg)
 
 /* A zeroed page of this transaction at pg, with its header's type, txnid
 ** and page number set. */
-int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
+int dirty_page(kvm_txn *t, pgno_t pg, int type, const uint8_t *src, uint8_t **out)
 {
     dirty_ent *d = dirty_find(t, pg);
     if (d) {
@@ -174,7 +174,10 @@ int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
             return rc;
     }
     uint8_t *p = dirty_ptr(t, d);
-    memset(p, 0, t->env->psize);
+    if (src)
+        memcpy(p, src, t->env->psize);
+    else
+        memset(p, 0, t->env->psize);
     p[PH_TYPE] = (uint8_t)type;
     wr64(p + PH_TXNID, t->txnid);
     wr64(p + PH_PGNO, pg);
@@ -182,19 +185,22 @@ int dirty_page(kvm_txn *t, pgno_t pg, int type, uint8_t **out)
     return 0;
 }
 
-int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp)
+/* A page of the pool made dirty: a copy of src, or empty. */
+static int pool_page(kvm_txn *t, int type, const uint8_t *src, uint8_t **out, pgno_t *pgp)
 {
     if (t->pool.n == 0)
         return kvm_err(KVM_NEED_PAGES, "page pool exhausted");
     pgno_t pg = t->pool.v[--t->pool.n];
-    int rc = dirty_page(t, pg, type, out);
+    int rc = dirty_page(t, pg, type, src, out);
     if (rc)
         return rc;
-    if (type == PT_BRANCH || type == PT_LEAF)
+    if (!src && (type == PT_BRANCH || type == PT_LEAF))
         wr32(*out + PH_UPPER, t->env->psize);
     *pgp = pg;
     return 0;
 }
+
+int pg_new(kvm_txn *t, int type, uint8_t **out, pgno_t *pgp) { return pool_page(t, type, NULL, out, pgp); }
 
 int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
 {
@@ -214,12 +220,9 @@ int pg_write(kvm_txn *t, pgno_t pg, uint8_t **out, pgno_t *newpg)
     if (own == PAGE_COMMITTED && !t->env->verify && (rc = pg_verify(t, src, pg)))
         return rc;
     uint8_t *dst;
-    pgno_t np;
-    if ((rc = pg_new(t, src[PH_TYPE], &dst, &np)))
+    pgno_t np = 0;
+    if ((rc = pool_page(t, src[PH_TYPE], src, &dst, &np)))
         return rc;
-    memcpy(dst, src, t->env->psize);
-    wr64(dst + PH_TXNID, t->txnid);
-    wr64(dst + PH_PGNO, np);
     if ((rc = pg_free(t, pg)))
         return rc;
     *out = dst;

@@ -427,11 +427,11 @@ int txn_put_page(kvm_txn *t, uint64_t pgno, int type, int flags, unsigned nkeys,
                  const void *body, size_t len, uint8_t **out)
 {
     kvm_env *e = t->env;
-    if (!t->write || pgno < 2 || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
+    if (!t->write || pgno < META_PAGES || (pgno + 1) * e->psize > e->file_size || len > e->psize - PH_SIZE ||
         nkeys > 0xffff)
         return kvm_err(KVM_INVALID, "bad free-list page %llu", (unsigned long long)pgno);
     uint8_t *p;
-    int rc = dirty_page(t, pgno, type, &p);
+    int rc = dirty_page(t, pgno, type, NULL, &p);
     if (rc)
         return rc;
     p[PH_FLAGS] = (uint8_t)flags;
