@@ -326,10 +326,11 @@ static uint64_t give_back_reserve(kvm_env *e, uint64_t used, int prompt)
 **
 ** Otherwise the reserve is one growth step for the pages in use and a pass
 ** waits for grow_min beyond it.  A sync=False writer keeps the pages it
-** frees until a flush, which make_room (txn.c) calls only once the free
-** pages that need no allocation run out and 512 KiB or an eighth of the
-** database are held: it goes through every free page the file has between
-** two flushes, and what a pass punched of them would be allocated again
+** frees until a flush, which starts only once the free pages that need no
+** allocation run short while 256 KiB and a sixteenth of the database are
+** held (txn.c, flush_due and make_room): it goes through every free page
+** the file has between two flushes, and what a pass punched of them would
+** be allocated again
 ** (a commit that is durable now and then, by sync_bytes or sync_interval,
 ** has the pages of many commits pending, so it is not prompt either).  An
 ** older snapshot's pages come back at once when it ends; the first prompt

@@ -160,8 +160,8 @@ int pg_verify(kvm_txn *t, const uint8_t *p, pgno_t pg)
     return 0;
 }
 
-/* A zeroed page of this transaction at pg, with its header's type, txnid
-** and page number set. */
+/* A page of this transaction at pg, a copy of src or zeroed, with its
+** header's type, txnid and page number set. */
 int dirty_page(kvm_txn *t, pgno_t pg, int type, const uint8_t *src, uint8_t **out)
 {
     dirty_ent *d = dirty_find(t, pg);

@@ -733,38 +733,13 @@ uint64_t space_held_by_durable(const kvm_space *sp, uint64_t durable, uint64_t u
 
 /* -------------------------------------------------------- giving back */
 
-/* The free space was just loaded: any reusable page, and any page past
-** hwm, may be a hole another handle punched (space.h). */
-int space_holes_load(kvm_space *sp, uint64_t file_pages)
-{
-    uint64_t buf[256], lo = 2;
-    size_t k;
-    int rc = 0;
-    while (!rc && (k = kvm_fm_runs(sp->fm, lo, sp->hwm, buf, 128)) > 0) {
-        for (size_t i = 0; i < k && !rc; i++)
-            rc = kvm_fm_set(sp->holes, buf[2 * i], buf[2 * i] + buf[2 * i + 1], 1);
-        lo = buf[2 * (k - 1)] + buf[2 * (k - 1) + 1];
-    }
-    return rc ? rc : kvm_fm_set(sp->holes, sp->hwm, file_pages, 1);
-}
-
-/* Free runs shorter than this stay allocated.  Each punch is a system call
-** that changes the file's extent tree, and on a file system mounted with
-** online discard it waits for the device: on this project's machine
-** (ext4, `discard`, virtio) about 2 ms per call whatever its length, and
-** 1 us per page beyond that; 15-20 us per call on ext4 without discard.
-** After 90% of a database is deleted at random, runs of 16 pages or more
-** hold 85-88% of its free pages, in one run per 180-200 free pages
-** (docs/ARCHITECTURE.md §4). */
-#define PUNCH_MIN_RUN 16
-
-/* fn on every free run [s, e) a pass looks at: the reusable runs
+/* fn on every free run [s, e) (a give-back pass, the holes a load assumes): the reusable runs
 ** ascending, then the file past hwm, up to file_pages. */
 typedef int (*free_run_fn)(kvm_space *sp, uint64_t s, uint64_t e, void *ctx);
 
 static int each_free_run(kvm_space *sp, uint64_t file_pages, free_run_fn fn, void *ctx)
 {
-    uint64_t buf[256], lo = 2;
+    uint64_t buf[256], lo = META_PAGES;
     size_t k;
     int rc = 0;
     while (!rc && (k = kvm_fm_runs(sp->fm, lo, sp->hwm, buf, 128)) > 0) {
@@ -776,6 +751,29 @@ static int each_free_run(kvm_space *sp, uint64_t file_pages, free_run_fn fn, voi
         rc = fn(sp, sp->hwm, file_pages, ctx);
     return rc;
 }
+
+static int mark_hole(kvm_space *sp, uint64_t s, uint64_t e, void *ctx)
+{
+    (void)ctx;
+    return kvm_fm_set(sp->holes, s, e, 1);
+}
+
+/* The free space was just loaded: any reusable page, and any page past
+** hwm, may be a hole another handle punched (space.h). */
+int space_holes_load(kvm_space *sp, uint64_t file_pages)
+{
+    return each_free_run(sp, file_pages, mark_hole, NULL);
+}
+
+/* Free runs shorter than this stay allocated.  Each punch is a system call
+** that changes the file's extent tree, and on a file system mounted with
+** online discard it waits for the device: on this project's machine
+** (ext4, `discard`, virtio) about 2 ms per call whatever its length, and
+** 1 us per page beyond that; 15-20 us per call on ext4 without discard.
+** After 90% of a database is deleted at random, runs of 16 pages or more
+** hold 85-88% of its free pages, in one run per 180-200 free pages
+** (docs/ARCHITECTURE.md §4). */
+#define PUNCH_MIN_RUN 16
 
 /* A free run [s, e) is punched, if at all, from its first page that is
 ** not a hole: a run whose part from there is shorter than PUNCH_MIN_RUN
@@ -902,7 +900,7 @@ static int check_pending(kvm_space *sp, kvm_freemap *seen, const u64vec *r, uint
     for (size_t j = 0; j < r->n; j += 2) {
         uint64_t s = r->v[j], n = r->v[j + 1];
         *pend += n;
-        if (s < 2 || s + n > sp->hwm)
+        if (s < META_PAGES || s + n > sp->hwm)
             return kvm_err(KVM_CORRUPT, "pending run [%llu, +%llu) outside the database", (unsigned long long)s,
                            (unsigned long long)n);
         if (kvm_fm_add(seen, r->v + j, 1))
@@ -920,7 +918,7 @@ static int check_pending(kvm_space *sp, kvm_freemap *seen, const u64vec *r, uint
 ** pending, was allocated before it was taken. */
 static int check_holes(kvm_space *sp)
 {
-    uint64_t buf[256], lo = 2;
+    uint64_t buf[256], lo = META_PAGES;
     size_t k;
     while ((k = kvm_fm_runs(sp->holes, lo, sp->hwm, buf, 128)) > 0) {
         for (size_t i = 0; i < k; i++) {
@@ -945,9 +943,9 @@ int space_check(kvm_space *sp)
         if (!k)
             break;
         for (size_t i = 0; i < k; i++) {
-            if (buf[2 * i] < 2 || buf[2 * i] + buf[2 * i + 1] > sp->hwm)
-                return kvm_err(KVM_CORRUPT, "reusable run [%llu, +%llu) outside [2, %llu)",
-                               (unsigned long long)buf[2 * i], (unsigned long long)buf[2 * i + 1],
+            if (buf[2 * i] < META_PAGES || buf[2 * i] + buf[2 * i + 1] > sp->hwm)
+                return kvm_err(KVM_CORRUPT, "reusable run [%llu, +%llu) outside [%u, %llu)",
+                               (unsigned long long)buf[2 * i], (unsigned long long)buf[2 * i + 1], META_PAGES,
                                (unsigned long long)sp->hwm);
             total += buf[2 * i + 1];
         }
