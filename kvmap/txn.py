@@ -43,8 +43,8 @@ _ScanArgs = tuple[int, Union[bytes, None], Union[bytes, None], int]
 _put = lib.kvm_put
 unpack: Callable[[Any, int], bytes] = ffi.unpack   # of a char buffer
 NOTFOUND = lib.KVM_NOTFOUND
-BATCH = 4096              # pairs per C call of put_many (docs/ARCHITECTURE.md)
-BATCH_BYTES = 4 << 20     # and value bytes at most, unless one value is larger
+BATCH = 1 << 17           # pairs per C call of put_many (docs/ARCHITECTURE.md)
+BATCH_BYTES = 32 << 20    # and value bytes at most, unless one value is larger
 
 
 def _successor(prefix: bytes) -> bytes | None:
