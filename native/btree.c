@@ -995,7 +995,7 @@ static int write_check(kvm_txn *t, uint64_t need)
 ** keys of 200,000 went from about 850-1,070 to 650-830 ns per key.)  A lone lookup has no other search to overlap with, so it asks for
 ** its whole page.  The pread backend's cache may evict a page while
 ** another is read, so there a group is one lookup. */
-#define LOOKUP_GROUP 8
+#define LOOKUP_GROUP 16
 
 typedef struct lookup {
     const uint8_t *key;
