@@ -43,8 +43,8 @@ _ScanArgs = tuple[int, Union[bytes, None], Union[bytes, None], int]
 _put = lib.kvm_put
 unpack: Callable[[Any, int], bytes] = ffi.unpack   # of a char buffer
 NOTFOUND = lib.KVM_NOTFOUND
-BATCH = 4096              # pairs per C call of put_many (docs/ARCHITECTURE.md)
-BATCH_BYTES = 4 << 20     # and value bytes at most, unless one value is larger
+BATCH = 1 << 17           # pairs per C call of put_many (docs/ARCHITECTURE.md)
+BATCH_BYTES = 32 << 20    # and value bytes at most, unless one value is larger
 
 
 def _successor(prefix: bytes) -> bytes | None:
@@ -146,7 +146,7 @@ def _batches(owner: Snapshot | Transaction, mode: int, key: bytes | None, stop: 
         fmtlen = ffi.new("size_t *")
         while True:
             tl = buffers
-            buf, cap = tl.bc
+            buf, cap, _ = tl.bc
             n = lib.kvm_cursor_fetch(cur, buf, cap, batch, flags, stop_arg, stop_len,
                                      tl.fmt, tl.FMT_SIZE, fmtlen)
             if n < 0:
@@ -215,19 +215,24 @@ class _Reads:
 
     def get(self, key: BytesLike, default: object = None) -> object:
         """Value of ``key``, or ``default``.  O(log n), one C call: the value
-        is copied into the thread's buffer and unpacked from it."""
-        h = self._h
-        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+        is copied into the thread's buffer and sliced from it.  C checks the
+        key's length; a closed handle (None) is refused by cffi."""
+        if type(key) is not bytes:
             key = as_key(key, self._max_key)
-        if h is None:
-            raise ClosedError(self._closed_msg)
-        buf, cap = buffers.bc
-        n = self._getfn(h, key, len(key), buf, cap)
+        buf, cap, view = buffers.bc
+        h = self._h
+        try:
+            n = self._getfn(h, key, len(key), buf, cap)
+        except TypeError:
+            if h is None:
+                raise ClosedError(self._closed_msg) from None
+            raise
         if 0 <= n <= cap:
-            return unpack(buf, n)
+            return view[:n]
         if n == NOTFOUND:
             return default
         if n < 0:
+            as_key(key, self._max_key)   # the error of a key too long for C, in Python's words
             raise error_for(n, self._path)
         v = _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
         return default if v is MISSING else v
@@ -301,7 +306,7 @@ class _Reads:
 
     def get_many(self, keys: Iterable[BytesLike], default: object = None) -> list[Any]:
         """Values of ``keys`` in order (``default`` where absent), read from one
-        snapshot.  One C call per buffer-full looks the keys up eight at a
+        snapshot.  One C call per buffer-full looks the keys up sixteen at a
         time (their cache misses overlap) and writes the struct format that
         splits the values, so one ``struct.unpack_from`` makes them all.
         O(k log n).
@@ -351,7 +356,7 @@ def _get_many(handle: Any, packed: bytes, klens: array[int], default: _T,
     tl = buffers
     with ffi.from_buffer(packed) as key, ffi.from_buffer("uint32_t[]", klens) as kl:
         while i < n:
-            buf, cap = tl.bc
+            buf, cap, _ = tl.bc
             missing = lib.kvm_get_many(handle, key, kl + i, n - i, buf, cap, lens + i, done,
                                        tl.fmt, tl.FMT_SIZE, fmtlen)
             if missing == lib.KVM_BUFSMALL:

@@ -80,6 +80,34 @@ def test_update_large_load_in_random_order(tmp_path, cfg):
     assert kvmap.check(str(tmp_path / "db.kv")).ok
 
 
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_large_batch_sort_ties_and_leaf_reuse(tmp_path, cfg, seed):
+    """A batch large enough for the radix sort (btree.c, batch_sort), whose
+    keys share their first 8 bytes (ties the prefix sort leaves to a whole
+    comparison), differ only by trailing zero bytes (the same zero-padded
+    prefix), repeat (the later wins), and replace values of every size class
+    in place or not (the kept path of put_hint holds, or ends): the same
+    contents as one put at a time, on every configuration."""
+    rng = random.Random(seed)
+    shared = [b"user:000000:%d" % i for i in range(400)]
+    short = [b"a" + b"\x00" * z for z in range(9)] + [b"b", b"\xff" * 8, b"\xff" * 9]
+    mixed = [rng.randbytes(rng.randint(1, 24)) for _ in range(400)]
+    sizes = [0, 5, 100, 1100, 5000]
+    pool = shared + short + mixed
+    before = [(k, b"v" * rng.choice(sizes)) for k in rng.sample(pool, 300)]
+    batch = [(rng.choice(pool), bytes([n % 251]) * rng.choice(sizes)) for n in range(3000)]
+    model = SortedDict(before)
+    for k, v in batch:
+        model[k] = v
+    with open_db(tmp_path / "db.kv", cfg) as db:
+        db.update(before)
+        db.update(batch)
+        assert list(db.items()) == list(model.items())
+        db._check()
+    assert kvmap.check(str(tmp_path / "db.kv")).ok
+
+
 def test_put_many_values_larger_than_a_batch_copy(tmp_path, monkeypatch):
     """Values above BATCH_BYTES in total are split into smaller C calls, down
     to one pair; the result is the same."""

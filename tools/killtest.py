@@ -863,8 +863,12 @@ class Harness:
         ``--lane``).  Returns the raw counts (see merge())."""
         a = self.args
         index = first
-        self.budget = budget
+        # A lane takes at most its share of the budget, so that this job's
+        # lanes reach every configuration it owns however slowly a loaded
+        # machine commits (a lane ends at a number of commits, not kills).
+        share = budget if a.lane is not None else max(1, budget // -(-len(self.configs) // step))
         while self.counts["kills"] < budget:
+            self.budget = min(budget, self.counts["kills"] + share)
             procs = self.process_lane(index)
             lane = (ProcLane if procs else Lane)(index, a.seed, self.configs[index % len(self.configs)], a.dir,
                                                  a.sync, a.page_size, timing=self.timing)
@@ -874,11 +878,11 @@ class Harness:
                 self.counts["process lanes"] += 1
                 lane.lie = a.lie_ack
                 before, failures = self.counts["kills"], len(self.failures)
-                ProcRun(self, lane, budget).run()
+                ProcRun(self, lane, self.budget).run()
                 self.by_sync["sync=%s" % lane.sync] += self.counts["kills"] - before
                 if len(self.failures) > failures and self.counts["kills"] == before:
                     break           # failed before its first kill: the next lanes could do the same forever
-            while not procs and not lane.done and lane.n < lane.length and self.counts["kills"] < budget:
+            while not procs and not lane.done and lane.n < lane.length and self.counts["kills"] < self.budget:
                 before = self.counts["kills"]
                 self.step(lane)
                 self.by_sync["sync=%s" % lane.sync] += self.counts["kills"] - before
