@@ -20,6 +20,10 @@ keys of ``--key-size`` bytes, random values of ``--value-size`` bytes).
 
 Workloads (in run order; the store loaded by ``bulk`` is reused by the next ones)
 -------------------------------------------------------------------------------
+Each workload runs on every store before the next workload starts, the stores
+taking turns repetition by repetition (each repetition starting one store
+further on), so that a change in the machine's load falls on all of them alike.
+
 bulk        load N pairs in one transaction with the store's batch call (kvmap
             update, py-lmdb putmulti, sqlite3 executemany), sync off (fresh
             store per repetition)
@@ -47,9 +51,7 @@ procs       the same traffic from separate processes: N reader processes (one
             multiprocessing's spawn.  Once every process has opened the store
             they all run for the same --procs-seconds window (a start time on
             the shared monotonic clock), so start-up and imports are outside
-            it.  Unlike the other workloads, which run store after store, procs
-            runs on every store in turn, repetition by repetition, so that the
-            load of other processes on the machine falls alike on all stores.
+            it.
             A reader reads batches of 100 random gets, one snapshot / read
             transaction each, and checks that every key is found; the writer
             commits transactions of 10 overwrites, sync off, cycling over

@@ -1,6 +1,7 @@
 """How kvmap-bench runs its workloads: each workload's function, one
-workload's repetitions on one store and their summary (a result), and the
-whole run over every store (``run_suite``), procs interleaved."""
+repetition of a workload on one store, the summary of its repetitions (a
+result), and the whole run over every store (``run_suite``), the stores
+taking turns repetition by repetition."""
 
 from __future__ import annotations
 
@@ -79,20 +80,15 @@ def summarize(store: Store, workload: str, reps: list[Result]) -> Result:
     }
 
 
-def run_workload(store: Store, workload: str, data: Data, ctx: Ctx, p: Params) -> Result:
-    reps = []
-    for rep in range(1 if workload in ONE_REPETITION else p["repeat"]):
-        ctx["rep"] = rep
-        reps.append(run_repetition(store, workload, data, ctx, p))
-    return summarize(store, workload, reps)
-
-
 def run_suite(stores: list[str], workloads: list[str], data: Data, params: Params, workdir: str,
               say: Callable[[str], None]) -> list[Result]:
     """Every workload on every store, each store in a directory of its own
-    under workdir (removed after its last workload): store after store,
-    each through the workloads in order -- but procs runs on every store in
-    turn at its place in the order, so the stores wait for it."""
+    under workdir (removed at the end), workload after workload.  A
+    workload's repetitions are interleaved: the stores take turns, each
+    repetition starting one store further on, so that a change in the
+    machine's load (other processes, another tenant of the host) falls on
+    every store alike, not on one store's block of repetitions, and the
+    ratios between stores stay fair."""
     results: list[Result] = []
 
     def runs(s: str, w: str) -> bool:
@@ -139,53 +135,32 @@ def run_suite(stores: list[str], workloads: list[str], data: Data, params: Param
             say(f"[{len(results)}/{phases}] {row_label(r):<10} {r['store']:<16} {fmt_rate(tp['median'])} "
                 f"{tp['unit']}  ({time.perf_counter() - t0:.1f} s)")
 
-    def run_one(s: str, w: str) -> None:
-        if not runs(s, w):
+    def run_interleaved(w: str, variant: dict[str, int]) -> None:
+        """Workload w (with ctx updated by variant) on every store that runs
+        it, repetition by repetition."""
+        t0 = time.perf_counter()
+        active = [s for s in stores if runs(s, w)]
+        if not active:
             return
-        store, ctx = store_of(s)
-        t0 = time.perf_counter()
-        try:
-            r = run_workload(store, w, data, ctx, params)
-        except Exception as exc:
-            r = failed(s, w, {}, exc)
-        report(r, t0)
-
-    def run_procs(variant: dict[str, int]) -> None:
-        """procs with ctx["readers"] = variant's on every store, the
-        repetitions interleaved: the stores take turns, each repetition
-        starting one store further on, so that a change in the machine's
-        load (other processes) falls on all of them, not on one store's
-        block of repetitions as with the other workloads."""
-        t0 = time.perf_counter()
-        reps: dict[str, list[Result]] = {s: [] for s in stores}
+        reps: dict[str, list[Result]] = {s: [] for s in active}
         errors: dict[str, Result] = {}
-        for rep in range(params["repeat"]):
-            for s in stores[rep % len(stores):] + stores[:rep % len(stores)]:
+        for rep in range(1 if w in ONE_REPETITION else params["repeat"]):
+            for s in active[rep % len(active):] + active[:rep % len(active)]:
                 if s in errors:
                     continue
                 store, ctx = store_of(s)
                 ctx.update(variant, rep=rep)
                 try:
-                    reps[s].append(run_repetition(store, "procs", data, ctx, params))
+                    reps[s].append(run_repetition(store, w, data, ctx, params))
                 except Exception as exc:
-                    errors[s] = failed(s, "procs", variant, exc)
-        for s in stores:
-            report(errors.get(s) or summarize(live[s][0], "procs", reps[s]), t0)
+                    errors[s] = failed(s, w, variant, exc)
+        for s in active:
+            report(errors.get(s) or summarize(live[s][0], w, reps[s]), t0)
 
-    procs_at = workloads.index("procs") if "procs" in workloads else len(workloads)
     try:
-        for s in stores:
-            for w in workloads[:procs_at]:
-                run_one(s, w)
-            if procs_at == len(workloads):
-                finish(s)
-        if procs_at < len(workloads):
-            for readers in params["procs_readers"]:
-                run_procs({"readers": readers})
-            for s in stores:
-                for w in workloads[procs_at + 1:]:
-                    run_one(s, w)
-                finish(s)
+        for w in workloads:
+            for variant in ([{"readers": r} for r in params["procs_readers"]] if w == "procs" else [{}]):
+                run_interleaved(w, variant)
     finally:
         for s in list(live):
             finish(s)
