@@ -328,14 +328,15 @@ class _Reads:
 
 def _packed_keys(keys: Iterable[BytesLike], max_key: int) -> tuple[bytes, array[int]]:
     """``keys`` packed back to back, and their lengths: ``(bytes, array of
-    u32)``, each key 1 to ``max_key`` bytes (else the error of the first bad
-    one).  Two passes over the keys in the usual case, since touching each
-    key object is most of the cost when they are spread in memory."""
+    u32)``; the error of the first key that is not bytes-like.  Two passes
+    over the keys in the usual case, since touching each key object is most
+    of the cost when they are spread in memory.  C checks every length (1 to
+    ``max_key``) before it uses any key of the batch."""
     ks: list[Any] = keys if type(keys) is list else list(keys)
     try:
         packed = b"".join(ks)
         klens = array("I", map(len, ks))
-        ok = not ks or (0 < min(klens) and max(klens) <= max_key and len(packed) == sum(klens))
+        ok = len(packed) == sum(klens)   # else an item's len() is not its size in bytes
     except (TypeError, OverflowError):   # not bytes-like; a length past u32
         ok = False
     if not ok:

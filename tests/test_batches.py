@@ -129,8 +129,8 @@ def test_put_many_values_larger_than_a_batch_copy(tmp_path, monkeypatch):
     ((b"k", b"v", b"extra"), ValueError),  # not a pair
 ])
 def test_put_many_bad_pair_changes_nothing_of_its_batch(tmp_path, bad, exc):
-    """A bad pair raises before its batch reaches C: the transaction keeps
-    what earlier batches did, and is still usable."""
+    """A bad pair raises before any pair of its batch is applied: the
+    transaction keeps what earlier batches did, and is still usable."""
     with kvmap.open(tmp_path / "db.kv") as db:
         with db.transaction() as txn:
             txn.put_many([(b"a", b"1")])
