@@ -108,6 +108,36 @@ def test_large_batch_sort_ties_and_leaf_reuse(tmp_path, cfg, seed):
     assert kvmap.check(str(tmp_path / "db.kv")).ok
 
 
+# keys of 1 to 12 bytes from bytes at the edges of the unsigned and signed
+# ranges: they differ before, at and after byte 8 (btree.c's keycmp compares
+# the first 8 bytes as one big-endian number) and are prefixes of each other
+head_keys = st.lists(st.sampled_from(b"\x00\x01\x7f\x80\xfe\xff"), min_size=1, max_size=12).map(bytes)
+
+
+@pytest.mark.parametrize("cfg", ALL_CONFIG_PARAMS)
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(keys=st.lists(head_keys, min_size=1, max_size=300, unique=True), probes=st.lists(head_keys, max_size=20))
+def test_key_order_across_the_inline_head(tmp_path_factory, cfg, keys, probes):
+    """Byte order (memcmp, then the shorter first) for keys that differ
+    around their eighth byte: items(), gets, irange and get_many against the
+    model, whether the keys came one put at a time or in a batch."""
+    path = tmp_path_factory.mktemp("ko") / "db.kv"
+    model = SortedDict((k, k[::-1]) for k in keys)
+    with open_db(path, cfg) as db:
+        with db.transaction() as txn:
+            for k in keys[::2]:
+                txn.put(k, k[::-1])
+            txn.put_many((k, k[::-1]) for k in keys[1::2])
+        assert list(db.keys()) == list(model.keys())
+        for p in probes + keys[:20]:
+            assert db.get(p) == model.get(p)
+            assert list(db.irange(p)) == list(model.irange(p))
+            assert list(db.irange(maximum=p, inclusive=(True, False))) == list(
+                model.irange(maximum=p, inclusive=(True, False)))
+        assert db.get_many(probes + keys) == [model.get(p) for p in probes + keys]
+        db._check()
+
+
 def test_put_many_values_larger_than_a_batch_copy(tmp_path, monkeypatch):
     """Values above BATCH_BYTES in total are split into smaller C calls, down
     to one pair; the result is the same."""
