@@ -21,6 +21,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from itertools import chain, islice
+from operator import itemgetter
 from struct import unpack_from
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, NoReturn, Sequence, TypeVar, Union, cast,
                     overload)
@@ -166,12 +167,21 @@ def _batches(owner: Snapshot | Transaction, mode: int, key: bytes | None, stop: 
             owner.close()  # type: ignore[union-attr]   # own_snapshot: it is a Snapshot
 
 
+# The views hand out the scan's own iterator (values: one that maps it): no
+# Python frame runs per item, as one would in the abc views' generators, and
+# the iterator refuses copy and pickle as the scan's does.
+class _KeysView(KeysView[bytes]):
+    _mapping: _Reads
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._mapping)
+
+
 class _ValuesView(ValuesView[bytes]):
     _mapping: _Reads
 
     def __iter__(self) -> Iterator[bytes]:
-        for _, v in self._mapping.irange_items():
-            yield v
+        return _Iterator(map(itemgetter(1), self._mapping.irange_items()))
 
 
 class _ItemsView(ItemsView[bytes, bytes]):
@@ -263,7 +273,7 @@ class _Reads:
 
     # Every subclass is a Mapping; _Reads itself is not one.
     def keys(self) -> KeysView[bytes]:
-        return KeysView(cast("Mapping[bytes, bytes]", self))
+        return _KeysView(cast("Mapping[bytes, bytes]", self))
 
     def values(self) -> ValuesView[bytes]:
         return _ValuesView(cast("Mapping[bytes, bytes]", self))
