@@ -242,7 +242,8 @@ class _Reads:
         if n == NOTFOUND:
             return default
         if n < 0:
-            as_key(key, self._max_key)   # the error of a key too long for C, in Python's words
+            if n == lib.KVM_INVALID:
+                as_key(key, self._max_key)   # a length C refused, in Python's words
             raise error_for(n, self._path)
         v = _lib.read_value(self._getfn, h, key, n, self._path)   # larger than the buffer
         return default if v is MISSING else v

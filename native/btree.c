@@ -1014,9 +1014,10 @@ static int write_check(kvm_txn *t, uint64_t need)
 ** only lines a search reads are fetched.  (Asking for whole pages, the
 ** descent's way, runs out of the CPU's outstanding-miss slots: 64 lines a
 ** page against the 5 or so a leaf search reads.  get_many of 1,000 random
-** keys of 200,000 went from about 850-1,070 to 650-830 ns per key.)  A lone lookup has no other search to overlap with, so it asks for
-** its whole page.  The pread backend's cache may evict a page while
-** another is read, so there a group is one lookup. */
+** keys of 200,000 went from about 850-1,070 to 650-830 ns per key.)  A
+** lone lookup has no other search to overlap with: it asks for its whole
+** page at once, and for nothing more.  The pread backend's cache may evict
+** a page while another is read, so there a group is one lookup. */
 #define LOOKUP_GROUP 16
 
 typedef struct lookup {
@@ -1051,11 +1052,11 @@ static int lookup_group(kvm_txn *t, lookup *q, int g)
                 return rc;
             lo[j] = (unsigned)strict;   /* a branch's cell 0 stands for minus infinity */
             hi[j] = nkeys(p[j]);
-            for (unsigned off = 64; off < PH_SIZE + 2 * hi[j]; off += 64)
+            for (unsigned off = 64; g > 1 && off < PH_SIZE + 2 * hi[j]; off += 64)
                 __builtin_prefetch(p[j] + off);
         }
         for (int live = g; live;) {
-            for (int j = 0; j < g; j++) {
+            for (int j = 0; g > 1 && j < g; j++) {
                 unsigned off = lo[j] < hi[j] ? cptr(p[j], (lo[j] + hi[j]) / 2) : 0;
                 if (off < e->psize)
                     __builtin_prefetch(p[j] + off);
@@ -1338,10 +1339,9 @@ typedef struct batch_ent {
 
 static uint64_t key_prefix(const uint8_t *key, size_t klen)
 {
-    uint64_t v = 0;
-    for (size_t i = 0; i < 8; i++)
-        v = v << 8 | (i < klen ? key[i] : 0);
-    return v;
+    uint8_t head[8] = {0};
+    memcpy(head, key, klen < 8 ? klen : 8);
+    return key_head(head);
 }
 
 static int batch_cmp(const void *a_, const void *b_)
